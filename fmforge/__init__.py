@@ -1,0 +1,5 @@
+"""fmforge: design, verify and build transformer accelerators."""
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from fmforge.cli import main
+
+sys.exit(main())

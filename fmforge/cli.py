@@ -1,0 +1,72 @@
+"""The ``fmforge`` command line.
+
+Every command prints a human-readable report, or with ``--json`` exactly one JSON object on
+stdout. Errors a user can cause (bad parameters, unknown boards, missing tools, malformed
+files) print one line ``fmforge: error: ...`` on stderr and exit with status 2, without a
+traceback. Commands live in ``fmforge.commands``; each module there exposes
+``register(subparsers)`` and sets ``func`` on its parser: ``func(args) -> dict`` returns the
+JSON result and may print the human report itself when ``args.json`` is false.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from fmforge import __version__
+
+__all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
+
+#: command modules under fmforge.commands, in the order they appear in --help
+COMMAND_MODULES = ("demo", "verilog", "cosim", "build", "boards", "sparsity")
+
+
+class UserError(Exception):
+    """An error the user caused and can fix; the CLI prints its message as one line."""
+
+
+#: exception types whose message is shown to the user as a one-line error
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, TypeError, OSError, LookupError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fmforge",
+        description="Design, verify and build transformer accelerators.",
+    )
+    parser.add_argument("--version", action="version", version=f"fmforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"fmforge.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"fmforge.commands.{name}":
+                continue  # command not part of this build
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except USER_ERRORS as e:
+        msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+        print(f"fmforge: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fmforge: interrupted", file=sys.stderr)
+        return 130
+    if getattr(args, "json", False):
+        print(json.dumps(result, sort_keys=True))
+    ok = result.get("ok", True) if isinstance(result, dict) else True
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

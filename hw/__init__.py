@@ -1,0 +1,1 @@
+"""fmforge hw package."""
