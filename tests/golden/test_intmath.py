@@ -39,7 +39,9 @@ def test_bit_length_rejects_negative() -> None:
 @pytest.mark.parametrize("bits", [2, 8, 40, 62])
 def test_isqrt_exact(bits: int) -> None:
     rng = random.Random(bits)
-    vals = _edge_values(bits) + [rng.randrange(1 << rng.randrange(1, bits + 1)) for _ in range(3000)]
+    vals = _edge_values(bits) + [
+        rng.randrange(1 << rng.randrange(1, bits + 1)) for _ in range(3000)
+    ]
     got = isqrt_floor(torch.tensor(vals), bits)
     assert got.tolist() == [math.isqrt(v) for v in vals]
 
