@@ -286,12 +286,15 @@ def _find_tool(command: str) -> str | None:
     return None
 
 
-def toolchain_env(family: str, base: dict[str, str] | None = None) -> dict[str, str]:
+def toolchain_env(family: str, base: dict[str, str] | None = None,
+                  optional: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
     """The environment for a build of ``family`` with every tool variable set.
 
     A tool variable already set (e.g. ``NEXTPNR_ECP5=/opt/bin/nextpnr-ecp5``) is kept; otherwise
     the YoWASP command is used. Raises :class:`ToolNotFoundError` naming the tool and the pip
-    package that provides it when it cannot be found.
+    package that provides it when it cannot be found. ``optional`` lists (tool, variable) pairs
+    of bitstream post-processing tools (e.g. OrangeCrab's ``dfu-suffix``); a missing one is
+    replaced by the shell's ``true`` so the build still yields the plain bitstream.
     """
     if family not in _FAMILY_TOOLS:
         raise ValueError(f"unknown FPGA family {family!r}; known: {', '.join(_FAMILY_TOOLS)}")
@@ -305,6 +308,9 @@ def toolchain_env(family: str, base: dict[str, str] | None = None) -> dict[str, 
                 f"{tool} not found: {wanted!r} is not on PATH; install it with "
                 f"`pip install {package}` (or set {var} to a native {tool})")
         env[var] = path
+    for tool, var in optional:
+        path = _find_tool(env.get(var) or tool)
+        env[var] = path if path is not None else "true"
     return env
 
 
@@ -461,7 +467,10 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
     if not 1.0 <= target <= 1000.0:
         raise ValueError(f"target_mhz must be between 1 and 1000, not {target_mhz!r}")
     say = progress if progress is not None else _stderr_progress
-    env = toolchain_env(b.family)
+    env = toolchain_env(b.family, optional=b.optional_tools)
+    for tool, var in b.optional_tools:
+        if env[var] == "true":
+            say(f"note: {tool} not installed; skipping that post-processing step")
 
     say(f"elaborating {type(component).__name__} for {b.name}")
     platform = _platform_at(b, target)

@@ -53,6 +53,9 @@ class Board:
     description: str = ""
     #: nextpnr cell type for each resource class
     cells: dict[str, str] = field(default_factory=dict)
+    #: extra tools the board's build script calls that only post-process the bitstream,
+    #: as (tool, environment variable); skipped with a note when not installed
+    optional_tools: tuple[tuple[str, str], ...] = ()
 
     @property
     def part(self) -> str:
@@ -113,7 +116,7 @@ _ECP5_85F = dict(family="ecp5", device="LFE5U-85F", speed="6", luts=83640, ffs=8
 _ULX3S = dict(package="BG381", clock_mhz=25.0, ext_memory="SDRAM 32 MB (AS4C16M16, 16-bit)",
               ext_memory_bytes=32 * _MB, flash_bytes=4 * _MB,
               host_link="USB-serial FT231X (UART, up to 3 Mbaud)")
-_ORANGECRAB = dict(package="MG285", clock_mhz=48.0, ext_memory="DDR3L 128 MB (MT41K64M16, 16-bit)",
+_ORANGECRAB = dict(package="MG285", clock_mhz=48.0, optional_tools=(("dfu-suffix", "DFU_SUFFIX"),), ext_memory="DDR3L 128 MB (MT41K64M16, 16-bit)",
                    ext_memory_bytes=128 * _MB, flash_bytes=16 * _MB,
                    host_link="USB 1.1 full speed wired to the FPGA (needs a soft USB core)")
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from amaranth.build import ResourceError
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Signal, Value
-from amaranth.lib import wiring
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import Flow
 
 __all__ = ["BoardTop", "LFSR32_TAPS", "lfsr32_next", "unit_ports", "port_bits"]
@@ -125,18 +126,19 @@ class BoardTop(Elaboratable):
             stages += 1
         return stages
 
-    def _request_led(self, platform: Any) -> Any:
+    def _request_led(self, platform: Any) -> io.PortLike:
+        """The I/O port of the first available LED (or LED colour channel)."""
         names = [self._led_name] if self._led_name else ["led", "rgb_led", "led_g", "led_r"]
         for name in names:
             try:
-                res = platform.request(name, 0)
-            except Exception:  # noqa: BLE001 - amaranth raises ResourceError; try the next
+                res = platform.request(name, 0, dir="-")
+            except ResourceError:
                 continue
-            if hasattr(res, "o"):
-                return res.o
+            if isinstance(res, io.PortLike):
+                return res
             for sub in ("r", "g", "b"):
                 if hasattr(res, sub):
-                    return getattr(res, sub).o
+                    return getattr(res, sub)
         raise LookupError(f"platform {type(platform).__name__} has no LED resource among {names}")
 
     def elaborate(self, platform: Any) -> Module:
@@ -175,5 +177,6 @@ class BoardTop(Elaboratable):
         m.d.comb += self.led.eq(level[0])
 
         if platform is not None:
-            m.d.comb += self._request_led(platform).eq(self.led)
+            m.submodules.led_buf = led_buf = io.Buffer("o", self._request_led(platform))
+            m.d.comb += led_buf.o.eq(self.led)
         return m

@@ -1,0 +1,91 @@
+"""Accelerator units as board builds see them: construction and resource estimates.
+
+The DSP rules are measured with the open flow (Yosys 0.70 + nextpnr 0.11, see
+``benchmarks/fpga_qor.py``):
+
+* one hard multiplier per int8 MAC of the systolic array (MULT18X18D on ECP5, SB_MAC16 on
+  iCE40 UP5K with ``synth_ice40 -dsp``);
+* the requantizer epilogue multiplies int32 x int32 per output column, which Yosys splits
+  into four 18x18 (ECP5) or 16x16 (iCE40) multipliers: ``4 * C`` more.
+
+:func:`check_gemm_fits` applies these rules before any tool runs, so a GEMM engine that
+cannot fit a board fails at once with a one-line message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boards.build import DoesNotFitError
+from boards.catalog import Board, get_board
+
+__all__ = [
+    "DEFAULT_GEMM_BUFFER",
+    "REQUANT_DSPS_PER_COLUMN",
+    "check_gemm_fits",
+    "gemm_dsps",
+    "gemm_engine",
+    "largest_gemm",
+]
+
+#: default max_m/max_k/max_n of GEMM engines built for boards (on-chip memory is small)
+DEFAULT_GEMM_BUFFER = 64
+
+#: hard multipliers per output column of the int32 x int32 requantizer, by family
+REQUANT_DSPS_PER_COLUMN = {"ecp5": 4, "ice40": 4}
+
+
+def gemm_engine(**params: Any) -> Any:
+    """Construct ``hw.gemm.GemmEngine(**params)`` (keyword parameters as that class takes).
+
+    Raises :class:`ValueError` for bad parameters (from the engine) and :class:`LookupError`
+    when the GEMM engine is not available in this installation.
+    """
+    try:
+        from hw.gemm import GemmEngine
+    except ImportError as e:  # pragma: no cover - hw is part of the distribution
+        raise LookupError(f"the GEMM engine (hw.gemm) is not available: {e}") from None
+    return GemmEngine(**params)
+
+
+def gemm_dsps(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:
+    """Hard multipliers a ``rows`` x ``cols`` GEMM engine needs on ``board``."""
+    b = get_board(board)
+    return rows * cols + (REQUANT_DSPS_PER_COLUMN[b.family] * cols if requant else 0)
+
+
+def check_gemm_fits(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:
+    """Return the DSP need of the engine, or raise :class:`DoesNotFitError`.
+
+    The message reads e.g. ``GEMM 16x16 needs 256 DSPs, ulx3s-25f has 28`` (with the
+    requantizer's share spelled out when it has one).
+    """
+    b = get_board(board)
+    need = gemm_dsps(b, rows=rows, cols=cols, requant=requant)
+    if need > b.dsps:
+        detail = ""
+        if requant:
+            detail = (f" ({rows * cols} for the MAC array, {need - rows * cols} for the "
+                      f"requantizer; --no-requant saves those)")
+        raise DoesNotFitError(f"GEMM {rows}x{cols} needs {need} DSPs{detail}, {b.name} has "
+                              f"{b.dsps}", resource="dsps", needed=need, available=b.dsps,
+                              board=b.name)
+    return need
+
+
+def largest_gemm(board: Board | str, *, requant: bool = True, square: bool = True) -> tuple[int, int]:
+    """The largest array (most MACs) whose DSP need fits ``board``.
+
+    With ``square`` only R x R arrays are considered; otherwise R x C with R <= C, the largest
+    product first and the squarer shape on ties. Returns ``(0, 0)`` when nothing fits.
+    """
+    b = get_board(board)
+    best = (0, 0)
+    for r in range(1, 65):
+        for c in ([r] if square else range(r, 65)):
+            if gemm_dsps(b, rows=r, cols=c, requant=requant) > b.dsps:
+                continue
+            if r * c > best[0] * best[1] or (r * c == best[0] * best[1] and
+                                             abs(r - c) < abs(best[0] - best[1])):
+                best = (r, c)
+    return best

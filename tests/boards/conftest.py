@@ -1,0 +1,68 @@
+"""Shared test units for tests/boards: a small stream MAC component to build and wrap.
+
+No `from __future__ import annotations` here: `data.Struct` reads its annotations.
+"""
+
+
+import pytest
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["MacPair", "TinyMac", "NoOutputs"]
+
+
+class MacPair(data.Struct):
+    """One int8 operand pair."""
+
+    a: signed(8)
+    b: signed(8)
+
+
+class TinyMac(wiring.Component):
+    """``lanes`` int8 x int8 -> int32 MACs, 2-stage pipelined, with stream-like ports.
+
+    ``i_ab``: stream of ``lanes`` operand pairs (always ready); ``o_acc``: stream of the
+    ``lanes`` running sums, valid two cycles after an accepted input. One multiplier per lane.
+    """
+
+    def __init__(self, lanes: int = 2):
+        self.lanes = lanes
+        super().__init__({
+            "i_ab": In(stream.Signature(data.ArrayLayout(MacPair, lanes))),
+            "o_acc": Out(stream.Signature(data.ArrayLayout(signed(32), lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i_ab.ready.eq(1)
+        v1, v2 = Signal(), Signal()
+        m.d.sync += [v1.eq(self.i_ab.valid), v2.eq(v1)]
+        for i in range(self.lanes):
+            a, b = Signal(signed(8), name=f"a{i}"), Signal(signed(8), name=f"b{i}")
+            p, acc = Signal(signed(16), name=f"p{i}"), Signal(signed(32), name=f"acc{i}")
+            m.d.sync += [a.eq(self.i_ab.payload[i].a), b.eq(self.i_ab.payload[i].b),
+                         p.eq(a * b)]
+            with m.If(v2):
+                m.d.sync += acc.eq(acc + p)
+            m.d.comb += self.o_acc.payload[i].eq(acc)
+        m.d.comb += self.o_acc.valid.eq(v2)
+        return m
+
+
+class NoOutputs(wiring.Component):
+    """A component with only an input port (nothing would survive synthesis)."""
+
+    def __init__(self):
+        super().__init__({"x": In(8)})
+
+    def elaborate(self, platform):
+        return Module()
+
+
+@pytest.fixture
+def fmforge_cache(tmp_path, monkeypatch):
+    """A private, empty build cache for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FMFORGE_CACHE", str(cache))
+    return cache
