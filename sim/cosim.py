@@ -1,0 +1,128 @@
+"""Co-simulation entry points: run GEMM jobs on cocotb + Verilator or the Amaranth simulator.
+
+:func:`run_gemm_verilator` builds the engine's Verilog once (content-keyed cache, see
+:mod:`sim.verilator`), runs all jobs in one simulator launch and checks every result against
+the golden model. :func:`cosim_gemm` is what ``fmforge cosim gemm`` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sim.gemm_bench import GemmConfig, GemmJob, check_result, make_stimulus
+from sim.verilator import build, run_cocotb, to_verilog
+
+__all__ = ["gemm_build", "run_gemm_verilator", "cosim_gemm", "engine_config_for"]
+
+
+def _progress(msg: str) -> None:
+    print(f"[fmforge] {msg}", file=sys.stderr, flush=True)
+
+
+def gemm_build(cfg: GemmConfig, *, waves: bool = False, progress=_progress):
+    """The (cached) Verilator build of engine ``cfg``."""
+    name = "gemm"
+    return build(to_verilog(cfg.engine(), name), name, waves=waves, progress=progress)
+
+
+def run_gemm_verilator(cfg: GemmConfig, jobs: Sequence[GemmJob], *, stall: str = "none", seed: int = 0,
+                       waves: bool = False, monitor: bool = False, test_dir: Path | None = None,
+                       progress=_progress) -> list[dict]:
+    """Run ``jobs`` back to back on engine ``cfg`` in cocotb + Verilator and check them.
+
+    Returns one dict per job with ``job``, ``match``, ``mismatches``, ``cycles`` (the engine's
+    counter), ``predicted_cycles``, ``sim_seconds`` (wall time from the job's first load word to
+    its last row), ``cycles_per_second``, ``macs_per_second`` and ``utilization``.
+    """
+    b = gemm_build(cfg, waves=waves, progress=progress)
+    stims = [make_stimulus(cfg, j) for j in jobs]
+    own = test_dir is None
+    tdir = Path(tempfile.mkdtemp(prefix="fmforge-cosim-")) if own else Path(test_dir)
+    tdir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "stall": stall, "seed": seed, "monitor": monitor, "out": str(tdir / "out.json"),
+        "jobs": [
+            {"cmd": s.cmd, "a": s.a, "b": s.b, "chan": s.chan, "n_rows": len(s.expected_rows),
+             "timeout_cycles": 20 * (s.predicted_cycles + len(s.a) + len(s.b) + len(s.chan)) + 1000}
+            for s in stims
+        ],
+    }
+    spec_path = tdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    t0 = time.perf_counter()
+    res = run_cocotb(b, "sim.cocotb_gemm", extra_env={"FMFORGE_BENCH_SPEC": str(spec_path)},
+                     test_dir=tdir, waves=waves, seed=seed)
+    wall = time.perf_counter() - t0
+    if res["failed"] or not (tdir / "out.json").exists():
+        raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
+    raw = json.loads((tdir / "out.json").read_text())["results"]
+    out = []
+    for job, st, r in zip(jobs, stims, raw, strict=True):
+        chk = check_result(cfg, job, st, r["words"])
+        secs = max(r["sim_seconds"], 1e-9)
+        out.append({
+            "job": job.describe(), "match": chk["match"], "mismatches": chk["mismatches"],
+            "cycles": r["cycles"], "predicted_cycles": st.predicted_cycles,
+            "utilization": job.macs / (r["cycles"] * cfg.rows * cfg.cols),
+            "sim_seconds": secs, "cycles_per_second": r["cycles"] / secs,
+            "macs_per_second": job.macs / secs,
+        })
+    if own:
+        import shutil
+
+        shutil.rmtree(tdir, ignore_errors=True)
+    del wall
+    return out
+
+
+def _pow2_at_least(v: int, floor: int) -> int:
+    p = floor
+    while p < v:
+        p *= 2
+    return p
+
+
+def engine_config_for(rows: int, cols: int, dataflow: str, m: int, k: int, n: int,
+                      requant: bool = True) -> GemmConfig:
+    """An engine configuration whose buffers take an M x K x N GEMM.
+
+    Buffer limits are rounded up to powers of two (at least 128) so that nearby shapes share one
+    Verilator build.
+    """
+    from hw.gemm import GemmEngine
+
+    cfg = GemmConfig(rows=rows, cols=cols, dataflow=dataflow, max_m=_pow2_at_least(m, 128),
+                     max_k=_pow2_at_least(k, 128), max_n=_pow2_at_least(n, 128), requant=requant)
+    GemmEngine(**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}).check_shape(m, k, n)
+    return cfg
+
+
+def cosim_gemm(*, rows: int, cols: int, dataflow: str, m: int, k: int, n: int, seed: int = 0,
+               stall: str = "none", requant: bool = False, bias: bool = False, waves: bool = False,
+               simulator: str = "verilator") -> dict:
+    """Random int8 operands through the RTL vs the golden model; the ``fmforge cosim gemm`` result."""
+    cfg = engine_config_for(rows, cols, dataflow, m, k, n)
+    job = GemmJob(m, k, n, seed=seed, bias=bias, requant=requant)
+    if simulator == "verilator":
+        tdir = Path(tempfile.mkdtemp(prefix="fmforge-cosim-")) if waves else None
+        r = run_gemm_verilator(cfg, [job], stall=stall, seed=seed, waves=waves, test_dir=tdir)[0]
+        if waves:
+            r["waves"] = str(tdir / "dump.vcd")
+    elif simulator == "amaranth":
+        from sim.pysim import run_gemm_pysim
+
+        r = run_gemm_pysim(cfg, [job], stall=stall, seed=seed)[0]
+        r["utilization"] = job.macs / (r["cycles"] * rows * cols)
+        r["cycles_per_second"] = r["cycles"] / r["sim_seconds"]
+        r["macs_per_second"] = job.macs / r["sim_seconds"]
+    else:
+        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+    r["match"] = bool(r["match"])
+    r.update({"rows": rows, "cols": cols, "dataflow": dataflow, "m": m, "k": k, "n": n,
+              "stall": stall, "seed": seed, "requant": requant, "bias": bias, "simulator": simulator})
+    return r
