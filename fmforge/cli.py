@@ -31,8 +31,15 @@ class UserError(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, TypeError, OSError, LookupError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (subcommand parsers inherit it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"fmforge: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="fmforge",
         description="Design, verify and build transformer accelerators.",
     )

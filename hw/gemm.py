@@ -65,6 +65,7 @@ __all__ = [
     "GemmEngine",
     "gemm_cycles",
     "gemm_period",
+    "scalesim_cycles",
     "load_words",
     "pack_operands",
     "unpack_result",
@@ -139,6 +140,22 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     return 1 + (folds - 1) * p + m + rows + cols + 2 + EPILOGUE_LATENCY
 
 
+def scalesim_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> int:
+    """SCALE-Sim v2/v3 compute cycles for the same GEMM (the reference model, folds not overlapped).
+
+    Closed forms read from SCALE-Sim's compute models and checked against its runs
+    (shared/reference/costmodels.md, section 1.3): OS ``ceil(M/R)*ceil(N/C)*(R+C+K-2) - 1``,
+    WS ``ceil(K/R)*ceil(N/C)*(2R+C+M-2) - 1``, IS ``ceil(K/R)*ceil(M/C)*(2R+C+N-2) - 1``.
+    """
+    if dataflow == "os":
+        return _ceil_div(m, rows) * _ceil_div(n, cols) * (rows + cols + k - 2) - 1
+    if dataflow == "ws":
+        return _ceil_div(k, rows) * _ceil_div(n, cols) * (2 * rows + cols + m - 2) - 1
+    if dataflow == "is":
+        return _ceil_div(k, rows) * _ceil_div(m, cols) * (2 * rows + cols + n - 2) - 1
+    raise ValueError(f"dataflow must be one of os, ws, is, not {dataflow!r}")
+
+
 def load_words(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> dict[str, int]:
     """Number of words the engine takes on each load stream for one GEMM."""
     _check_dataflow(dataflow)
@@ -181,6 +198,8 @@ def unpack_result(rows: int, cols: int, dataflow: str, m: int, n: int, out_rows:
     """Reassemble the ``o_c`` row sequence (``[beats, C]``) into the ``[M, N]`` result."""
     _check_dataflow(dataflow)
     nb = _ceil_div(n, cols)
+    if out_rows.shape[0] != nb * m:
+        raise ValueError(f"expected {nb * m} result rows, got {out_rows.shape[0]}")
     res = torch.zeros(m, nb * cols, dtype=torch.int64)
     beat = 0
     if dataflow == "os":
@@ -193,8 +212,6 @@ def unpack_result(rows: int, cols: int, dataflow: str, m: int, n: int, out_rows:
         for j in range(nb):
             res[:, j * cols : (j + 1) * cols] = out_rows[beat : beat + m]
             beat += m
-    if beat != out_rows.shape[0]:
-        raise ValueError(f"expected {beat} result rows, got {out_rows.shape[0]}")
     return res[:, :n]
 
 

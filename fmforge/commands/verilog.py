@@ -1,0 +1,66 @@
+"""``fmforge verilog UNIT``: write a unit's Verilog (deterministic: ``emit_src=False``)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from typing import Any
+
+from fmforge.commands._args import add_json, positive_int, write_atomic
+
+__all__ = ["register", "UNITS", "add_gemm_args", "gemm_from_args"]
+
+
+def add_gemm_args(p: argparse.ArgumentParser, *, buffers: int = 128) -> None:
+    """Elaboration arguments of the GEMM engine."""
+    p.add_argument("--rows", type=positive_int, required=True, help="array rows R")
+    p.add_argument("--cols", type=positive_int, required=True, help="array columns C")
+    p.add_argument("--dataflow", default="os", help="os (output-stationary) or ws (weight-stationary)")
+    for dim in ("m", "k", "n"):
+        p.add_argument(f"--max-{dim}", type=positive_int, default=buffers,
+                       help=f"largest {dim.upper()} the on-chip buffers take (default {buffers})")
+    p.add_argument("--requant", action=argparse.BooleanOptionalAction, default=True,
+                   help="include the int8 requantizer (default: yes)")
+
+
+def gemm_from_args(args: argparse.Namespace):
+    from hw.gemm import GemmEngine
+
+    return GemmEngine(rows=args.rows, cols=args.cols, dataflow=args.dataflow, max_m=args.max_m,
+                      max_k=args.max_k, max_n=args.max_n, requant=args.requant)
+
+
+#: unit name -> (help, add_arguments, make_component)
+UNITS: dict[str, tuple[str, Any, Any]] = {
+    "gemm": ("R x C systolic int8 GEMM engine", add_gemm_args, gemm_from_args),
+}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("verilog", help="write a unit's Verilog",
+                              description="Convert an accelerator unit to Verilog (deterministic output).")
+    units = p.add_subparsers(dest="unit", metavar="UNIT")
+    units.required = True
+    for name, (help_, add_args, make) in UNITS.items():
+        u = units.add_parser(name, help=help_, description=help_)
+        add_args(u)
+        u.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+        add_json(u)
+        u.set_defaults(func=_run, make=make, unit_name=name)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    from amaranth.back import verilog
+
+    component = args.make(args)
+    text = verilog.convert(component, name=args.unit_name, emit_src=False)
+    out = {"unit": args.unit_name, "bytes": len(text.encode()),
+           "sha256": hashlib.sha256(text.encode()).hexdigest(), "verilog": None}
+    if args.output:
+        out["verilog"] = str(write_atomic(args.output, text))
+        if not args.json:
+            print(f"wrote {out['verilog']} ({out['bytes']} bytes, sha256 {out['sha256'][:16]})", file=sys.stderr)
+    elif not args.json:
+        sys.stdout.write(text)
+    return out
