@@ -1,0 +1,237 @@
+"""Streaming requantizer: P int32 lanes per cycle -> P int8 lanes, per-channel mult/shift.
+
+Matches :func:`golden.requant.requantize` bit for bit::
+
+    p = x * mult                                  # int32 x int32 -> int64
+    r = p if shift == 0 else ((p >> (shift-1)) + 1) >> 1     # round half up
+    y = clamp(r, -128, 127)                       # saturate to int8
+
+Stream framing shared by the element-wise units (:class:`Requantizer`, :class:`hw.gelu.Gelu`)
+----------------------------------------------------------------------------------------------
+A *job* is a burst of input words whose final word carries ``last``. The pipeline is a chain of
+``depth`` registers ending in the output register and advances (``adv``) only in cycles where
+the output is not blocked (``~(o.valid & ~o.ready)``) **and** there is work: an input word is
+offered, or the job's final word is still draining. A source that idles therefore freezes the
+pipeline instead of inserting bubbles, and a sink that refuses freezes it too, so the unit's
+``cycles`` counter (advancing cycles from the job's first accepted word to the transfer of its
+final output word, inclusive) is exactly ``words + depth`` whatever the stall pattern
+(:func:`elementwise_cycles`). The outputs of a job are all produced once its ``last`` word has
+been accepted; words before it may wait in the pipeline while the source idles.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "REQUANT_LATENCY",
+    "Requantizer",
+    "requant_cycles",
+    "elementwise_cycles",
+    "param_layout",
+    "check_positive",
+    "FrameControl",
+    "requant_stages",
+]
+
+#: registers from the input to the output register inclusive (table read, multiply, round, saturate)
+REQUANT_LATENCY = 4
+_MAX_LANES = 64
+
+
+def check_positive(name: str, value: object, limit: int | None = None) -> int:
+    """Validate a positive integer parameter (``ValueError`` with the parameter's name)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if limit is not None and value > limit:
+        raise ValueError(f"{name} must be at most {limit}, not {value}")
+    return value
+
+
+def elementwise_cycles(words: int, depth: int) -> int:
+    """Exact ``cycles`` of one job of ``words`` input words on a pipeline of ``depth`` registers."""
+    check_positive("words", words)
+    return words + depth
+
+
+def requant_cycles(rows: int, channels: int, lanes: int) -> int:
+    """Exact cycles of ``rows`` rows of ``channels`` int32 values on a P-lane :class:`Requantizer`.
+
+    ``rows * channels / P`` words (one per cycle) plus :data:`REQUANT_LATENCY`.
+    """
+    check_positive("rows", rows)
+    check_positive("channels", channels)
+    check_positive("lanes", lanes)
+    if channels % lanes:
+        raise ValueError(f"lanes={lanes} must divide the row length (channels={channels})")
+    return elementwise_cycles(rows * channels // lanes, REQUANT_LATENCY)
+
+
+def param_layout() -> data.StructLayout:
+    """One lane of the parameter table: ``mult`` int32, ``shift`` uint6."""
+    return data.StructLayout({"mult": signed(32), "shift": unsigned(6)})
+
+
+class FrameControl:
+    """The element-wise units' job framing (see the module docstring), built into module ``m``.
+
+    ``adv`` is the global advance; ``accept`` is an input transfer; ``valid[k]``/``last[k]`` are
+    the occupancy bits of pipeline register ``k`` (``k = depth - 1`` is the output register,
+    driven onto ``o.valid``/``o.payload.last``). ``busy``, ``cycles`` and a sticky ``error`` are
+    driven onto the component's ports of the same names.
+    """
+
+    def __init__(self, m: Module, comp, depth: int, *, row_words: int) -> None:
+        i, o = comp.i_data, comp.o_data
+        self.adv = adv = Signal(name="adv")
+        self.accept = accept = Signal(name="accept")
+        drain = Signal(name="drain")
+        o_ok = Signal(name="o_ok")
+        self.valid = [Signal(name=f"v{k}") for k in range(depth)]
+        self.last = [Signal(name=f"l{k}") for k in range(depth)]
+        m.d.comb += [
+            o_ok.eq(~(o.valid & ~o.ready)),
+            i.ready.eq(o_ok & ~drain),
+            adv.eq(o_ok & (i.valid | drain)),
+            accept.eq(i.valid & i.ready),
+            o.valid.eq(self.valid[-1]),
+            o.payload.last.eq(self.last[-1]),
+        ]
+        with m.If(adv):
+            m.d.sync += [self.valid[0].eq(accept), self.last[0].eq(accept & i.payload.last)]
+            for k in range(1, depth):
+                m.d.sync += [self.valid[k].eq(self.valid[k - 1]), self.last[k].eq(self.last[k - 1])]
+        with m.Elif(o.valid & o.ready):  # taken while the pipeline is frozen
+            m.d.sync += self.valid[-1].eq(0)
+        final_out = o.valid & o.ready & o.payload.last
+        with m.If(accept & i.payload.last):
+            m.d.sync += drain.eq(1)
+        with m.Elif(final_out):
+            m.d.sync += drain.eq(0)
+        # cycle counter: restarts with a job's first word, counts advancing cycles
+        with m.If(adv):
+            m.d.sync += comp.cycles.eq(Mux(comp.busy, comp.cycles + 1, 1))
+        with m.If(accept):
+            m.d.sync += comp.busy.eq(1)
+        with m.Elif(final_out):
+            m.d.sync += comp.busy.eq(0)
+        # row position: a job must hold whole rows; `last` inside a row is a framing error
+        self.group = Signal(range(max(row_words, 2)), name="group")
+        with m.If(accept):
+            at_end = self.group == row_words - 1
+            m.d.sync += self.group.eq(Mux(at_end | i.payload.last, 0, self.group + 1))
+            with m.If(i.payload.last & ~at_end):
+                m.d.sync += comp.error.eq(1)
+
+
+def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], shifts: list[Value],
+                   name: str) -> list[Signal]:
+    """Three registered stages (multiply, round half up, saturate) per lane; returns int8 registers.
+
+    Bit-exact :func:`golden.requant.requantize` of ``xs`` (up to int32) with ``mults`` (int32) and
+    ``shifts`` (0..63), advancing only when ``adv`` is high.
+    """
+    out = []
+    lo, hi = Const(-128, signed(9)), Const(127, signed(9))
+    for c, (x, mu, sh) in enumerate(zip(xs, mults, shifts, strict=True)):
+        p = Signal(signed(64), name=f"{name}_p{c}")
+        s2 = Signal(6, name=f"{name}_s{c}")
+        r = Signal(signed(64), name=f"{name}_r{c}")
+        y = Signal(signed(8), name=f"{name}_y{c}")
+        sm1 = Signal(6, name=f"{name}_sm1_{c}")
+        rnd = Signal(signed(65), name=f"{name}_rnd{c}")
+        m.d.comb += [sm1.eq(Mux(s2 == 0, 0, s2 - 1)), rnd.eq((p >> sm1) + 1)]
+        with m.If(adv):
+            m.d.sync += [
+                p.eq(x * mu),
+                s2.eq(sh),
+                r.eq(Mux(s2 == 0, p, rnd >> 1)),
+                y.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[0:8]))),
+            ]
+        out.append(y)
+    return out
+
+
+def _out_layout(lanes: int) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
+
+
+class Requantizer(wiring.Component):
+    """P-lane streaming int32 -> int8 requantizer with a per-channel (mult, shift) table.
+
+    Parameters (keyword-only)
+    -------------------------
+    lanes : int
+        P, elements per cycle (1..64).
+    channels : int
+        Row length N (the number of channels); P must divide it. Word ``k`` of a job holds
+        channels ``(k mod N/P) * P .. + P-1``.
+
+    Interface
+    ---------
+    i_param : In(stream of P x {mult: int32, shift: uint6})
+        The parameter table, ``N/P`` words written in order (a write pointer wraps after the
+        last group). Load it while the unit is idle (no job in flight).
+    i_data : In(stream of {data: P x int32, last: 1})   ``last`` marks a job's final word
+    o_data : Out(stream of {data: P x int8, last: 1})
+    busy : Out(1), cycles : Out(32)   see :mod:`hw.requant` (framing)
+    error : Out(1)   sticky: a job ended (``last``) in the middle of a row
+
+    Number formats: int32 x int32 -> int64 product, round half up by ``2**shift``, saturate to
+    int8 (exactly :func:`golden.requant.requantize`). Latency :data:`REQUANT_LATENCY` = 4
+    registers (table read, multiply, round, saturate/output); throughput P elements per cycle;
+    a job of W words takes exactly ``W + 4`` cycles (:func:`requant_cycles`).
+    """
+
+    def __init__(self, *, lanes: int, channels: int) -> None:
+        self._lanes = check_positive("lanes", lanes, _MAX_LANES)
+        self._channels = check_positive("channels", channels, 2**16)
+        if channels % lanes:
+            raise ValueError(f"lanes={lanes} must divide the row length (channels={channels})")
+        super().__init__({
+            "i_param": In(stream.Signature(data.ArrayLayout(param_layout(), lanes))),
+            "i_data": In(stream.Signature(data.StructLayout(
+                {"data": data.ArrayLayout(signed(32), lanes), "last": unsigned(1)}))),
+            "o_data": Out(stream.Signature(_out_layout(lanes))),
+            "busy": Out(1),
+            "cycles": Out(32),
+            "error": Out(1),
+        })
+
+    lanes = property(lambda self: self._lanes, doc="Elements per cycle P.")
+    channels = property(lambda self: self._channels, doc="Row length N (channels).")
+
+    @property
+    def groups(self) -> int:
+        """Words per row (parameter table depth), ``N / P``."""
+        return self._channels // self._lanes
+
+    @property
+    def latency(self) -> int:
+        """Pipeline registers, input to output inclusive."""
+        return REQUANT_LATENCY
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        P, G = self._lanes, self.groups
+        fc = FrameControl(m, self, REQUANT_LATENCY, row_words=G)
+        m.submodules.table = table = memory.Memory(
+            shape=data.ArrayLayout(param_layout(), P), depth=max(G, 2), init=[])
+        wr = table.write_port()
+        rd = table.read_port()
+        wptr = Signal(range(max(G, 2)), name="wptr")
+        m.d.comb += [self.i_param.ready.eq(1), wr.en.eq(self.i_param.valid), wr.addr.eq(wptr),
+                     wr.data.eq(self.i_param.payload)]
+        with m.If(self.i_param.valid):
+            m.d.sync += wptr.eq(Mux(wptr == G - 1, 0, wptr + 1))
+        # stage 1: the word and its table entry (synchronous read addressed by the row position)
+        m.d.comb += [rd.addr.eq(fc.group), rd.en.eq(fc.adv)]
+        x1 = [Signal(signed(32), name=f"x1_{c}") for c in range(P)]
+        with m.If(fc.adv):
+            m.d.sync += [x1[c].eq(self.i_data.payload.data[c]) for c in range(P)]
+        ys = requant_stages(m, fc.adv, x1, [rd.data[c].mult for c in range(P)],
+                            [rd.data[c].shift for c in range(P)], "rq")
+        m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
+        return m

@@ -1,0 +1,319 @@
+"""Bench for the streaming nonlinear units: stimulus, stream words, golden checks, runners.
+
+Simulator-independent stimulus (:class:`RequantConfig`, :class:`GeluConfig` make the unit and
+the words of a job), a cocotb + Verilator runner (:func:`run_verilator`, one build per
+configuration, all jobs in one simulator launch, module :mod:`sim.cocotb_elementwise`), an
+Amaranth-simulator runner (:func:`run_pysim`) and :func:`cosim_unit`, what ``fmforge cosim
+requant|gelu`` runs. Results are compared word for word with the golden model and the unit's
+``cycles`` counter with its cycle model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from golden.gelu import GeluParams, gelu_float, gelu_int, gelu_params, relu_float, relu_int
+from golden.requant import quantize_multiplier, requantize, requantize_float
+from sim.streams import pack_lanes, stall_pattern, unpack_lanes
+
+__all__ = [
+    "VALUE_PATTERNS",
+    "Job",
+    "Stimulus",
+    "RequantConfig",
+    "GeluConfig",
+    "check",
+    "run_verilator",
+    "run_pysim",
+    "cosim_unit",
+]
+
+#: input patterns: random, every value at the minimum / maximum, all equal, alternating min/max
+VALUE_PATTERNS = ("random", "min", "max", "equal", "minmax")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: ``rows`` rows with a value pattern and a seed."""
+
+    rows: int
+    values: str = "random"
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"rows={self.rows} values={self.values} seed={self.seed}"
+
+
+@dataclass
+class Stimulus:
+    """Stream words of one job and what must come back."""
+
+    param: list[int]
+    data: list[int]
+    expected: list[list[int]]  # per output word: lane values
+    predicted_cycles: int
+    max_abs_err_lsb: float
+    out_bits: int
+    lanes: int
+    extra: dict = field(default_factory=dict)
+
+
+def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
+    if pattern == "random":
+        return torch.randint(lo, hi + 1, shape, generator=g, dtype=torch.int64)
+    if pattern == "min":
+        return torch.full(shape, lo, dtype=torch.int64)
+    if pattern == "max":
+        return torch.full(shape, hi, dtype=torch.int64)
+    if pattern == "equal":
+        return torch.full(shape, int(torch.randint(lo, hi + 1, (1,), generator=g)), dtype=torch.int64)
+    if pattern == "minmax":
+        t = torch.full(shape, lo, dtype=torch.int64)
+        t.view(-1)[1::2] = hi
+        return t
+    raise ValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
+
+
+def _data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
+    flat = x.reshape(-1, lanes).tolist()
+    words = [pack_lanes(w, width) for w in flat]
+    words[-1] |= 1 << (lanes * width)  # last
+    return words
+
+
+@dataclass(frozen=True)
+class RequantConfig:
+    """A :class:`hw.requant.Requantizer` configuration (one Verilator build)."""
+
+    lanes: int
+    channels: int
+    name = "requant"
+
+    def unit(self):
+        from hw.requant import Requantizer
+
+        return Requantizer(lanes=self.lanes, channels=self.channels)
+
+    @property
+    def tag(self) -> str:
+        return f"requant_p{self.lanes}_n{self.channels}"
+
+    def stimulus(self, job: Job) -> Stimulus:
+        from hw.requant import requant_cycles
+
+        g = torch.Generator().manual_seed(job.seed)
+        n, p = self.channels, self.lanes
+        x = _values((job.rows, n), job.values, -(2**31), 2**31 - 1, g)
+        mult = torch.empty(n, dtype=torch.int64)
+        shift = torch.empty(n, dtype=torch.int64)
+        for c in range(n):
+            k = int(torch.randint(0, 4, (1,), generator=g))
+            if k == 0:  # raw int32 multiplier (negative too), any shift
+                mult[c] = int(torch.randint(-(2**31), 2**31, (1,), generator=g))
+                shift[c] = int(torch.randint(0, 64, (1,), generator=g))
+            else:  # a realistic scale
+                scale = float(torch.exp(torch.empty(1).uniform_(-20.0, 2.0, generator=g)))
+                mult[c], shift[c] = quantize_multiplier(scale)
+        if job.values == "min" or job.values == "max":
+            shift[0], mult[0] = 0, 1  # saturation through the shift-0 path
+        y = requantize(x, mult, shift)
+        ref = requantize_float(x, mult.double() / torch.pow(2.0, shift.double()))
+        params = [pack_lanes([(int(mult[c]) & 0xFFFFFFFF) | (int(shift[c]) << 32)
+                              for c in range(gi * p, gi * p + p)], 38) for gi in range(n // p)]
+        return Stimulus(param=params, data=_data_words(x, p, 32), expected=y.reshape(-1, p).tolist(),
+                        predicted_cycles=requant_cycles(job.rows, n, p),
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+
+
+@dataclass(frozen=True)
+class GeluConfig:
+    """A :class:`hw.gelu.Gelu` configuration: lanes, mode and the compiled scales."""
+
+    lanes: int
+    mode: str = "gelu"
+    in_scale: float = 0.05
+    out_scale: float = 0.03
+    name = "gelu"
+
+    def params(self) -> GeluParams | tuple[int, int]:
+        if self.mode == "gelu":
+            return gelu_params(self.in_scale, self.out_scale)
+        return quantize_multiplier(self.in_scale / self.out_scale)
+
+    def unit(self):
+        from hw.gelu import Gelu
+
+        if self.mode == "gelu":
+            return Gelu(lanes=self.lanes, params=self.params())
+        mult, shift = self.params()
+        return Gelu(lanes=self.lanes, mode="relu", relu_mult=mult, relu_shift=shift)
+
+    @property
+    def tag(self) -> str:
+        return f"{self.mode}_p{self.lanes}"
+
+    def stimulus(self, job: Job, length: int) -> Stimulus:
+        from hw.gelu import gelu_cycles
+
+        g = torch.Generator().manual_seed(job.seed)
+        p = self.lanes
+        x = _values((job.rows, length), job.values, -128, 127, g)
+        if self.mode == "gelu":
+            y = gelu_int(x, self.params())
+            ref = gelu_float(x * self.in_scale) / self.out_scale
+        else:
+            mult, shift = self.params()
+            y = relu_int(x, mult, shift)
+            ref = relu_float(x * self.in_scale) / self.out_scale
+        return Stimulus(param=[], data=_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
+                        predicted_cycles=gelu_cycles(job.rows, length, p),
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+
+
+def check(st: Stimulus, words: Sequence[int]) -> dict:
+    """Compare raw output words with the expected lanes; ``last`` only on the final word."""
+    mism = []
+    if len(words) != len(st.expected):
+        mism.append(f"expected {len(st.expected)} words, got {len(words)}")
+    width = st.lanes * st.out_bits
+    for k, (w, exp) in enumerate(zip(words, st.expected, strict=False)):
+        got = unpack_lanes(w & ((1 << width) - 1), st.out_bits, st.lanes)
+        last = (w >> width) & 1
+        if got != exp:
+            mism.append(f"word {k}: expected {exp}, got {got}")
+        if last != (k == len(st.expected) - 1):
+            mism.append(f"word {k}: last={last}")
+        if len(mism) >= 5:
+            break
+    return {"match": not mism, "mismatches": mism}
+
+
+def _progress(msg: str) -> None:
+    print(f"[fmforge] {msg}", file=sys.stderr, flush=True)
+
+
+def _stimuli(cfg, jobs: Sequence[Job], length: int | None) -> list[Stimulus]:
+    if isinstance(cfg, RequantConfig):
+        return [cfg.stimulus(j) for j in jobs]
+    return [cfg.stimulus(j, length) for j in jobs]
+
+
+def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str = "none",
+                  seed: int = 0, monitor: bool = False, test_dir: Path | None = None,
+                  data_override: list[list[int]] | None = None, progress=_progress) -> list[dict]:
+    """Run ``jobs`` in order on unit ``cfg`` in cocotb + Verilator; check each against golden.
+
+    ``length`` is the row length for the GELU (the requantizer's is its ``channels``).
+    ``data_override`` replaces jobs' input words (to feed malformed streams). Returns one dict
+    per job: ``job``, ``match``, ``mismatches``, ``cycles``, ``predicted_cycles``, ``error``
+    (the unit's sticky framing-error flag), ``max_abs_err_lsb`` (golden vs float twin),
+    ``sim_seconds``.
+    """
+    from sim.verilator import build, run_cocotb, to_verilog
+
+    b = build(to_verilog(cfg.unit(), cfg.name), cfg.name, progress=progress)
+    stims = _stimuli(cfg, jobs, length)
+    datas = data_override or [s.data for s in stims]
+    own = test_dir is None
+    tdir = Path(tempfile.mkdtemp(prefix="fmforge-cosim-")) if own else Path(test_dir)
+    tdir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "stall": stall, "seed": seed, "monitor": monitor, "out": str(tdir / "out.json"),
+        "has_param": isinstance(cfg, RequantConfig),
+        "jobs": [{"param": s.param, "data": d, "n_out": len(s.expected),
+                  "timeout_cycles": 20 * (s.predicted_cycles + len(d)) + 200}
+                 for s, d in zip(stims, datas, strict=True)],
+    }
+    (tdir / "spec.json").write_text(json.dumps(spec))
+    res = run_cocotb(b, "sim.cocotb_elementwise", extra_env={"FMFORGE_BENCH_SPEC": str(tdir / "spec.json")},
+                     test_dir=tdir, seed=seed)
+    if res["failed"] or not (tdir / "out.json").exists():
+        raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
+    raw = json.loads((tdir / "out.json").read_text())["results"]
+    out = []
+    for job, st, r in zip(jobs, stims, raw, strict=False):
+        chk = check(st, r["words"])
+        if r.get("timeout"):
+            chk["mismatches"].insert(0, r["timeout"])
+        out.append({"job": job.describe(), "match": chk["match"] and not r.get("timeout"),
+                    "mismatches": chk["mismatches"], "cycles": r["cycles"],
+                    "predicted_cycles": st.predicted_cycles, "error": bool(r["error"]),
+                    "max_abs_err_lsb": st.max_abs_err_lsb, "sim_seconds": r["sim_seconds"]})
+    if own:
+        shutil.rmtree(tdir, ignore_errors=True)
+    return out
+
+
+def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str = "none",
+              seed: int = 0) -> list[dict]:
+    """The same jobs on the Amaranth simulator (small configurations); same result dicts."""
+    from amaranth.sim import Simulator
+
+    from sim.pysim import stream_sink, stream_source
+
+    dut = cfg.unit()
+    stims = _stimuli(cfg, jobs, length)
+    pattern = stall_pattern(stall, seed)
+    results: list[dict] = []
+    go = [False] * len(stims)  # job j's data may start (its table is loaded)
+
+    async def source(ctx):
+        src_p = pattern.fork(1)
+        for j, st in enumerate(stims):
+            while not go[j]:
+                await ctx.tick()
+            await stream_source(ctx, dut.i_data, st.data, src_p)
+
+    async def bench(ctx):
+        sink_p, par_p = pattern.fork(99), pattern.fork(2)
+        for j, (job, st) in enumerate(zip(jobs, stims, strict=True)):
+            t0 = time.perf_counter()
+            if st.param:
+                await stream_source(ctx, dut.i_param, st.param, par_p)
+            go[j] = True
+            got: list[int] = []
+            await stream_sink(ctx, dut.o_data, len(st.expected), sink_p, got,
+                              20 * (st.predicted_cycles + len(st.data)) + 200)
+            chk = check(st, got)
+            results.append({"job": job.describe(), "match": chk["match"], "mismatches": chk["mismatches"],
+                            "cycles": int(ctx.get(dut.cycles)), "predicted_cycles": st.predicted_cycles,
+                            "error": bool(ctx.get(dut.error)), "max_abs_err_lsb": st.max_abs_err_lsb,
+                            "sim_seconds": time.perf_counter() - t0})
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(source, background=True)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int = 0, stall: str = "none",
+               simulator: str = "verilator", **kw) -> dict:
+    """Random rows through one unit's RTL vs its golden model: the ``fmforge cosim`` result."""
+    if unit == "requant":
+        cfg = RequantConfig(lanes=lanes, channels=length)
+    elif unit in ("gelu", "relu"):
+        cfg = GeluConfig(lanes=lanes, mode=unit, **kw)
+    else:
+        raise ValueError(f"unit must be requant, gelu or relu, not {unit!r}")
+    jobs = [Job(rows, "random", seed)]
+    t0 = time.perf_counter()
+    if simulator == "verilator":
+        r = run_verilator(cfg, jobs, length=length, stall=stall, seed=seed)[0]
+    elif simulator == "amaranth":
+        r = run_pysim(cfg, jobs, length=length, stall=stall, seed=seed)[0]
+    else:
+        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+    r.update({"unit": unit, "len": length, "rows": rows, "lanes": lanes, "seed": seed, "stall": stall,
+              "simulator": simulator, "wall_seconds": time.perf_counter() - t0, "match": bool(r["match"])})
+    return r
