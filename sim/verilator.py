@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
+import re
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -88,11 +89,32 @@ def _environ(env: dict[str, str]):
                 os.environ[k] = v
 
 
-def to_verilog(component, name: str) -> str:
-    """Deterministic Verilog for an Amaranth component (``emit_src=False``)."""
+_ZERO_INIT = re.compile(
+    r"  initial begin\n((?:    (\w+)\[\d+\] = \d+'h0+;\n)+)  end\n"
+)
+
+
+def _loop_zero_init(match: re.Match) -> str:
+    lines = match.group(1).splitlines()
+    name = match.group(2)
+    if any(not ln.strip().startswith(f"{name}[{i}] ") for i, ln in enumerate(lines)):
+        return match.group(0)  # not one memory zeroed in address order: keep as written
+    i = f"{name}__init_i"
+    return (f"  integer {i};\n  initial begin\n"
+            f"    for ({i} = 0; {i} < {len(lines)}; {i} = {i} + 1) {name}[{i}] = 0;\n  end\n")
+
+
+def to_verilog(component, name: str, *, compact_init: bool = True) -> str:
+    """Deterministic Verilog for an Amaranth component (``emit_src=False``).
+
+    With ``compact_init`` (for simulation builds) a memory initialised to all zeros, which
+    Yosys writes as one assignment per word, becomes an equivalent ``for`` loop, so the text
+    and Verilator's compile time do not grow with buffer depth.
+    """
     from amaranth.back import verilog
 
-    return verilog.convert(component, name=name, emit_src=False)
+    text = verilog.convert(component, name=name, emit_src=False)
+    return _ZERO_INIT.sub(_loop_zero_init, text) if compact_init else text
 
 
 def _versions() -> str:
