@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -378,7 +379,7 @@ def _run_plan(plan: Any, root: Path, env: dict[str, str], name: str, family: str
     t0 = time.monotonic()
     with open(root / "build.log", "wb") as log:
         proc = subprocess.Popen(["sh", f"{plan.script}.sh"], cwd=root, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         done = threading.Event()
         stage, last_note = -1, t0
 
@@ -399,8 +400,11 @@ def _run_plan(plan: Any, root: Path, env: dict[str, str], name: str, family: str
             while proc.poll() is None:
                 note_stage()
                 done.wait(0.25)
-        except BaseException:
-            proc.kill()
+        except BaseException:  # interrupted: stop the script and the tool it is running
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             proc.wait()
             raise
     rc = proc.returncode
