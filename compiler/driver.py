@@ -1,0 +1,164 @@
+"""The compile pipeline: model -> IR -> passes -> partition -> plan (and its report).
+
+:func:`compile_model` is what ``fmforge compile`` and the demo call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler.frontend import LoadedModel, export_graph, load_model
+from compiler.ir import Graph
+from compiler.partition import (
+    Problem,
+    Result,
+    build_problem,
+    evaluate,
+    partition_dp,
+    partition_greedy,
+)
+from compiler.passes import Canonicalize, Quantize, run_passes
+from compiler.plan import PLAN_FORMAT, PLAN_VERSION, check_plan
+from compiler.targets import Target, parse_devices
+
+__all__ = ["Compiled", "calibration_samples", "compile_model", "prepare_graph", "ASSUMPTIONS"]
+
+#: assumptions stated in every plan
+ASSUMPTIONS = [
+    "ops run one at a time in topological order (single inference, no overlap between devices)",
+    "transfers between two non-host devices pass through the host; values travel as int8 to/from "
+    "accelerators",
+    "accelerator GEMM cycles: hw.gemm.gemm_cycles (exact cycle model of the RTL) plus operand "
+    "load words (hw.gemm.load_words), not overlapped",
+    "FPGA clocks: measured Fmax (LFE5U-85F 100 MHz, LFE5U-25F 125 MHz, UP5K 100 MHz); board power "
+    "and external-memory bandwidth are assumptions (compiler.targets.fpga)",
+    "ULX3S host link: FT231X UART 3 Mbaud = 300 kB/s, 1 ms latency",
+    "energy constants: Horowitz 45 nm (ASIC), ISAAC/PUMA 32 nm (IMC); CPU 15 W, GPU board power",
+    "softmax/layer_norm/gelu run on accelerators only where hw/ has the unit with a cycle model",
+]
+
+
+@dataclass
+class Compiled:
+    """Everything a compile produced."""
+
+    plan: dict[str, Any]
+    graph: Graph
+    devices: list[Target]
+    problem: Problem
+    result: Result
+    greedy: Result
+    model: LoadedModel
+    compile_seconds: float
+    timings: dict[str, float]
+
+
+def calibration_samples(model: LoadedModel, n: int = 8) -> list[tuple[torch.Tensor, ...]]:
+    """Calibration inputs: shipped sentences for MiniLM; else the example inputs and seeded
+    variants (float inputs: same-shape normal noise of the same std; int inputs: unchanged)."""
+    if model.name == "minilm":
+        from compiler.models import load_sentences
+        from compiler.zoo import tokenize
+        sents = load_sentences()[:n]
+        ids, am, tt = tokenize(sents, model.seq_len or 32)
+        return [(ids[i:i + 1], am[i:i + 1], tt[i:i + 1]) for i in range(len(sents))]
+    out = [tuple(model.example_inputs)]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(min(n, 4) - 1):
+        out.append(tuple(t + torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std()
+                         if t.is_floating_point() else t for t in model.example_inputs))
+    return out
+
+
+def prepare_graph(model: LoadedModel, calib: int = 8) -> tuple[Graph, dict[str, float]]:
+    """Export, canonicalize and quantize; returns the graph and step timings."""
+    t0 = time.perf_counter()
+    g = export_graph(model.module, model.example_inputs, source=model.name)
+    t1 = time.perf_counter()
+    run_passes(g, [Canonicalize(), Quantize(calibration_samples(model, calib))])
+    t2 = time.perf_counter()
+    return g, {"export_s": t1 - t0, "passes_s": t2 - t1}
+
+
+def _device_entry(d: Target, spec: str, nodes: list[Any]) -> dict[str, Any]:
+    link = None if d.is_host else d.link.to_json()
+    return {"name": d.name, "kind": d.kind, "spec": spec, "params": d.params(), "link": link,
+            "hardware": d.hardware(nodes)}
+
+
+def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f,cpu",
+                  objective: str = "latency", seq_len: int | None = None,
+                  calib: int = 8) -> Compiled:
+    """Compile ``model`` for ``devices`` (see :mod:`compiler.targets` for device specs)."""
+    devs = parse_devices(devices)
+    lm = model if isinstance(model, LoadedModel) else load_model(model, seq_len)
+    t0 = time.perf_counter()
+    graph, timings = prepare_graph(lm, calib)
+    t1 = time.perf_counter()
+    problem = build_problem(graph, devs, objective)
+    t2 = time.perf_counter()
+    result = partition_dp(problem)
+    greedy = partition_greedy(problem)
+    t3 = time.perf_counter()
+    timings.update({"costing_s": t2 - t1, "partition_s": t3 - t2})
+    plan = _make_plan(lm, graph, devs, [s.strip() for s in devices.split(",") if s.strip()],
+                      problem, result, greedy)
+    check_plan(plan)
+    return Compiled(plan, graph, devs, problem, result, greedy, lm,
+                    time.perf_counter() - t0, timings)
+
+
+def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[str],
+               problem: Problem, result: Result, greedy: Result) -> dict[str, Any]:
+    ev = evaluate(problem, result.placement)
+    assert ev is not None
+    lat, energy, sched = ev
+    by_dev = {d.name: d for d in devs}
+    ops = []
+    per_dev = {d.name: {"ops": 0, "macs": 0, "seconds": 0.0, "energy_j": 0.0} for d in devs}
+    fallback = []
+    accel = [d for d in devs if d.integer]
+    for n in graph.nodes:
+        dname = result.placement[n.name]
+        d = by_dev[dname]
+        c = d.cost(n, graph)
+        macs = int(n.attrs.get("macs", 0))
+        q = n.attrs.get("quant")
+        ops.append({"name": n.name, "op": n.op, "target": n.target, "module": n.module,
+                    "device": dname, "inputs": list(n.inputs),
+                    "out": [t.to_json() for t in n.out], "macs": macs, "cycles": c.cycles,
+                    "seconds": c.seconds, "energy_j": c.energy_j, "lowering": d.lowering(n),
+                    "quant": {"in_scales": list(q["in_scales"]), "out_scale": q["out_scale"]}
+                    if q else None,
+                    "sparse_filter": n.attrs.get("sparse_filter")})
+        pd = per_dev[dname]
+        pd["ops"] += 1
+        pd["macs"] += macs
+        pd["seconds"] += c.seconds
+        pd["energy_j"] += c.energy_j
+        if n.op != "layout" and not d.integer and accel:
+            reasons = [f"{a.name}: {a.supports(n).reason}" for a in accel if not a.supports(n).ok]
+            if len(reasons) == len(accel):
+                fallback.append({"op": n.name, "kind": n.op, "device": dname,
+                                 "reason": "; ".join(reasons)})
+    placed = {d.name: [n for n in graph.nodes if result.placement[n.name] == d.name] for d in devs}
+    return {
+        "format": PLAN_FORMAT, "version": PLAN_VERSION,
+        "model": {"source": lm.name, "seq_len": lm.seq_len, "graph_fingerprint": graph.fingerprint(),
+                  "inputs": [{"name": n, **t.to_json()} for n, t in graph.inputs],
+                  "nodes": len(graph.nodes)},
+        "objective": problem.objective,
+        "devices": [_device_entry(d, s, placed[d.name]) for d, s in zip(devs, specs, strict=True)],
+        "ops": ops,
+        "schedule": sched,
+        "totals": {"latency_s": lat, "energy_j": energy, "per_device": per_dev},
+        "partition": {"algorithm": "dp", "exact": result.exact, "states": result.states,
+                      "objective_value": result.objective_value,
+                      "greedy_objective": greedy.objective_value},
+        "fallback_ops": fallback,
+        "assumptions": list(ASSUMPTIONS),
+    }

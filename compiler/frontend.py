@@ -1,0 +1,217 @@
+"""Frontend: a ``torch.nn.Module`` and example inputs -> :class:`compiler.ir.Graph` via torch.export.
+
+``load_model(spec)`` resolves a model spec: a built-in name (``minilm``, see
+:mod:`compiler.zoo`) or ``path/to/file.py:factory`` where ``factory()`` returns
+``(module, example_inputs)``. ``export_graph(module, inputs)`` runs ``torch.export.export``
+and ``run_decompositions`` with ``linear``, ``layer_norm``, ``scaled_dot_product_attention``,
+``gelu``, ``softmax`` and ``matmul`` kept whole (popped from the decomposition table), then
+translates the ATen graph into typed IR nodes, weights by reference.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compiler.ir import Graph, Node, Param, Ref, TensorType
+from compiler.zoo import DEFAULT_SEQ_LEN, MODELS
+
+__all__ = ["LoadedModel", "export_graph", "load_model", "resolve_target", "KEEP_WHOLE"]
+
+#: ATen ops kept whole through the decompositions (the units our hardware implements)
+KEEP_WHOLE = ("linear", "layer_norm", "scaled_dot_product_attention", "gelu", "matmul",
+              "_softmax", "softmax")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to export: the module, its example inputs and where it came from."""
+
+    name: str
+    module: torch.nn.Module
+    example_inputs: tuple[torch.Tensor, ...]
+    seq_len: int | None = None
+
+
+def _load_factory_file(spec: str) -> tuple[Any, str]:
+    path_s, sep, fn = spec.rpartition(":")
+    if not sep or not path_s.endswith(".py") or not fn:
+        raise ValueError(f"model {spec!r}: expected a built-in name ({', '.join(MODELS)}) or "
+                         "path/to/file.py:factory")
+    path = Path(path_s)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path_s} (give path/to/file.py:factory)")
+    mod_spec = importlib.util.spec_from_file_location(f"fmforge_user_model_{path.stem}", path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ValueError(f"model file {path_s} cannot be imported as a Python module")
+    mod = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(mod)
+    except Exception as e:  # user code: report it as one line
+        raise ValueError(f"model file {path_s} failed to import: {type(e).__name__}: {e}") from None
+    factory = getattr(mod, fn, None)
+    if not callable(factory):
+        raise LookupError(f"model file {path_s} has no callable {fn!r}")
+    return factory, f"{path_s}:{fn}"
+
+
+def load_model(spec: str = "minilm", seq_len: int | None = None) -> LoadedModel:
+    """Resolve a model spec to a module and example inputs (see the module docstring).
+
+    Raises LookupError for an unknown name, FileNotFoundError for a missing file and
+    TypeError when a factory does not return ``(module, example_inputs)``.
+    """
+    spec = str(spec).strip()
+    if spec in MODELS:
+        kw: dict[str, Any] = {}
+        if seq_len is not None and spec != "encoder-tiny":
+            kw["seq_len"] = seq_len
+        factory, name = MODELS[spec], spec
+        if spec == "minilm":
+            seq_len = seq_len or DEFAULT_SEQ_LEN
+        result = factory(**kw)
+    elif ":" in spec or spec.endswith(".py"):
+        factory, name = _load_factory_file(spec)
+        try:
+            result = factory()
+        except Exception as e:
+            raise ValueError(f"model factory {name} raised {type(e).__name__}: {e}") from None
+    else:
+        raise LookupError(f"unknown model {spec!r}; built-in models: {', '.join(MODELS)}, or "
+                          "path/to/file.py:factory")
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
+        raise TypeError(f"model factory {name} must return (torch.nn.Module, example_inputs), "
+                        f"not {type(result).__name__}")
+    module, inputs = result
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    if not (isinstance(inputs, (tuple, list)) and inputs
+            and all(isinstance(t, torch.Tensor) for t in inputs)):
+        raise TypeError(f"model factory {name}: example_inputs must be a tensor or a non-empty "
+                        "tuple of tensors")
+    return LoadedModel(name=name, module=module.eval(), example_inputs=tuple(inputs),
+                       seq_len=seq_len)
+
+
+def resolve_target(target: str) -> Any:
+    """The callable of an IR target string (``aten.linear.default`` -> the OpOverload)."""
+    if target == "getitem":
+        return operator.getitem
+    parts = target.split(".")
+    if parts[0] != "aten" or len(parts) != 3:
+        raise LookupError(f"cannot resolve operator {target!r}")
+    return getattr(getattr(torch.ops.aten, parts[1]), parts[2])
+
+
+def _target_name(t: Any) -> str:
+    if t is operator.getitem:
+        return "getitem"
+    if isinstance(t, torch._ops.OpOverload):
+        return str(t)
+    raise LookupError(f"operator {t!r} is not an ATen operator")
+
+
+def _dtype_name(d: torch.dtype) -> str:
+    return str(d).removeprefix("torch.")
+
+
+def _types(val: Any, where: str) -> tuple[tuple[TensorType, ...], bool]:
+    if isinstance(val, torch.Tensor):
+        shape = []
+        for s in val.shape:
+            if not isinstance(s, int):
+                raise ValueError(f"node {where}: dynamic dimension {s} (export with static shapes)")
+            shape.append(int(s))
+        return (TensorType(tuple(shape), _dtype_name(val.dtype)),), False
+    if isinstance(val, (tuple, list)):
+        out: list[TensorType] = []
+        for v in val:
+            if isinstance(v, torch.Tensor):
+                out.extend(_types(v, where)[0])
+            else:
+                out.append(TensorType((), "float32"))
+        return tuple(out), True
+    return (), False
+
+
+def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
+                 source: str = "") -> Graph:
+    """Export ``module`` with ``inputs`` and translate it to IR (see the module docstring).
+
+    Raises ValueError naming the model and the first line of torch's reason when torch.export
+    cannot export it.
+    """
+    try:
+        ep = torch.export.export(module.eval(), tuple(inputs))
+        table = torch.export.default_decompositions()
+        for name in KEEP_WHOLE:
+            packet = getattr(torch.ops.aten, name)
+            for ov in packet.overloads():
+                table.pop(getattr(packet, ov), None)
+        ep = ep.run_decompositions(table)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"torch.export cannot export model {source or type(module).__name__}: "
+                         f"{type(e).__name__}: {first[:300]}") from None
+
+    sig = ep.graph_signature
+    kinds = {s.arg.name: (s.kind.name, s.target) for s in sig.input_specs
+             if hasattr(s.arg, "name")}
+    state = dict(ep.state_dict)
+    state.update({k: v for k, v in ep.constants.items() if isinstance(v, torch.Tensor)})
+    params: dict[str, torch.Tensor] = {}
+    placeholder_param: dict[str, str] = {}
+    g_inputs: list[tuple[str, TensorType]] = []
+    nodes: list[Node] = []
+    outputs: list[Ref] = []
+    multi_out = False
+
+    def conv(a: Any) -> Any:
+        if isinstance(a, torch.fx.Node):
+            if a.name in placeholder_param:
+                return Param(placeholder_param[a.name])
+            return Ref(a.name)
+        if isinstance(a, (list, tuple)):
+            return type(a)(conv(x) for x in a)
+        if isinstance(a, dict):
+            return {k: conv(v) for k, v in a.items()}
+        return a
+
+    for n in ep.graph.nodes:
+        if n.op == "placeholder":
+            kind, fqn = kinds.get(n.name, ("USER_INPUT", None))
+            if kind == "USER_INPUT":
+                g_inputs.append((n.name, _types(n.meta["val"], n.name)[0][0]))
+            else:
+                if fqn not in state:
+                    raise ValueError(f"export of {source}: {kind} {fqn!r} has no value")
+                params[fqn] = state[fqn].detach()
+                placeholder_param[n.name] = fqn
+        elif n.op == "call_function":
+            target = _target_name(n.target)
+            if target == "aten._assert_tensor_metadata.default":
+                continue
+            stack = n.meta.get("nn_module_stack") or {}
+            owner = list(stack.values())[-1][0] if stack else ""
+            out, multi = _types(n.meta.get("val"), n.name)
+            nodes.append(Node(name=n.name, op="other", target=target, args=conv(tuple(n.args)),
+                              kwargs=conv(dict(n.kwargs)), out=out, module=str(owner),
+                              multi=multi))
+        elif n.op == "output":
+            res = n.args[0]
+            if isinstance(res, (tuple, list)):
+                multi_out = len(res) != 1
+                outputs = [conv(r) for r in res]
+            else:
+                outputs = [conv(res)]
+    if any(not isinstance(r, Ref) for r in outputs):
+        raise ValueError(f"model {source}: every output must be a computed tensor")
+    g = Graph(inputs=g_inputs, nodes=nodes, outputs=outputs, params=params, source=source,
+              multi_output=multi_out)
+    g.validate()
+    return g

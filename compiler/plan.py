@@ -1,0 +1,150 @@
+"""The plan: a versioned, schema-validated JSON document (see :data:`PLAN_SCHEMA`).
+
+It records the model it was compiled from (with the graph fingerprint the executor checks), the
+devices with the hardware to build on each (units, parameters, predicted resources and clock),
+the placement, lowering, quantization scales and predicted cost of every op, the schedule, per
+device totals, the ops no accelerator could take (with the reasons) and the assumptions behind the
+numbers. :func:`dumps_plan` is deterministic (sorted keys); :func:`load_plan` validates and
+raises :class:`compiler.schema.SchemaError` naming the bad field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compiler.schema import SchemaError, validate
+
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "check_plan", "dumps_plan", "load_plan",
+           "write_timeline"]
+
+PLAN_FORMAT = "fmforge-plan"
+PLAN_VERSION = 1
+
+_NUM = "number"
+_TENSOR = {"object": {"shape": {"array": "integer"}, "dtype": "string"}}
+_LINK = {"object": {"name": "string", "bandwidth_bytes_s": ("number", "null"),
+                    "latency_s": "number", "power_w": "number"}}
+_RES = {"object": {}, "extra": ("integer", "number", "null")}
+PLAN_SCHEMA: dict[str, Any] = {"object": {
+    "format": {"enum": [PLAN_FORMAT]},
+    "version": {"enum": [PLAN_VERSION]},
+    "model": {"object": {"source": "string", "seq_len": ("integer", "null"),
+                         "graph_fingerprint": "string",
+                         "inputs": {"array": {"object": {"name": "string", "shape": {"array": "integer"},
+                                                         "dtype": "string"}}},
+                         "nodes": "integer"}},
+    "objective": {"enum": ["latency", "energy"]},
+    "devices": {"array": {"object": {
+        "name": "string", "kind": {"enum": ["fpga", "asic", "imc", "cpu", "gpu"]},
+        "params": {"object": {}, "extra": "any"},
+        "link": {"nullable": _LINK},
+        "hardware": {"object": {"units": {"array": {"object": {
+            "unit": "string", "module": "string", "params": {"object": {}, "extra": "any"},
+            "predicted": {"object": {}, "extra": "any"}}}},
+            "resources_used": _RES, "resources_available": _RES},
+            "optional": {"clock_mhz": "number"}},
+        "spec": "string"}}, "min": 1},
+    "ops": {"array": {"object": {
+        "name": "string", "op": "string", "target": "string", "module": "string",
+        "device": "string", "inputs": {"array": "string"}, "out": {"array": _TENSOR},
+        "macs": "integer", "cycles": ("integer", "null"), "seconds": _NUM, "energy_j": _NUM,
+        "lowering": {"object": {"unit": "string", "impl": "string"}},
+        "quant": {"nullable": {"object": {"in_scales": {"array": _NUM, "min": 1},
+                                           "out_scale": _NUM}}},
+        "sparse_filter": {"nullable": {"object": {"name": "string"}, "extra": "any"}}}}},
+    "schedule": {"array": {"object": {"op": "string", "device": "string", "transfer_in_s": _NUM,
+                                      "start_s": _NUM, "end_s": _NUM, "energy_j": _NUM}}},
+    "totals": {"object": {"latency_s": _NUM, "energy_j": _NUM,
+                          "per_device": {"object": {}, "extra": {"object": {
+                              "ops": "integer", "macs": "integer", "seconds": _NUM,
+                              "energy_j": _NUM}}}}},
+    "partition": {"object": {"algorithm": "string", "exact": "boolean", "states": "integer",
+                             "greedy_objective": _NUM, "objective_value": _NUM}},
+    "fallback_ops": {"array": {"object": {"op": "string", "kind": "string", "device": "string",
+                                          "reason": "string"}}},
+    "assumptions": {"array": "string"},
+}}
+
+
+def check_plan(plan: Any) -> dict[str, Any]:
+    """Validate a plan document (schema plus cross references); returns it."""
+    validate(plan, PLAN_SCHEMA)
+    names = {d["name"] for d in plan["devices"]}
+    ops = set()
+    for i, op in enumerate(plan["ops"]):
+        if op["device"] not in names:
+            raise SchemaError(f"ops[{i}].device", f"device {op['device']!r} is not in devices")
+        ops.add(op["name"])
+    for i, s in enumerate(plan["schedule"]):
+        if s["op"] not in ops:
+            raise SchemaError(f"schedule[{i}].op", f"unknown op {s['op']!r}")
+        if s["device"] not in names:
+            raise SchemaError(f"schedule[{i}].device", f"device {s['device']!r} is not in devices")
+    if len(plan["schedule"]) != len(plan["ops"]):
+        raise SchemaError("schedule", "must list every op exactly once")
+    return plan
+
+
+def dumps_plan(plan: dict[str, Any]) -> str:
+    """Deterministic JSON text of a plan."""
+    return json.dumps(plan, sort_keys=True, indent=1) + "\n"
+
+
+def load_plan(path: str | Path) -> dict[str, Any]:
+    """Read and validate a plan file (errors name the file and the field)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"plan file not found: {p}")
+    try:
+        doc = json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"plan {p} is not JSON: {e}") from None
+    try:
+        return check_plan(doc)
+    except SchemaError as e:
+        raise SchemaError(e.path, f"{str(e).split(': ', 1)[1]} (in plan {p})") from None
+
+
+def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
+    """Plot the schedule (one lane per device, transfers hatched) to a PNG, atomically."""
+    import os
+    import tempfile
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    devs = [d["name"] for d in plan["devices"]]
+    lane = {d: i for i, d in enumerate(devs)}
+    colors = {"linear": "tab:blue", "matmul": "tab:cyan", "attention": "tab:orange",
+              "layer_norm": "tab:green", "softmax": "tab:red", "gelu": "tab:purple",
+              "layout": "lightgray"}
+    kinds = {o["name"]: o["op"] for o in plan["ops"]}
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.6 * len(devs)))
+    scale, unit = (1e3, "ms") if plan["totals"]["latency_s"] < 10 else (1.0, "s")
+    for s in plan["schedule"]:
+        y = lane[s["device"]]
+        if s["transfer_in_s"] > 0:
+            ax.barh(y, s["transfer_in_s"] * scale, left=(s["start_s"] - s["transfer_in_s"]) * scale,
+                    height=0.6, color="white", edgecolor="black", hatch="//", linewidth=0.3)
+        ax.barh(y, (s["end_s"] - s["start_s"]) * scale, left=s["start_s"] * scale, height=0.6,
+                color=colors.get(kinds[s["op"]], "tab:brown"), linewidth=0)
+    ax.set_yticks(range(len(devs)), devs)
+    ax.set_xlabel(f"time ({unit}); hatched: transfers")
+    ax.set_title(f"{plan['model']['source']}: predicted {plan['totals']['latency_s'] * 1e3:.3f} ms, "
+                 f"{plan['totals']['energy_j'] * 1e3:.3f} mJ ({plan['objective']})")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles, list(colors), loc="upper right", fontsize=7, ncol=4)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, metadata={"Software": None})
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return path

@@ -1,0 +1,128 @@
+"""ASIC target: a parametric accelerator built from the same GEMM engine (``hw.gemm``).
+
+Parameters (``asic:rows=32:cols=32:mhz=1000:sram_kb=1024:dram_gbs=25.6``): array size, clock,
+on-chip SRAM for the engine buffers, DRAM bandwidth for weights (weights stream from DRAM on
+every op: no residency across ops is assumed). Cycles: :func:`hw.gemm.gemm_cycles` via
+:mod:`compiler.targets.gemm_common`. Energy (costmodels.md 4.1, Horowitz 45 nm):
+int8 MAC with 32-bit accumulate 0.3 pJ; SRAM 2.5 pJ/B (32 KB banks) for every operand byte
+loaded into the array buffers and every result byte; DRAM 160 pJ/B for weights; leakage
+ignored. Host link (assumed): PCIe gen3 x8-class, 8 GB/s, 5 us, 0.5 W while transferring.
+Nonlinear ops only when ``hw/`` has the unit with a cycle model; attention never.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compiler.ir import Graph, Node
+from compiler.targets.base import LinkSpec, OpCost, Support, Target, hw_cycle_model, parse_params
+from compiler.targets.gemm_common import GemmConfig, buffer_bits, fit_buffers, gemm_shape, op_cycles
+
+__all__ = ["AsicTarget", "E_MAC_J", "E_SRAM_J_PER_B", "E_DRAM_J_PER_B"]
+
+E_MAC_J = 0.3e-12
+E_SRAM_J_PER_B = 2.5e-12
+E_DRAM_J_PER_B = 160e-12
+_PARAMS = {"rows": int, "cols": int, "mhz": float, "sram_kb": int, "dram_gbs": float,
+           "dataflow": str}
+_GEMM_OPS = ("linear", "matmul")
+
+
+class AsicTarget(Target):
+    """Parametric ASIC accelerator (see the module docstring)."""
+
+    kind = "asic"
+    integer = True
+
+    def __init__(self, name: str = "asic", param_text: str = "") -> None:
+        super().__init__(name)
+        p = parse_params(param_text, _PARAMS, name)
+        self.rows = p.get("rows", 32)
+        self.cols = p.get("cols", 32)
+        if self.rows > 64 or self.cols > 64:
+            raise ValueError(f"device {name!r}: rows and cols must be <= 64 (hw.gemm limit)")
+        self.mhz = p.get("mhz", 1000.0)
+        self.sram_kb = p.get("sram_kb", 1024)
+        self.dram_bw = p.get("dram_gbs", 25.6) * 1e9
+        self.dataflow = p.get("dataflow", "os")
+        if self.dataflow not in ("os", "ws"):
+            raise ValueError(f"device {name!r}: dataflow must be os or ws, not {self.dataflow!r}")
+        self.link = LinkSpec("PCIe-class 8 GB/s", 8e9, 5e-6, 0.5)
+        self.capacity = {}
+        self.config: GemmConfig | None = None
+
+    def configure(self, graph: Graph) -> None:
+        shapes = [gemm_shape(n) for n in graph.nodes if n.op in _GEMM_OPS]
+        bufs = fit_buffers(self.rows, self.cols, self.dataflow, shapes, self.sram_kb * 8192)
+        self.config = None if bufs is None else GemmConfig(self.rows, self.cols, self.dataflow,
+                                                           *bufs, mhz=self.mhz)
+
+    def supports(self, node: Node) -> Support:
+        if node.op == "layout":
+            return Support(True)
+        if node.op in _GEMM_OPS:
+            if self.config is None:
+                return Support(False, f"engine buffers for K={node.attrs['k']} exceed "
+                                      f"{self.sram_kb} KB SRAM")
+            return Support(True)
+        if node.op in ("softmax", "layer_norm", "gelu", "relu"):
+            if hw_cycle_model(node.op) is None:
+                return Support(False, f"no {node.op} unit with a cycle model in hw/")
+            return Support(True)
+        if node.op == "attention":
+            return Support(False, "no attention unit in hw/ (needs a softmax unit too)")
+        return Support(False, f"no ASIC unit for {node.op} ({node.target})")
+
+    def cost(self, node: Node, graph: Graph) -> OpCost:
+        if node.op == "layout":  # one loader cycle (address setup of the reordered read)
+            return OpCost(1 / (self.mhz * 1e6), 0.0, 1)
+        if node.op in _GEMM_OPS:
+            assert self.config is not None
+            s = gemm_shape(node)
+            comp, load, _ = op_cycles(self.config, s)
+            cycles = comp + load
+            t = cycles / (self.mhz * 1e6)
+            wbytes = s.k * s.n if node.op == "linear" else 0
+            t += wbytes / self.dram_bw
+            op_bytes = s.batch * (s.m * s.k + s.k * s.n + s.m * s.n)
+            e = s.batch * s.m * s.k * s.n * E_MAC_J + op_bytes * E_SRAM_J_PER_B + \
+                wbytes * E_DRAM_J_PER_B
+            return OpCost(t, e, cycles)
+        fn = hw_cycle_model(node.op)
+        if fn is None:  # pragma: no cover
+            raise ValueError(f"{self.name} cannot run {node.name}")
+        from compiler.targets.fpga import _rows_length
+        cycles = fn(*_rows_length(node))
+        el = node.out[0].numel
+        return OpCost(cycles / (self.mhz * 1e6), 2 * el * E_SRAM_J_PER_B, cycles)
+
+    def lowering(self, node: Node) -> dict[str, Any]:
+        if node.op in _GEMM_OPS:
+            return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
+        if node.op == "layout":
+            return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
+        return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
+
+    def params(self) -> dict[str, Any]:
+        return {"rows": self.rows, "cols": self.cols, "clock_mhz": self.mhz,
+                "sram_kb": self.sram_kb, "dram_bytes_s": self.dram_bw,
+                "dataflow": self.dataflow, "e_mac_j": E_MAC_J, "e_sram_j_per_byte": E_SRAM_J_PER_B,
+                "e_dram_j_per_byte": E_DRAM_J_PER_B, "link": self.link.to_json(),
+                "gemm": self.config.to_json() if self.config else None}
+
+    def hardware(self, nodes: list[Node]) -> dict[str, Any]:
+        units = []
+        used: dict[str, Any] = {"macs": 0, "sram_bits": 0}
+        if self.config and any(n.op in _GEMM_OPS for n in nodes):
+            c = self.config
+            bits = buffer_bits(c.rows, c.cols, c.dataflow, c.max_m, c.max_k, c.max_n)
+            units.append({"unit": "gemm", "module": "hw.gemm.GemmEngine",
+                          "params": {"rows": c.rows, "cols": c.cols, "dataflow": c.dataflow,
+                                     "max_m": c.max_m, "max_k": c.max_k, "max_n": c.max_n,
+                                     "requant": True},
+                          "predicted": {"macs": c.rows * c.cols, "buffer_bits": bits,
+                                        "clock_mhz": self.mhz}})
+            used = {"macs": c.rows * c.cols, "sram_bits": bits}
+        return {"units": units, "clock_mhz": self.mhz, "resources_used": used,
+                "resources_available": {"macs": self.rows * self.cols,
+                                        "sram_bits": self.sram_kb * 8192}}

@@ -1,0 +1,230 @@
+"""FPGA target: a board from :mod:`boards.catalog` with the GEMM engine sized to its DSPs/BRAM.
+
+* Array: every R x C (R, C <= 64) whose DSP need (:func:`boards.units.gemm_dsps`: one
+  MULT18X18D / SB_MAC16 per int8 MAC plus 4 per column for the requantizer) fits the board;
+  the one with the fewest total cycles over the graph's linear/matmul ops wins (both dataflows).
+* Clock: measured Fmax of pipelined int8 arrays with the open flow (costmodels.md 4.3):
+  LFE5U-85F 100 MHz, LFE5U-25F 125 MHz, iCE40UP5K 100 MHz.
+* Buffers: the engine's A/B/channel buffers must fit 80% of the block RAM (the rest for FIFOs
+  and the host link); a BRAM count is ``ceil(bits / bits_per_block)`` (a lower bound: real
+  mapping rounds widths up).
+* Weights: in the board's external memory (ULX3S 32 MB SDRAM, OrangeCrab 128 MB DDR3L),
+  streamed per op at an assumed effective bandwidth (SDRAM: 16 bit at 100 MHz, 50% efficiency =
+  100 MB/s; DDR3L through a soft controller: 200 MB/s); boards without external memory keep
+  weights on chip (iCE40 UP5K: SPRAM 128 KB). The total weight bytes placed on the board are
+  limited by that capacity (the partitioner enforces it).
+* Host link (assumed): ULX3S FT231X UART at 3 Mbaud, 8N1 = 300 kB/s, 1 ms latency (USB
+  frames); OrangeCrab USB 1.1 full speed through a soft core, ~0.8 MB/s, 1 ms; iCEBreaker
+  FT2232H UART at 3 Mbaud, 300 kB/s. 0.1 W while transferring.
+* Energy: board power times busy time (assumed, not measured): 85F boards 1.0 W, 25F 0.5 W,
+  UP5K 0.05 W.
+* Ops: ``linear`` and ``matmul`` (the GEMM engine), ``layout`` (no arithmetic: address
+  generation of the operand loader, :func:`hw.gemm.pack_operands`). Softmax, layer norm,
+  GELU/ReLU only when ``hw/`` has that unit with a cycle model (see
+  :func:`compiler.targets.base.hw_cycle_model`); attention never (no attention unit exists).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from boards.catalog import Board, get_board
+from boards.units import gemm_dsps
+from compiler.ir import Graph, Node
+from compiler.targets.base import (
+    NONLINEAR_DSPS_PER_LANE,
+    NONLINEAR_LANES,
+    LinkSpec,
+    OpCost,
+    Support,
+    Target,
+    hw_cycle_model,
+)
+from compiler.targets.gemm_common import (
+    GemmConfig,
+    GemmShape,
+    buffer_bits,
+    choose_config,
+    gemm_shape,
+    op_cycles,
+)
+
+__all__ = ["FpgaTarget", "FMAX_MHZ", "BOARD_POWER_W", "EXT_MEM_BW", "HOST_LINKS"]
+
+#: measured Fmax of the int8 array per device (costmodels.md 4.3)
+FMAX_MHZ = {"LFE5U-85F": 100.0, "LFE5U-25F": 125.0, "iCE40UP5K": 100.0}
+#: assumed board power while busy (W)
+BOARD_POWER_W = {"LFE5U-85F": 1.0, "LFE5U-25F": 0.5, "iCE40UP5K": 0.05}
+#: assumed effective external-memory bandwidth (B/s) by board name prefix
+EXT_MEM_BW = {"ulx3s": 100e6, "orangecrab": 200e6}
+#: assumed host links by board name prefix
+HOST_LINKS = {
+    "ulx3s": LinkSpec("FT231X UART 3 Mbaud (8N1)", 300e3, 1e-3, 0.1),
+    "orangecrab": LinkSpec("USB 1.1 full speed (soft core)", 0.8e6, 1e-3, 0.1),
+    "icebreaker": LinkSpec("FT2232H UART 3 Mbaud (8N1)", 300e3, 1e-3, 0.1),
+}
+_GEMM_OPS = ("linear", "matmul")
+
+
+def _prefix(board: Board, table: dict[str, Any], default: Any) -> Any:
+    for k, v in table.items():
+        if board.name.startswith(k):
+            return v
+    return default
+
+
+def _rows_length(node: Node) -> tuple[int, int]:
+    """(rows, row length) of a nonlinear op (elementwise ops: one row per last-dim vector)."""
+    shape = node.out[0].shape if node.out else (1,)
+    length = shape[-1] if shape else 1
+    rows = max(1, node.out[0].numel // max(length, 1)) if node.out else 1
+    return rows, length
+
+
+class FpgaTarget(Target):
+    """One FPGA board (see the module docstring)."""
+
+    kind = "fpga"
+    integer = True
+
+    def __init__(self, name: str, mhz: float | None = None) -> None:
+        super().__init__(name)
+        self.board = get_board(name)
+        self.mhz = mhz or FMAX_MHZ.get(self.board.device, 100.0)
+        self.power_w = BOARD_POWER_W.get(self.board.device, 1.0)
+        self.link = _prefix(self.board, HOST_LINKS, LinkSpec("UART", 300e3, 1e-3, 0.1))
+        if self.board.ext_memory_bytes:
+            self.weight_capacity = int(self.board.ext_memory_bytes)
+            self.weight_bw: float | None = _prefix(self.board, EXT_MEM_BW, 100e6)
+            self.weight_home = self.board.ext_memory or "external memory"
+        else:
+            self.weight_capacity = self.board.spram_bits // 8
+            self.weight_bw = None
+            self.weight_home = "SPRAM"
+        self.capacity = {"weight_bytes": self.weight_capacity}
+        self.buffer_budget = int(self.board.bram_bits * 0.8)
+        self.config: GemmConfig | None = None
+        self.nonlinear: list[str] = []
+        self.reserved_dsps = 0
+        self._why_no_engine = "no linear/matmul op to size the engine for"
+
+    def _fits(self, r: int, c: int) -> bool:
+        return gemm_dsps(self.board, rows=r, cols=c, requant=True) <= \
+            self.board.dsps - self.reserved_dsps
+
+    def configure(self, graph: Graph) -> None:
+        """Pick the array and buffers for the graph's GEMMs (see the module docstring).
+
+        DSPs for the nonlinear units the graph can use (those with a unit in hw/) are reserved
+        first; the GEMM array gets the rest.
+        """
+        self.nonlinear = sorted({n.op for n in graph.nodes
+                                 if n.op in NONLINEAR_DSPS_PER_LANE and hw_cycle_model(n.op)})
+        self.reserved_dsps = sum(NONLINEAR_DSPS_PER_LANE[k] * NONLINEAR_LANES
+                                 for k in self.nonlinear if k != "relu" or "gelu" not in self.nonlinear)
+        counts: dict[GemmShape, int] = {}
+        for n in graph.nodes:
+            if n.op in _GEMM_OPS:
+                s = gemm_shape(n)
+                counts[s] = counts.get(s, 0) + 1
+        self.config = choose_config(sorted(counts.items(), key=lambda x: repr(x[0])),
+                                    self._fits, self.buffer_budget, self.mhz)
+        if self.config is None and counts:
+            k = max(s.k for s in counts)
+            self._why_no_engine = (f"no GEMM engine fits {self.board.name}: buffers for K={k} "
+                                   f"exceed {self.buffer_budget} BRAM bits")
+
+    def supports(self, node: Node) -> Support:
+        if node.op == "layout":
+            return Support(True)
+        if node.op in _GEMM_OPS:
+            if self.config is None:
+                return Support(False, self._why_no_engine)
+            if node.attrs["k"] > self.config.max_k:
+                return Support(False, f"K={node.attrs['k']} exceeds max_k={self.config.max_k}")
+            if node.op == "linear" and self._weight_bytes(node) > self.weight_capacity:
+                return Support(False, f"weights ({self._weight_bytes(node)} B) exceed "
+                                      f"{self.weight_home} ({self.weight_capacity} B)")
+            return Support(True)
+        if node.op in ("softmax", "layer_norm", "gelu", "relu"):
+            if hw_cycle_model(node.op) is None:
+                return Support(False, f"no {node.op} unit with a cycle model in hw/")
+            if node.op not in self.nonlinear:
+                return Support(False, f"no {node.op} unit configured")
+            return Support(True)
+        if node.op == "attention":
+            return Support(False, "no attention unit in hw/ (needs a softmax unit too)")
+        return Support(False, f"no FPGA unit for {node.op} ({node.target})")
+
+    @staticmethod
+    def _weight_bytes(node: Node) -> int:
+        a = node.attrs
+        return int(a["k"] * a["n"] + 4 * a["n"]) if node.op == "linear" else 0
+
+    def cost(self, node: Node, graph: Graph) -> OpCost:
+        if node.op == "layout":  # one loader cycle (address setup of the reordered read)
+            t = 1 / (self.mhz * 1e6)
+            return OpCost(t, t * self.power_w, 1)
+        if node.op in _GEMM_OPS:
+            assert self.config is not None
+            comp, load, _ = op_cycles(self.config, gemm_shape(node))
+            cycles = comp + load
+            t = cycles / (self.mhz * 1e6)
+            wb = self._weight_bytes(node)
+            if wb and self.weight_bw:
+                t += wb / self.weight_bw
+            res = {"weight_bytes": wb} if wb else {}
+            return OpCost(t, t * self.power_w, cycles, res)
+        fn = hw_cycle_model(node.op)
+        if fn is None:  # pragma: no cover - supports() refuses these
+            raise ValueError(f"{self.name} cannot run {node.name} ({node.op})")
+        cycles = fn(*_rows_length(node))
+        t = cycles / (self.mhz * 1e6)
+        return OpCost(t, t * self.power_w, cycles)
+
+    def lowering(self, node: Node) -> dict[str, Any]:
+        if node.op in _GEMM_OPS:
+            return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
+        if node.op == "layout":
+            return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
+        return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
+
+    def params(self) -> dict[str, Any]:
+        b = self.board
+        return {"board": b.name, "part": b.part, "dsps": b.dsps, "brams": b.brams,
+                "bram_bits": b.bram_bits, "luts": b.luts, "clock_mhz": self.mhz,
+                "weight_memory": self.weight_home, "weight_capacity_bytes": self.weight_capacity,
+                "weight_bandwidth_bytes_s": self.weight_bw, "power_w": self.power_w,
+                "link": self.link.to_json(),
+                "gemm": self.config.to_json() if self.config else None}
+
+    def hardware(self, nodes: list[Node]) -> dict[str, Any]:
+        units: list[dict[str, Any]] = []
+        used: dict[str, Any] = {"dsps": 0, "brams": 0, "weight_bytes": 0}
+        if self.config and any(n.op in _GEMM_OPS for n in nodes):
+            c = self.config
+            dsps = gemm_dsps(self.board, rows=c.rows, cols=c.cols, requant=True)
+            bits = buffer_bits(c.rows, c.cols, c.dataflow, c.max_m, c.max_k, c.max_n)
+            block = self.board.bram_bits // max(self.board.brams, 1)
+            brams = math.ceil(bits / block)
+            units.append({"unit": "gemm", "module": "hw.gemm.GemmEngine",
+                          "params": {"rows": c.rows, "cols": c.cols, "dataflow": c.dataflow,
+                                     "max_m": c.max_m, "max_k": c.max_k, "max_n": c.max_n,
+                                     "requant": True},
+                          "predicted": {"dsps": dsps, "brams": brams, "buffer_bits": bits,
+                                        "clock_mhz": self.mhz}})
+            used["dsps"] += dsps
+            used["brams"] += brams
+        for kind in ("softmax", "layer_norm", "gelu", "relu"):
+            if any(n.op == kind for n in nodes):
+                dsps = NONLINEAR_DSPS_PER_LANE[kind] * NONLINEAR_LANES
+                units.append({"unit": kind, "module": f"hw.{kind.replace('_', '')}",
+                              "params": {"lanes": NONLINEAR_LANES},
+                              "predicted": {"clock_mhz": self.mhz, "dsps": dsps,
+                                            "dsps_estimated": True}})
+                used["dsps"] += dsps
+        used["weight_bytes"] = sum(self._weight_bytes(n) for n in nodes)
+        return {"units": units, "clock_mhz": self.mhz, "resources_used": used,
+                "resources_available": {"dsps": self.board.dsps, "brams": self.board.brams,
+                                        "weight_bytes": self.weight_capacity}}

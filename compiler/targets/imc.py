@@ -1,0 +1,136 @@
+"""IMC target: ReRAM crossbar tiles for static-weight linears (costmodels.md 4.2, ISAAC/PUMA).
+
+Parameters (``imc:xbar=128:cell_bits=2:dac_bits=1:adc_bits=8:crossbars=4096:dynamic=0``).
+A linear ``K x N`` with int8 weights occupies ``ceil(K/xbar) * ceil(N/xbar) * ceil(8/cell_bits)``
+crossbars (offset-binary weights ``w + 128`` bit-sliced into cells). Per input row (token) one
+MVM: ``t_MVM = (8/dac_bits) * (t_xbar + xbar/adcs_per_xbar * t_adc)`` with t_xbar = 100 ns,
+t_adc = 0.78 ns (1.28 GS/s), one ADC per crossbar; all crossbars of an op work in parallel and
+the M rows are pipelined one MVM apart. Energy per MVM and crossbar:
+``(8/dac_bits) * (E_xbar + xbar*E_ADC + xbar*E_DAC)`` with E_xbar = 30 pJ, E_ADC = 1.56 pJ at
+8 bits (scaled by ``2**(adc_bits-8)``), E_DAC = 0.0004 pJ; plus 0.54 pJ/B of eDRAM buffer traffic
+(17.2 pJ per 32 B). Programming a crossbar takes 10.97 us and ~48.7 nJ (10.97 us at 4.44 mW): for
+static weights once at deployment (reported, not per inference). Dynamic matmuls (QK^T, AV)
+would need a write per inference and are refused unless ``dynamic=1``, which prices those writes.
+The total crossbars of the ops placed here is limited by ``crossbars`` (the partitioner
+enforces it). Host link (assumed): 8 GB/s, 2 us, 0.5 W.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from compiler.ir import Graph, Node
+from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
+
+__all__ = ["ImcTarget", "T_XBAR_S", "T_ADC_S", "E_XBAR_J", "E_ADC8_J", "E_DAC_J",
+           "T_WRITE_S", "E_WRITE_J"]
+
+T_XBAR_S = 100e-9
+T_ADC_S = 0.78e-9
+E_XBAR_J = 30e-12
+E_ADC8_J = 1.56e-12
+E_DAC_J = 0.05e-12 / 128
+E_BUF_J_PER_B = 17.2e-12 / 32
+T_WRITE_S = 10.97e-6
+E_WRITE_J = 10.97e-6 * 4.44e-3
+_PARAMS = {"xbar": int, "cell_bits": int, "dac_bits": int, "adc_bits": int, "crossbars": int,
+           "dynamic": int}
+
+
+class ImcTarget(Target):
+    """ReRAM crossbar accelerator (see the module docstring)."""
+
+    kind = "imc"
+    integer = True
+
+    def __init__(self, name: str = "imc", param_text: str = "") -> None:
+        super().__init__(name)
+        p = parse_params(param_text, _PARAMS, name)
+        self.xbar = p.get("xbar", 128)
+        self.cell_bits = p.get("cell_bits", 2)
+        self.dac_bits = p.get("dac_bits", 1)
+        self.adc_bits = p.get("adc_bits", 8)
+        self.crossbars = p.get("crossbars", 4096)
+        self.dynamic = bool(p.get("dynamic", 0))
+        for k, v, hi in (("cell_bits", self.cell_bits, 8), ("dac_bits", self.dac_bits, 8),
+                         ("adc_bits", self.adc_bits, 16)):
+            if v > hi:
+                raise ValueError(f"device {name!r}: {k} must be <= {hi}, not {v}")
+        self.link = LinkSpec("on-package 8 GB/s", 8e9, 2e-6, 0.5)
+        self.capacity = {"crossbars": self.crossbars}
+
+    @property
+    def slices(self) -> int:
+        """Crossbars per weight block (8-bit weights over ``cell_bits`` cells)."""
+        return math.ceil(8 / self.cell_bits)
+
+    def crossbars_for(self, k: int, n: int) -> int:
+        """Crossbars a ``K x N`` weight matrix occupies."""
+        return math.ceil(k / self.xbar) * math.ceil(n / self.xbar) * self.slices
+
+    @property
+    def t_mvm(self) -> float:
+        """Seconds per MVM (8-bit inputs, bit-serial over the DACs)."""
+        return math.ceil(8 / self.dac_bits) * (T_XBAR_S + self.xbar * T_ADC_S)
+
+    @property
+    def e_mvm_xbar(self) -> float:
+        """Joules per MVM per crossbar."""
+        e_adc = E_ADC8_J * 2.0 ** (self.adc_bits - 8)
+        return math.ceil(8 / self.dac_bits) * (E_XBAR_J + self.xbar * e_adc + self.xbar * E_DAC_J)
+
+    def supports(self, node: Node) -> Support:
+        if node.op == "layout":
+            return Support(True)
+        if node.op == "linear":
+            need = self.crossbars_for(node.attrs["k"], node.attrs["n"])
+            if need > self.crossbars:
+                return Support(False, f"needs {need} crossbars, {self.name} has {self.crossbars}")
+            return Support(True)
+        if node.op == "matmul":
+            if not self.dynamic:
+                return Support(False, "dynamic matmul would rewrite crossbars every inference "
+                                      "(enable with dynamic=1)")
+            return Support(True)
+        return Support(False, f"crossbars run static-weight linears only, not {node.op}")
+
+    def cost(self, node: Node, graph: Graph) -> OpCost:
+        if node.op == "layout":  # one buffer cycle (1 ns)
+            return OpCost(1e-9, 0.0, None)
+        a = node.attrs
+        batch = int(a.get("batch", 1))
+        xb = self.crossbars_for(a["k"], a["n"])
+        mvms = batch * a["m"]
+        t = mvms * self.t_mvm + self.t_mvm  # pipelined rows + one MVM of drain/shift-add
+        e = mvms * xb * self.e_mvm_xbar + batch * (a["m"] * a["k"] + a["m"] * a["n"]) * E_BUF_J_PER_B
+        res = {"crossbars": xb} if node.op == "linear" else {}
+        if node.op == "matmul":  # write B into crossbars per batch, sequentially
+            t += batch * xb * T_WRITE_S
+            e += batch * xb * E_WRITE_J
+            res = {"crossbars": xb}
+        return OpCost(t, e, None, res)
+
+    def lowering(self, node: Node) -> dict[str, Any]:
+        if node.op == "layout":
+            return {"unit": "buffer", "impl": "tile input buffer layout"}
+        return {"unit": "crossbar", "impl": "compiler.execute.imc_linear (bit-sliced cells, ADC)"}
+
+    def params(self) -> dict[str, Any]:
+        return {"xbar": self.xbar, "cell_bits": self.cell_bits, "dac_bits": self.dac_bits,
+                "adc_bits": self.adc_bits, "crossbars": self.crossbars, "dynamic": self.dynamic,
+                "t_mvm_s": self.t_mvm, "e_mvm_per_crossbar_j": self.e_mvm_xbar,
+                "t_write_s": T_WRITE_S, "e_write_j": E_WRITE_J, "link": self.link.to_json()}
+
+    def hardware(self, nodes: list[Node]) -> dict[str, Any]:
+        used = sum(self.crossbars_for(n.attrs["k"], n.attrs["n"]) for n in nodes
+                   if n.op == "linear")
+        units = []
+        if used:
+            units.append({"unit": "imc_macro", "module": "hw.imc (crossbar tiles)",
+                          "params": {"xbar": self.xbar, "cell_bits": self.cell_bits,
+                                     "dac_bits": self.dac_bits, "adc_bits": self.adc_bits},
+                          "predicted": {"crossbars": used, "program_seconds": used * T_WRITE_S,
+                                        "program_energy_j": used * E_WRITE_J}})
+        return {"units": units, "resources_used": {"crossbars": used},
+                "resources_available": {"crossbars": self.crossbars}}
