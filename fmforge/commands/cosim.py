@@ -44,9 +44,42 @@ def _gemm_report(r: dict) -> None:
         print(f"  waves: {r['waves']}")
 
 
+def _nl_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--len", type=positive_int, required=True, help="row length L")
+    p.add_argument("--rows", type=positive_int, required=True, help="number of rows")
+    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
+
+
+def _nl_run(unit: str):
+    def run(args: argparse.Namespace) -> dict:
+        from sim.nonlinear_bench import cosim_unit
+
+        if args.waves:
+            raise ValueError(f"--waves is not supported for {unit}")
+        return cosim_unit(unit, length=args.len, rows=args.rows, lanes=args.lanes, seed=args.seed,
+                          stall=args.stall, simulator=args.simulator)
+    return run
+
+
+def _nl_report(r: dict) -> None:
+    verdict = "MATCH" if r["match"] else "MISMATCH"
+    cyc = "exact" if r["cycles"] == r["predicted_cycles"] else "MODEL MISMATCH"
+    print(f"{r['unit']} {r['rows']} rows x {r['len']} on {r['lanes']} lanes ({r['simulator']}, "
+          f"stall={r['stall']}, seed={r['seed']}): {verdict} vs golden")
+    print(f"  cycles       {r['cycles']:>12,d}  predicted {r['predicted_cycles']:,d} ({cyc})")
+    print(f"  golden vs float  max {r['max_abs_err_lsb']:.3f} LSB;  sim {r['sim_seconds']:.2f} s")
+    if r["error"]:
+        print("  ! the unit flagged a framing error")
+    for m in r["mismatches"][:3]:
+        print(f"  ! {m}")
+
+
 #: unit name -> (help, add_arguments, run, report)
 UNITS: dict[str, tuple[str, Any, Any, Any]] = {
     "gemm": ("GEMM engine vs golden.gemm", _gemm_args, _gemm_run, _gemm_report),
+    "requant": ("requantizer vs golden.requant", _nl_args, _nl_run("requant"), _nl_report),
+    "gelu": ("integer GELU vs golden.gelu", _nl_args, _nl_run("gelu"), _nl_report),
+    "relu": ("ReLU (requantized) vs golden.gelu.relu_int", _nl_args, _nl_run("relu"), _nl_report),
 }
 
 

@@ -31,9 +31,35 @@ def gemm_from_args(args: argparse.Namespace):
                       max_k=args.max_k, max_n=args.max_n, requant=args.requant)
 
 
+def _requant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--channels", type=positive_int, required=True, help="row length N (P must divide it)")
+
+
+def _requant_make(args: argparse.Namespace):
+    from hw.requant import Requantizer
+
+    return Requantizer(lanes=args.lanes, channels=args.channels)
+
+
+def _gelu_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--mode", default="gelu", choices=("gelu", "relu"), help="I-BERT GELU or ReLU")
+    p.add_argument("--in-scale", type=float, default=0.05, help="real scale of the int8 input")
+    p.add_argument("--out-scale", type=float, default=0.03, help="real scale of the int8 output")
+
+
+def _gelu_make(args: argparse.Namespace):
+    from sim.nonlinear_bench import GeluConfig
+
+    return GeluConfig(lanes=args.lanes, mode=args.mode, in_scale=args.in_scale, out_scale=args.out_scale).unit()
+
+
 #: unit name -> (help, add_arguments, make_component)
 UNITS: dict[str, tuple[str, Any, Any]] = {
     "gemm": ("R x C systolic int8 GEMM engine", add_gemm_args, gemm_from_args),
+    "requant": ("P-lane int32 -> int8 requantizer", _requant_args, _requant_make),
+    "gelu": ("P-lane I-BERT integer GELU / ReLU", _gelu_args, _gelu_make),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.nonlinear_bench import Job, RequantConfig, run_verilator
+from sim.nonlinear_bench import GeluConfig, Job, RequantConfig, run_verilator
 from sim.streams import STALL_MODES
 
 SALT = {"none": 0, "idle": 1, "backpressure": 2, "both": 3}
@@ -43,3 +43,27 @@ def test_requant_short_row_is_reported(tmp_path):
     results = run_verilator(cfg, jobs, data_override=[short], test_dir=tmp_path)
     assert results[0]["error"], "a job ending mid-row must raise the unit's error flag"
     assert not results[0]["match"]
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+def test_gelu_cosim(stall, tmp_path):
+    # every int8 value in the random rows (256-long), plus the edges
+    cfg = GeluConfig(lanes=4, mode="gelu")
+    jobs = _jobs(stall, 32) + [Job(1, "all", 0)]
+    results = run_verilator(cfg, jobs, length=256, stall=stall, seed=5, monitor=stall == "both",
+                            test_dir=tmp_path)
+    for r in results:
+        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        # documented bound vs the exact GELU: 0.5 + 0.0184/out_scale + 0.02 LSB
+        assert r["max_abs_err_lsb"] <= 0.5 + 0.0184 / cfg.out_scale + 0.02
+
+
+@pytest.mark.parametrize("stall", ["none", "both"])
+def test_relu_cosim(stall, tmp_path):
+    cfg = GeluConfig(lanes=4, mode="relu", in_scale=0.05, out_scale=0.02)
+    results = run_verilator(cfg, _jobs(stall, 8) + [Job(1, "all", 0)], length=256, stall=stall, seed=6,
+                            test_dir=tmp_path)
+    for r in results:
+        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"

@@ -1,0 +1,149 @@
+"""Streaming integer GELU (I-BERT i-GELU) and ReLU: P int8 lanes per cycle -> P int8 lanes.
+
+GELU mode matches :func:`golden.gelu.gelu_int` bit for bit, per element::
+
+    v   = |q| << fs
+    t   = Bq - min(v, Bq)                       # 12 bits
+    h   = 2*K - t*t  if q >= 0  else  t*t       # 24 bits unsigned
+    g   = q * h                                 # int32
+    out = requantize(g, mult, shift)            # round half up, saturate to int8
+
+ReLU mode matches :func:`golden.gelu.relu_int`: ``max(q, 0)``, requantized with
+``(relu_mult, relu_shift)`` when given (otherwise passed through as ``requantize(y, 1, 0)``,
+which is ``y``). The constants (:class:`golden.gelu.GeluParams`) are elaboration parameters.
+
+Job framing, ``busy``/``cycles``/``error`` and backpressure behave as described in
+:mod:`hw.requant` (the pipeline freezes when the source idles or the sink refuses).
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden.gelu import GeluParams
+from hw.requant import FrameControl, check_positive, elementwise_cycles, requant_stages
+
+__all__ = ["GELU_LATENCY", "MODES", "Gelu", "gelu_cycles"]
+
+#: registers from the input to the output register inclusive: t, h, g, multiply, round, saturate
+GELU_LATENCY = 6
+MODES = ("gelu", "relu")
+
+
+def gelu_cycles(rows: int, length: int, lanes: int) -> int:
+    """Exact cycles of a job of ``rows`` rows of ``length`` int8 values on a P-lane :class:`Gelu`.
+
+    ``rows * length / P`` words, one per cycle, plus :data:`GELU_LATENCY` (both modes).
+    """
+    check_positive("rows", rows)
+    check_positive("length", length)
+    check_positive("lanes", lanes)
+    if length % lanes:
+        raise ValueError(f"lanes={lanes} must divide the row length (length={length})")
+    return elementwise_cycles(rows * length // lanes, GELU_LATENCY)
+
+
+class Gelu(wiring.Component):
+    """P-lane streaming I-BERT integer GELU (or ReLU), int8 -> int8.
+
+    Parameters (keyword-only)
+    -------------------------
+    lanes : int
+        P, elements per cycle (1..64).
+    mode : ``"gelu"`` or ``"relu"``
+    params : GeluParams
+        Compiled constants (:func:`golden.gelu.gelu_params`); required in GELU mode.
+    relu_mult, relu_shift : int or None
+        Optional ReLU requantization (:func:`golden.gelu.relu_params`); both or neither.
+
+    Interface
+    ---------
+    i_data : In(stream of {data: P x int8, last: 1})   ``last`` marks a job's final word
+    o_data : Out(stream of {data: P x int8, last: 1})
+    busy : Out(1), cycles : Out(32), error : Out(1)   see :mod:`hw.requant` (error stays 0:
+    the unit has no row state)
+
+    Number formats: ``t`` uint12, ``h`` uint24 (< 2**24 since K < 2**23), ``g = q*h`` int32,
+    ``g * mult`` int64, round half up by ``2**shift``, saturate to int8. Latency
+    :data:`GELU_LATENCY` = 6 registers; throughput P elements per cycle; a job of W words takes
+    exactly ``W + 6`` cycles (:func:`gelu_cycles`). Matches :func:`golden.gelu.gelu_int` /
+    :func:`golden.gelu.relu_int`.
+    """
+
+    def __init__(self, *, lanes: int, mode: str = "gelu", params: GeluParams | None = None,
+                 relu_mult: int | None = None, relu_shift: int | None = None) -> None:
+        self._lanes = check_positive("lanes", lanes, 64)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self._mode = mode
+        if mode == "gelu":
+            if not isinstance(params, GeluParams):
+                raise ValueError("gelu mode needs params=golden.gelu.gelu_params(in_scale, out_scale)")
+            if not (0 <= params.fs <= 16 and 0 < params.k < 2**23 and 0 <= params.b < 2**12):
+                raise ValueError(f"gelu params out of range (fs 0..16, K < 2**23, Bq < 2**12): {params}")
+            mult, shift = params.mult, params.shift
+        else:
+            if (relu_mult is None) != (relu_shift is None):
+                raise ValueError("relu requantization needs both relu_mult and relu_shift")
+            mult, shift = (1, 0) if relu_mult is None else (relu_mult, relu_shift)
+        if not (-(2**31) <= mult < 2**31 and 0 <= shift <= 63):
+            raise ValueError(f"requant mult must be int32 and shift in [0, 63], not ({mult}, {shift})")
+        self._params = params if mode == "gelu" else None
+        self._mult, self._shift = mult, shift
+        io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
+        super().__init__({
+            "i_data": In(stream.Signature(io)),
+            "o_data": Out(stream.Signature(io)),
+            "busy": Out(1),
+            "cycles": Out(32),
+            "error": Out(1),
+        })
+
+    lanes = property(lambda self: self._lanes, doc="Elements per cycle P.")
+    mode = property(lambda self: self._mode, doc="'gelu' or 'relu'.")
+    params = property(lambda self: self._params, doc="GeluParams (GELU mode) or None.")
+    mult = property(lambda self: self._mult, doc="Output requantizer multiplier.")
+    shift = property(lambda self: self._shift, doc="Output requantizer shift.")
+
+    @property
+    def latency(self) -> int:
+        """Pipeline registers, input to output inclusive."""
+        return GELU_LATENCY
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        P = self._lanes
+        fc = FrameControl(m, self, GELU_LATENCY, row_words=1)
+        gs = []
+        for c in range(P):
+            q = self.i_data.payload.data[c]
+            q1 = Signal(signed(8), name=f"q1_{c}")
+            t1 = Signal(unsigned(12), name=f"t1_{c}")
+            q2 = Signal(signed(8), name=f"q2_{c}")
+            h2 = Signal(unsigned(24), name=f"h2_{c}")
+            g3 = Signal(signed(32), name=f"g3_{c}")
+            if self._mode == "gelu":
+                p = self._params
+                bq = Const(p.b, unsigned(12))
+                v = Signal(unsigned(25), name=f"v{c}")
+                m.d.comb += v.eq(Mux(q < 0, -q, q).as_unsigned()[0:8 + 1] << p.fs)
+                two_k = Const(2 * p.k, unsigned(24))
+                with m.If(fc.adv):
+                    m.d.sync += [
+                        q1.eq(q),
+                        t1.eq(bq - Mux(v < bq, v, bq)),
+                        q2.eq(q1),
+                        h2.eq(Mux(q1 >= 0, two_k - t1 * t1, t1 * t1)),
+                        g3.eq(q2 * h2),
+                    ]
+            else:
+                with m.If(fc.adv):
+                    m.d.sync += [q1.eq(Mux(q < 0, 0, q)), q2.eq(q1), g3.eq(q2)]
+            gs.append(g3)
+        mult = Const(self._mult, signed(32))
+        shift = Const(self._shift, unsigned(6))
+        ys = requant_stages(m, fc.adv, gs, [mult] * P, [shift] * P, "rq")
+        m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
+        return m
