@@ -137,12 +137,9 @@ class A3Filter(SparseAttentionFilter):
     name = "a3"
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
         {"m": 1.0, "T": 1.0},
-        {"m": 1.0, "T": 2.5},
         {"m": 0.75, "T": 2.5},
         {"m": 0.5, "T": 5.0},
-        {"m": 0.5, "T": 10.0},
         {"m": 0.25, "T": 10.0},
-        {"m": 0.125, "T": 20.0},
     )
     default: ClassVar[dict[str, Any]] = {"m": 1.0, "T": 2.5}
 

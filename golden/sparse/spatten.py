@@ -72,8 +72,8 @@ class SpattenFilter(SparseAttentionFilter):
 
     name = "spatten"
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"token_keep": 0.9}, {"token_keep": 0.8}, {"token_keep": 0.7},
-        {"token_keep": 0.6}, {"token_keep": 0.5}, {"token_keep": 0.4},
+        {"token_keep": 0.95}, {"token_keep": 0.9}, {"token_keep": 0.8},
+        {"token_keep": 0.7}, {"token_keep": 0.6}, {"token_keep": 0.5},
     )
     default: ClassVar[dict[str, Any]] = {"token_keep": 0.7}
 
