@@ -4,7 +4,7 @@
 Ensures ``canonical``: every node has a kind from :data:`compiler.ir.OP_KINDS`; every
 ``linear`` has ``attrs`` ``m, k, n, macs, weight, bias, w_layout`` (``"nk"`` for
 ``torch.nn.Linear`` weights ``[N, K]``, ``"kn"`` for ``addmm``/``mm`` weights ``[K, N]`` such as
-GPT-2's Conv1D); every ``matmul`` has ``batch, m, k, n, macs``; every ``attention`` has
+GPT-2's Conv1D; ``x_arg`` (default 0) is the position of the activation argument); every ``matmul`` has ``batch, m, k, n, macs``; every ``attention`` has
 ``bh, l, s, d, dv, macs, causal, masked``.
 """
 
@@ -76,7 +76,7 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
         k, n = shape(a[2])
         m = shape(a[1])[0]
         return "linear", {"m": m, "k": k, "n": n, "macs": m * k * n, "weight": a[2].name,
-                          "bias": a[0].name, "w_layout": "kn"}
+                          "bias": a[0].name, "w_layout": "kn", "x_arg": 1}
     if t in _MATMULS:
         if isinstance(a[1], Param) and len(shape(a[1])) == 2:
             k, n = shape(a[1])

@@ -58,6 +58,8 @@ class AsicTarget(Target):
                                                            *bufs, mhz=self.mhz)
 
     def supports(self, node: Node) -> Support:
+        if node.attrs.get("keep_float"):
+            return Support(False, f"kept in float: {node.attrs['keep_float']}")
         if node.op == "layout":
             return Support(True)
         if node.op in _GEMM_OPS:

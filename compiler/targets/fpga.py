@@ -136,6 +136,8 @@ class FpgaTarget(Target):
                                    f"exceed {self.buffer_budget} BRAM bits")
 
     def supports(self, node: Node) -> Support:
+        if node.attrs.get("keep_float"):
+            return Support(False, f"kept in float: {node.attrs['keep_float']}")
         if node.op == "layout":
             return Support(True)
         if node.op in _GEMM_OPS:

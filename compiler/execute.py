@@ -1,0 +1,254 @@
+"""Plan executor: run a plan bit-accurately and compare with the float model.
+
+The graph is rebuilt from the plan's model source (export + canonicalize) and must have the
+plan's fingerprint; the quantization scales come from the plan. Each op runs where the plan
+placed it:
+
+* cpu / gpu: PyTorch float32 (the ATen op itself; GPU ops run on CUDA when present, else on the
+  CPU with the same float semantics);
+* fpga / asic ``linear``: activations quantized per tensor, :func:`golden.gemm.gemm_int` with the
+  int32 bias and the per-channel requantizer, int8 out; ``matmul``: the same per batch with a
+  per-tensor requantizer; ``gelu``/``relu``: :mod:`golden.gelu`; ``softmax``:
+  :mod:`golden.softmax`; ``layer_norm``: :mod:`golden.layernorm`; ``layout``: data movement
+  (exact on the int8 grid);
+* imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
+  cells, bit-serial inputs through the DACs, each column's partial sum per crossbar quantized by
+  the ADC, shift-add, digital offset correction, bias, requantizer).
+
+Values between ops are float tensors; integer ops quantize their inputs with the calibrated
+scale and dequantize their int8 outputs, which is exact whenever producer and consumer share the
+scale (they do: both were calibrated on the same tensor).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from compiler.frontend import export_graph, load_model
+from compiler.interp import float_impl, run_graph
+from compiler.ir import Graph, Node
+from compiler.passes import Canonicalize, run_passes
+from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_tensor
+from golden.gemm import gemm_int
+from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
+
+__all__ = ["execute_plan", "imc_linear", "make_impl", "rebuild_graph"]
+
+
+def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor,
+               shift: torch.Tensor, *, xbar: int = 128, cell_bits: int = 2, dac_bits: int = 1,
+               adc_bits: int = 8) -> torch.Tensor:
+    """Crossbar model of ``requant(xq[M,K] @ wq[K,N] + bias)`` (int8 in, int8 out as int64).
+
+    Inputs ``xu = xq + 128`` and weights ``wu = wq + 128`` (offset binary, 0..255). Weights are
+    sliced into ``ceil(8/cell_bits)`` cells, inputs fed ``dac_bits`` per cycle; for every crossbar
+    (``xbar`` rows of K) the analog column sum of one input slice times one weight slice is
+    converted by a ``adc_bits`` ADC: exact when its full scale ``rows*(2^dac-1)*(2^cell-1)`` fits,
+    otherwise a mid-rise quantizer of step ``ceil((full+1) / 2^adc_bits)`` (bin index, read back at
+    the bin centre, clipped to full scale). The digital
+    periphery shift-adds, subtracts ``128*sum(xu) + 128*sum(wu) - K*128^2`` (exact) and applies
+    bias and requantizer as the GEMM engine does.
+    """
+    xq = xq.to(torch.int64)
+    wq = wq.to(torch.int64)
+    m, k = xq.shape
+    n = wq.shape[1]
+    xu = (xq + 128).to(torch.float64)
+    wu = (wq + 128).to(torch.int64)
+    ci = math.ceil(8 / dac_bits)
+    cw = math.ceil(8 / cell_bits)
+    xin = torch.stack([torch.floor(xu / 2 ** (dac_bits * i)) % (2 ** dac_bits) for i in range(ci)])
+    acc = torch.zeros(m, n, dtype=torch.float64)
+    for k0 in range(0, k, xbar):
+        rows = min(xbar, k - k0)
+        full = rows * (2 ** dac_bits - 1) * (2 ** cell_bits - 1)
+        step = 1 if full < 2 ** adc_bits else math.ceil((full + 1) / 2 ** adc_bits)
+        xb = xin[:, :, k0:k0 + rows].reshape(ci * m, rows)
+        for j in range(cw):
+            wj = ((wu[k0:k0 + rows] >> (cell_bits * j)) & (2 ** cell_bits - 1)).to(torch.float64)
+            col = xb @ wj  # exact small integers in float64
+            if step > 1:  # mid-rise ADC: bin index, reconstructed at the bin centre
+                col = torch.clamp((torch.floor(col / step) + 0.5) * step, max=full)
+            col = col.reshape(ci, m, n)
+            for i in range(ci):
+                acc += col[i] * float(2 ** (dac_bits * i + cell_bits * j))
+    sx = xu.sum(dim=1, keepdim=True)
+    sw = wu.sum(dim=0, keepdim=True).to(torch.float64)
+    dot = acc - 128 * sx - 128 * sw + k * 128 * 128
+    y = saturate(dot.round().to(torch.int64) + bias.to(torch.int64), INT32_MIN, INT32_MAX)
+    return requantize(y, mult, shift)
+
+
+def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
+    """Re-export the plan's model, check the fingerprint, attach the plan's scales."""
+    src = plan["model"]["source"]
+    lm = load_model(src, plan["model"].get("seq_len"))
+    g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+    run_passes(g, [Canonicalize()])
+    if g.fingerprint() != plan["model"]["graph_fingerprint"]:
+        raise ValueError(f"plan does not match model {src!r}: field model.graph_fingerprint "
+                         "differs from the exported graph (recompile the plan)")
+    ops = {o["name"]: o for o in plan["ops"]}
+    for n in g.nodes:
+        o = ops.get(n.name)
+        if o is None:
+            raise ValueError(f"plan has no op {n.name!r} (field ops)")
+        if o["quant"] is not None:
+            n.attrs["quant"] = {"in_scales": list(o["quant"]["in_scales"]),
+                                "out_scale": o["quant"]["out_scale"]}
+        if o["sparse_filter"]:
+            n.attrs["sparse_filter"] = o["sparse_filter"]
+    g.properties.add("quantized")
+    return g, lm
+
+
+def _dq(q: torch.Tensor, s: float, shape: Sequence[int]) -> torch.Tensor:
+    return (q.to(torch.float64) * s).to(torch.float32).reshape(tuple(shape))
+
+
+def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
+    """The per-node implementation that follows the plan's placement."""
+    devs = {d["name"]: d for d in plan["devices"]}
+    place = {o["name"]: devs[o["device"]] for o in plan["ops"]}
+
+    def impl(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        dev = place[node.name]
+        kind = dev["kind"]
+        if node.attrs.get("sparse_filter") and node.op == "attention":
+            return _sparse_attention(node, args, kwargs)
+        if kind in ("cpu", "gpu") or node.op == "layout":
+            return float_impl(node, args, kwargs)
+        q = node.attrs["quant"]
+        shape = node.out[0].shape
+        if node.op == "linear":
+            ql = linear_qparams(graph, node)
+            k = node.attrs["k"]
+            xq = quantize_tensor(args[node.attrs.get("x_arg", 0)], ql.in_scale).reshape(-1, k)
+            if kind == "imc":
+                p = dev["params"]
+                y = imc_linear(xq, ql.wq, ql.bias, ql.mult, ql.shift, xbar=p["xbar"],
+                               cell_bits=p["cell_bits"], dac_bits=p["dac_bits"],
+                               adc_bits=p["adc_bits"])
+            elif q.get("out_bits") == 32:  # engine without requant: int32 out, scaled on the host
+                y = gemm_int(xq, ql.wq, ql.bias)
+                return (y.to(torch.float64) * (ql.in_scale * ql.w_scale)).to(
+                    torch.float32).reshape(tuple(shape))
+            else:
+                y = gemm_int(xq, ql.wq, ql.bias, ql.mult, ql.shift)
+            return _dq(y, ql.out_scale, shape)
+        if node.op == "matmul":
+            sa, sb, mult, shift = matmul_qparams(node)
+            a, b = args[0], args[1] if len(args) > 1 else args[0]
+            batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            aq = quantize_tensor(a, sa).expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+            bq = quantize_tensor(b, sb).expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+            n = b.shape[-1]
+            mv = torch.full((n,), mult, dtype=torch.int64)
+            sv = torch.full((n,), shift, dtype=torch.int64)
+            ys = [gemm_int(aq[i], bq[i], None, mv, sv) for i in range(aq.shape[0])]
+            return _dq(torch.stack(ys), float(q["out_scale"]), shape)
+        xq = quantize_tensor(args[0], float(q["in_scales"][0]))
+        if node.op == "gelu":
+            from golden.gelu import gelu_int, gelu_params
+            return _dq(gelu_int(xq, gelu_params(q["in_scales"][0], q["out_scale"])),
+                       q["out_scale"], shape)
+        if node.op == "relu":
+            from golden.gelu import relu_int, relu_params
+            m, s = relu_params(q["in_scales"][0], q["out_scale"])
+            return _dq(relu_int(xq, m, s), q["out_scale"], shape)
+        if node.op == "softmax":
+            from golden.softmax import softmax_int, softmax_params
+            p = softmax_int(xq, softmax_params(float(q["in_scales"][0])))
+            return _dq(p, 1 / 256, shape)
+        if node.op == "layer_norm":
+            from golden.layernorm import layernorm_int, layernorm_params
+            gamma = args[2] if len(args) > 2 and args[2] is not None else 1.0
+            beta = args[3] if len(args) > 3 and args[3] is not None else 0.0
+            eps = float(args[4]) if len(args) > 4 else 1e-5
+            p = layernorm_params(int(shape[-1]), float(q["in_scales"][0]), gamma, beta,
+                                 float(q["out_scale"]), eps)
+            return _dq(layernorm_int(xq, p), q["out_scale"], shape)
+        raise ValueError(f"op {node.name} ({node.op}) placed on {dev['name']} ({kind}) has no "
+                         "integer implementation in the executor")
+
+    return impl
+
+
+def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    from compiler.passes.sparsify import sparse_filters
+    spec = node.attrs["sparse_filter"]
+    fn = sparse_filters().get(spec["name"])
+    if fn is None:
+        raise LookupError(f"op {node.name}: sparse filter {spec['name']!r} is not registered")
+    q, k = args[0], args[1]
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    keep = fn(q, k, None, **spec.get("params", {}))
+    if mask is not None:
+        keep = keep & (mask if mask.dtype == torch.bool else mask > -1e30)
+    a = list(args)
+    if len(a) > 3:
+        a[3] = keep
+        return float_impl(node, tuple(a), kwargs)
+    return float_impl(node, tuple(a), {**kwargs, "attn_mask": keep})
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double().flatten()[None],
+                                                       b.double().flatten()[None])[0])
+
+
+def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
+                 limit: int | None = None, n_random: int = 4) -> dict[str, Any]:
+    """Run ``plan`` and compare with the float model.
+
+    MiniLM plans run sentences (default: the shipped set) and compare sentence embeddings (mean
+    pooling, L2 norm) with :func:`compiler.models.embed` of the float model; other models run
+    their example inputs plus ``n_random - 1`` seeded variants and compare outputs. Returns
+    ``cosine_min``, ``cosine_mean``, ``max_abs_err``, ``n_inputs`` and per-device op counts.
+    """
+    graph, lm = rebuild_graph(plan)
+    impl = make_impl(graph, plan)
+    cos: list[float] = []
+    err = 0.0
+    if lm.name == "minilm":
+        from compiler.models import embed, load_sentences
+        from compiler.zoo import _minilm, tokenize
+        sents = list(sentences) if sentences is not None else load_sentences()
+        if limit:
+            sents = sents[:limit]
+        model, tok = _minilm()
+        ref = embed(model, tok, sents)
+        ids, am, tt = tokenize(sents, lm.seq_len or 32)
+        for i in range(len(sents)):
+            out = run_graph(graph, (ids[i:i + 1], am[i:i + 1], tt[i:i + 1]), impl=impl)[0]
+            msk = am[i:i + 1].unsqueeze(-1).to(out.dtype)
+            pooled = (out * msk).sum(1) / msk.sum(1).clamp_min(1e-9)
+            e = torch.nn.functional.normalize(pooled, p=2, dim=-1)[0]
+            cos.append(_cos(e, ref[i]))
+            err = max(err, float((e - ref[i]).abs().max()))
+    else:
+        inputs = [tuple(lm.example_inputs)]
+        g = torch.Generator().manual_seed(1234)
+        for _ in range(max(0, (limit or n_random) - 1)):
+            inputs.append(tuple(
+                torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std() if t.is_floating_point()
+                else torch.randint(0, int(t.max()) + 1, t.shape, generator=g).to(t.dtype)
+                for t in lm.example_inputs))
+        for inp in inputs:
+            out = run_graph(graph, inp, impl=impl)
+            with torch.no_grad():
+                ref = lm.module(*inp)
+            refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
+            a = torch.cat([o.flatten().double() for o in out])
+            b = torch.cat([r.flatten().double() for r in refs])
+            cos.append(_cos(a, b))
+            err = max(err, float((a - b).abs().max()))
+    ops_by = {}
+    for o in plan["ops"]:
+        ops_by[o["device"]] = ops_by.get(o["device"], 0) + 1
+    return {"cosine_min": min(cos), "cosine_mean": sum(cos) / len(cos), "max_abs_err": err,
+            "n_inputs": len(cos), "model": lm.name, "ops_per_device": ops_by}
