@@ -31,6 +31,7 @@ __all__ = [
     "Stimulus",
     "RequantConfig",
     "GeluConfig",
+    "SoftmaxConfig",
     "check",
     "run_verilator",
     "run_pysim",
@@ -65,6 +66,8 @@ class Stimulus:
     max_abs_err_lsb: float
     out_bits: int
     lanes: int
+    row_words: int | None = None  # output `last` after every row_words words (None: job end)
+    out_signed: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -184,6 +187,69 @@ class GeluConfig:
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
 
 
+@dataclass(frozen=True)
+class SoftmaxConfig:
+    """A :class:`hw.softmax.Softmax` configuration: lanes, buffer length and the logit scale.
+
+    Extra value patterns: ``masked`` (random logits, random mask), ``allmasked`` (every position
+    masked off), ``wide`` (random int32 logits in [-2**20, 2**20]).
+    """
+
+    lanes: int
+    max_length: int
+    scale: float = 1 / 16
+    name = "softmax"
+    cumulative = True  # the unit's cycle counter runs since reset
+
+    def params(self):
+        from golden.softmax import softmax_params
+
+        return softmax_params(self.scale)
+
+    def unit(self):
+        from hw.softmax import Softmax
+
+        return Softmax(lanes=self.lanes, max_length=self.max_length, params=self.params())
+
+    def stimulus(self, job: Job, length: int) -> Stimulus:
+        from golden.softmax import softmax_float, softmax_int
+        from hw.softmax import check_row_length, softmax_cycles, softmax_words
+
+        check_row_length(length, self.max_length)
+        g = torch.Generator().manual_seed(job.seed)
+        p = self.lanes
+        w = softmax_words(length, p)
+        shape = (job.rows, length)
+        if job.values == "wide":
+            x = torch.randint(-(2**20), 2**20 + 1, shape, generator=g, dtype=torch.int64)
+        else:
+            x = _values(shape, "random" if job.values in ("masked", "allmasked") else job.values, -128, 127, g)
+        if job.values == "masked":
+            mask = torch.rand(shape, generator=g) < 0.7
+        elif job.values == "allmasked":
+            mask = torch.zeros(shape, dtype=torch.bool)
+        else:
+            mask = torch.ones(shape, dtype=torch.bool)
+        y = softmax_int(x, self.params(), mask)
+        ref = softmax_float(x, self.scale, mask) * 256
+        xp = torch.zeros(job.rows, w * p, dtype=torch.int64)
+        kp = torch.zeros(job.rows, w * p, dtype=torch.int64)
+        yp = torch.zeros(job.rows, w * p, dtype=torch.int64)
+        xp[:, :length], kp[:, :length], yp[:, :length] = x, mask.to(torch.int64), y
+        words = []
+        for r in range(job.rows):
+            for j in range(w):
+                sl = slice(j * p, j * p + p)
+                wd = pack_lanes(xp[r, sl].tolist(), 32) | (pack_lanes(kp[r, sl].tolist(), 1) << (32 * p))
+                if j == w - 1:
+                    wd |= 1 << (33 * p)
+                words.append(wd)
+        err = float((y.double() - ref.clamp(max=255)).abs().max())
+        return Stimulus(param=[], data=words, expected=yp.reshape(-1, p).tolist(),
+                        predicted_cycles=softmax_cycles(job.rows, length, p), max_abs_err_lsb=err,
+                        out_bits=8, lanes=p, row_words=w, out_signed=False)
+
+
 def check(st: Stimulus, words: Sequence[int]) -> dict:
     """Compare raw output words with the expected lanes; ``last`` only on the final word."""
     mism = []
@@ -191,11 +257,12 @@ def check(st: Stimulus, words: Sequence[int]) -> dict:
         mism.append(f"expected {len(st.expected)} words, got {len(words)}")
     width = st.lanes * st.out_bits
     for k, (w, exp) in enumerate(zip(words, st.expected, strict=False)):
-        got = unpack_lanes(w & ((1 << width) - 1), st.out_bits, st.lanes)
+        got = unpack_lanes(w & ((1 << width) - 1), st.out_bits, st.lanes, st.out_signed)
         last = (w >> width) & 1
         if got != exp:
             mism.append(f"word {k}: expected {exp}, got {got}")
-        if last != (k == len(st.expected) - 1):
+        rw = st.row_words or len(st.expected)
+        if last != ((k + 1) % rw == 0):
             mism.append(f"word {k}: last={last}")
         if len(mism) >= 5:
             break
@@ -244,6 +311,8 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
     if res["failed"] or not (tdir / "out.json").exists():
         raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
     raw = json.loads((tdir / "out.json").read_text())["results"]
+    if getattr(cfg, "cumulative", False):
+        _deltas(raw)
     out = []
     for job, st, r in zip(jobs, stims, raw, strict=False):
         chk = check(st, r["words"])
@@ -299,7 +368,18 @@ def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str
     sim.add_testbench(source, background=True)
     sim.add_testbench(bench)
     sim.run()
+    if getattr(cfg, "cumulative", False):
+        _deltas(results)
     return results
+
+
+def _deltas(results: list[dict]) -> None:
+    """Turn a cumulative cycle counter's readings into per-job counts (in place)."""
+    prev = 0
+    for r in results:
+        cur = r["cycles"]
+        r["cycles"] = cur - prev
+        prev = cur
 
 
 def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int = 0, stall: str = "none",
@@ -309,8 +389,10 @@ def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int =
         cfg = RequantConfig(lanes=lanes, channels=length)
     elif unit in ("gelu", "relu"):
         cfg = GeluConfig(lanes=lanes, mode=unit, **kw)
+    elif unit == "softmax":
+        cfg = SoftmaxConfig(lanes=lanes, max_length=-(-length // lanes) * lanes, **kw)
     else:
-        raise ValueError(f"unit must be requant, gelu or relu, not {unit!r}")
+        raise ValueError(f"unit must be requant, gelu, relu or softmax, not {unit!r}")
     jobs = [Job(rows, "random", seed)]
     t0 = time.perf_counter()
     if simulator == "verilator":

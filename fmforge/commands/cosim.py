@@ -80,6 +80,7 @@ UNITS: dict[str, tuple[str, Any, Any, Any]] = {
     "requant": ("requantizer vs golden.requant", _nl_args, _nl_run("requant"), _nl_report),
     "gelu": ("integer GELU vs golden.gelu", _nl_args, _nl_run("gelu"), _nl_report),
     "relu": ("ReLU (requantized) vs golden.gelu.relu_int", _nl_args, _nl_run("relu"), _nl_report),
+    "softmax": ("row softmax vs golden.softmax", _nl_args, _nl_run("softmax"), _nl_report),
 }
 
 

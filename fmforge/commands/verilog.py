@@ -55,11 +55,24 @@ def _gelu_make(args: argparse.Namespace):
     return GeluConfig(lanes=args.lanes, mode=args.mode, in_scale=args.in_scale, out_scale=args.out_scale).unit()
 
 
+def _softmax_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=positive_int, default=1, help="logits per word P (default 1)")
+    p.add_argument("--max-length", type=positive_int, required=True, help="longest row the buffers take")
+    p.add_argument("--scale", type=float, default=1 / 16, help="real scale of the logits (default 1/16)")
+
+
+def _softmax_make(args: argparse.Namespace):
+    from sim.nonlinear_bench import SoftmaxConfig
+
+    return SoftmaxConfig(lanes=args.lanes, max_length=args.max_length, scale=args.scale).unit()
+
+
 #: unit name -> (help, add_arguments, make_component)
 UNITS: dict[str, tuple[str, Any, Any]] = {
     "gemm": ("R x C systolic int8 GEMM engine", add_gemm_args, gemm_from_args),
     "requant": ("P-lane int32 -> int8 requantizer", _requant_args, _requant_make),
     "gelu": ("P-lane I-BERT integer GELU / ReLU", _gelu_args, _gelu_make),
+    "softmax": ("P-lane row softmax (three passes over a row buffer)", _softmax_args, _softmax_make),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.nonlinear_bench import GeluConfig, Job, RequantConfig, run_verilator
+from sim.nonlinear_bench import GeluConfig, Job, RequantConfig, SoftmaxConfig, run_verilator
 from sim.streams import STALL_MODES
 
 SALT = {"none": 0, "idle": 1, "backpressure": 2, "both": 3}
@@ -67,3 +67,33 @@ def test_relu_cosim(stall, tmp_path):
     for r in results:
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+
+
+SOFTMAX = SoftmaxConfig(lanes=4, max_length=64)
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+def test_softmax_cosim(stall, tmp_path):
+    s = SALT[stall]
+    runs = [
+        (64, _jobs(stall, 6) + [Job(2, "masked", s), Job(1, "allmasked", s), Job(2, "wide", s)]),  # longest row
+        (61, [Job(3, "random", 50 + s), Job(2, "masked", 60 + s), Job(1, "max", 0)]),  # padded final word
+        (1, [Job(2, "random", 70 + s), Job(1, "min", 0), Job(1, "allmasked", 0)]),  # length 1
+    ]
+    for length, jobs in runs:
+        results = run_verilator(SOFTMAX, jobs, length=length, stall=stall, seed=9 + s,
+                                monitor=stall == "both", test_dir=tmp_path / f"L{length}")
+        assert len(results) == len(jobs)
+        for r in results:
+            assert r["match"], f"L={length} {r['job']} ({stall}): {r['mismatches']}"
+            assert r["cycles"] == r["predicted_cycles"], f"L={length} {r['job']} ({stall})"
+            assert not r["error"]
+            assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1/256 of the float softmax
+
+
+def test_softmax_row_past_the_buffer_is_reported(tmp_path):
+    job = Job(2, "random", 1)
+    words = SOFTMAX.stimulus(job, 64).data
+    words[15] &= ~(1 << (33 * 4))  # drop the first row's `last`: it runs past max_length
+    (r,) = run_verilator(SOFTMAX, [job], length=64, data_override=[words], test_dir=tmp_path)
+    assert r["error"], "a row longer than the buffer must raise the unit's error flag"
