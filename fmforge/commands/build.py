@@ -73,8 +73,8 @@ def run_gemm(args: argparse.Namespace) -> dict[str, Any]:
     board = get_board(args.board)
     params = dict(rows=args.rows, cols=args.cols, dataflow=args.dataflow, max_m=args.max_m,
                   max_k=args.max_k, max_n=args.max_n, requant=args.requant)
-    unit = gemm_engine(**params)  # validates the parameters (ValueError)
     need = check_gemm_fits(board, rows=args.rows, cols=args.cols, requant=args.requant)
+    unit = gemm_engine(**params)  # validates the parameters (ValueError)
     name = f"gemm_{args.rows}x{args.cols}_{args.dataflow}"
     res = build_unit(unit, board, name=name, build_dir=args.output, target_mhz=args.target_mhz,
                      seed=args.seed, progress=_progress, use_cache=not args.no_cache)
