@@ -32,6 +32,7 @@ __all__ = [
     "RequantConfig",
     "GeluConfig",
     "SoftmaxConfig",
+    "LayerNormConfig",
     "check",
     "run_verilator",
     "run_pysim",
@@ -250,6 +251,62 @@ class SoftmaxConfig:
                         out_bits=8, lanes=p, row_words=w, out_signed=False)
 
 
+@dataclass(frozen=True)
+class LayerNormConfig:
+    """A :class:`hw.layernorm.LayerNorm` configuration: lanes, N, input bits and a seed for gamma/beta.
+
+    gamma ~ N(1, 0.2), beta ~ N(0, 0.1) per channel (seeded), in_scale 0.05 (int8) or 2**-12
+    (``in_bits`` 24), out_scale 0.05. Extra value pattern: ``wide`` (int32 inputs with ``in_bits``
+    significant bits; needs ``in_bits`` > 8).
+    """
+
+    lanes: int
+    length: int
+    in_bits: int = 8
+    seed: int = 0
+    name = "layernorm"
+    cumulative = True
+
+    def params(self):
+        from golden.layernorm import layernorm_params
+
+        g = torch.Generator().manual_seed(self.seed)
+        gamma = 1.0 + 0.2 * torch.randn(self.length, generator=g, dtype=torch.float64)
+        beta = 0.1 * torch.randn(self.length, generator=g, dtype=torch.float64)
+        in_scale = 0.05 if self.in_bits == 8 else 2.0**-12
+        return layernorm_params(self.length, in_scale, gamma, beta, 0.05, in_bits=self.in_bits), gamma, beta, in_scale
+
+    def unit(self):
+        from hw.layernorm import LayerNorm
+
+        return LayerNorm(lanes=self.lanes, params=self.params()[0])
+
+    def stimulus(self, job: Job, length: int | None = None) -> Stimulus:
+        from golden.layernorm import layernorm_float, layernorm_int
+        from hw.layernorm import layernorm_cycles
+
+        if length not in (None, self.length):
+            raise ValueError(f"this layernorm unit takes rows of {self.length}, not {length}")
+        prm, gamma, beta, in_scale = self.params()
+        g = torch.Generator().manual_seed(job.seed)
+        n, p = self.length, self.lanes
+        hi = 2 ** (self.in_bits - 1) - 1
+        if job.values == "wide":
+            x = torch.randint(-hi - 1, hi + 1, (job.rows, n), generator=g, dtype=torch.int64)
+        else:
+            x = _values((job.rows, n), job.values, -128, 127, g)
+        y = layernorm_int(x, prm)
+        ref = (layernorm_float(x * in_scale, gamma, beta) / 0.05).clamp(-128, 127)
+        words = [pack_lanes(w, 32) for w in x.reshape(-1, p).tolist()]
+        w = n // p
+        for r in range(job.rows):
+            words[r * w + w - 1] |= 1 << (32 * p)
+        return Stimulus(param=[], data=words, expected=y.reshape(-1, p).tolist(),
+                        predicted_cycles=layernorm_cycles(job.rows, n, p),
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        row_words=w)
+
+
 def check(st: Stimulus, words: Sequence[int]) -> dict:
     """Compare raw output words with the expected lanes; ``last`` only on the final word."""
     mism = []
@@ -389,10 +446,12 @@ def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int =
         cfg = RequantConfig(lanes=lanes, channels=length)
     elif unit in ("gelu", "relu"):
         cfg = GeluConfig(lanes=lanes, mode=unit, **kw)
+    elif unit == "layernorm":
+        cfg = LayerNormConfig(lanes=lanes, length=length, **kw)
     elif unit == "softmax":
         cfg = SoftmaxConfig(lanes=lanes, max_length=-(-length // lanes) * lanes, **kw)
     else:
-        raise ValueError(f"unit must be requant, gelu, relu or softmax, not {unit!r}")
+        raise ValueError(f"unit must be requant, gelu, relu, softmax or layernorm, not {unit!r}")
     jobs = [Job(rows, "random", seed)]
     t0 = time.perf_counter()
     if simulator == "verilator":

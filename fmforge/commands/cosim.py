@@ -81,6 +81,7 @@ UNITS: dict[str, tuple[str, Any, Any, Any]] = {
     "gelu": ("integer GELU vs golden.gelu", _nl_args, _nl_run("gelu"), _nl_report),
     "relu": ("ReLU (requantized) vs golden.gelu.relu_int", _nl_args, _nl_run("relu"), _nl_report),
     "softmax": ("row softmax vs golden.softmax", _nl_args, _nl_run("softmax"), _nl_report),
+    "layernorm": ("layer norm vs golden.layernorm", _nl_args, _nl_run("layernorm"), _nl_report),
 }
 
 

@@ -67,12 +67,26 @@ def _softmax_make(args: argparse.Namespace):
     return SoftmaxConfig(lanes=args.lanes, max_length=args.max_length, scale=args.scale).unit()
 
 
+def _layernorm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=positive_int, default=1, help="values per word P (default 1)")
+    p.add_argument("--length", type=positive_int, required=True, help="row length N (P must divide it)")
+    p.add_argument("--in-bits", type=positive_int, default=8, help="significant input bits (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the example gamma/beta (default 0)")
+
+
+def _layernorm_make(args: argparse.Namespace):
+    from sim.nonlinear_bench import LayerNormConfig
+
+    return LayerNormConfig(lanes=args.lanes, length=args.length, in_bits=args.in_bits, seed=args.seed).unit()
+
+
 #: unit name -> (help, add_arguments, make_component)
 UNITS: dict[str, tuple[str, Any, Any]] = {
     "gemm": ("R x C systolic int8 GEMM engine", add_gemm_args, gemm_from_args),
     "requant": ("P-lane int32 -> int8 requantizer", _requant_args, _requant_make),
     "gelu": ("P-lane I-BERT integer GELU / ReLU", _gelu_args, _gelu_make),
     "softmax": ("P-lane row softmax (three passes over a row buffer)", _softmax_args, _softmax_make),
+    "layernorm": ("P-lane integer layer norm (example gamma/beta)", _layernorm_args, _layernorm_make),
 }
 
 

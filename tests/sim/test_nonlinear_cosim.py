@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from sim.nonlinear_bench import GeluConfig, Job, RequantConfig, SoftmaxConfig, run_verilator
+from sim.nonlinear_bench import (
+    GeluConfig,
+    Job,
+    LayerNormConfig,
+    RequantConfig,
+    SoftmaxConfig,
+    run_verilator,
+)
 from sim.streams import STALL_MODES
 
 SALT = {"none": 0, "idle": 1, "backpressure": 2, "both": 3}
@@ -97,3 +104,26 @@ def test_softmax_row_past_the_buffer_is_reported(tmp_path):
     words[15] &= ~(1 << (33 * 4))  # drop the first row's `last`: it runs past max_length
     (r,) = run_verilator(SOFTMAX, [job], length=64, data_override=[words], test_dir=tmp_path)
     assert r["error"], "a row longer than the buffer must raise the unit's error flag"
+
+
+LAYERNORM = LayerNormConfig(lanes=4, length=64)
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+def test_layernorm_cosim(stall, tmp_path):
+    jobs = _jobs(stall, 8)
+    results = run_verilator(LAYERNORM, jobs, stall=stall, seed=11, monitor=stall == "both", test_dir=tmp_path)
+    assert len(results) == len(jobs)
+    for r in results:
+        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not r["error"]
+        assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1 LSB of the float layer norm
+
+
+def test_layernorm_short_row_is_reported(tmp_path):
+    job = Job(1, "random", 1)
+    words = LAYERNORM.stimulus(job).data
+    words[3] |= 1 << (32 * 4)  # `last` on the 4th of 16 words
+    (r,) = run_verilator(LAYERNORM, [job], data_override=[words], test_dir=tmp_path)
+    assert r["error"], "a row shorter than N must raise the unit's error flag"
