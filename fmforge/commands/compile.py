@@ -1,0 +1,87 @@
+"""``fmforge compile``: compile a model into a partitioned accelerator plan (JSON + PNG timeline)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from fmforge.commands._args import add_json, write_atomic
+
+__all__ = ["register", "run", "report"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``compile`` command to the CLI."""
+    p = subparsers.add_parser("compile", help="compile a model into a heterogeneous accelerator plan",
+                              description="Export, quantize and partition a model across devices; "
+                                          "write the plan and a PNG timeline next to it.")
+    p.add_argument("--model", default="minilm", help="minilm, gpt2-small, gpt2-tiny, encoder-tiny "
+                   "or path/to/file.py:factory (default minilm)")
+    p.add_argument("--devices", default="ulx3s-85f,cpu", help="comma-separated devices "
+                   "(see 'fmforge devices'; default ulx3s-85f,cpu)")
+    p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("-o", "--output", default="plan.json", help="plan file (default plan.json)")
+    add_json(p)
+    p.set_defaults(func=run)
+
+
+def report(result: dict[str, Any]) -> str:
+    """Human-readable report of a compile result dict."""
+    lines = [f"plan {result['plan']}: predicted latency {result['predicted_latency_s'] * 1e3:.3f} ms, "
+             f"energy {result['predicted_energy_j'] * 1e3:.3f} mJ, compiled in "
+             f"{result['compile_seconds']:.2f} s",
+             f"{'device':<14}{'kind':<6}{'ops':>5}{'MMACs':>9}{'time ms':>10}{'energy mJ':>11}  resources used/available"]
+    for name, d in result["devices"].items():
+        res = ", ".join(f"{k} {d['resources_used'].get(k)}/{v}" for k, v in
+                        d["resources_available"].items()) or "-"
+        lines.append(f"{name:<14}{d['kind']:<6}{d['ops']:>5}{d['macs'] / 1e6:>9.1f}"
+                     f"{d['predicted_seconds'] * 1e3:>10.3f}{d['energy_j'] * 1e3:>11.3f}  {res}")
+    fb = result["fallback_ops"]
+    if fb:
+        kinds: dict[str, int] = {}
+        for f in fb:
+            kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+        lines.append("fallback ops (no accelerator can run them): "
+                     + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
+                     + f"; e.g. {fb[0]['op']}: {fb[0]['reason']}")
+    lines.append(f"timeline: {result['timeline']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Compile, write the plan (atomically) and the timeline; return the JSON result."""
+    import torch
+
+    from compiler.driver import compile_model
+    from compiler.plan import dumps_plan, write_timeline
+
+    out = Path(args.output)
+    if not out.parent.exists():
+        raise FileNotFoundError(f"output directory {str(out.parent)!r} does not exist")
+    torch.set_num_threads(1)
+    c = compile_model(args.model, args.devices, args.objective)
+    text = dumps_plan(c.plan)
+    png = out.with_suffix(".png")
+    write_timeline(c.plan, png)
+    write_atomic(out, text)
+    result = summarize(c.plan, str(out), c.compile_seconds)
+    result["timeline"] = str(png)
+    if not args.json:
+        print(report(result))
+    return result
+
+
+def summarize(plan: dict[str, Any], path: str, seconds: float) -> dict[str, Any]:
+    """The JSON result of a compile from its plan."""
+    devices = {}
+    for d in plan["devices"]:
+        t = plan["totals"]["per_device"][d["name"]]
+        devices[d["name"]] = {"kind": d["kind"], "ops": t["ops"], "macs": t["macs"],
+                              "predicted_seconds": t["seconds"], "energy_j": t["energy_j"],
+                              "resources_used": d["hardware"]["resources_used"],
+                              "resources_available": d["hardware"]["resources_available"]}
+    return {"plan": path, "predicted_latency_s": plan["totals"]["latency_s"],
+            "predicted_energy_j": plan["totals"]["energy_j"], "compile_seconds": seconds,
+            "devices": devices, "fallback_ops": plan["fallback_ops"],
+            "partition": plan["partition"]}
