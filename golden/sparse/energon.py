@@ -88,7 +88,7 @@ class EnergonFilter(SparseAttentionFilter):
         {"alpha": -0.75}, {"alpha": -0.5}, {"alpha": -0.25}, {"alpha": 0.0},
         {"alpha": 0.25}, {"alpha": 0.5},
     )
-    default: ClassVar[dict[str, Any]] = {"alpha": -0.5}
+    default: ClassVar[dict[str, Any]] = {"alpha": -0.9}
 
     def __init__(self, *, alpha: float = 0.0, rounds: tuple[tuple[int, int], ...] = ((4, 2), (4, 4)),
                  integer: bool = True) -> None:
