@@ -6,7 +6,10 @@ The DSP rules are measured with the open flow (Yosys 0.70 + nextpnr 0.11, see
 * one hard multiplier per int8 MAC of the systolic array (MULT18X18D on ECP5, SB_MAC16 on
   iCE40 UP5K with ``synth_ice40 -dsp``);
 * the requantizer epilogue multiplies int32 x int32 per output column, which Yosys splits
-  into four 18x18 (ECP5) or 16x16 (iCE40) multipliers: ``4 * C`` more.
+  into four 18x18 (ECP5) or 16x16 (iCE40) multipliers: ``4 * C`` more (2x2 with requant on
+  LFE5U-25F: 12 MULT18X18D);
+* one more when C is not a power of two: the epilogue's channel-block test multiplies by
+  the constant C (5x5: 26 MULT18X18D, 4x7: 29).
 
 :func:`check_gemm_fits` applies these rules before any tool runs, so a GEMM engine that
 cannot fit a board fails at once with a one-line message.
@@ -51,7 +54,8 @@ def gemm_engine(**params: Any) -> Any:
 def gemm_dsps(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:
     """Hard multipliers a ``rows`` x ``cols`` GEMM engine needs on ``board``."""
     b = get_board(board)
-    return rows * cols + (REQUANT_DSPS_PER_COLUMN[b.family] * cols if requant else 0)
+    const_mul = 1 if cols & (cols - 1) else 0  # x C in the epilogue unless C is 2**n
+    return rows * cols + const_mul + (REQUANT_DSPS_PER_COLUMN[b.family] * cols if requant else 0)
 
 
 def check_gemm_fits(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:
@@ -64,9 +68,14 @@ def check_gemm_fits(board: Board | str, *, rows: int, cols: int, requant: bool =
     need = gemm_dsps(b, rows=rows, cols=cols, requant=requant)
     if need > b.dsps:
         detail = ""
-        if requant:
-            detail = (f" ({rows * cols} for the MAC array, {need - rows * cols} for the "
-                      f"requantizer; --no-requant saves those)")
+        if need > rows * cols:
+            parts = [f"{rows * cols} for the MAC array"]
+            if requant:
+                parts.append(f"{REQUANT_DSPS_PER_COLUMN[b.family] * cols} for the requantizer "
+                             f"(--no-requant saves those)")
+            if cols & (cols - 1):
+                parts.append("1 for the epilogue's multiply by C")
+            detail = f" ({', '.join(parts)})"
         raise DoesNotFitError(f"GEMM {rows}x{cols} needs {need} DSPs{detail}, {b.name} has "
                               f"{b.dsps}", resource="dsps", needed=need, available=b.dsps,
                               board=b.name)

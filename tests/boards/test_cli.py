@@ -136,3 +136,16 @@ def test_gemm_json_keys_and_engine_parameters(capsys, monkeypatch, tmp_path):
     assert (unit.rows, unit.cols, unit.dataflow, unit.requant) == (8, 8, "ws", False)
     assert (unit.max_m, unit.max_k, unit.max_n) == (64, 64, 64)
     assert seen["name"] == "gemm_8x8_ws"
+
+
+def test_dsp_rule_matches_measured_builds():
+    from boards.units import gemm_dsps, largest_gemm
+
+    # measured with nextpnr: 2x2+requant 12, 4x4 16, 5x5 26, 4x7 29 (LFE5U-25F); 8x8 64 (85F)
+    assert gemm_dsps("ulx3s-25f", rows=2, cols=2, requant=True) == 12
+    assert gemm_dsps("ulx3s-25f", rows=4, cols=4, requant=False) == 16
+    assert gemm_dsps("ulx3s-25f", rows=5, cols=5, requant=False) == 26
+    assert gemm_dsps("ulx3s-25f", rows=4, cols=7, requant=False) == 29
+    assert gemm_dsps("ulx3s-85f", rows=8, cols=8, requant=False) == 64
+    assert largest_gemm("ulx3s-25f", requant=False) == (5, 5)
+    assert largest_gemm("icebreaker", requant=False, square=False) == (2, 4)
