@@ -20,7 +20,7 @@ from fmforge import __version__
 __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
 
 #: command modules under fmforge.commands, in the order they appear in --help
-COMMAND_MODULES = ("demo", "verilog", "cosim", "build", "boards", "sparsity")
+COMMAND_MODULES = ("demo", "compile", "execute", "devices", "verilog", "cosim", "build", "boards", "sparsity")
 
 
 class UserError(Exception):

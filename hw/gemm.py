@@ -51,8 +51,6 @@ Number formats: int8 x int8 products, int32 accumulators; the accumulators never
 
 from __future__ import annotations
 
-import math
-
 import torch
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring

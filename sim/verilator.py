@@ -90,7 +90,7 @@ def _environ(env: dict[str, str]):
 
 
 _ZERO_INIT = re.compile(
-    r"  initial begin\n((?:    (\w+)\[\d+\] = \d+'h0+;\n)+)  end\n"
+    r"  initial begin\n((?:    (\w+)\[\d+\] = \d+'[hdb]0+;\n)+)  end\n"
 )
 
 

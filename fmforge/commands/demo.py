@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
         from compiler.demo import run_demo
 
         _say(args, "== 1. compile all-MiniLM-L6-v2 and execute the plan bit-accurately")
-        out["compile"] = run_demo(quiet=args.json)
+        out["compile"] = run_demo(verbose=not args.json)
     from sim.cosim import cosim_gemm
 
     _say(args, "\n== 2. co-simulate the GEMM engine (8x8 OS, MiniLM projection 128x384x384, requantized)")
