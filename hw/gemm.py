@@ -57,6 +57,8 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw.requant import check_positive as _check_positive
+
 __all__ = [
     "DATAFLOWS",
     "EPILOGUE_LATENCY",
@@ -89,14 +91,6 @@ def _check_dataflow(dataflow: object) -> str:
     if dataflow not in DATAFLOWS:
         raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {dataflow!r}")
     return dataflow  # type: ignore[return-value]
-
-
-def _check_positive(name: str, value: object, limit: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    if limit is not None and value > limit:
-        raise ValueError(f"{name} must be at most {limit}, not {value}")
-    return value
 
 
 def gemm_period(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> int:
@@ -438,6 +432,19 @@ class GemmEngine(wiring.Component):
                             ro_valid, ro_tlast, ro_final, ro_data)
         return m
 
+    @staticmethod
+    def _delay_line(m, adv):
+        """``delay(sig, n, name)``: ``sig`` delayed by ``n`` registers that advance with ``adv``."""
+        def delay(sig, n, name):
+            cur = sig
+            for s in range(n):
+                nxt = Signal.like(sig, name=f"{name}_d{s}")
+                with m.If(adv):
+                    m.d.sync += nxt.eq(cur)
+                cur = nxt
+            return cur
+        return delay
+
     # ---------------------------------------------------------------- output-stationary
 
     def _elab_os(self, m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
@@ -496,14 +503,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += [s1_last.eq(klast), s1_final.eq(last_row_blk & last_col_blk)]
 
         # skew: row r delayed by r cycles, column c by c cycles
-        def delay(sig, n, name):
-            cur = sig
-            for s in range(n):
-                nxt = Signal.like(sig, name=f"{name}_d{s}")
-                with m.If(adv):
-                    m.d.sync += nxt.eq(cur)
-                cur = nxt
-            return cur
+        delay = self._delay_line(m, adv)
 
         a_in = []
         for r in range(R):
@@ -658,14 +658,7 @@ class GemmEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [s1_v.eq(iv), s1_sw.eq(iv & (t == 0))]
 
-        def delay(sig, n, name):
-            cur = sig
-            for s in range(n):
-                nxt = Signal.like(sig, name=f"{name}_d{s}")
-                with m.If(adv):
-                    m.d.sync += nxt.eq(cur)
-                cur = nxt
-            return cur
+        delay = self._delay_line(m, adv)
 
         a_in = []
         for r in range(R):

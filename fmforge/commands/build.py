@@ -15,18 +15,9 @@ from typing import Any
 from boards.build import build_unit
 from boards.catalog import board_names, get_board
 from boards.units import DEFAULT_GEMM_BUFFER, check_gemm_fits, gemm_engine
+from fmforge.commands._args import positive_int
 
 __all__ = ["register", "run_gemm"]
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {v}")
-    return v
 
 
 def register(subparsers: Any) -> None:
@@ -44,12 +35,12 @@ def register(subparsers: Any) -> None:
                     "reported Fmax is the engine's own.")
     g.add_argument("--board", required=True, metavar="BOARD",
                    help=f"target board: {', '.join(board_names())}")
-    g.add_argument("--rows", required=True, type=_positive, help="array rows R")
-    g.add_argument("--cols", required=True, type=_positive, help="array columns C")
+    g.add_argument("--rows", required=True, type=positive_int, help="array rows R")
+    g.add_argument("--cols", required=True, type=positive_int, help="array columns C")
     g.add_argument("--dataflow", choices=("os", "ws"), default="os",
                    help="output- or weight-stationary (default: os)")
     for dim in ("m", "k", "n"):
-        g.add_argument(f"--max-{dim}", type=_positive, default=DEFAULT_GEMM_BUFFER,
+        g.add_argument(f"--max-{dim}", type=positive_int, default=DEFAULT_GEMM_BUFFER,
                        help=f"largest {dim.upper()} the on-chip buffers take "
                             f"(default: {DEFAULT_GEMM_BUFFER})")
     g.add_argument("--requant", action=argparse.BooleanOptionalAction, default=True,

@@ -5,10 +5,10 @@ does not fit. Each nextpnr run here takes a few seconds (iCE40 UP5K, a 2-lane MA
 from __future__ import annotations
 
 import pytest
-from conftest import TinyMac
 
 from boards.build import DoesNotFitError, ToolNotFoundError, build_unit, toolchain_env
 from boards.catalog import get_board
+from tests.boards.conftest import TinyMac
 
 
 def test_real_build_then_cache_hit(fmforge_cache, tmp_path):

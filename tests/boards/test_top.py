@@ -7,10 +7,10 @@ import pytest
 from amaranth.back import verilog
 from amaranth.hdl import Cat, Module
 from amaranth.sim import Simulator
-from conftest import NoOutputs, TinyMac
 
 from boards.catalog import get_board
 from boards.top import BoardTop, lfsr32_next, port_bits
+from tests.boards.conftest import NoOutputs, TinyMac
 
 
 def test_port_bits_of_tiny_mac():
