@@ -20,6 +20,7 @@ the dense model only). Used by ``fmforge sparsity`` and ``benchmarks/sparse_atte
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -107,10 +108,17 @@ def evaluate(
     integer: bool = True,
     batch_size: int = 64,
     progress: Callable[[str], None] | None = None,
+    settings: dict[str, Sequence[dict[str, Any]]] | None = None,
+    holdout: bool = False,
 ) -> dict[str, Any]:
     """Evaluate methods at their default setting (or over their sweep) on MiniLM.
 
-    Returns ``{"results": [EvalResult.as_dict(), ...], "n_sentences": N}``.
+    ``settings`` maps a method to explicit knob settings (overrides default and sweep for that
+    method). Calibration always uses every 5th sentence; ``holdout=True`` evaluates on the
+    other sentences only (a disjoint split), otherwise on all of them.
+
+    Returns ``{"results": [EvalResult.as_dict(), ...], "n_sentences": N, "holdout": bool,
+    "seconds": {method/setting: wall seconds}}``.
     """
     from compiler.models import embed, load_minilm, load_sentences
 
@@ -118,6 +126,11 @@ def evaluate(
     sents = list(sentences) if sentences is not None else load_sentences()
     if len(sents) < 2:
         raise ValueError(f"need at least 2 sentences for nearest-neighbour agreement, got {len(sents)}")
+    calib_sents = sents[::5]
+    if holdout:
+        sents = [s for i, s in enumerate(sents) if i % 5]
+        if len(sents) < 2:
+            raise ValueError("holdout leaves fewer than 2 evaluation sentences")
     model, tok = load_minilm()
     dense_emb = embed(model, tok, sents, batch_size=batch_size)
     dense_nn = _nn(dense_emb)
@@ -132,12 +145,17 @@ def evaluate(
         return FILTERS["dense"]().attend(q, k, v, key_mask, layer=layer).out
 
     if any(FILTERS[n].needs_calibration for n in names):
-        embed(model, tok, sents[::5], attention_fn=capture, batch_size=batch_size)
+        embed(model, tok, calib_sents, attention_fn=capture, batch_size=batch_size)
 
     results = []
+    seconds: dict[str, float] = {}
     for name in names:
-        settings = FILTERS[name].sweep if sweep else (FILTERS[name].default,)
-        for knobs in settings:
+        if settings is not None and name in settings:
+            todo = tuple(settings[name])
+        else:
+            todo = FILTERS[name].sweep if sweep else (FILTERS[name].default,)
+        for knobs in todo:
+            t0 = time.perf_counter()
             filt = make_filter(name, integer=integer, **knobs)
             if filt.needs_calibration:
                 filt.calibrate(calib)
@@ -155,9 +173,10 @@ def evaluate(
                 nn_agreement=float((_nn(emb) == dense_nn).double().mean()),
             )
             results.append(r.as_dict())
+            seconds[f"{name}/{r.setting}"] = round(time.perf_counter() - t0, 2)
             if progress is not None:
                 progress(f"{name:8s} {r.setting:18s} keep {r.keep_ratio:.3f} cos {r.cosine_mean:.4f}")
-    return {"results": results, "n_sentences": len(sents)}
+    return {"results": results, "n_sentences": len(sents), "holdout": holdout, "seconds": seconds}
 
 
 def format_table(result: dict[str, Any]) -> str:

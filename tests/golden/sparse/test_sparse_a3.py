@@ -103,3 +103,59 @@ def test_post_scoring_integer_and_float_agree_on_grid(T):
     # and the post-scoring rule holds on the float path: survivors within t of the best
     sm = dots.masked_fill(~mf, -math.inf).amax(-1, keepdim=True)
     assert bool(((sm - dots)[mf] <= t + 1e-9).all())
+
+
+
+def _direct_side_inf(q: list[float], keys: list[list[float]], m_iter: int) -> set[int]:
+    """Fig. 7 loop with heaps where an exhausted column offers -inf to the max queue and +inf
+    to the min queue (whatever its walking direction), as the golden model documents."""
+    n, d = len(keys), len(q)
+    cols = [sorted(range(n), key=lambda r, j=j: (keys[r][j], r)) for j in range(d)]
+
+    def entry(j: int, step: int, max_side: bool) -> tuple[float, int]:
+        if step >= n:
+            return (-math.inf if max_side else math.inf), -1
+        top = (q[j] > 0) == max_side
+        r = cols[j][n - 1 - step if top else step]
+        return q[j] * keys[r][j], r
+
+    ptr = {True: [0] * d, False: [0] * d}
+    heaps = {True: [(-entry(j, 0, True)[0], j) for j in range(d)],
+             False: [(entry(j, 0, False)[0], j) for j in range(d)]}
+    for hp in heaps.values():
+        heapq.heapify(hp)
+    greedy, cum, first = [0.0] * n, 0.0, None
+    for _ in range(m_iter):
+        for side in (True, False):
+            if not side and cum < 0:
+                continue
+            _, j = heapq.heappop(heaps[side])
+            s, r = entry(j, ptr[side][j], side)
+            first = r if first is None else first
+            if (s > 0) if side else (s < 0):
+                greedy[r] += s
+                cum += s
+            ptr[side][j] += 1
+            v = entry(j, ptr[side][j], side)[0]
+            heapq.heappush(heaps[side], (-v if side else v, j))
+    return {r for r in range(n) if greedy[r] > 0} or {first}
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("m", [0.3, 1.0, 3.0])
+def test_candidate_search_off_grid_and_exhausted_columns(seed, m):
+    """Off-grid float64 inputs (no exact ties) and M > n*d (columns run off the end)."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = 6, 2
+    q = torch.randn(2, 2, n, d, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 2, n, d, generator=g, dtype=torch.float64)
+    km = torch.ones(2, n, dtype=torch.bool)
+    km[1, 4:] = False
+    got = a3_candidates(q, k, km, m)
+    for b in range(2):
+        n_real = int(km[b].sum())
+        for h in range(2):
+            keys = k[b, h, :n_real].tolist()
+            for i in range(n_real):
+                want = _direct_side_inf(q[b, h, i].tolist(), keys, math.ceil(m * n_real))
+                assert set(got[b, h, i].nonzero().flatten().tolist()) == want, (b, h, i)
