@@ -197,7 +197,7 @@ class A3Filter(SparseAttentionFilter):
         {"m": 0.5, "T": 5.0},
         {"m": 0.25, "T": 10.0},
     )
-    default: ClassVar[dict[str, Any]] = {"m": 1.0, "T": 0.5}
+    default: ClassVar[dict[str, Any]] = {"m": None, "T": 1.5}   # measured: NN >= 95 %
 
     def __init__(self, *, m: float | None = 0.5, T: float = 5.0, integer: bool = True) -> None:
         super().__init__(integer=integer)
