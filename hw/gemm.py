@@ -74,7 +74,7 @@ __all__ = [
 
 DATAFLOWS = ("os", "ws")
 #: pipeline registers between the array's result row and the output register (inclusive)
-EPILOGUE_LATENCY = 6
+EPILOGUE_LATENCY = 7
 _MAX_DIM = 2**16
 
 
@@ -104,18 +104,20 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     """Exact compute cycles of one GEMM on the engine (first compute cycle to final row, inclusive).
 
     OS: ``T = ceil(M/R) * ceil(N/C)`` tiles, one issued every ``P = max(K, R, C)`` cycles. Slice
-    ``k`` of the last tile is read at cycle ``(T-1)*P + k`` (one cycle of buffer read), reaches
-    PE ``(r, c)`` ``r + c`` cycles later, is multiplied (1) and accumulated (1); the row's result
-    is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 6 registers: align, bias,
-    multiply, round, saturate, output). The final row ``r = R_last - 1`` (``R_last`` = valid rows
-    of the last row block) therefore transfers in cycle ``(T-1)*P + K + R_last + C + 1 +
-    EPILOGUE_LATENCY``, and counting cycles from 0 adds one.
+    ``k`` of the last tile issues in cycle ``(T-1)*P + k``; its buffer address is registered,
+    the buffers are read and the data registered (3 cycles), it reaches PE ``(r, c)`` ``r + c``
+    cycles later, where operands are registered (1), multiplied (1) and accumulated (1); the
+    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 7 registers:
+    align, bias, multiply, shift, round, saturate, output). The final row ``r = R_last - 1``
+    (``R_last`` = valid rows of the last row block) therefore transfers in cycle
+    ``(T-1)*P + K + R_last + C + 4 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
 
-    WS: ``F = ceil(N/C) * ceil(K/R)`` folds, one issued every ``P = max(M, R, C, 2)`` cycles, the
-    first in cycle 1 (its weights are read in cycle 0); row ``m`` of a fold is read, skewed
-    through R rows and C columns, multiplied, added into the partial sum, de-skewed, accumulated
-    with the partial-sum buffer, read out and passed through the epilogue: the final row
-    transfers ``M - 1 + R + C + 2 + EPILOGUE_LATENCY`` cycles after the last fold issues.
+    WS: ``F = ceil(N/C) * ceil(K/R)`` folds, one issued every ``P = max(M, R, C, 2)`` cycles
+    from cycle 0; each fold's weights are read alongside its first rows (the skew gives them
+    time) into shadow registers. Row ``m`` of a fold passes the 3 issue registers, the skew,
+    the operand, product and partial-sum registers of each PE down its column, the de-skew, the
+    partial-sum buffer (1), readout (1) and the epilogue: the final row transfers
+    ``M - 1 + R + C + 4 + EPILOGUE_LATENCY`` cycles after the last fold issues.
 
     Fill and drain are paid once per GEMM; SCALE-Sim's no-overlap model pays ``R + C - 2``
     (OS) or ``2R + C - 2`` (WS) on every fold.
@@ -127,9 +129,9 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     if dataflow == "os":
         tiles = _ceil_div(m, rows) * _ceil_div(n, cols)
         r_last = m - (_ceil_div(m, rows) - 1) * rows
-        return (tiles - 1) * p + k + cols + r_last + 2 + EPILOGUE_LATENCY
+        return (tiles - 1) * p + k + cols + r_last + 5 + EPILOGUE_LATENCY
     folds = _ceil_div(n, cols) * _ceil_div(k, rows)
-    return 1 + (folds - 1) * p + m + rows + cols + 2 + EPILOGUE_LATENCY
+    return (folds - 1) * p + m + rows + cols + 5 + EPILOGUE_LATENCY
 
 
 def scalesim_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> int:
@@ -475,45 +477,36 @@ class GemmEngine(wiring.Component):
             with m.Else():
                 m.d.sync += t.eq(t + 1)
 
+        delay = self._delay_line(m, adv)
+        # Issue pipeline: the buffer addresses are registered (I1), read (I2) and the read data
+        # registered (I3) before it enters the skew registers, so no adder sits in front of a
+        # block RAM and no block-RAM output drives a multiplier directly.
         iv = Signal()  # issuing a k-slice this cycle
-        m.d.comb += [
-            iv.eq(issuing & (t < ck)),
-            a_rd.addr.eq(abase + t),
-            b_rd.addr.eq(bbase + t),
-            a_rd.en.eq(adv),
-            b_rd.en.eq(adv),
-        ]
-        # row flags registered alongside the memory read: valid, last (k == K-1), tile-last row,
-        # final tile
-        rflags = []
-        klast = Signal()
-        m.d.comb += klast.eq(t == ck - 1)
-        for r in range(R):
-            v = Signal(name=f"s1_v{r}")
-            tl = Signal(name=f"s1_tl{r}")
-            with m.If(adv):
-                m.d.sync += [
-                    v.eq(iv & (i0 + r < cm)),
-                    tl.eq((i0 + r + 1 == cm) | (r == R - 1)),
-                ]
-            rflags.append((v, tl))
-        s1_last = Signal()
-        s1_final = Signal()
+        m.d.comb += iv.eq(issuing & (t < ck))
+        a_addr = Signal.like(abase, name="a_addr")
+        b_addr = Signal.like(bbase, name="b_addr")
+        a_q = Signal(8 * R, name="a_q")
+        b_q = Signal(8 * C, name="b_q")
         with m.If(adv):
-            m.d.sync += [s1_last.eq(klast), s1_final.eq(last_row_blk & last_col_blk)]
+            m.d.sync += [a_addr.eq(abase + t), b_addr.eq(bbase + t), a_q.eq(a_rd.data), b_q.eq(b_rd.data)]
+        m.d.comb += [a_rd.addr.eq(a_addr), b_rd.addr.eq(b_addr), a_rd.en.eq(adv), b_rd.en.eq(adv)]
+        # row flags at issue time: valid, last (k == K-1), tile-last row; final tile; aligned
+        # with a_q by the same three registers
+        rv = Cat(iv & (i0 + r < cm) for r in range(R))
+        rtl = Cat((i0 + r + 1 == cm) | (r == R - 1) for r in range(R))
+        meta = delay(Cat(rv, rtl, t == ck - 1, last_row_blk & last_col_blk), 3, "imeta")
+        s1_last, s1_final = meta[2 * R], meta[2 * R + 1]
 
         # skew: row r delayed by r cycles, column c by c cycles
-        delay = self._delay_line(m, adv)
-
         a_in = []
         for r in range(R):
-            lane = a_rd.data[8 * r : 8 * r + 8].as_signed()
-            v, tl = rflags[r]
-            bundle = Cat(lane, v, s1_last, tl, s1_final)
+            lane = a_q[8 * r : 8 * r + 8].as_signed()
+            bundle = Cat(lane, meta[r], s1_last, meta[R + r], s1_final)
             a_in.append(delay(bundle, r, f"askew{r}"))
-        b_in = [delay(b_rd.data[8 * c : 8 * c + 8].as_signed(), c, f"bskew{c}") for c in range(C)]
+        b_in = [delay(b_q[8 * c : 8 * c + 8].as_signed(), c, f"bskew{c}") for c in range(C)]
 
-        # PE grid: a (with its flags) moves right, b moves down; product registered, then summed
+        # PE grid: a (with its flags) moves right, b moves down; operands registered, product
+        # registered, then summed
         row_done = []
         row_out = []
         b_top = b_in
@@ -523,10 +516,12 @@ class GemmEngine(wiring.Component):
             outs = []
             for c in range(C):
                 top = b_top[c]
-                a_val = left[0:8].as_signed()
-                fv, flast = left[8], left[9]
+                # operands (and flags) are registered in this PE, then multiplied: the
+                # multiplier's inputs come from its own registers, not from a neighbour
                 a_reg = Signal(len(left), name=f"pe{r}_{c}_a")
                 b_reg = Signal(signed(8), name=f"pe{r}_{c}_b")
+                a_val = a_reg[0:8].as_signed()
+                fv, flast = a_reg[8], a_reg[9]
                 prod = Signal(signed(16), name=f"pe{r}_{c}_prod")
                 pv = Signal(name=f"pe{r}_{c}_pv")
                 pl = Signal(name=f"pe{r}_{c}_pl")
@@ -536,7 +531,7 @@ class GemmEngine(wiring.Component):
                     m.d.sync += [
                         a_reg.eq(left),
                         b_reg.eq(top),
-                        prod.eq(a_val * top.as_signed()),
+                        prod.eq(a_val * b_reg),
                         pv.eq(fv),
                         pl.eq(flast),
                     ]
@@ -554,7 +549,7 @@ class GemmEngine(wiring.Component):
                     pfin = Signal(name=f"pe{r}_{c}_pfin")
                     with m.If(adv):
                         m.d.sync += [
-                            ptl.eq(left[10]), pfin.eq(left[11]),
+                            ptl.eq(a_reg[10]), pfin.eq(a_reg[11]),
                             done.eq(pv & pl), tl.eq(ptl), fin.eq(pfin),
                         ]
                     row_done.append((done, tl, fin))
@@ -609,8 +604,9 @@ class GemmEngine(wiring.Component):
         m.d.comb += more_folds.eq(~(last_kb & last_j))
 
         with m.If(start):
+            # the first fold issues in the first compute cycle, its weights load alongside
             m.d.sync += [
-                issuing.eq(0), j0.eq(0), kb0.eq(0), abase.eq(0), bbase.eq(0), t.eq(0),
+                issuing.eq(1), j0.eq(0), kb0.eq(0), abase.eq(0), bbase.eq(0), t.eq(0),
                 wl_active.eq(1), wl_r.eq(0), wl_base.eq(0), wl_kb0.eq(0),
             ]
         with m.Elif(adv):
@@ -619,16 +615,12 @@ class GemmEngine(wiring.Component):
                 with m.If(wl_r == R - 1):
                     m.d.sync += wl_active.eq(0)
                 m.d.sync += wl_r.eq(wl_r + 1)
-            with m.If(~issuing & wl_active & (wl_r == 0)):
-                # first fold issues one cycle after its weight load starts
-                m.d.sync += [issuing.eq(1), t.eq(0)]
             with m.If(issuing):
-                with m.If(t == period - 2):
-                    # start loading the next fold's weights one cycle before it issues
-                    with m.If(more_folds):
-                        m.d.sync += [wl_active.eq(1), wl_r.eq(0), wl_base.eq(nx_bbase), wl_kb0.eq(nx_kb0)]
                 with m.If(t == period - 1):
                     m.d.sync += [t.eq(0), kb0.eq(nx_kb0), bbase.eq(nx_bbase)]
+                    # the next fold's weights load while it issues (the skew gives them time)
+                    with m.If(more_folds):
+                        m.d.sync += [wl_active.eq(1), wl_r.eq(0), wl_base.eq(nx_bbase), wl_kb0.eq(nx_kb0)]
                     with m.If(last_kb):
                         m.d.sync += [j0.eq(j0 + C), abase.eq(0)]
                         with m.If(last_j):
@@ -638,46 +630,41 @@ class GemmEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += t.eq(t + 1)
 
-        iv = Signal()
-        m.d.comb += [
-            iv.eq(issuing & (t < cm)),
-            a_rd.addr.eq(abase + t),
-            a_rd.en.eq(adv),
-            b_rd.addr.eq(wl_base + wl_r),
-            b_rd.en.eq(adv),
-        ]
-        # shadow row write enables, registered to align with the B read data
-        wr_row = [Signal(name=f"wrow{r}") for r in range(R)]
-        with m.If(adv):
-            for r in range(R):
-                m.d.sync += wr_row[r].eq(wl_active & (wl_r == r) & (wl_kb0 + r < ck))
-
-        # issue metadata, registered alongside the A read: valid, swap (first row of fold)
-        s1_v = Signal()
-        s1_sw = Signal()
-        with m.If(adv):
-            m.d.sync += [s1_v.eq(iv), s1_sw.eq(iv & (t == 0))]
-
         delay = self._delay_line(m, adv)
+        # issue pipeline as in OS: registered address (I1), read (I2), registered data (I3)
+        iv = Signal()
+        m.d.comb += iv.eq(issuing & (t < cm))
+        a_addr = Signal.like(abase, name="a_addr")
+        b_addr = Signal.like(bbase, name="b_addr")
+        a_q = Signal(8 * R, name="a_q")
+        b_q = Signal(8 * C, name="b_q")
+        with m.If(adv):
+            m.d.sync += [a_addr.eq(abase + t), b_addr.eq(wl_base + wl_r), a_q.eq(a_rd.data), b_q.eq(b_rd.data)]
+        m.d.comb += [a_rd.addr.eq(a_addr), b_rd.addr.eq(b_addr), a_rd.en.eq(adv), b_rd.en.eq(adv)]
+        # shadow row write enables and A-row flags (valid, swap = first row of a fold), aligned
+        # with the registered read data
+        wr_row = delay(Cat(wl_active & (wl_r == r) & (wl_kb0 + r < ck) for r in range(R)), 3, "wrow")
+        s1 = delay(Cat(iv, iv & (t == 0)), 3, "ameta")
 
         a_in = []
         for r in range(R):
-            lane = a_rd.data[8 * r : 8 * r + 8]
-            a_in.append(delay(Cat(lane, s1_v, s1_sw), r, f"askew{r}"))
+            a_in.append(delay(Cat(a_q[8 * r : 8 * r + 8], s1[0], s1[1]), r, f"askew{r}"))
 
-        # PE grid: weights shadowed, partial sums flow down (product registered first)
+        # PE grid: weights shadowed; the row's operand is registered in the PE, multiplied with
+        # the active (or, on a fold's first row, the shadow) weight, and the product is added to
+        # the partial sum coming down the column
         psum_prev = [Const(0, signed(32))] * C
         for r in range(R):
             left = a_in[r]
             psum_row = []
             for c in range(C):
-                a_val = left[0:8].as_signed()
-                fv, fsw = left[8], left[9]
                 shadow = Signal(signed(8), name=f"pe{r}_{c}_ws")
                 wact = Signal(signed(8), name=f"pe{r}_{c}_wa")
                 a_reg = Signal(10, name=f"pe{r}_{c}_a")
                 prod = Signal(signed(16), name=f"pe{r}_{c}_prod")
                 psum = Signal(signed(32), name=f"pe{r}_{c}_psum")
+                a_val = a_reg[0:8].as_signed()
+                fv, fsw = a_reg[8], a_reg[9]
                 w_use = Mux(fsw, shadow, wact)
                 with m.If(adv):
                     m.d.sync += [
@@ -688,7 +675,7 @@ class GemmEngine(wiring.Component):
                     with m.If(fv & fsw):
                         m.d.sync += wact.eq(shadow)
                     with m.If(wr_row[r]):
-                        m.d.sync += shadow.eq(b_rd.data[8 * c : 8 * c + 8].as_signed())
+                        m.d.sync += shadow.eq(b_q[8 * c : 8 * c + 8].as_signed())
                 psum_row.append(psum)
                 left = a_reg
             psum_prev = psum_row
@@ -697,11 +684,11 @@ class GemmEngine(wiring.Component):
         col = [delay(psum_prev[c], C - 1 - c, f"dsk{c}") for c in range(C)]
 
         # per-row metadata delayed from issue to the aligned row: issue at cycle x, aligned at
-        # x + R + C + 1
+        # x + R + C + 4 (3 issue registers, operand, product and partial-sum registers)
         mm = Signal(bits_for(self._max_m), name="mm")
         m.d.comb += mm.eq(t)
         meta = Cat(iv, mm, kb0 == 0, last_kb, last_j, t == cm - 1)
-        lat = R + C + 1
+        lat = R + C + 4
         meta_rd = delay(meta, lat - 1, "meta")  # one cycle early: psum buffer read address
         meta_al = delay(meta_rd, 1, "metaal")
         mw = bits_for(self._max_m)
@@ -742,12 +729,13 @@ class GemmEngine(wiring.Component):
         # Channel block of the row now in `ro`: advances after each tile's (OS) or column block's
         # (WS) last row. Its parameters are read now and arrive with the row one stage later (E0).
         jc = Signal(range(max(self.chan_depth, 2)), name="jc")
+        jc_end = Signal(bits_for(self._max_n + C), name="jc_end")  # (jc + 1) * C, kept running
         jc_last = Signal()
-        m.d.comb += jc_last.eq((jc + 1) * C >= cn)
+        m.d.comb += jc_last.eq(jc_end >= cn)
         with m.If(start):
-            m.d.sync += jc.eq(0)
+            m.d.sync += [jc.eq(0), jc_end.eq(C)]
         with m.Elif(adv & ro_valid & ro_tlast):
-            m.d.sync += jc.eq(Mux(jc_last, 0, jc + 1))
+            m.d.sync += [jc.eq(Mux(jc_last, 0, jc + 1)), jc_end.eq(Mux(jc_last, C, jc_end + C))]
         m.d.comb += [c_rd.addr.eq(jc), c_rd.en.eq(adv)]
 
         def lanes(name, shape):
@@ -761,6 +749,8 @@ class GemmEngine(wiring.Component):
         e1_mult, e1_shift = lanes("e1_mult", signed(32)), lanes("e1_shift", unsigned(6))
         e2, (e2_v, e2_l) = lanes("e2_", signed(64)), flags("e2")
         e2_x, e2_shift = lanes("e2_x", signed(32)), lanes("e2_shift", unsigned(6))
+        e3a, (e3a_v, e3a_l) = lanes("e3a_", signed(64)), flags("e3a")
+        e3a_x, e3a_z = lanes("e3a_x", signed(32)), lanes("e3a_z", unsigned(1))
         e3, (e3_v, e3_l) = lanes("e3_", signed(64)), flags("e3")
         e3_x = lanes("e3_x", signed(32))
         e4, (e4_v, e4_l) = lanes("e4_", signed(32)), flags("e4")
@@ -787,18 +777,22 @@ class GemmEngine(wiring.Component):
                 if self._requant:
                     m.d.sync += e2[c].eq(e1[c] * e1_mult[c])
                 m.d.sync += [e2_shift[c].eq(e1_shift[c]), e2_x[c].eq(e1[c])]
-            # E3: rounding right shift, half up: ((p >> (s-1)) + 1) >> 1, or p when s == 0
-            m.d.sync += [e3_v.eq(e2_v), e3_l.eq(e2_l)]
+            # E3a: p >> (s-1) (arithmetic; p itself when s == 0)
+            m.d.sync += [e3a_v.eq(e2_v), e3a_l.eq(e2_l)]
             for c in range(C):
                 if self._requant:
                     sm1 = Signal(6, name=f"sm1_{c}")
+                    m.d.comb += sm1.eq(Mux(e2_shift[c] == 0, 0, e2_shift[c] - 1))
+                    m.d.sync += [e3a[c].eq(e2[c] >> sm1), e3a_z[c].eq(e2_shift[c] == 0)]
+                m.d.sync += e3a_x[c].eq(e2_x[c])
+            # E3b: round half up, ((p >> (s-1)) + 1) >> 1
+            m.d.sync += [e3_v.eq(e3a_v), e3_l.eq(e3a_l)]
+            for c in range(C):
+                if self._requant:
                     rnd = Signal(signed(65), name=f"rnd{c}")
-                    m.d.comb += [
-                        sm1.eq(Mux(e2_shift[c] == 0, 0, e2_shift[c] - 1)),
-                        rnd.eq((e2[c] >> sm1) + 1),
-                    ]
-                    m.d.sync += e3[c].eq(Mux(e2_shift[c] == 0, e2[c], rnd >> 1))
-                m.d.sync += e3_x[c].eq(e2_x[c])
+                    m.d.comb += rnd.eq(e3a[c] + 1)
+                    m.d.sync += e3[c].eq(Mux(e3a_z[c], e3a[c], rnd >> 1))
+                m.d.sync += e3_x[c].eq(e3a_x[c])
             # E4: saturate to int8 (requant) or pass the int32 value
             m.d.sync += [e4_v.eq(e3_v), e4_l.eq(e3_l)]
             for c in range(C):
