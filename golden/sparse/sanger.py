@@ -12,8 +12,10 @@ the current sequence and head is used.
 
 Integer model (``integer=True``): the 4-bit codes and their dot product ``D`` are int64;
 row norms are unsigned fixed point with 8 fraction bits (``round(|x| * 256)``); the base-2
-logit with 8 fraction bits is ``z = floor(D * nq * nk * c / 2**24)`` with
-``c = round(log2(e) * 2**16 / (scale_q * scale_k * sqrt(d)))``; ``e_j = 2**-(max z - z_j)``
+logit with 8 fraction bits is ``z = floor(D * nq * nk * c / 2**(cf + 8))`` with
+``c = round(log2(e) * 2**cf / (scale_q * scale_k * sqrt(d)))``, ``cf = 16 + 2 * max(0, bits -
+4)`` (more fraction bits for wider codes, whose larger scales would round ``c`` to a few
+levels), the shift being ``cf + 8``; ``e_j = 2**-(max z - z_j)``
 from ``exp2_neg_fixed`` (64-entry LUT, 15 fraction bits); key j is a candidate iff
 ``e_j * 2**16 > round(threshold * 2**16) * sum_j e_j`` (no division). ``threshold = 0``
 keeps every real key.
@@ -76,7 +78,10 @@ class SangerFilter(SparseAttentionFilter):
         self.clips: list[tuple[float, float]] | None = None
 
     def params(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
+        p: dict[str, Any] = {"threshold": self.threshold}
+        if self.bits != 4:
+            p["bits"] = self.bits
+        return p
 
     def calibrate(self, samples: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]) -> None:
         clips = []
@@ -114,8 +119,9 @@ class SangerFilter(SparseAttentionFilter):
         nq8 = torch.round(nq * 2 ** NORM_FRAC_BITS).to(torch.int64)
         nk8 = torch.round(nk * 2 ** NORM_FRAC_BITS).to(torch.int64).transpose(-1, -2)
         sc = sq * sk
-        c = torch.round(math.log2(math.e) * 2 ** 16 / (sc * math.sqrt(d))).to(torch.int64)
-        shift = 2 * NORM_FRAC_BITS + 16 - LOGIT_FRAC_BITS
+        cf = 16 + 2 * max(0, self.bits - 4)      # c keeps ~7 significant bits for every width
+        c = torch.round(math.log2(math.e) * 2 ** cf / (sc * math.sqrt(d))).to(torch.int64)
+        shift = 2 * NORM_FRAC_BITS + cf - LOGIT_FRAC_BITS
         return (dot * nq8 * nk8 * c) >> shift
 
     def mask(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, *,
