@@ -192,6 +192,10 @@ class A3Filter(SparseAttentionFilter):
 
     name = "a3"
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"m": None, "T": 1.5},
+        {"m": None, "T": 5.0},
+        {"m": 2.0, "T": 1.0},
+        {"m": None, "T": 10.0},
         {"m": 1.0, "T": 1.0},
         {"m": 0.75, "T": 2.5},
         {"m": 0.5, "T": 5.0},

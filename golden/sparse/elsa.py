@@ -142,7 +142,7 @@ class ElsaFilter(SparseAttentionFilter):
     name = "elsa"
     needs_calibration = True
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"p": 0.25}, {"p": 0.5}, {"p": 1.0}, {"p": 2.0}, {"p": 4.0},
+        {"p": 0.04}, {"p": 0.1}, {"p": 0.25}, {"p": 0.5}, {"p": 1.0}, {"p": 2.0}, {"p": 4.0},
     )
     default: ClassVar[dict[str, Any]] = {"p": 0.04}   # measured: NN >= 95 %
 

@@ -85,7 +85,8 @@ class EnergonFilter(SparseAttentionFilter):
 
     name = "energon"
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"alpha": -0.75}, {"alpha": -0.5}, {"alpha": -0.25}, {"alpha": 0.0},
+        {"alpha": -0.9}, {"alpha": -0.75}, {"alpha": -0.5}, {"alpha": -0.4}, {"alpha": -0.25},
+        {"alpha": 0.0},
         {"alpha": 0.25}, {"alpha": 0.5},
     )
     default: ClassVar[dict[str, Any]] = {"alpha": -0.9}

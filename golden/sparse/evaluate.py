@@ -36,7 +36,8 @@ from golden.sparse.base import (
     valid_pairs,
 )
 
-__all__ = ["EvalResult", "NO_FINETUNE_NOTE", "evaluate", "format_table", "parse_methods"]
+__all__ = ["EvalResult", "NO_FINETUNE_NOTE", "choose_sanger_layer_thresholds", "evaluate", "format_table",
+           "parse_methods"]
 
 NO_FINETUNE_NOTE = ("No fine-tuning: every filter is applied to the pretrained model as is "
                     "(the papers fine-tune with the filter in the loop).")
@@ -177,6 +178,66 @@ def evaluate(
             if progress is not None:
                 progress(f"{name:8s} {r.setting:18s} keep {r.keep_ratio:.3f} cos {r.cosine_mean:.4f}")
     return {"results": results, "n_sentences": len(sents), "holdout": holdout, "seconds": seconds}
+
+
+#: per-layer threshold grid and trade-off weights of ``choose_sanger_layer_thresholds``
+SANGER_LAYER_GRID = (0.01, 0.02, 0.03, 0.045, 0.06, 0.08, 0.12)
+SANGER_LAMBDAS = (2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+
+
+def choose_sanger_layer_thresholds(
+    sentences: Sequence[str],
+    *,
+    target: float = 0.99,
+    grid: Sequence[float] = SANGER_LAYER_GRID,
+    lambdas: Sequence[float] = SANGER_LAMBDAS,
+    integer: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Per-layer Sanger thresholds chosen on ``sentences`` only (a calibration split).
+
+    1. Per layer ``l`` and threshold ``t`` in ``grid``, only layer ``l`` is filtered: its
+       keep ratio and the embedding-cosine loss ``1 - cos`` are measured.
+    2. For each ``lam`` in ``lambdas`` every layer takes the ``t`` minimising
+       ``keep_l + lam * loss_l`` (losses treated as additive).
+    3. Each such combination is run with all layers filtered; the one with the lowest keep
+       ratio whose mean cosine is ``>= target`` is chosen (the most conservative one if none).
+
+    This is our extension (the Sanger configs use one threshold for the model; ELSA learns
+    its threshold per sub-layer). Returns ``{"layer_thresholds": [...], "single_layer":
+    [...], "combos": [...]}``.
+    """
+    from compiler.models import load_minilm
+
+    n_layers = int(load_minilm()[0].config.num_hidden_layers)
+    single = []
+    for layer in range(n_layers):
+        todo = []
+        for t in grid:
+            lt = [0.0] * n_layers
+            lt[layer] = float(t)
+            todo.append({"layer_thresholds": lt})
+        res = evaluate(["sanger"], settings={"sanger": todo}, sentences=sentences, integer=integer)
+        for t, r in zip(grid, res["results"], strict=True):
+            keep_l = n_layers * r["keep_ratio"] - (n_layers - 1)
+            single.append({"layer": layer, "threshold": float(t), "keep": keep_l,
+                           "loss": 1.0 - r["cosine_mean"]})
+        if progress is not None:
+            progress(f"sanger per-layer: layer {layer} measured")
+    cost = {(r["layer"], r["threshold"]): r for r in single}
+    choices: list[tuple[float, ...]] = []
+    for lam in lambdas:
+        c = tuple(min(grid, key=lambda t, lay=lay: cost[(lay, float(t))]["keep"]
+                      + lam * cost[(lay, float(t))]["loss"]) for lay in range(n_layers))
+        if c not in choices:
+            choices.append(c)
+    res = evaluate(["sanger"], settings={"sanger": [{"layer_thresholds": list(c)} for c in choices]},
+                   sentences=sentences, integer=integer)
+    combos = [{"layer_thresholds": list(c), "keep_ratio": r["keep_ratio"], "cosine_mean": r["cosine_mean"]}
+              for c, r in zip(choices, res["results"], strict=True)]
+    ok = [c for c in combos if c["cosine_mean"] >= target]
+    best = min(ok, key=lambda c: c["keep_ratio"]) if ok else max(combos, key=lambda c: c["cosine_mean"])
+    return {"layer_thresholds": best["layer_thresholds"], "single_layer": single, "combos": combos}
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -58,30 +58,52 @@ def sanger_quantize(x: torch.Tensor, bits: int, clip: torch.Tensor | float) -> t
 @register_filter
 class SangerFilter(SparseAttentionFilter):
     """Sanger golden model: ``threshold`` in [0, 1) on the predicted probability (0 = keep
-    all); ``bits`` of the prediction in {2, 4, 6, 8}."""
+    all); ``bits`` of the prediction in {2, 4, 6, 8}; ``layer_thresholds`` (one per layer,
+    each in [0, 1)) overrides ``threshold`` per layer. Per-layer thresholds are our
+    extension (the authors' configs use one threshold for the whole model); they are meant
+    to be chosen on calibration data (``benchmarks/sparse_attention_accuracy.py``)."""
 
     name = "sanger"
     needs_calibration = True
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
         {"threshold": 0.002}, {"threshold": 0.005}, {"threshold": 0.01},
-        {"threshold": 0.02}, {"threshold": 0.04}, {"threshold": 0.08},
+        {"threshold": 0.02}, {"threshold": 0.03}, {"threshold": 0.0325}, {"threshold": 0.04},
+        {"threshold": 0.08},
     )
     default: ClassVar[dict[str, Any]] = {"threshold": 0.01}
 
-    def __init__(self, *, threshold: float = 0.002, bits: int = 4, integer: bool = True) -> None:
+    def __init__(self, *, threshold: float = 0.002, bits: int = 4,
+                 layer_thresholds: list[float] | tuple[float, ...] | None = None,
+                 integer: bool = True) -> None:
         super().__init__(integer=integer)
         self.threshold = check_range("threshold (Sanger probability threshold)", threshold, 0.0, 1.0,
                                      hi_open=True)
         if bits not in ALLOWED_BITS:
             raise ValueError(f"bits must be one of {ALLOWED_BITS}, not {bits!r}")
         self.bits = bits
+        self.layer_thresholds = None if layer_thresholds is None else tuple(
+            check_range(f"layer_thresholds[{i}] (Sanger probability threshold)", t, 0.0, 1.0, hi_open=True)
+            for i, t in enumerate(layer_thresholds))
+        if self.layer_thresholds is not None and not self.layer_thresholds:
+            raise ValueError("layer_thresholds must hold one threshold per layer, not an empty list")
         self.clips: list[tuple[float, float]] | None = None
 
     def params(self) -> dict[str, Any]:
         p: dict[str, Any] = {"threshold": self.threshold}
         if self.bits != 4:
             p["bits"] = self.bits
+        if self.layer_thresholds is not None:
+            p = {"layers": "/".join(f"{t:g}" for t in self.layer_thresholds), **p}
+            del p["threshold"]
         return p
+
+    def threshold_at(self, layer: int) -> float:
+        """The probability threshold used at ``layer``."""
+        if self.layer_thresholds is None:
+            return self.threshold
+        if not 0 <= layer < len(self.layer_thresholds):
+            raise ValueError(f"layer {layer} has no Sanger threshold ({len(self.layer_thresholds)} given)")
+        return self.layer_thresholds[layer]
 
     def calibrate(self, samples: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]) -> None:
         clips = []
@@ -128,16 +150,17 @@ class SangerFilter(SparseAttentionFilter):
              layer: int = 0) -> torch.Tensor:
         key_mask = _default_key_mask(k, key_mask)
         valid = valid_pairs(key_mask, q.shape[1], q.shape[2])
-        if self.threshold == 0:
+        thr = self.threshold_at(layer)
+        if thr == 0:
             return valid.clone()
         z = self.predicted_logits(q, k, key_mask, layer)
         if self.integer:
             zm = z.masked_fill(~valid, -(2 ** 62))
             x = zm.amax(-1, keepdim=True) - zm
             e = exp2_neg_fixed(x, LOGIT_FRAC_BITS).masked_fill(~valid, 0)
-            tq = round(self.threshold * 2 ** THRESH_FRAC_BITS)
+            tq = round(thr * 2 ** THRESH_FRAC_BITS)
             cand = (e << THRESH_FRAC_BITS) > tq * e.sum(-1, keepdim=True)
         else:
             p = torch.softmax(z.masked_fill(~valid, float("-inf")), -1)
-            cand = torch.nan_to_num(p, nan=0.0) > self.threshold
+            cand = torch.nan_to_num(p, nan=0.0) > thr
         return ensure_nonempty(cand & valid, z, valid)

@@ -72,7 +72,7 @@ class SpattenFilter(SparseAttentionFilter):
 
     name = "spatten"
     sweep: ClassVar[tuple[dict[str, Any], ...]] = (
-        {"token_keep": 0.95}, {"token_keep": 0.9}, {"token_keep": 0.8},
+        {"token_keep": 1.0}, {"token_keep": 0.95}, {"token_keep": 0.9}, {"token_keep": 0.8},
         {"token_keep": 0.7}, {"token_keep": 0.6}, {"token_keep": 0.5},
     )
     default: ClassVar[dict[str, Any]] = {"token_keep": 1.0}   # measured: NN >= 95 %

@@ -204,6 +204,22 @@ def test_sanger_integer_and_float_agree_away_from_threshold():
     assert (mi == mf).double().mean() > 0.97
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_sanger_layer_thresholds_and_wide_codes(bits):
+    q, k = _rand(17, 2, 2, 10, 32), _rand(18, 2, 2, 10, 32)
+    lt = SangerFilter(layer_thresholds=[0.0, 0.05], bits=bits)
+    assert torch.equal(lt.mask(q, k, layer=1), SangerFilter(threshold=0.05, bits=bits).mask(q, k, layer=1))
+    assert bool(lt.mask(q, k, layer=0).all())                  # threshold 0 keeps every key
+    with pytest.raises(ValueError, match="layer 2"):
+        lt.mask(q, k, layer=2)
+    with pytest.raises(ValueError, match=r"layer_thresholds\[1\]"):
+        SangerFilter(layer_thresholds=[0.1, 1.5])
+    # the integer logit constant keeps its precision for wide codes: integer ~ float twin
+    mi = SangerFilter(threshold=0.05, bits=bits).mask(q, k)
+    mf = SangerFilter(threshold=0.05, bits=bits, integer=False).mask(q, k)
+    assert (mi == mf).double().mean() > 0.97
+
+
 # ---------------------------------------------------------------- real model
 def test_minilm_dense_replacement_reproduces_stock_model_and_a_filter_runs():
     import os
