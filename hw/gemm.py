@@ -74,7 +74,7 @@ __all__ = [
 
 DATAFLOWS = ("os", "ws")
 #: pipeline registers between the array's result row and the output register (inclusive)
-EPILOGUE_LATENCY = 7
+EPILOGUE_LATENCY = 9
 _MAX_DIM = 2**16
 
 
@@ -107,8 +107,9 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     ``k`` of the last tile issues in cycle ``(T-1)*P + k``; its buffer address is registered,
     the buffers are read and the data registered (3 cycles), it reaches PE ``(r, c)`` ``r + c``
     cycles later, where operands are registered (1), multiplied (1) and accumulated (1); the
-    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 7 registers:
-    align, bias, multiply, shift, round, saturate, output). The final row ``r = R_last - 1``
+    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 9 registers:
+    align, bias add, int32 saturate, partial products, product sum, shift, round, int8
+    saturate, output). The final row ``r = R_last - 1``
     (``R_last`` = valid rows of the last row block) therefore transfers in cycle
     ``(T-1)*P + K + R_last + C + 4 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
 
@@ -744,9 +745,22 @@ class GemmEngine(wiring.Component):
         def flags(name):
             return Signal(name=f"{name}_v"), Signal(name=f"{name}_l")
 
+        def saturate(v, bits):
+            """``v`` clamped to a signed ``bits``-bit range: in range iff the bits above are a sign
+            extension (a reduction, not a comparison carry chain)."""
+            top = v[bits - 1 :]
+            fits = ~top.any() | top.all()
+            lo, hi = Const(-(2 ** (bits - 1)), signed(bits)), Const(2 ** (bits - 1) - 1, signed(bits))
+            return Mux(fits, v[:bits].as_signed(), Mux(v[-1], lo, hi))
+
         e0, (e0_v, e0_l) = lanes("e0_", signed(32)), flags("e0")
+        e1a, (e1a_v, e1a_l) = lanes("e1a_", signed(34)), flags("e1a")
         e1, (e1_v, e1_l) = lanes("e1_", signed(32)), flags("e1")
+        e1a_mult, e1a_shift = lanes("e1a_mult", signed(32)), lanes("e1a_shift", unsigned(6))
         e1_mult, e1_shift = lanes("e1_mult", signed(32)), lanes("e1_shift", unsigned(6))
+        e2a_lo, e2a_hi = lanes("e2a_lo", signed(49)), lanes("e2a_hi", signed(48))
+        e2a_x, e2a_shift = lanes("e2a_x", signed(32)), lanes("e2a_shift", unsigned(6))
+        e2a_v, e2a_l = flags("e2a")
         e2, (e2_v, e2_l) = lanes("e2_", signed(64)), flags("e2")
         e2_x, e2_shift = lanes("e2_x", signed(32)), lanes("e2_shift", unsigned(6))
         e3a, (e3a_v, e3a_l) = lanes("e3a_", signed(64)), flags("e3a")
@@ -754,29 +768,40 @@ class GemmEngine(wiring.Component):
         e3, (e3_v, e3_l) = lanes("e3_", signed(64)), flags("e3")
         e3_x = lanes("e3_x", signed(32))
         e4, (e4_v, e4_l) = lanes("e4_", signed(32)), flags("e4")
-        i32max, i32min = Const(2**31 - 1, signed(34)), Const(-(2**31), signed(34))
 
         with m.If(adv):
             # E0: align the row with its channel parameters
             m.d.sync += [e0_v.eq(ro_valid), e0_l.eq(ro_final)]
             m.d.sync += [e0[c].eq(ro_data[c]) for c in range(C)]
-            # E1: bias add, saturated to int32
-            m.d.sync += [e1_v.eq(e0_v), e1_l.eq(e0_l)]
+            # E1a: bias add (34 bits, exact)
+            m.d.sync += [e1a_v.eq(e0_v), e1a_l.eq(e0_l)]
             for c in range(C):
                 ch = c_rd.data[c]
-                s = Signal(signed(34), name=f"bsum{c}")
-                m.d.comb += s.eq(e0[c] + Mux(c_bias, ch.bias, 0))
                 m.d.sync += [
-                    e1[c].eq(Mux(s > i32max, i32max, Mux(s < i32min, i32min, s))),
-                    e1_mult[c].eq(ch.mult),
-                    e1_shift[c].eq(ch.shift),
+                    e1a[c].eq(e0[c] + Mux(c_bias, ch.bias, 0)),
+                    e1a_mult[c].eq(ch.mult),
+                    e1a_shift[c].eq(ch.shift),
                 ]
-            # E2: x * mult (int64)
-            m.d.sync += [e2_v.eq(e1_v), e2_l.eq(e1_l)]
+            # E1b: saturate to int32
+            m.d.sync += [e1_v.eq(e1a_v), e1_l.eq(e1a_l)]
+            for c in range(C):
+                m.d.sync += [e1[c].eq(saturate(e1a[c], 32)), e1_mult[c].eq(e1a_mult[c]),
+                             e1_shift[c].eq(e1a_shift[c])]
+            # E2a: partial products x * mult[15:0] (unsigned) and x * mult[31:16] (signed)
+            m.d.sync += [e2a_v.eq(e1_v), e2a_l.eq(e1_l)]
             for c in range(C):
                 if self._requant:
-                    m.d.sync += e2[c].eq(e1[c] * e1_mult[c])
-                m.d.sync += [e2_shift[c].eq(e1_shift[c]), e2_x[c].eq(e1[c])]
+                    m.d.sync += [
+                        e2a_lo[c].eq(e1[c] * e1_mult[c][:16]),
+                        e2a_hi[c].eq(e1[c] * e1_mult[c][16:].as_signed()),
+                    ]
+                m.d.sync += [e2a_x[c].eq(e1[c]), e2a_shift[c].eq(e1_shift[c])]
+            # E2b: x * mult = (hi << 16) + lo (int64, exact)
+            m.d.sync += [e2_v.eq(e2a_v), e2_l.eq(e2a_l)]
+            for c in range(C):
+                if self._requant:
+                    m.d.sync += e2[c].eq((e2a_hi[c] << 16) + e2a_lo[c])
+                m.d.sync += [e2_shift[c].eq(e2a_shift[c]), e2_x[c].eq(e2a_x[c])]
             # E3a: p >> (s-1) (arithmetic; p itself when s == 0)
             m.d.sync += [e3a_v.eq(e2_v), e3a_l.eq(e2_l)]
             for c in range(C):
@@ -797,9 +822,7 @@ class GemmEngine(wiring.Component):
             m.d.sync += [e4_v.eq(e3_v), e4_l.eq(e3_l)]
             for c in range(C):
                 if self._requant:
-                    lo, hi = Const(-128, signed(9)), Const(127, signed(9))
-                    sat = Mux(e3[c] > hi, hi, Mux(e3[c] < lo, lo, e3[c][0:9].as_signed()))
-                    m.d.sync += e4[c].eq(Mux(c_rq, sat, e3_x[c]))
+                    m.d.sync += e4[c].eq(Mux(c_rq, saturate(e3[c], 8), e3_x[c]))
                 else:
                     m.d.sync += e4[c].eq(e3_x[c])
             # output register
