@@ -50,9 +50,13 @@ def plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    methods = sorted({r["method"] for r in result["results"]}, key=lambda m: m)
+    def series(r: dict) -> str:     # A^3 without candidate search is its own curve
+        return "a3 (post-scoring only)" if r["method"] == "a3" and r["setting"].startswith("m=off") \
+            else r["method"]
+
+    methods = sorted({series(r) for r in result["results"]})
     for m in methods:
-        rows = sorted((r for r in result["results"] if r["method"] == m), key=lambda r: r["keep_ratio"])
+        rows = sorted((r for r in result["results"] if series(r) == m), key=lambda r: r["keep_ratio"])
         x = [r["keep_ratio"] for r in rows]
         axes[0].plot(x, [r["cosine_mean"] for r in rows], "o-", label=m)
         axes[1].plot(x, [r["nn_agreement"] for r in rows], "o-", label=m)

@@ -119,7 +119,7 @@ def evaluate(
     other sentences only (a disjoint split), otherwise on all of them.
 
     Returns ``{"results": [EvalResult.as_dict(), ...], "n_sentences": N, "holdout": bool,
-    "seconds": {method/setting: wall seconds}}``.
+    "setting_seconds": {method/setting: wall seconds}}``.
     """
     from compiler.models import embed, load_minilm, load_sentences
 
@@ -177,7 +177,8 @@ def evaluate(
             seconds[f"{name}/{r.setting}"] = round(time.perf_counter() - t0, 2)
             if progress is not None:
                 progress(f"{name:8s} {r.setting:18s} keep {r.keep_ratio:.3f} cos {r.cosine_mean:.4f}")
-    return {"results": results, "n_sentences": len(sents), "holdout": holdout, "seconds": seconds}
+    return {"results": results, "n_sentences": len(sents), "holdout": holdout,
+            "setting_seconds": seconds}
 
 
 #: per-layer threshold grid and trade-off weights of ``choose_sanger_layer_thresholds``
