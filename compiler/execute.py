@@ -17,7 +17,9 @@ placed it:
 
 Values between ops are float tensors; integer ops quantize their inputs with the calibrated
 scale and dequantize their int8 outputs, which is exact whenever producer and consumer share the
-scale (they do: both were calibrated on the same tensor).
+scale (they do: both were calibrated on the same tensor). A linear with per-channel output scales
+(``quant["out_scales"]``, see :mod:`compiler.passes.quantize`) is dequantized per channel; only
+residual adds (float, host) read it.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_te
 from golden.gemm import gemm_int
 from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
 
-__all__ = ["execute_plan", "imc_linear", "make_impl", "rebuild_graph"]
+__all__ = ["execute_plan", "imc_linear", "make_impl", "rebuild_graph", "split16"]
 
 
-def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor,
-               shift: torch.Tensor, *, xbar: int = 128, cell_bits: int = 2, dac_bits: int = 1,
+def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
+               shift: torch.Tensor | None, *, xbar: int = 128, cell_bits: int = 2, dac_bits: int = 1,
                adc_bits: int = 8) -> torch.Tensor:
     """Crossbar model of ``requant(xq[M,K] @ wq[K,N] + bias)`` (int8 in, int8 out as int64).
 
@@ -51,7 +53,7 @@ def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: tor
     otherwise a mid-rise quantizer of step ``ceil((full+1) / 2^adc_bits)`` (bin index, read back at
     the bin centre, clipped to full scale). The digital
     periphery shift-adds, subtracts ``128*sum(xu) + 128*sum(wu) - K*128^2`` (exact) and applies
-    bias and requantizer as the GEMM engine does.
+    bias and requantizer as the GEMM engine does (``mult=None``: int32 out, no requantizer).
     """
     xq = xq.to(torch.int64)
     wq = wq.to(torch.int64)
@@ -80,7 +82,7 @@ def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: tor
     sw = wu.sum(dim=0, keepdim=True).to(torch.float64)
     dot = acc - 128 * sx - 128 * sw + k * 128 * 128
     y = saturate(dot.round().to(torch.int64) + bias.to(torch.int64), INT32_MIN, INT32_MAX)
-    return requantize(y, mult, shift)
+    return y if mult is None or shift is None else requantize(y, mult, shift)
 
 
 def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
@@ -100,6 +102,9 @@ def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
         if o["quant"] is not None:
             n.attrs["quant"] = {"in_scales": list(o["quant"]["in_scales"]),
                                 "out_scale": o["quant"]["out_scale"]}
+            for k in ("out_scales", "in_bits", "out_bits"):
+                if o["quant"].get(k):
+                    n.attrs["quant"][k] = o["quant"][k]
         if o["sparse_filter"]:
             n.attrs["sparse_filter"] = o["sparse_filter"]
     g.properties.add("quantized")
@@ -110,8 +115,11 @@ def _dq(q: torch.Tensor, s: float, shape: Sequence[int]) -> torch.Tensor:
     return (q.to(torch.float64) * s).to(torch.float32).reshape(tuple(shape))
 
 
-def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
-    """The per-node implementation that follows the plan's placement."""
+def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None = None) -> Any:
+    """The per-node implementation that follows the plan's placement.
+
+    ``stats`` (optional) accumulates ``kept`` and ``valid`` query-key pairs of sparse attention.
+    """
     devs = {d["name"]: d for d in plan["devices"]}
     place = {o["name"]: devs[o["device"]] for o in plan["ops"]}
 
@@ -119,7 +127,7 @@ def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
         dev = place[node.name]
         kind = dev["kind"]
         if node.attrs.get("sparse_filter") and node.op == "attention":
-            return _sparse_attention(node, args, kwargs)
+            return _sparse_attention(node, args, kwargs, stats)
         if kind in ("cpu", "gpu") or node.op == "layout":
             return float_impl(node, args, kwargs)
         q = node.attrs["quant"]
@@ -127,7 +135,10 @@ def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
         if node.op == "linear":
             ql = linear_qparams(graph, node)
             k = node.attrs["k"]
-            xq = quantize_tensor(args[node.attrs.get("x_arg", 0)], ql.in_scale).reshape(-1, k)
+            x = args[node.attrs.get("x_arg", 0)]
+            if q.get("in_bits") == 16:
+                return _linear16(x, ql, dev, shape)
+            xq = quantize_tensor(x, ql.in_scale).reshape(-1, k)
             if kind == "imc":
                 p = dev["params"]
                 y = imc_linear(xq, ql.wq, ql.bias, ql.mult, ql.shift, xbar=p["xbar"],
@@ -139,7 +150,7 @@ def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
                     torch.float32).reshape(tuple(shape))
             else:
                 y = gemm_int(xq, ql.wq, ql.bias, ql.mult, ql.shift)
-            return _dq(y, ql.out_scale, shape)
+            return ql.dequantize(y).to(torch.float32).reshape(tuple(shape))
         if node.op == "matmul":
             sa, sb, mult, shift = matmul_qparams(node)
             a, b = args[0], args[1] if len(args) > 1 else args[0]
@@ -178,7 +189,35 @@ def make_impl(graph: Graph, plan: dict[str, Any]) -> Any:
     return impl
 
 
-def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def split16(x16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact split of int16 values in [-32640, 32639] into int8 ``(hi, lo)``:
+    ``x16 = 256 * hi + lo``, ``lo = ((x16 + 128) mod 256) - 128``."""
+    lo = torch.remainder(x16 + 128, 256) - 128
+    return (x16 - lo) // 256, lo
+
+
+def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int]) -> torch.Tensor:
+    """16-bit-input linear: two int8 passes (high and low bytes), int32 out, exact int64 combine
+    and the per-channel scale on the host (see :mod:`compiler.passes.quantize`)."""
+    k = ql.wq.shape[0]
+    x16 = torch.clamp(torch.round(x.to(torch.float64) / ql.in_scale), -32640, 32639)
+    hi, lo = split16(x16.to(torch.int64).reshape(-1, k))
+    if dev["kind"] == "imc":
+        p = dev["params"]
+        kw = {"xbar": p["xbar"], "cell_bits": p["cell_bits"], "dac_bits": p["dac_bits"],
+              "adc_bits": p["adc_bits"]}
+        zero = torch.zeros_like(ql.bias)
+        ah, al = (imc_linear(v, ql.wq, zero, None, None, **kw) for v in (hi, lo))
+    else:
+        ah, al = gemm_int(hi, ql.wq, None), gemm_int(lo, ql.wq, None)
+    acc = 256 * ah.to(torch.int64) + al.to(torch.int64) + ql.bias
+    return (acc.to(torch.float64) * (ql.in_scale * ql.w_scale)).to(torch.float32).reshape(
+        tuple(shape))
+
+
+def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      stats: dict[str, int] | None = None) -> Any:
+    """Attention with the op's sparse filter ANDed into its mask (float, on the host)."""
     from compiler.passes.sparsify import sparse_filters
     spec = node.attrs["sparse_filter"]
     fn = sparse_filters().get(spec["name"])
@@ -186,9 +225,21 @@ def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any])
         raise LookupError(f"op {node.name}: sparse filter {spec['name']!r} is not registered")
     q, k = args[0], args[1]
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
-    keep = fn(q, k, None, **spec.get("params", {}))
+    shape = (*q.shape[:-1], k.shape[-2])
     if mask is not None:
-        keep = keep & (mask if mask.dtype == torch.bool else mask > -1e30)
+        allowed = (mask if mask.dtype == torch.bool else mask > -1e30).expand(shape)
+        key_mask = allowed.reshape(q.shape[0], -1, k.shape[-2]).any(1)
+    else:
+        allowed = torch.ones(shape, dtype=torch.bool)
+        key_mask = None
+    extra = {"layer": int(spec["layer"])} if "layer" in spec else {}
+    keep = fn(q, k, key_mask, **extra, **spec.get("params", {})).expand(shape) & allowed
+    # a row without candidates (padding queries) keeps the model's own mask: no empty softmax
+    keep = keep | (allowed & ~keep.any(-1, keepdim=True))
+    if stats is not None and key_mask is not None:
+        real = allowed & key_mask[:, None, :, None]  # real query rows only
+        stats["kept"] = stats.get("kept", 0) + int((keep & real).sum())
+        stats["valid"] = stats.get("valid", 0) + int(real.sum())
     a = list(args)
     if len(a) > 3:
         a[3] = keep
@@ -208,10 +259,13 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     MiniLM plans run sentences (default: the shipped set) and compare sentence embeddings (mean
     pooling, L2 norm) with :func:`compiler.models.embed` of the float model; other models run
     their example inputs plus ``n_random - 1`` seeded variants and compare outputs. Returns
-    ``cosine_min``, ``cosine_mean``, ``max_abs_err``, ``n_inputs`` and per-device op counts.
+    ``cosine_min``, ``cosine_mean``, ``max_abs_err``, ``n_inputs``, per-device op counts and,
+    when attention is sparse, ``sparse_keep_ratio`` (kept / allowed query-key pairs of the real
+    query rows, over all sparse attention ops and inputs).
     """
     graph, lm = rebuild_graph(plan)
-    impl = make_impl(graph, plan)
+    stats: dict[str, int] = {}
+    impl = make_impl(graph, plan, stats)
     cos: list[float] = []
     err = 0.0
     if lm.name == "minilm":
@@ -250,5 +304,8 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     ops_by = {}
     for o in plan["ops"]:
         ops_by[o["device"]] = ops_by.get(o["device"], 0) + 1
-    return {"cosine_min": min(cos), "cosine_mean": sum(cos) / len(cos), "max_abs_err": err,
-            "n_inputs": len(cos), "model": lm.name, "ops_per_device": ops_by}
+    out = {"cosine_min": min(cos), "cosine_mean": sum(cos) / len(cos), "max_abs_err": err,
+           "n_inputs": len(cos), "model": lm.name, "ops_per_device": ops_by}
+    if stats.get("valid"):
+        out["sparse_keep_ratio"] = stats["kept"] / stats["valid"]
+    return out

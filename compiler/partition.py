@@ -142,6 +142,14 @@ def build_problem(graph: Graph, devices: list[Target], objective: str = "latency
     sizes = {name: (t.nbytes, t.numel) for name, t in graph.inputs}
     for n in graph.nodes:
         sizes[n.name] = (n.out_bytes, sum(t.numel for t in n.out))
+    for n in graph.nodes:  # 16-bit inputs travel as 2 bytes, int32 results as 4
+        q = n.attrs.get("quant") or {}
+        if q.get("in_bits") == 16 and n.inputs:
+            full, numel = sizes[n.inputs[0]]
+            sizes[n.inputs[0]] = (full, max(numel, 2 * sum(t.numel for t in graph.value_type(
+                n.inputs[0]))))
+        if q.get("out_bits") == 32:
+            sizes[n.name] = (n.out_bytes, 4 * sum(t.numel for t in n.out))
     return Problem(ops=[n.name for n in graph.nodes], reads={n.name: list(n.inputs) for n in graph.nodes},
                    graph_inputs=[n for n, _ in graph.inputs], outputs=[r.name for r in graph.outputs],
                    devices=names, cost=cost, use=use, capacity=[dict(d.capacity) for d in devices],

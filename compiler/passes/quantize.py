@@ -8,14 +8,39 @@ quantization MSE; ``method="absmax"``: ``max|x| / 127``).
 A linear's bias becomes int32 ``round(b / (s_in * s_w[c]))`` and its requantizer the int32
 multiplier and shift of ``s_in * s_w[c] / s_out`` from :func:`golden.requant.quantize_multiplier`.
 
-Sensitive ops: a linear that reads a GELU output (the FFN down-projection) gets
-``attrs["keep_float"]`` with the reason, and integer targets refuse it, so it stays in float32 on
-the CPU/GPU: per-tensor int8 of the GELU output (long-tailed) costs MiniLM about 0.13 of
-embedding cosine, everything else together well under 0.01.
+Per-channel output scales (``per_channel_out=True``, default): a linear whose output reaches
+only residual ``add`` nodes (directly or through channel-preserving layout ops such as ``clone``
+or a ``view`` that keeps the last dimension) gets one output scale per output channel,
+``quant["out_scales"][c] = max|y[..., c]| / 127``, folded **exactly** into the GEMM engine's
+per-channel requantizer (``mult[c], shift[c]`` of ``s_in * s_w[c] / s_out[c]``; the requantizer
+already has one multiplier per channel). The int8 result is dequantized per channel by its
+consumer, the residual ``add``, which no integer target runs (it is a float op on the host), so
+every accelerator op still reads per-tensor int8. ``quant["out_scale"]`` then holds
+``max(out_scales)`` for tools that want one number. Why: MiniLM's FFN down-projection (the
+linear reading the GELU output) writes one outlier channel (|y| up to 195 where the median
+channel stays below 1); a per-tensor int8 output scale wipes out the other 383 channels and
+costs about 0.11 of sentence-embedding cosine. Its per-tensor int8 *input* (the GELU output)
+costs only about 0.01 (measured; docs/compiler.md).
+
+16-bit input path (``ffn_down="int16"``, default): a linear that reads a GELU output gets
+``quant["in_bits"] = 16`` and ``quant["out_bits"] = 32``: its input is quantized per tensor to
+``x16 = clamp(round(x / s), -32640, 32639)``, ``s = max|x| / 32639``, split exactly into two
+int8 bytes ``lo = ((x16 + 128) mod 256) - 128`` and ``hi = (x16 - lo) / 256`` (both in
+[-128, 127]), and runs as two int8 passes of the GEMM engine (or the crossbars) over the same
+int8 weights with int32 results; the host combines ``256 * acc_hi + acc_lo + bias`` in int64
+(exact) and scales it by ``s * s_w[c]`` for the residual add it feeds (a float host op). Targets
+price it as a GEMM with ``2M`` rows; the partitioner moves its input as 2 bytes and its result as
+4 bytes per element. The GELU feeding it gets ``attrs["keep_float"]`` (the GELU unit emits
+int8, which would throw the 16 bits away), so it runs in float on the host.
+``ffn_down="int8"``: plain per-tensor int8 input (with per-channel output scales).
+``ffn_down="float"`` (``fmforge compile --float-ffn-down``; ``keep_float_after_gelu=True`` is the
+same) restores the old behaviour: the linear gets ``attrs["keep_float"]`` and stays in float32 on
+the CPU/GPU.
 
 Ensures ``quantized``: every ``linear``, ``matmul``, ``softmax``, ``layer_norm``, ``gelu`` and
-``relu`` node has ``attrs["quant"] = {"in_scales": [...], "out_scale": s}`` with positive finite
-scales, and every linear/matmul requantizer is representable (else the error names the node).
+``relu`` node has ``attrs["quant"] = {"in_scales": [...], "out_scale": s}`` (linears possibly also
+``"out_scales": [...]``) with positive finite scales, and every linear/matmul requantizer is
+representable (else the error names the node).
 """
 
 from __future__ import annotations
@@ -32,9 +57,11 @@ from compiler.ir import Graph, Node
 from compiler.passes.base import Pass, PassError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "matmul_qparams", "mse_scale",
-           "quantize_tensor", "quantize_weight"]
+__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "matmul_qparams", "mse_scale",
+           "quantize_tensor", "quantize_weight", "residual_only_linears"]
 
+#: how the FFN down-projection (a linear reading a GELU output) is quantized (module doc)
+FFN_DOWN_MODES = ("int16", "int8", "float")
 #: op kinds that get activation scales
 QUANT_KINDS = ("linear", "matmul", "softmax", "layer_norm", "gelu", "relu")
 _EPS = 1e-8
@@ -63,6 +90,12 @@ class QLinear:
     shift: torch.Tensor  # [N] int64
     in_scale: float
     out_scale: float
+    out_scales: torch.Tensor | None = None  # [N] float64 when the output is per channel
+
+    def dequantize(self, y: torch.Tensor) -> torch.Tensor:
+        """Real values (float64) of the int8 result ``y[..., N]``."""
+        s = self.out_scales if self.out_scales is not None else self.out_scale
+        return y.to(torch.float64) * s
 
 
 def linear_qparams(graph: Graph, node: Node) -> QLinear:
@@ -78,22 +111,29 @@ def linear_qparams(graph: Graph, node: Node) -> QLinear:
         w = w.t()
     wq, ws = quantize_weight(w)
     s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
+    so = q.get("out_scales")
+    s_outs = torch.tensor([float(v) for v in so], dtype=torch.float64) if so else None
+    if s_outs is not None and s_outs.shape[0] != ws.shape[0]:
+        raise PassError(f"node {node.name}: {s_outs.shape[0]} output scales for "
+                        f"{ws.shape[0]} channels")
     if node.attrs.get("bias"):
         b = graph.params[node.attrs["bias"]].detach().to(torch.float64)
         bias = torch.clamp(torch.round(b / (s_in * ws)), INT32_MIN, INT32_MAX).to(torch.int64)
     else:
         bias = torch.zeros(ws.shape[0], dtype=torch.int64)
     mults, shifts = [], []
-    for c in range(ws.shape[0]):
+    for c in range(ws.shape[0] if q.get("out_bits") != 32 else 0):  # int32 out: no requantizer
         try:
-            m, s = quantize_multiplier(float(s_in * ws[c] / s_out))
+            oc = float(s_outs[c]) if s_outs is not None else s_out
+            m, s = quantize_multiplier(float(s_in * ws[c] / oc))
         except ValueError as e:
             raise PassError(f"node {node.name}: channel {c}: {e}") from None
         mults.append(m)
         shifts.append(s)
     ql = QLinear(wq=wq.t().contiguous(), w_scale=ws, bias=bias,
                  mult=torch.tensor(mults, dtype=torch.int64),
-                 shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in, out_scale=s_out)
+                 shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in, out_scale=s_out,
+                 out_scales=s_outs)
     node.attrs["_q"] = ql
     return ql
 
@@ -115,9 +155,16 @@ def _check_linear_range(graph: Graph, node: Node) -> None:
     ws = torch.clamp(w.detach().abs().amax(dim=1 if node.attrs["w_layout"] == "nk" else 0)
                      / 127.0, min=_EPS)
     q = node.attrs["quant"]
-    for s in (float(ws.min()), float(ws.max())):
+    if q.get("out_bits") == 32:  # no requantizer
+        return
+    so = q.get("out_scales")
+    if so:
+        ratios = ws.to(torch.float64) / torch.tensor(so, dtype=torch.float64)
+    else:
+        ratios = ws.to(torch.float64) / q["out_scale"]
+    for r in (float(ratios.min()), float(ratios.max())):
         try:
-            quantize_multiplier(q["in_scales"][0] * s / q["out_scale"])
+            quantize_multiplier(q["in_scales"][0] * r)
         except ValueError as e:
             raise PassError(f"node {node.name}: {e}") from None
 
@@ -134,6 +181,37 @@ def mse_scale(absvals: torch.Tensor, top: float) -> float:
     return best[1]
 
 
+#: layout targets that keep the last (channel) axis in place when its size is unchanged
+_CHANNEL_KEEPING = ("clone", "view", "reshape", "contiguous", "alias")
+
+
+def residual_only_linears(graph: Graph) -> set[str]:
+    """Linears whose output reaches only ``add`` nodes (through channel-keeping layout ops).
+
+    These may use per-output-channel scales: their consumers are float ops on the host.
+    """
+    users = graph.users()
+    nodes = graph.node_map()
+
+    def only_adds(v: str, channels: int) -> bool:
+        us = users.get(v, [])
+        if not us or any(r.name == v for r in graph.outputs):
+            return False
+        for u in us:
+            n = nodes[u]
+            if n.op == "add":
+                continue
+            if n.op == "layout" and any(k in n.target for k in _CHANNEL_KEEPING) and n.out \
+                    and n.out[0].shape and n.out[0].shape[-1] == channels \
+                    and only_adds(u, channels):
+                continue
+            return False
+        return True
+
+    return {n.name for n in graph.nodes if n.op == "linear" and n.out and n.out[0].shape
+            and only_adds(n.name, int(n.out[0].shape[-1]))}
+
+
 class Quantize(Pass):
     """Calibrate activation scales on ``samples`` (each a tuple of graph inputs); see module doc."""
 
@@ -142,7 +220,8 @@ class Quantize(Pass):
     ensures = frozenset({"quantized"})
 
     def __init__(self, samples: Sequence[Sequence[torch.Tensor]], method: str = "absmax",
-                 keep_float_after_gelu: bool = True) -> None:
+                 keep_float_after_gelu: bool = False, per_channel_out: bool = True,
+                 ffn_down: str = "int16") -> None:
         if not samples:
             raise ValueError("quantize needs at least one calibration sample")
         if method not in ("mse", "absmax"):
@@ -150,6 +229,10 @@ class Quantize(Pass):
         self.samples = [tuple(s) for s in samples]
         self.method = method
         self.keep_float_after_gelu = keep_float_after_gelu
+        self.per_channel_out = per_channel_out
+        if ffn_down not in FFN_DOWN_MODES:
+            raise ValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, not {ffn_down!r}")
+        self.ffn_down = "float" if keep_float_after_gelu else ffn_down
 
     def run(self, graph: Graph) -> None:
         want: set[str] = set()
@@ -158,6 +241,8 @@ class Quantize(Pass):
                 want.add(n.name)
                 want.update(n.inputs)
         absmax: dict[str, float] = {}
+        chan_max: dict[str, torch.Tensor] = {}
+        chan_out = residual_only_linears(graph) if self.per_channel_out else set()
         seen: dict[str, list[torch.Tensor]] = {}
         for name, _ in graph.inputs:
             absmax.setdefault(name, 0.0)
@@ -166,6 +251,10 @@ class Quantize(Pass):
             if node.name in want and isinstance(val, torch.Tensor) and val.is_floating_point():
                 a = val.detach().abs().flatten()
                 absmax[node.name] = max(absmax.get(node.name, 0.0), float(a.max()) if a.numel() else 0.0)
+                if node.name in chan_out:
+                    cm = val.detach().abs().reshape(-1, val.shape[-1]).amax(0).to(torch.float64)
+                    prev = chan_max.get(node.name)
+                    chan_max[node.name] = cm if prev is None else torch.maximum(prev, cm)
                 if self.method == "mse":
                     seen.setdefault(node.name, []).append(a[:: max(1, a.numel() // 65536)])
 
@@ -189,18 +278,32 @@ class Quantize(Pass):
                 v = nodes[v].inputs[0]
             return nodes[v].op if v in nodes else "input"
 
+        wide: set[str] = set()
         for n in graph.nodes:
             n.attrs.pop("_q", None)
-            if self.keep_float_after_gelu and n.op == "linear" and \
-                    producer_kind(n.inputs[0]) == "gelu":
-                n.attrs["keep_float"] = ("FFN down-projection reads the GELU output, whose "
-                                         "per-tensor int8 quantization costs too much accuracy")
+            down = n.op == "linear" and producer_kind(n.inputs[0]) == "gelu"
+            if down and self.ffn_down == "float":
+                n.attrs["keep_float"] = ("FFN down-projection reads the GELU output; kept in "
+                                         "float (--float-ffn-down)")
+            elif down and self.ffn_down == "int16" and n.inputs[0] in nodes:
+                wide.add(n.name)
+                g = nodes[n.inputs[0]]
+                if g.op == "gelu":
+                    g.attrs["keep_float"] = ("feeds a 16-bit-input linear and the GELU unit "
+                                             "emits int8")
             if n.op not in QUANT_KINDS:
                 continue
             ins = [n.inputs[0]] if n.op != "matmul" else list(n.inputs[:2])
             if n.op == "matmul" and len(ins) == 1:  # x @ x
                 ins = ins * 2
             n.attrs["quant"] = {"in_scales": [scale(v) for v in ins], "out_scale": scale(n.name)}
+            if n.name in wide:
+                n.attrs["quant"].update(in_bits=16, out_bits=32,
+                                        in_scales=[max(absmax.get(ins[0], 0.0), _EPS) / 32639.0])
+            elif n.name in chan_max:
+                so = [max(float(v), _EPS) / 127.0 for v in chan_max[n.name]]
+                n.attrs["quant"]["out_scales"] = so
+                n.attrs["quant"]["out_scale"] = max(so)
             if n.op == "linear":
                 _check_linear_range(graph, n)
             elif n.op == "matmul":
@@ -213,6 +316,6 @@ class Quantize(Pass):
             q = n.attrs.get("quant")
             if not q:
                 raise PassError(f"quantize: node {n.name} ({n.op}) has no scales")
-            for s in [*q["in_scales"], q["out_scale"]]:
+            for s in [*q["in_scales"], q["out_scale"], *q.get("out_scales", [])]:
                 if not (math.isfinite(s) and s > 0):
                     raise PassError(f"quantize: node {n.name} has scale {s!r}")

@@ -52,9 +52,15 @@ class GemmConfig:
 
 
 def gemm_shape(node: Node) -> GemmShape:
-    """The GEMM of a ``linear`` or ``matmul`` node."""
+    """The GEMM of a ``linear`` or ``matmul`` node.
+
+    A 16-bit-input linear (``quant["in_bits"] == 16``) runs as two int8 passes over the same
+    weights (high and low bytes of the input stacked as ``2M`` rows, int32 out), so its shape
+    has twice the rows.
+    """
     a = node.attrs
-    return GemmShape(int(a.get("batch", 1)), int(a["m"]), int(a["k"]), int(a["n"]))
+    m = int(a["m"]) * (2 if (a.get("quant") or {}).get("in_bits") == 16 else 1)
+    return GemmShape(int(a.get("batch", 1)), m, int(a["k"]), int(a["n"]))
 
 
 def _cdiv(a: int, b: int) -> int:

@@ -107,6 +107,8 @@ class ImcTarget(Target):
         batch = int(a.get("batch", 1))
         xb = self.crossbars_for(a["k"], a["n"])
         mvms = batch * a["m"]
+        if (a.get("quant") or {}).get("in_bits") == 16:  # two 8-bit input passes
+            mvms *= 2
         t = mvms * self.t_mvm + self.t_mvm  # pipelined rows + one MVM of drain/shift-add
         e = mvms * xb * self.e_mvm_xbar + batch * (a["m"] * a["k"] + a["m"] * a["n"]) * E_BUF_J_PER_B
         res = {"crossbars": xb} if node.op == "linear" else {}

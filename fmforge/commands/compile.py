@@ -21,6 +21,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--devices", default="ulx3s-85f,cpu", help="comma-separated devices "
                    "(see 'fmforge devices'; default ulx3s-85f,cpu)")
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("--ffn-down", choices=("int16", "int8", "float"), default="int16",
+                   help="FFN down-projection (linear reading the GELU output): int16 input as two "
+                   "int8 passes (default), plain int8, or float on the host")
+    p.add_argument("--float-ffn-down", action="store_true",
+                   help="same as --ffn-down float")
+    p.add_argument("--sparse", metavar="METHOD[:knob=value]", default=None,
+                   help="attach a golden.sparse filter to every attention op, e.g. "
+                   "sanger:threshold=0.02 (a3, elsa, spatten, energon, sanger)")
     p.add_argument("-o", "--output", default="plan.json", help="plan file (default plan.json)")
     add_json(p)
     p.set_defaults(func=run)
@@ -60,7 +68,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not out.parent.exists():
         raise FileNotFoundError(f"output directory {str(out.parent)!r} does not exist")
     torch.set_num_threads(1)
-    c = compile_model(args.model, args.devices, args.objective)
+    c = compile_model(args.model, args.devices, args.objective,
+                      ffn_down="float" if args.float_ffn_down else args.ffn_down,
+                      sparse=args.sparse)
     text = dumps_plan(c.plan)
     png = out.with_suffix(".png")
     write_timeline(c.plan, png)

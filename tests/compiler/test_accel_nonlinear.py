@@ -1,0 +1,70 @@
+"""Integer softmax and layer norm placed on an accelerator (hw/softmax.py, hw/layernorm.py),
+and the sparse-attention hook on MiniLM."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from compiler.driver import compile_model
+from compiler.execute import execute_plan, make_impl, rebuild_graph
+from compiler.interp import float_impl, run_graph
+from compiler.passes.sparsify import parse_sparse_spec
+from compiler.targets.base import hw_cycle_model
+
+BLOCK = f"{Path(__file__).with_name('attn_block.py')}:block"
+
+
+def test_softmax_layernorm_on_asic_execute_within_bound():
+    assert hw_cycle_model("softmax") and hw_cycle_model("layer_norm")
+    c = compile_model(BLOCK, "asic,cpu:mode=roofline")
+    placed = {o["op"]: o["device"] for o in c.plan["ops"] if o["op"] in ("softmax", "layer_norm")}
+    assert placed == {"softmax": "asic", "layer_norm": "asic"}
+    for o in c.plan["ops"]:
+        if o["op"] in ("softmax", "layer_norm"):  # rows x length from the unit's cycle model
+            assert o["lowering"]["impl"] in ("golden.softmax", "golden.layernorm")
+            *lead, length = o["out"][0]["shape"]
+            assert o["cycles"] == hw_cycle_model(o["op"])(int(torch.tensor(lead).prod()), length)
+    # per op: the golden integer unit against PyTorch float on the same (float) inputs;
+    # bounds: softmax 3/256 (output LSB 1/256: rounding + integer exp), layer norm 4 output LSB
+    # plus the input quantization (one input LSB over the row std, times |gamma|)
+    graph, lm = rebuild_graph(c.plan)
+    impl = make_impl(graph, c.plan)
+    errs: dict[str, float] = {}
+
+    def observe(node, val, args):
+        if node.op in ("softmax", "layer_norm"):
+            ref = float_impl(node, args, {})
+            e = float((val - ref).abs().max())
+            q = node.attrs["quant"]
+            lsb = 1 / 256 if node.op == "softmax" else q["out_scale"]
+            errs[node.name] = e / lsb
+
+    run_graph(graph, lm.example_inputs, impl=impl, observe=observe)
+    assert set(errs) == {"softmax", "layer_norm", "layer_norm_1"}
+    assert errs["softmax"] <= 3
+    assert max(errs["layer_norm"], errs["layer_norm_1"]) <= 6
+    r = execute_plan(c.plan, limit=4)
+    assert r["ops_per_device"] == {"asic": 10}
+    assert r["cosine_min"] >= 0.99
+
+
+def test_parse_sparse_spec():
+    assert parse_sparse_spec("sanger:threshold=0.02") == ("sanger", {"threshold": 0.02})
+    assert parse_sparse_spec("spatten") == ("spatten", {})
+    with pytest.raises(ValueError, match="knob=value"):
+        parse_sparse_spec("sanger:0.02")
+
+
+def test_sanger_on_minilm_attention():
+    c = compile_model("minilm", "asic,cpu:mode=roofline", sparse="sanger:threshold=0.02")
+    att = [o for o in c.plan["ops"] if o["op"] == "attention"]
+    assert len(att) == 6 and all(o["sparse_filter"]["name"] == "sanger" for o in att)
+    assert [o["sparse_filter"]["layer"] for o in att] == list(range(6))
+    r = execute_plan(c.plan, limit=3)
+    assert 0.05 < r["sparse_keep_ratio"] < 0.9
+    # bound: Sanger at threshold 0.02 drops keys whose predicted probability is < 2%; the dense
+    # integer plan is at >= 0.99 (test_pipeline), the filter may cost at most 0.04 more
+    assert r["cosine_min"] >= 0.95
+    with pytest.raises(ValueError, match="sanger"):
+        compile_model("encoder-tiny", "cpu:mode=roofline", sparse="sanger:threshold=2")
