@@ -177,6 +177,38 @@ def _plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+#: CLI arguments of each nonlinear unit's build (the `fmforge verilog UNIT` factories)
+NONLINEAR_UNITS = {
+    "requant": ["--lanes", "4", "--channels", "384"],
+    "gelu": ["--lanes", "4"],
+    "softmax": ["--lanes", "4", "--max-length", "128"],
+    "layernorm": ["--lanes", "4", "--length", "384"],
+}
+
+
+def run_units(boards: list[str], units: list[str], seed: int) -> list[dict[str, Any]]:
+    """Build the integer nonlinear units (4 lanes, MiniLM row lengths) and measure them."""
+    from fmforge.commands.verilog import UNITS
+
+    rows = []
+    for board in boards:
+        for unit in units:
+            if unit not in NONLINEAR_UNITS:
+                raise ValueError(f"unit must be one of {', '.join(NONLINEAR_UNITS)}, not {unit!r}")
+            _, add_args, make = UNITS[unit]
+            ap = argparse.ArgumentParser()
+            add_args(ap)
+            comp = make(ap.parse_args(NONLINEAR_UNITS[unit]))
+            name = f"{unit}_p4"
+            res = build_unit(comp, board, name=name, seed=seed,
+                             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+            d = res.to_dict()
+            d.update(board=board, array=unit, dataflow="-", requant=unit == "requant",
+                     params=" ".join(NONLINEAR_UNITS[unit]))
+            rows.append(d)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep from the command line."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -195,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1, help="nextpnr seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="PNG", default=None, help="also write a plot")
+    p.add_argument("--units", default=None,
+                   help="build the nonlinear units instead of GEMM arrays: comma-separated from "
+                        f"{', '.join(NONLINEAR_UNITS)} (4 lanes, MiniLM row lengths)")
     args = p.parse_args(argv)
     boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
     arrays = [_parse_array(a) for a in args.arrays.split(",")] if args.arrays else None
@@ -202,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     for d in dataflows:
         if d not in ("os", "ws"):
             p.error(f"dataflow must be os or ws, not {d!r}")
-    rows = run_sweep(boards, arrays, dataflows, args.requant, args.max_size, args.seed,
-                     largest=not args.no_largest)
+    if args.units:
+        rows = run_units(boards, [u.strip() for u in args.units.split(",") if u.strip()], args.seed)
+    else:
+        rows = run_sweep(boards, arrays, dataflows, args.requant, args.max_size, args.seed,
+                         largest=not args.no_largest)
     if args.plot:
         _plot(rows, args.plot)
     if args.json:

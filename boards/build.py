@@ -506,7 +506,21 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
             try:
                 seconds = _run_plan(plan, root, env, name, b.family, say)
             except subprocess.CalledProcessError:
-                raise _failure(root, b, name, key) from None
+                if b.family != "ecp5" or (root / f"{name}.json").exists():
+                    raise _failure(root, b, name, key) from None
+                # Yosys 0.70's ABC9 aborts on some designs with LUT RAM in its bypass
+                # ("Assert GetSize(conn.first) == GetSize(conn.second)"); mapping small
+                # memories to flip-flops instead avoids it. Retry once that way.
+                say("note: synthesis failed; retrying with 'synth_ecp5 -nolutram' "
+                    "(a Yosys ABC9 abort on LUT RAM)")
+                retry = platform.build(top, name=name, do_build=False,
+                                       **{**overrides, "synth_opts": "-nolutram"})
+                shutil.rmtree(root)
+                root.mkdir()
+                try:
+                    seconds = _run_plan(retry, root, env, name, b.family, say)
+                except subprocess.CalledProcessError:
+                    raise _failure(root, b, name, key) from None
             bit = root / f"{name}.{ext}"
             if not bit.exists() or bit.stat().st_size == 0:
                 raise _failure(root, b, name, key)

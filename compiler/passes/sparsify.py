@@ -25,11 +25,15 @@ _GOLDEN_DONE = False
 
 def golden_filter(method: str) -> SparseFilter:
     """The hook form of ``golden.sparse`` method ``method`` (instances cached per knob set)."""
-    from golden.sparse import make_filter
+    from golden.sparse import FILTERS, make_filter
 
     cache: dict[str, Any] = {}
+    # knobs not given fall back to the method's measured default (the setting `fmforge
+    # sparsity` reports), not to the constructor's
+    defaults = dict(getattr(FILTERS.get(method), "default", {}) or {})
 
     def fn(q: Any, k: Any, key_mask: Any, *, layer: int = 0, **params: Any) -> Any:
+        params = {**defaults, **params}
         key = repr(sorted(params.items()))
         if key not in cache:
             cache[key] = make_filter(method, **params)
