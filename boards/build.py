@@ -513,8 +513,10 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
                 # memories to flip-flops instead avoids it. Retry once that way.
                 say("note: synthesis failed; retrying with 'synth_ecp5 -nolutram' "
                     "(a Yosys ABC9 abort on LUT RAM)")
-                retry = platform.build(top, name=name, do_build=False,
-                                       **{**overrides, "synth_opts": "-nolutram"})
+                # a platform prepares once: the retry needs its own platform and top level
+                retry = _platform_at(b, target).build(
+                    BoardTop(component), name=name, do_build=False,
+                    **{**overrides, "synth_opts": "-nolutram"})
                 shutil.rmtree(root)
                 root.mkdir()
                 try:
