@@ -200,12 +200,15 @@ def run_units(boards: list[str], units: list[str], seed: int) -> list[dict[str, 
             add_args(ap)
             comp = make(ap.parse_args(NONLINEAR_UNITS[unit]))
             name = f"{unit}_p4"
-            res = build_unit(comp, board, name=name, seed=seed,
-                             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
-            d = res.to_dict()
-            d.update(board=board, array=unit, dataflow="-", requant=unit == "requant",
-                     params=" ".join(NONLINEAR_UNITS[unit]))
-            rows.append(d)
+            base = dict(board=board, array=unit, dataflow="-", requant=unit == "requant",
+                        params=" ".join(NONLINEAR_UNITS[unit]), dsps_estimated="-", gmacs=0.0)
+            try:
+                res = build_unit(comp, board, name=name, seed=seed,
+                                 progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
+            except (BuildError, DoesNotFitError) as e:
+                rows.append({**base, "status": "failed", "reason": str(e).split(" (logs in")[0]})
+                continue
+            rows.append({**res.to_dict(), **base, "status": "ok"})
     return rows
 
 
