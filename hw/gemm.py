@@ -65,6 +65,7 @@ __all__ = [
     "GemmEngine",
     "gemm_cycles",
     "gemm_period",
+    "check_gemm_shape",
     "scalesim_cycles",
     "load_words",
     "pack_operands",
@@ -91,6 +92,17 @@ def _check_dataflow(dataflow: object) -> str:
     if dataflow not in DATAFLOWS:
         raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {dataflow!r}")
     return dataflow  # type: ignore[return-value]
+
+
+def check_gemm_shape(m: int, k: int, n: int, *, max_m: int, max_k: int, max_n: int) -> None:
+    """Raise ``ValueError`` naming the dimension if an M x K x N GEMM exceeds the buffer limits."""
+    for name, v, lim in (("m", m, max_m), ("k", k, max_k), ("n", n, max_n)):
+        _check_positive(name, v)
+        if v > lim:
+            raise ValueError(
+                f"{name}={v} exceeds this engine's max_{name}={lim} (its on-chip buffers); "
+                f"build the engine with max_{name} >= {v}"
+            )
 
 
 def gemm_period(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> int:
@@ -310,13 +322,7 @@ class GemmEngine(wiring.Component):
 
     def check_shape(self, m: int, k: int, n: int) -> None:
         """Raise ``ValueError`` naming the dimension if an M x K x N GEMM does not fit the buffers."""
-        for name, v, lim in (("m", m, self._max_m), ("k", k, self._max_k), ("n", n, self._max_n)):
-            _check_positive(name, v)
-            if v > lim:
-                raise ValueError(
-                    f"{name}={v} exceeds this engine's max_{name}={lim} (its on-chip buffers); "
-                    f"build the engine with max_{name} >= {v}"
-                )
+        check_gemm_shape(m, k, n, max_m=self._max_m, max_k=self._max_k, max_n=self._max_n)
 
     def cycles_for(self, m: int, k: int, n: int) -> int:
         """:func:`gemm_cycles` for this engine's configuration."""

@@ -94,11 +94,14 @@ def engine_config_for(rows: int, cols: int, dataflow: str, m: int, k: int, n: in
     Buffer limits are rounded up to powers of two (at least 128) so that nearby shapes share one
     Verilator build.
     """
-    from hw.gemm import GemmEngine
+    from hw.gemm import _MAX_DIM, check_gemm_shape
 
+    for name, v in (("m", m), ("k", k), ("n", n)):
+        if isinstance(v, int) and v > _MAX_DIM:
+            raise ValueError(f"{name}={v} is larger than the engine supports ({_MAX_DIM})")
     cfg = GemmConfig(rows=rows, cols=cols, dataflow=dataflow, max_m=_pow2_at_least(m, 128),
                      max_k=_pow2_at_least(k, 128), max_n=_pow2_at_least(n, 128), requant=requant)
-    GemmEngine(**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}).check_shape(m, k, n)
+    check_gemm_shape(m, k, n, max_m=cfg.max_m, max_k=cfg.max_k, max_n=cfg.max_n)
     return cfg
 
 
