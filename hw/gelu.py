@@ -23,12 +23,19 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.gelu import GeluParams
-from hw.requant import FrameControl, check_positive, elementwise_cycles, requant_stages
+from hw.requant import (
+    REQUANT_STAGES,
+    FrameControl,
+    check_positive,
+    elementwise_cycles,
+    requant_stages,
+)
 
 __all__ = ["GELU_LATENCY", "MODES", "Gelu", "gelu_cycles"]
 
-#: registers from the input to the output register inclusive: t, h, g, multiply, round, saturate
-GELU_LATENCY = 6
+#: registers from the input to the output register inclusive: t, t*t, h, q*h partial products,
+#: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (5)
+GELU_LATENCY = 5 + REQUANT_STAGES
 MODES = ("gelu", "relu")
 
 
@@ -67,8 +74,8 @@ class Gelu(wiring.Component):
 
     Number formats: ``t`` uint12, ``h`` uint24 (< 2**24 since K < 2**23), ``g = q*h`` int32,
     ``g * mult`` int64, round half up by ``2**shift``, saturate to int8. Latency
-    :data:`GELU_LATENCY` = 6 registers; throughput P elements per cycle; a job of W words takes
-    exactly ``W + 6`` cycles (:func:`gelu_cycles`). Matches :func:`golden.gelu.gelu_int` /
+    :data:`GELU_LATENCY` = 10 registers; throughput P elements per cycle; a job of W words takes
+    exactly ``W + 10`` cycles (:func:`gelu_cycles`). Matches :func:`golden.gelu.gelu_int` /
     :func:`golden.gelu.relu_int`.
     """
 
@@ -119,11 +126,13 @@ class Gelu(wiring.Component):
         gs = []
         for c in range(P):
             q = self.i_data.payload.data[c]
-            q1 = Signal(signed(8), name=f"q1_{c}")
+            qs = [Signal(signed(8), name=f"q{j}_{c}") for j in range(1, 5)]
             t1 = Signal(unsigned(12), name=f"t1_{c}")
-            q2 = Signal(signed(8), name=f"q2_{c}")
-            h2 = Signal(unsigned(24), name=f"h2_{c}")
-            g3 = Signal(signed(32), name=f"g3_{c}")
+            sq2 = Signal(unsigned(24), name=f"sq2_{c}")
+            h3 = Signal(unsigned(24), name=f"h3_{c}")
+            glo4 = Signal(signed(21), name=f"glo4_{c}")
+            ghi4 = Signal(signed(21), name=f"ghi4_{c}")
+            g5 = Signal(signed(32), name=f"g5_{c}")
             if self._mode == "gelu":
                 p = self._params
                 bq = Const(p.b, unsigned(12))
@@ -132,16 +141,27 @@ class Gelu(wiring.Component):
                 two_k = Const(2 * p.k, unsigned(24))
                 with m.If(fc.adv):
                     m.d.sync += [
-                        q1.eq(q),
+                        # 1: t = Bq - min(|q| << fs, Bq)
+                        qs[0].eq(q),
                         t1.eq(bq - Mux(v < bq, v, bq)),
-                        q2.eq(q1),
-                        h2.eq(Mux(q1 >= 0, two_k - t1 * t1, t1 * t1)),
-                        g3.eq(q2 * h2),
+                        # 2: t*t
+                        qs[1].eq(qs[0]),
+                        sq2.eq(t1 * t1),
+                        # 3: h = 2K - t*t (q >= 0) or t*t
+                        qs[2].eq(qs[1]),
+                        h3.eq(Mux(qs[1][7], sq2, two_k - sq2)),
+                        # 4: partial products q * h[11:0] and q * h[23:12]
+                        glo4.eq(qs[2] * h3[0:12]),
+                        ghi4.eq(qs[2] * h3[12:24]),
+                        # 5: g = q * h = (hi << 12) + lo
+                        g5.eq((ghi4 << 12) + glo4),
                     ]
             else:
                 with m.If(fc.adv):
-                    m.d.sync += [q1.eq(Mux(q < 0, 0, q)), q2.eq(q1), g3.eq(q2)]
-            gs.append(g3)
+                    m.d.sync += [qs[0].eq(Mux(q < 0, 0, q))]
+                    m.d.sync += [qs[j].eq(qs[j - 1]) for j in range(1, 4)]
+                    m.d.sync += g5.eq(qs[3])
+            gs.append(g5)
         mult = Const(self._mult, signed(32))
         shift = Const(self._shift, unsigned(6))
         ys = requant_stages(m, fc.adv, gs, [mult] * P, [shift] * P, "rq")

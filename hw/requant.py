@@ -21,7 +21,7 @@ been accepted; words before it may wait in the pipeline while the source idles.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -34,10 +34,15 @@ __all__ = [
     "check_positive",
     "FrameControl",
     "requant_stages",
+    "REQUANT_STAGES",
+    "saturate_bits",
 ]
 
-#: registers from the input to the output register inclusive (table read, multiply, round, saturate)
-REQUANT_LATENCY = 4
+#: registers of :func:`requant_stages`: partial products, product sum, shift, round, saturate
+REQUANT_STAGES = 5
+#: registers from the input to the output register inclusive: table read, table output
+#: register, then :data:`REQUANT_STAGES`
+REQUANT_LATENCY = 2 + REQUANT_STAGES
 _MAX_LANES = 64
 
 
@@ -126,29 +131,52 @@ class FrameControl:
                 m.d.sync += comp.error.eq(1)
 
 
+def saturate_bits(v: Value, bits: int) -> Value:
+    """``clamp(v, -2**(bits-1), 2**(bits-1)-1)`` by a sign-extension check instead of compares."""
+    w = len(v)
+    top = v[bits - 1:]
+    fits = (top == 0) | (top == (1 << (w - bits + 1)) - 1)
+    sat = Cat(Const((1 << (bits - 1)) - 1, bits - 1), Const(0, 1))
+    neg = Cat(Const(0, bits - 1), Const(1, 1))
+    return Mux(fits, v[0:bits], Mux(v[w - 1], neg, sat)).as_signed()
+
+
 def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], shifts: list[Value],
                    name: str) -> list[Signal]:
-    """Three registered stages (multiply, round half up, saturate) per lane; returns int8 registers.
+    """:data:`REQUANT_STAGES` registered stages per lane; returns the int8 output registers.
 
     Bit-exact :func:`golden.requant.requantize` of ``xs`` (up to int32) with ``mults`` (int32) and
-    ``shifts`` (0..63), advancing only when ``adv`` is high.
+    ``shifts`` (0..63), advancing only when ``adv`` is high. Stages (pipelined for timing):
+
+    1. partial products ``x * mult[15:0]`` (unsigned) and ``x * mult[31:16]`` (signed)
+    2. ``p = (hi << 16) + lo`` (int64, exact)
+    3. ``t = (p << 1) >> shift`` (arithmetic; equals ``p >> (shift-1)`` for shift >= 1, ``2p``
+       for shift 0, so that step 4 gives ``p`` itself when shift is 0)
+    4. ``r = (t + 1) >> 1`` (round half up)
+    5. ``y = clamp(r, -128, 127)`` by a sign-extension check
     """
     out = []
-    lo, hi = Const(-128, signed(9)), Const(127, signed(9))
     for c, (x, mu, sh) in enumerate(zip(xs, mults, shifts, strict=True)):
+        lo = Signal(signed(50), name=f"{name}_lo{c}")
+        hi = Signal(signed(49), name=f"{name}_hi{c}")
+        s1 = Signal(6, name=f"{name}_s1_{c}")
         p = Signal(signed(64), name=f"{name}_p{c}")
-        s2 = Signal(6, name=f"{name}_s{c}")
+        s2 = Signal(6, name=f"{name}_s2_{c}")
+        t = Signal(signed(65), name=f"{name}_t{c}")
         r = Signal(signed(64), name=f"{name}_r{c}")
         y = Signal(signed(8), name=f"{name}_y{c}")
-        sm1 = Signal(6, name=f"{name}_sm1_{c}")
-        rnd = Signal(signed(65), name=f"{name}_rnd{c}")
-        m.d.comb += [sm1.eq(Mux(s2 == 0, 0, s2 - 1)), rnd.eq((p >> sm1) + 1)]
+        u = Signal(signed(66), name=f"{name}_u{c}")
+        m.d.comb += u.eq(t + 1)
         with m.If(adv):
             m.d.sync += [
-                p.eq(x * mu),
-                s2.eq(sh),
-                r.eq(Mux(s2 == 0, p, rnd >> 1)),
-                y.eq(Mux(r > hi, hi, Mux(r < lo, lo, r[0:8]))),
+                lo.eq(x * mu.as_unsigned()[0:16]),
+                hi.eq(x * mu.as_unsigned()[16:32].as_signed()),
+                s1.eq(sh),
+                p.eq((hi << 16) + lo),
+                s2.eq(s1),
+                t.eq(Cat(Const(0, 1), p).as_signed() >> s2),
+                r.eq(u[1:65].as_signed()),
+                y.eq(saturate_bits(r, 8)),
             ]
         out.append(y)
     return out
@@ -180,9 +208,10 @@ class Requantizer(wiring.Component):
     error : Out(1)   sticky: a job ended (``last``) in the middle of a row
 
     Number formats: int32 x int32 -> int64 product, round half up by ``2**shift``, saturate to
-    int8 (exactly :func:`golden.requant.requantize`). Latency :data:`REQUANT_LATENCY` = 4
-    registers (table read, multiply, round, saturate/output); throughput P elements per cycle;
-    a job of W words takes exactly ``W + 4`` cycles (:func:`requant_cycles`).
+    int8 (exactly :func:`golden.requant.requantize`). Latency :data:`REQUANT_LATENCY` = 7
+    registers (table read, table output register, partial products, product sum, shift, round,
+    saturate/output); throughput P elements per cycle; a job of W words takes exactly ``W + 7``
+    cycles (:func:`requant_cycles`).
     """
 
     def __init__(self, *, lanes: int, channels: int) -> None:
@@ -231,7 +260,13 @@ class Requantizer(wiring.Component):
         x1 = [Signal(signed(32), name=f"x1_{c}") for c in range(P)]
         with m.If(fc.adv):
             m.d.sync += [x1[c].eq(self.i_data.payload.data[c]) for c in range(P)]
-        ys = requant_stages(m, fc.adv, x1, [rd.data[c].mult for c in range(P)],
-                            [rd.data[c].shift for c in range(P)], "rq")
+        # stage 2: register the table output (block RAM clock-to-out is slow) with its word
+        x2 = [Signal(signed(32), name=f"x2_{c}") for c in range(P)]
+        mu2 = [Signal(signed(32), name=f"mu2_{c}") for c in range(P)]
+        sh2 = [Signal(6, name=f"sh2_{c}") for c in range(P)]
+        with m.If(fc.adv):
+            for c in range(P):
+                m.d.sync += [x2[c].eq(x1[c]), mu2[c].eq(rd.data[c].mult), sh2[c].eq(rd.data[c].shift)]
+        ys = requant_stages(m, fc.adv, x2, mu2, sh2, "rq")
         m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
         return m
