@@ -4,16 +4,20 @@ Matches :func:`golden.softmax.softmax_int` bit for bit (base-2 exponential with 
 ROM, restoring-division reciprocal; see ``docs/nonlinear.md``). One row at a time, in four
 phases over on-chip row buffers (``x`` with its mask bits, then ``e``)::
 
-    LOAD  (W cycles, one per accepted word)   store x/keep, xmax = max over kept lanes
-    EXP   (W + 5 cycles)   read x; d = xmax - x; u = rhu(d*mult, shift-F); ROM; e = rhu(T[f], n);
-                           store e, sum += e          (read, multiply, round, ROM, shift, sum)
+    LOAD  (W cycles, one per accepted word)   store x/keep; xmax = max over kept lanes through a
+                           registered tree (mask, ceil(log2 P) pairwise levels, accumulate)
+    EXP   (W + O + 10 cycles, O = max(0, ceil(log2 P) - 1) waiting for xmax)   read x; register;
+                           d = xmax - x; d*mult as two partial products, summed; u = rhu(., shift-F);
+                           n = min(u >> 8, 31) and ROM read; register; e = rhu(T[f], n), store e;
+                           lane sum; sum += lane sum
     DIV   (40 cycles)      r = floor(2**39 / sum), restoring division, one quotient bit per cycle
                            (sum = 0, a fully masked row, gives 2**40 - 1 and p = 0)
-    NORM  (W + 3 cycles)   read e; p = min(rhu(e*r, 31), 255)   (read, multiply, round/output)
+    NORM  (W + 6 cycles)   read e; register; e*r as three partial products; sum; rhu(., 31);
+                           p = min(., 255) by a bit check into the output register
 
 ``W = ceil(L / P)`` words per row; a row ends with the input word carrying ``last`` (lanes
 beyond L in the final word must be masked off). Cycle model (:func:`softmax_cycles`): a row
-takes exactly ``3W + 48`` counted cycles; ``cycles`` is cumulative since reset and counts every
+takes exactly ``3W + 56 + O`` counted cycles (57 for P = 4, :func:`softmax_row_overhead`); ``cycles`` is cumulative since reset and counts every
 cycle in which the unit advanced while working on a row, except LOAD cycles without an input
 word (so source idling is not counted), and never cycles frozen by output backpressure
 (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
@@ -28,12 +32,25 @@ from amaranth.lib.wiring import In, Out
 from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams
 from hw.requant import check_positive
 
-__all__ = ["SOFTMAX_ROW_OVERHEAD", "Softmax", "softmax_cycles", "softmax_words", "check_row_length"]
+__all__ = ["Softmax", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
 
-#: fixed cycles per row besides the three W-cycle passes: EXP pipeline 5 + divider 40 + NORM 3
-SOFTMAX_ROW_OVERHEAD = 5 + (RECIP_BITS + 1) + 3
-_EXP_STAGES = 5
-_NORM_STAGES = 3
+_EXP_STAGES = 10
+_NORM_STAGES = 6
+
+
+def _exp_offset(lanes: int) -> int:
+    """EXP cycles before the first read: the row-maximum tree's log2(P) levels, less one."""
+    return max(0, (lanes - 1).bit_length() - 1)
+
+
+def softmax_row_overhead(lanes: int) -> int:
+    """Fixed cycles per row besides the three W-cycle passes.
+
+    EXP: ``max(0, ceil(log2 P) - 1)`` cycles waiting for the row maximum, then a 10-stage
+    pipeline; the divider 40; NORM a 6-stage pipeline. 56 for P <= 2, 57 for P = 4.
+    """
+    check_positive("lanes", lanes)
+    return _exp_offset(lanes) + _EXP_STAGES + (RECIP_BITS + 1) + _NORM_STAGES
 
 
 def softmax_words(length: int, lanes: int) -> int:
@@ -44,9 +61,9 @@ def softmax_words(length: int, lanes: int) -> int:
 
 
 def softmax_cycles(rows: int, length: int, lanes: int) -> int:
-    """Exact counted cycles of ``rows`` rows of ``length`` logits: ``rows * (3W + 48)``."""
+    """Exact counted cycles of ``rows`` rows: ``rows * (3W + softmax_row_overhead(P))``."""
     check_positive("rows", rows)
-    return rows * (3 * softmax_words(length, lanes) + SOFTMAX_ROW_OVERHEAD)
+    return rows * (3 * softmax_words(length, lanes) + softmax_row_overhead(lanes))
 
 
 def check_row_length(length: int, max_length: int) -> None:
@@ -85,8 +102,9 @@ class Softmax(wiring.Component):
 
     Number formats: int32 logits; ``d`` 33-bit; ``d*mult`` 49-bit; ``e`` uint16 (<= 2**15);
     ``sum`` uint33; ``r`` uint40; ``e*r`` 56-bit; output uint8 (p = 1.0 saturates to 255).
-    Throughput: one row per ``3W + 48`` cycles (:func:`softmax_cycles`); latency from a row's
-    last input word to its first output word ``W + 48`` cycles. Matches
+    Throughput: one row per ``3W + 56 + O`` cycles, ``O = max(0, ceil(log2 P) - 1)``
+    (:func:`softmax_cycles`); latency from a row's last input word to its first output word
+    ``W + 56 + O`` cycles. Matches
     :func:`golden.softmax.softmax_int` (with ``mask`` = ``keep``).
     """
 
@@ -156,61 +174,89 @@ class Softmax(wiring.Component):
         rom_p = [rom.read_port() for _ in range(P)]
 
         # ---------------------------------------------------------------- LOAD
+        # store the word; the row maximum runs through a registered tree (mask, log2(P) pairwise
+        # levels, accumulate) that finishes before the EXP pipeline subtracts it
         int32_min = Const(-(2**31), signed(32))
         xmax = Signal(signed(32), name="xmax")
-        lane_max = int32_min
-        for c in range(P):
-            v = Mux(i.payload.keep[c], i.payload.data[c], int32_min)
-            lane_max = Mux(v > lane_max, v, lane_max)
-        cur = Mux(k == 0, int32_min, xmax)
+        lvl = [Signal(signed(32), name=f"mx0_{c}") for c in range(P)]
+        mv, mf = Signal(name="mv0"), Signal(name="mf0")
+        with m.If(adv):
+            m.d.sync += [mv.eq(accept), mf.eq(k == 0)]
+            m.d.sync += [lvl[c].eq(Mux(i.payload.keep[c], i.payload.data[c], int32_min)) for c in range(P)]
+        j = 0
+        while len(lvl) > 1:
+            j += 1
+            nxt = [Signal(signed(32), name=f"mx{j}_{c}") for c in range((len(lvl) + 1) // 2)]
+            nv, nf = Signal(name=f"mv{j}"), Signal(name=f"mf{j}")
+            with m.If(adv):
+                m.d.sync += [nv.eq(mv), nf.eq(mf)]
+                for c in range(len(nxt)):
+                    if 2 * c + 1 < len(lvl):
+                        x0, x1 = lvl[2 * c], lvl[2 * c + 1]
+                        m.d.sync += nxt[c].eq(Mux(x1 > x0, x1, x0))
+                    else:
+                        m.d.sync += nxt[c].eq(lvl[2 * c])
+            lvl, mv, mf = nxt, nv, nf
+        with m.If(adv & mv):
+            m.d.sync += xmax.eq(Mux(mf | (lvl[0] > xmax), lvl[0], xmax))
+        off = _exp_offset(P)
         m.d.comb += [xw_p.addr.eq(k), xw_p.en.eq(accept)]
         for c in range(P):
             m.d.comb += [xw_p.data[c].x.eq(i.payload.data[c]), xw_p.data[c].keep.eq(i.payload.keep[c])]
 
         # ---------------------------------------------------------------- EXP pipeline
+        # 1 read, 2 register, 3 d = xmax - x, 4 partial products, 5 d*mult, 6 u = rhu(., s-F),
+        # 7 n = min(u >> 8, 31) and ROM read, 8 register, 9 e = rhu(T[f], n), 10 lane sum
         s_sh = prm.shift - prm.frac_bits
-        m.d.comb += [xr_p.addr.eq(k), xr_p.en.eq(adv)]
-        v1 = Signal(name="ev1")  # read data valid
-        prod2 = [Signal(unsigned(49), name=f"prod2_{c}") for c in range(P)]
-        keep2 = Signal(P, name="keep2")
-        u3 = [Signal(unsigned(49), name=f"u3_{c}") for c in range(P)]
-        keep3 = Signal(P, name="keep3")
-        n4 = [Signal(unsigned(5), name=f"n4_{c}") for c in range(P)]
-        keep4 = Signal(P, name="keep4")
-        e5 = [Signal(unsigned(16), name=f"e5_{c}") for c in range(P)]
-        v2, v3, v4, v5 = (Signal(name=f"ev{j}") for j in (2, 3, 4, 5))
-        a1, a2, a3, a4, a5 = (Signal(aw, name=f"ea{j}") for j in range(1, 6))
+        mult = Const(prm.mult, unsigned(16))
+        m.d.comb += [xr_p.addr.eq(k - off), xr_p.en.eq(adv)]
+        ev = [Signal(name=f"ev{j}") for j in range(_EXP_STAGES + 1)]
+        ea = [Signal(aw, name=f"ea{j}") for j in range(_EXP_STAGES)]
+        kp = [Signal(P, name=f"keep{j}") for j in range(_EXP_STAGES)]
+        x2 = [Signal(signed(32), name=f"x2_{c}") for c in range(P)]
+        d3 = [Signal(unsigned(33), name=f"d3_{c}") for c in range(P)]
+        pa4 = [Signal(unsigned(33), name=f"pa4_{c}") for c in range(P)]
+        pb4 = [Signal(unsigned(32), name=f"pb4_{c}") for c in range(P)]
+        prod5 = [Signal(unsigned(49), name=f"prod5_{c}") for c in range(P)]
+        u6 = [Signal(unsigned(49), name=f"u6_{c}") for c in range(P)]
+        n7 = [Signal(unsigned(5), name=f"n7_{c}") for c in range(P)]
+        t8 = [Signal(unsigned(16), name=f"t8_{c}") for c in range(P)]
+        n8 = [Signal(unsigned(5), name=f"n8_{c}") for c in range(P)]
+        e9 = [Signal(unsigned(16), name=f"e9_{c}") for c in range(P)]
+        esum = Signal(unsigned(24), name="esum")
         total = Signal(unsigned(33), name="sum")
-        for c in range(P):
-            d = Signal(signed(34), name=f"d{c}")
-            m.d.comb += d.eq(xmax - xr_p.data[c].x)
-            m.d.comb += [rom_p[c].addr.eq(u3[c][0:8]), rom_p[c].en.eq(adv)]
-            with m.If(adv):
-                m.d.sync += [
-                    prod2[c].eq(Mux(xr_p.data[c].keep, d.as_unsigned()[0:33] * Const(prm.mult, unsigned(16)), 0)),
-                    u3[c].eq(_rhu(prod2[c], s_sh)),
-                    n4[c].eq(Mux(u3[c][8:] > 31, 31, u3[c][8:])),
-                ]
-            t = rom_p[c].data
-            nm1 = Signal(5, name=f"nm1_{c}")
-            m.d.comb += nm1.eq(Mux(n4[c] == 0, 0, n4[c] - 1))
-            ev = Mux(n4[c] == 0, t, ((t >> nm1) + 1) >> 1)
-            with m.If(adv):
-                m.d.sync += e5[c].eq(Mux(keep4[c], ev, 0))
         with m.If(adv):
-            m.d.sync += [
-                v1.eq((phase == EXP) & (k < nw)), a1.eq(k),
-                v2.eq(v1), a2.eq(a1), keep2.eq(Cat(xr_p.data[c].keep for c in range(P))),
-                v3.eq(v2), a3.eq(a2), keep3.eq(keep2),
-                v4.eq(v3), a4.eq(a3), keep4.eq(keep3),
-                v5.eq(v4), a5.eq(a4),
-            ]
-        esum = 0
+            m.d.sync += [ev[1].eq((phase == EXP) & (k >= off) & (k < nw + off)), ea[1].eq(k - off)]
+            m.d.sync += [ev[j + 1].eq(ev[j]) for j in range(1, _EXP_STAGES)]
+            m.d.sync += [ea[j + 1].eq(ea[j]) for j in range(1, _EXP_STAGES - 1)]
+            m.d.sync += kp[2].eq(Cat(xr_p.data[c].keep for c in range(P)))
+            m.d.sync += [kp[j + 1].eq(kp[j]) for j in range(2, _EXP_STAGES - 1)]
+            esum_v = 0
+            for c in range(P):
+                d = Signal(signed(34), name=f"d{c}")
+                m.d.comb += d.eq(xmax - x2[c])
+                hi_sh = 17
+                u_hi = u6[c][8:]
+                m.d.sync += [
+                    x2[c].eq(xr_p.data[c].x),
+                    d3[c].eq(d.as_unsigned()[0:33]),
+                    pa4[c].eq(d3[c][0:hi_sh] * mult),
+                    pb4[c].eq(d3[c][hi_sh:33] * mult),
+                    prod5[c].eq(Mux(kp[4][c], (pb4[c] << hi_sh) + pa4[c], 0)),
+                    u6[c].eq(_rhu(prod5[c], s_sh)),
+                    n7[c].eq(Mux(u_hi[5:].any(), 31, u_hi[0:5])),
+                    t8[c].eq(rom_p[c].data), n8[c].eq(n7[c]),
+                ]
+                nm1 = Signal(5, name=f"nm1_{c}")
+                m.d.comb += [nm1.eq(Mux(n8[c] == 0, 0, n8[c] - 1)),
+                             rom_p[c].addr.eq(u6[c][0:8]), rom_p[c].en.eq(adv)]
+                evl = Mux(n8[c] == 0, t8[c], ((t8[c] >> nm1) + 1) >> 1)
+                m.d.sync += e9[c].eq(Mux(kp[8][c], evl, 0))
+                esum_v = esum_v + e9[c]
+            m.d.sync += esum.eq(esum_v)
+        m.d.comb += [ew_p.addr.eq(ea[9]), ew_p.en.eq(adv & ev[9])]
         for c in range(P):
-            esum = esum + e5[c]
-        m.d.comb += [ew_p.addr.eq(a5), ew_p.en.eq(adv & v5)]
-        for c in range(P):
-            m.d.comb += ew_p.data[c].eq(e5[c])
+            m.d.comb += ew_p.data[c].eq(e9[c])
 
         # ---------------------------------------------------------------- DIV
         rem = Signal(unsigned(34), name="rem")
@@ -219,24 +265,37 @@ class Softmax(wiring.Component):
         m.d.comb += rem2.eq(Cat(k == 0, rem))
 
         # ---------------------------------------------------------------- NORM pipeline
+        # 1 read, 2 register, 3 partial products e * r[16:0], r[33:17], r[39:34], 4 e*r,
+        # 5 rhu(e*r, 31), 6 min(., 255) into the output register
         m.d.comb += [er_p.addr.eq(k), er_p.en.eq(adv)]
-        nv1, nl1 = Signal(name="nv1"), Signal(name="nl1")
-        nv2, nl2 = Signal(name="nv2"), Signal(name="nl2")
-        np2 = [Signal(unsigned(56), name=f"np2_{c}") for c in range(P)]
+        nv = [Signal(name=f"nv{j}") for j in range(_NORM_STAGES)]
+        nl = [Signal(name=f"nl{j}") for j in range(_NORM_STAGES)]
+        e2 = [Signal(unsigned(16), name=f"ne2_{c}") for c in range(P)]
+        pp = [[Signal(unsigned(33), name=f"npp{t}_{c}") for t in range(3)] for c in range(P)]
+        np4 = [Signal(unsigned(56), name=f"np4_{c}") for c in range(P)]
+        r5 = [Signal(unsigned(26), name=f"nr5_{c}") for c in range(P)]
         with m.If(adv):
-            m.d.sync += [nv1.eq((phase == NORM) & (k < nw)), nl1.eq(k == nw - 1),
-                         nv2.eq(nv1), nl2.eq(nv1 & nl1), o.valid.eq(nv2), o.payload.last.eq(nl2)]
+            m.d.sync += [nv[1].eq((phase == NORM) & (k < nw)), nl[1].eq(k == nw - 1)]
+            m.d.sync += [nv[j + 1].eq(nv[j]) for j in range(1, _NORM_STAGES - 1)]
+            m.d.sync += nl[2].eq(nv[1] & nl[1])
+            m.d.sync += [nl[j + 1].eq(nl[j]) for j in range(2, _NORM_STAGES - 1)]
+            m.d.sync += [o.valid.eq(nv[-1]), o.payload.last.eq(nl[-1])]
             for c in range(P):
-                m.d.sync += np2[c].eq(er_p.data[c] * quo)
-                p = _rhu(np2[c], RECIP_BITS - 8)
-                m.d.sync += o.payload.data[c].eq(Mux(p > 255, 255, p))
+                m.d.sync += [
+                    e2[c].eq(er_p.data[c]),
+                    pp[c][0].eq(e2[c] * quo[0:17]),
+                    pp[c][1].eq(e2[c] * quo[17:34]),
+                    pp[c][2].eq(e2[c] * quo[34:]),
+                    np4[c].eq(pp[c][0] + (pp[c][1] << 17) + (pp[c][2] << 34)),
+                    r5[c].eq(_rhu(np4[c], RECIP_BITS - 8)),
+                    o.payload.data[c].eq(Mux(r5[c][8:].any(), 255, r5[c][0:8])),
+                ]
 
         # ---------------------------------------------------------------- control
         with m.If(adv):
             with m.Switch(phase):
                 with m.Case(LOAD):
                     with m.If(accept):
-                        m.d.sync += xmax.eq(Mux(lane_max > cur, lane_max, cur))
                         full = k == D - 1
                         with m.If(i.payload.last | full):
                             m.d.sync += [phase.eq(EXP), k.eq(0), nw.eq(k + 1), total.eq(0)]
@@ -245,9 +304,9 @@ class Softmax(wiring.Component):
                         with m.Else():
                             m.d.sync += k.eq(k + 1)
                 with m.Case(EXP):
-                    with m.If(v5):
+                    with m.If(ev[_EXP_STAGES]):
                         m.d.sync += total.eq(total + esum)
-                    with m.If(k == nw + _EXP_STAGES - 1):
+                    with m.If(k == nw + off + _EXP_STAGES - 1):
                         m.d.sync += [phase.eq(DIV), k.eq(0), rem.eq(0), quo.eq(0)]
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
