@@ -34,7 +34,7 @@ from hw.requant import (
 __all__ = ["GELU_LATENCY", "MODES", "Gelu", "gelu_cycles"]
 
 #: registers from the input to the output register inclusive: t, t*t, h, q*h partial products,
-#: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (5)
+#: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (6)
 GELU_LATENCY = 5 + REQUANT_STAGES
 MODES = ("gelu", "relu")
 
@@ -74,8 +74,8 @@ class Gelu(wiring.Component):
 
     Number formats: ``t`` uint12, ``h`` uint24 (< 2**24 since K < 2**23), ``g = q*h`` int32,
     ``g * mult`` int64, round half up by ``2**shift``, saturate to int8. Latency
-    :data:`GELU_LATENCY` = 10 registers; throughput P elements per cycle; a job of W words takes
-    exactly ``W + 10`` cycles (:func:`gelu_cycles`). Matches :func:`golden.gelu.gelu_int` /
+    :data:`GELU_LATENCY` = 11 registers; throughput P elements per cycle; a job of W words takes
+    exactly ``W + 11`` cycles (:func:`gelu_cycles`). Matches :func:`golden.gelu.gelu_int` /
     :func:`golden.gelu.relu_int`.
     """
 

@@ -38,8 +38,8 @@ __all__ = [
     "saturate_bits",
 ]
 
-#: registers of :func:`requant_stages`: partial products, product sum, shift, round, saturate
-REQUANT_STAGES = 5
+#: registers of :func:`requant_stages`: partial products, two sums, shift, round, saturate
+REQUANT_STAGES = 6
 #: registers from the input to the output register inclusive: table read, table output
 #: register, then :data:`REQUANT_STAGES`
 REQUANT_LATENCY = 2 + REQUANT_STAGES
@@ -148,20 +148,31 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
     Bit-exact :func:`golden.requant.requantize` of ``xs`` (up to int32) with ``mults`` (int32) and
     ``shifts`` (0..63), advancing only when ``adv`` is high. Stages (pipelined for timing):
 
-    1. partial products ``x * mult[15:0]`` (unsigned) and ``x * mult[31:16]`` (signed)
-    2. ``p = (hi << 16) + lo`` (int64, exact)
-    3. ``t = (p << 1) >> shift`` (arithmetic; equals ``p >> (shift-1)`` for shift >= 1, ``2p``
-       for shift 0, so that step 4 gives ``p`` itself when shift is 0)
-    4. ``r = (t + 1) >> 1`` (round half up)
-    5. ``y = clamp(r, -128, 127)`` by a sign-extension check
+    1. four 16x16 partial products of ``x`` and ``mult`` split at bit 16 (each fits one
+       18x18 DSP with no fabric adder behind it)
+    2. ``a = hh << 32 | ll`` (no overlap, a concatenation) and ``b = hl + lh``
+    3. ``p = a + (b << 16)`` (int64, exact)
+    4. ``t = (p << 1) >> shift`` (arithmetic; equals ``p >> (shift-1)`` for shift >= 1, ``2p``
+       for shift 0, so that step 5 gives ``p`` itself when shift is 0)
+    5. ``r = (t + 1) >> 1`` (round half up)
+    6. ``y = clamp(r, -128, 127)`` by a sign-extension check
     """
     out = []
     for c, (x, mu, sh) in enumerate(zip(xs, mults, shifts, strict=True)):
-        lo = Signal(signed(50), name=f"{name}_lo{c}")
-        hi = Signal(signed(49), name=f"{name}_hi{c}")
+        xv, mv = x.as_signed(), mu.as_signed()
+        xw = Signal(signed(32), name=f"{name}_xw{c}")
+        mw = Signal(signed(32), name=f"{name}_mw{c}")
+        m.d.comb += [xw.eq(xv), mw.eq(mv)]
+        ll = Signal(unsigned(32), name=f"{name}_ll{c}")
+        lh = Signal(signed(33), name=f"{name}_lh{c}")
+        hl = Signal(signed(33), name=f"{name}_hl{c}")
+        hh = Signal(signed(32), name=f"{name}_hh{c}")
         s1 = Signal(6, name=f"{name}_s1_{c}")
-        p = Signal(signed(64), name=f"{name}_p{c}")
+        a2 = Signal(signed(64), name=f"{name}_a{c}")
+        b2 = Signal(signed(34), name=f"{name}_b{c}")
         s2 = Signal(6, name=f"{name}_s2_{c}")
+        p = Signal(signed(64), name=f"{name}_p{c}")
+        s3 = Signal(6, name=f"{name}_s3_{c}")
         t = Signal(signed(65), name=f"{name}_t{c}")
         r = Signal(signed(64), name=f"{name}_r{c}")
         y = Signal(signed(8), name=f"{name}_y{c}")
@@ -169,12 +180,17 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
         m.d.comb += u.eq(t + 1)
         with m.If(adv):
             m.d.sync += [
-                lo.eq(x * mu.as_unsigned()[0:16]),
-                hi.eq(x * mu.as_unsigned()[16:32].as_signed()),
+                ll.eq(xw[0:16] * mw[0:16]),
+                lh.eq(xw[0:16] * mw[16:32].as_signed()),
+                hl.eq(xw[16:32].as_signed() * mw[0:16]),
+                hh.eq(xw[16:32].as_signed() * mw[16:32].as_signed()),
                 s1.eq(sh),
-                p.eq((hi << 16) + lo),
+                a2.eq(Cat(ll, hh).as_signed()),
+                b2.eq(hl + lh),
                 s2.eq(s1),
-                t.eq(Cat(Const(0, 1), p).as_signed() >> s2),
+                p.eq(a2 + (b2 << 16)),
+                s3.eq(s2),
+                t.eq(Cat(Const(0, 1), p).as_signed() >> s3),
                 r.eq(u[1:65].as_signed()),
                 y.eq(saturate_bits(r, 8)),
             ]
@@ -208,9 +224,9 @@ class Requantizer(wiring.Component):
     error : Out(1)   sticky: a job ended (``last``) in the middle of a row
 
     Number formats: int32 x int32 -> int64 product, round half up by ``2**shift``, saturate to
-    int8 (exactly :func:`golden.requant.requantize`). Latency :data:`REQUANT_LATENCY` = 7
-    registers (table read, table output register, partial products, product sum, shift, round,
-    saturate/output); throughput P elements per cycle; a job of W words takes exactly ``W + 7``
+    int8 (exactly :func:`golden.requant.requantize`). Latency :data:`REQUANT_LATENCY` = 8
+    registers (table read, table output register, partial products, two sums, shift, round,
+    saturate/output); throughput P elements per cycle; a job of W words takes exactly ``W + 8``
     cycles (:func:`requant_cycles`).
     """
 

@@ -30,7 +30,7 @@ def test_invalid_parameters(kwargs, message):
 
 def test_properties_read_only():
     g = Gelu(lanes=4, params=P)
-    assert (g.lanes, g.mode, g.params, g.mult, g.shift, g.latency) == (4, "gelu", P, P.mult, P.shift, 10)
+    assert (g.lanes, g.mode, g.params, g.mult, g.shift, g.latency) == (4, "gelu", P, P.mult, P.shift, 11)
     with pytest.raises(AttributeError):
         g.lanes = 2
     r = Gelu(lanes=2, mode="relu")
