@@ -7,17 +7,20 @@ out_shift) are elaboration parameters; G and B live in a ROM read alongside the 
 Per row, three phases::
 
     LOAD  (W cycles, one per accepted word)  q = sat(rhu(x, in_shift)); store q; S1 += q; S2 += q*q
-    STAT  (64 cycles)  D = ((N*S2 - S1*S1) << 8) + eps_int (1); z = bit_length(D),
-                       k = (40 - z) >> 1 (1); D' = D << 2k or D >> -2k (1);
+    STAT  (L + 74 cycles, L = ceil(log2 P))  L + 3 draining the LOAD pipeline (rounding,
+                       saturation, squares, lane-sum tree, accumulate); 10 setup cycles:
+                       D = ((N*S2 - S1*S1) << 8) + eps_int from partial products, z =
+                       bit_length(D), k = (40 - z) >> 1, shift amounts, D' = D << 2k or D >> -2k;
                        s = isqrt(D') (20, one root bit per cycle);
                        r = floor(2**40 / s) (41, one quotient bit per cycle)
-    NORM  (W + 5 cycles)  read q, G, B; c*r with c = N*q - S1; y = rhu(c*r, 22 - k);
-                          acc = y*G + B; out = sat(rhu(acc, out_shift), -128, 127)
+    NORM  (W + 14 cycles)  read q, G, B; register; c = N*q - S1; c*r as six partial products
+                          summed in three stages; y = rhu(c*r, 22 - k) (shift, round); y*G as two
+                          partial products, summed; + B; rhu(acc, out_shift); saturate to int8
 
-``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + 69`` counted cycles per
-row; ``cycles`` is cumulative since reset, counts every cycle in which the unit advanced while
-working on a row except LOAD cycles without an input word, and never cycles frozen by output
-backpressure (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
+``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + L + 88`` counted cycles
+per row (90 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
+counts every cycle in which the unit advanced while working on a row except LOAD cycles without
+an input word, and never cycles frozen by output backpressure (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
 """
 
 from __future__ import annotations
@@ -27,24 +30,44 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.layernorm import CORE_BITS, RECIP_K, SQRT_BITS, LayerNormParams
-from hw.requant import check_positive
+from hw.requant import check_positive, saturate_bits
 
-__all__ = ["LAYERNORM_ROW_OVERHEAD", "LayerNorm", "layernorm_cycles"]
+__all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
 
-_STAT_CYCLES = 3 + SQRT_BITS + (RECIP_K + 1)
-_NORM_STAGES = 5
-#: fixed cycles per row besides the two W-cycle passes: statistics 64 + NORM pipeline 5
-LAYERNORM_ROW_OVERHEAD = _STAT_CYCLES + _NORM_STAGES
+_STAT_SETUP = 10  # S1^2 and N*S2 partial products and sums, D, z, k, shift amounts, D'
+_NORM_STAGES = 14
+
+
+def _tree_levels(lanes: int) -> int:
+    return (lanes - 1).bit_length()
+
+
+def _stat_cycles(lanes: int) -> int:
+    # the LOAD pipeline drains first: rounding, saturation, squares, lane-sum tree, accumulate
+    return (_tree_levels(lanes) + 3) + _STAT_SETUP + SQRT_BITS + (RECIP_K + 1)
+
+
+def layernorm_row_overhead(lanes: int) -> int:
+    """Fixed cycles per row besides the two W-cycle passes.
+
+    STAT: ``ceil(log2 P) + 3`` cycles draining the LOAD pipeline, 10 setup cycles, the square
+    root 20 and the reciprocal 41; NORM: a 14-stage pipeline. 90 for P = 4.
+    """
+    check_positive("lanes", lanes)
+    return _stat_cycles(lanes) + _NORM_STAGES
 
 
 def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
-    """Exact counted cycles of ``rows`` rows of ``length`` values: ``rows * (2W + 69)``, W = N/P."""
+    """Exact counted cycles of ``rows`` rows of ``length`` values: ``rows * (2W + overhead)``.
+
+    ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (90 for P = 4).
+    """
     check_positive("rows", rows)
     check_positive("length", length, 4096)
     check_positive("lanes", lanes)
     if length % lanes:
         raise ValueError(f"lanes={lanes} must divide the row length (length={length})")
-    return rows * (2 * (length // lanes) + LAYERNORM_ROW_OVERHEAD)
+    return rows * (2 * (length // lanes) + layernorm_row_overhead(lanes))
 
 
 def _rhu_const(v, s: int):
@@ -70,8 +93,8 @@ class LayerNorm(wiring.Component):
 
     Number formats: q int16; S1 int29; S2 uint44; D uint63; s uint20; r uint42 (2**41 - 1
     only for D = 0); c int29; c*r int71; y int21 (|y| < 2**20); acc int49; output int8.
-    Throughput one row per ``2W + 69`` cycles (:func:`layernorm_cycles`); latency from a row's
-    last input word to its first output ``69`` cycles. Matches
+    Throughput one row per ``2W + L + 88`` cycles, ``L = ceil(log2 P)`` (:func:`layernorm_cycles`);
+    latency from a row's last input word to its first output ``L + 88`` cycles. Matches
     :func:`golden.layernorm.layernorm_int`.
     """
 
@@ -120,7 +143,6 @@ class LayerNorm(wiring.Component):
         with m.If(o.valid & o.ready & o.payload.last):
             m.d.sync += self.busy.eq(0)
 
-        qmax, qmin = 2 ** (CORE_BITS - 1) - 1, -(2 ** (CORE_BITS - 1))
         m.submodules.qbuf = qbuf = memory.Memory(shape=data.ArrayLayout(signed(16), P),
                                                  depth=max(W, 2), init=[])
         gb_shape = data.ArrayLayout(data.StructLayout({"g": signed(16), "b": signed(48)}), P)
@@ -128,77 +150,139 @@ class LayerNorm(wiring.Component):
                     for c in range(P)] for j in range(W)]
         m.submodules.gbrom = gbrom = memory.Memory(shape=gb_shape, depth=max(W, 2), init=gb_init)
         qw, qr, gbr = qbuf.write_port(), qbuf.read_port(), gbrom.read_port()
+        aw = range(max(W, 2))
 
-        # ---------------------------------------------------------------- LOAD
-        qs = []
-        for c in range(P):
-            rv = Signal(signed(33), name=f"rv{c}")
-            q = Signal(signed(16), name=f"q{c}")
-            m.d.comb += [rv.eq(_rhu_const(i.payload.data[c], prm.in_shift)),
-                         q.eq(Mux(rv > qmax, qmax, Mux(rv < qmin, qmin, rv)))]
-            qs.append(q)
+        # ---------------------------------------------------------------- LOAD pipeline
+        # 1 rhu(x, in_shift), 2 saturate to int16 (stored), 3 q*q, lane-sum tree, accumulate
+        lv = [Signal(name=f"lv{j}") for j in range(4)]
+        lf = [Signal(name=f"lf{j}") for j in range(4)]
+        la = [Signal(aw, name=f"la{j}") for j in range(3)]
+        rv1 = [Signal(signed(33), name=f"rv1_{c}") for c in range(P)]
+        q2 = [Signal(signed(16), name=f"q2_{c}") for c in range(P)]
+        q3 = [Signal(signed(16), name=f"q3_{c}") for c in range(P)]
+        sq3 = [Signal(unsigned(32), name=f"sq3_{c}") for c in range(P)]
+        with m.If(adv):
+            m.d.sync += [lv[1].eq(accept), lf[1].eq(k == 0), la[1].eq(k),
+                         lv[2].eq(lv[1]), lf[2].eq(lf[1]), la[2].eq(la[1]),
+                         lv[3].eq(lv[2]), lf[3].eq(lf[2])]
+            for c in range(P):
+                m.d.sync += [
+                    rv1[c].eq(_rhu_const(i.payload.data[c], prm.in_shift)),
+                    q2[c].eq(saturate_bits(rv1[c], CORE_BITS)),
+                    q3[c].eq(q2[c]),
+                    sq3[c].eq((q2[c] * q2[c]).as_unsigned()[0:32]),
+                ]
+        m.d.comb += [qw.addr.eq(la[2]), qw.en.eq(adv & lv[2])]
+        m.d.comb += [qw.data[c].eq(q2[c]) for c in range(P)]
+        t1, t2, tv, tf, j = list(q3), list(sq3), lv[3], lf[3], 0
+        while len(t1) > 1:
+            j += 1
+            n1 = [Signal(signed(29), name=f"w1_{j}_{c}") for c in range((len(t1) + 1) // 2)]
+            n2 = [Signal(unsigned(44), name=f"w2_{j}_{c}") for c in range((len(t1) + 1) // 2)]
+            nv, nf = Signal(name=f"wv{j}"), Signal(name=f"wf{j}")
+            with m.If(adv):
+                m.d.sync += [nv.eq(tv), nf.eq(tf)]
+                for c in range(len(n1)):
+                    pair = slice(2 * c, 2 * c + 2)
+                    m.d.sync += [n1[c].eq(sum(t1[pair])), n2[c].eq(sum(t2[pair]))]
+            t1, t2, tv, tf = n1, n2, nv, nf
         s1 = Signal(signed(29), name="s1")
         s2 = Signal(unsigned(44), name="s2")
-        w1 = 0
-        w2 = 0
-        for q in qs:
-            w1 = w1 + q
-            w2 = w2 + q * q
-        m.d.comb += [qw.addr.eq(k), qw.en.eq(accept)]
-        m.d.comb += [qw.data[c].eq(qs[c]) for c in range(P)]
+        with m.If(adv & tv):
+            m.d.sync += [s1.eq(Mux(tf, 0, s1) + t1[0]), s2.eq(Mux(tf, 0, s2) + t2[0])]
 
         # ---------------------------------------------------------------- STAT
+        k0 = _tree_levels(P) + 3  # S1, S2 final
+        j0 = k0 + _STAT_SETUP + SQRT_BITS  # first divider cycle
+        a_s1 = Signal(unsigned(28), name="abs_s1")
+        pn = [Signal(unsigned(30), name=f"pn{t}") for t in range(3)]
+        sq_ll, sq_lh, sq_hh = (Signal(unsigned(28), name=f"sq_{t}") for t in ("ll", "lh", "hh"))
+        ns2a = Signal(unsigned(48), name="ns2a")
+        ns2b = Signal(unsigned(58), name="ns2b")
+        sqa = Signal(unsigned(56), name="sqa")
+        sqb = Signal(unsigned(28), name="sqb")
+        sq = Signal(unsigned(57), name="sq")
+        diff = Signal(unsigned(56), name="diff")
         dd = Signal(unsigned(64), name="D")
         z = Signal(range(65), name="z")
-        for b in range(64):
-            with m.If(dd[b]):
-                m.d.comb += z.eq(b + 1)
+        # bit length of D by a binary search for its leading one: a 64-way priority chain of
+        # `with m.If(dd[b])` here made Yosys 0.70's ABC9 abort in abc9_ops -reintegrate
+        xs, msb = dd, []
+        for w in (32, 16, 8, 4, 2, 1):
+            h = xs[w:2 * w].any()
+            msb.append(h)
+            xs = Mux(h, xs[w:2 * w], xs[0:w])
+        zc = Mux(xs[0], Cat(*reversed(msb)) + 1, 0)
         kk = Signal(signed(8), name="kk")
-        dn = Signal(unsigned(41), name="Dn")
+        shl, shr = Signal(6, name="shl"), Signal(5, name="shr")  # 2k (k >= 0), -2k (k < 0)
+        sh = Signal(7, name="ysh")  # 22 - k - 1, k in [-12, 20]: the rounding shift less one
         rem = Signal(unsigned(42), name="srem")
         root = Signal(unsigned(42), name="root")
         one = Signal(unsigned(42), name="one")
-        trial = Signal(unsigned(43), name="trial")
-        m.d.comb += trial.eq(root + one)
+        trial = Signal(unsigned(42), name="trial")
+        m.d.comb += trial.eq(root | one)  # root and one never share a bit
         drem = Signal(unsigned(23), name="drem")
+        dfirst = Signal(name="dfirst")
         quo = Signal(unsigned(RECIP_K + 2), name="quo")
         drem2 = Signal(unsigned(24), name="drem2")
-        j0 = 3 + SQRT_BITS  # first divider cycle
-        m.d.comb += drem2.eq(Cat(k == j0, drem))
-        shl, shr = Signal(6, name="shl"), Signal(5, name="shr")  # 2k (k >= 0), -2k (k < 0)
-        m.d.comb += [shl.eq(Mux(kk >= 0, kk, 0) << 1), shr.eq(Mux(kk < 0, -kk, 0) << 1)]
-        n_s2 = Signal(signed(60), name="n_s2")
-        m.d.comb += n_s2.eq(s2 * N)
+        m.d.comb += drem2.eq(Cat(dfirst, drem))
 
         # ---------------------------------------------------------------- NORM pipeline
+        # 1 read, 2 register, 3 c = N*q - S1, 4 six partial products c*r, 5-7 c*r sums,
+        # 8 >> (22-k-1), 9 round, 10 y*G partial products, 11 y*G, 12 + B, 13 rhu(., out_shift),
+        # 14 saturate into the output register
         m.d.comb += [qr.addr.eq(k), qr.en.eq(adv), gbr.addr.eq(k), gbr.en.eq(adv)]
-        v1, l1 = Signal(name="nv1"), Signal(name="nl1")
-        v2, l2, v3, l3, v4, l4 = (Signal(name=f"n{t}") for t in ("v2", "l2", "v3", "l3", "v4", "l4"))
-        sh = Signal(7, name="ysh")  # 22 - k - 1, k in [-12, 20]: the rounding shift less one
-        m.d.comb += sh.eq(RECIP_K - 14 - 4 - 1 - kk)
+        nv = [Signal(name=f"nv{t}") for t in range(_NORM_STAGES)]
+        nl = [Signal(name=f"nl{t}") for t in range(_NORM_STAGES)]
         with m.If(adv):
-            m.d.sync += [v1.eq((phase == NORM) & (k < W)), l1.eq(k == W - 1),
-                         v2.eq(v1), l2.eq(v1 & l1), v3.eq(v2), l3.eq(l2), v4.eq(v3), l4.eq(l3),
-                         o.valid.eq(v4), o.payload.last.eq(l4)]
+            m.d.sync += [nv[1].eq((phase == NORM) & (k < W)), nl[1].eq(k == W - 1)]
+            m.d.sync += [nv[t + 1].eq(nv[t]) for t in range(1, _NORM_STAGES - 1)]
+            m.d.sync += nl[2].eq(nv[1] & nl[1])
+            m.d.sync += [nl[t + 1].eq(nl[t]) for t in range(2, _NORM_STAGES - 1)]
+            m.d.sync += [o.valid.eq(nv[-1]), o.payload.last.eq(nl[-1])]
+        rpieces = [(0, 17), (17, 34), (34, RECIP_K + 2)]
         for c in range(P):
-            cc = Signal(signed(30), name=f"c{c}")
-            m.d.comb += cc.eq(qr.data[c] * N - s1)
-            pr = Signal(signed(72), name=f"cr{c}")
-            g2, b2 = Signal(signed(16), name=f"g2_{c}"), Signal(signed(48), name=f"b2_{c}")
-            y3 = Signal(signed(24), name=f"y3_{c}")
-            g3, b3 = Signal(signed(16), name=f"g3_{c}"), Signal(signed(48), name=f"b3_{c}")
-            acc4 = Signal(signed(66), name=f"acc4_{c}")
-            rnd = Signal(signed(73), name=f"yr{c}")
-            m.d.comb += rnd.eq((pr >> sh) + 1)
-            out = Signal(signed(67), name=f"ro{c}")
-            m.d.comb += out.eq(_rhu_const(acc4, prm.out_shift))
+            def sig(nm, shp, c=c):
+                return Signal(shp, name=f"{nm}_{c}")
+            gs = [sig(f"g{t}", signed(16)) for t in range(11)]
+            bs = [sig(f"b{t}", signed(48)) for t in range(12)]
+            q2n = sig("nq2", signed(16))
+            cc3 = sig("c3", signed(30))
+            pl4 = [sig(f"pl4_{t}", unsigned(32)) for t in range(3)]
+            ph4 = [sig(f"ph4_{t}", signed(33)) for t in range(3)]
+            s5 = [sig(f"s5_{t}", signed(49)) for t in range(3)]
+            a6 = sig("a6", signed(67))
+            s6 = sig("s6", signed(49))
+            pr7 = sig("cr7", signed(72))
+            t8 = sig("t8", signed(25))
+            y9 = sig("y9", signed(24))
+            yl10 = sig("yl10", signed(29))
+            yh10 = sig("yh10", signed(28))
+            m11 = sig("m11", signed(41))
+            acc12 = sig("acc12", signed(66))
+            ro13 = sig("ro13", signed(67))
+            u9 = sig("u9", signed(26))
+            m.d.comb += u9.eq(t8 + 1)
             with m.If(adv):
+                m.d.sync += [gs[2].eq(gbr.data[c].g), bs[2].eq(gbr.data[c].b)]
+                m.d.sync += [gs[t + 1].eq(gs[t]) for t in range(2, 10)]
+                m.d.sync += [bs[t + 1].eq(bs[t]) for t in range(2, 11)]
                 m.d.sync += [
-                    pr.eq(cc * Cat(quo, Const(0, 1)).as_signed()),
-                    g2.eq(gbr.data[c].g), b2.eq(gbr.data[c].b),
-                    y3.eq(rnd >> 1), g3.eq(g2), b3.eq(b2),
-                    acc4.eq(y3 * g3 + b3),
-                    o.payload.data[c].eq(Mux(out > 127, 127, Mux(out < -128, -128, out))),
+                    q2n.eq(qr.data[c]),
+                    cc3.eq(q2n * N - s1),
+                    [pl4[t].eq(cc3[0:15] * quo[lo:hi]) for t, (lo, hi) in enumerate(rpieces)],
+                    [ph4[t].eq(cc3[15:30].as_signed() * quo[lo:hi]) for t, (lo, hi) in enumerate(rpieces)],
+                    [s5[t].eq(pl4[t] + (ph4[t] << 15)) for t in range(3)],
+                    a6.eq(s5[0] + (s5[1] << 17)), s6.eq(s5[2]),
+                    pr7.eq(a6 + (s6 << 34)),
+                    t8.eq((pr7 >> sh)[0:25].as_signed()),
+                    y9.eq(u9[1:25].as_signed()),
+                    yl10.eq(y9[0:12] * gs[9]),
+                    yh10.eq(y9[12:24].as_signed() * gs[9]),
+                    m11.eq(yl10 + (yh10 << 12)),
+                    acc12.eq(m11 + bs[11]),
+                    ro13.eq(_rhu_const(acc12, prm.out_shift)),
+                    o.payload.data[c].eq(saturate_bits(ro13, 8)),
                 ]
 
         # ---------------------------------------------------------------- control
@@ -206,8 +290,6 @@ class LayerNorm(wiring.Component):
             with m.Switch(phase):
                 with m.Case(LOAD):
                     with m.If(accept):
-                        first = k == 0
-                        m.d.sync += [s1.eq(Mux(first, 0, s1) + w1), s2.eq(Mux(first, 0, s2) + w2)]
                         with m.If(k == W - 1):
                             m.d.sync += [phase.eq(STAT), k.eq(0)]
                             with m.If(~i.payload.last):
@@ -218,20 +300,41 @@ class LayerNorm(wiring.Component):
                                 m.d.sync += self.error.eq(1)
                 with m.Case(STAT):
                     m.d.sync += k.eq(k + 1)
-                    with m.If(k == 0):
-                        m.d.sync += dd.eq(((n_s2 - s1 * s1) << 8) + prm.eps_int)
-                    with m.If(k == 1):
+                    with m.If(k == k0):  # |S1|, N*S2 partial products
+                        m.d.sync += [a_s1.eq(Mux(s1 < 0, -s1, s1)),
+                                     pn[0].eq(s2[0:17] * N), pn[1].eq(s2[17:34] * N),
+                                     pn[2].eq(s2[34:44] * N)]
+                    with m.If(k == k0 + 1):  # S1^2 partial products; N*S2 low sum
+                        m.d.sync += [sq_ll.eq(a_s1[0:14] * a_s1[0:14]),
+                                     sq_lh.eq(a_s1[0:14] * a_s1[14:28]),
+                                     sq_hh.eq(a_s1[14:28] * a_s1[14:28]),
+                                     ns2a.eq(pn[0] + (pn[1] << 17))]
+                    with m.If(k == k0 + 2):
+                        m.d.sync += [sqa.eq(Cat(sq_ll, sq_hh)), sqb.eq(sq_lh),
+                                     ns2b.eq(ns2a + (pn[2] << 34))]
+                    with m.If(k == k0 + 3):
+                        m.d.sync += sq.eq(sqa + (sqb << 15))
+                    with m.If(k == k0 + 4):
+                        m.d.sync += diff.eq(ns2b - sq)
+                    with m.If(k == k0 + 5):
+                        m.d.sync += dd.eq((diff << 8) + prm.eps_int)
+                    with m.If(k == k0 + 6):
+                        m.d.sync += z.eq(zc)
+                    with m.If(k == k0 + 7):
                         m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - z) >> 1)
-                    with m.If(k == 2):
-                        m.d.sync += [dn.eq(Mux(kk >= 0, dd << shl, dd >> shr)),
+                    with m.If(k == k0 + 8):
+                        m.d.sync += [shl.eq(Mux(kk >= 0, kk, 0) << 1), shr.eq(Mux(kk < 0, -kk, 0) << 1),
+                                     sh.eq(RECIP_K - 14 - 4 - 1 - kk)]
+                    with m.If(k == k0 + 9):
+                        m.d.sync += [rem.eq(Mux(kk >= 0, dd << shl, dd >> shr)[0:41]),
                                      root.eq(0), one.eq(1 << (2 * SQRT_BITS - 2))]
-                    with m.If((k >= 3) & (k < j0)):
-                        src = Mux(k == 3, dn, rem)
-                        with m.If(src >= trial):
-                            m.d.sync += [rem.eq(src - trial), root.eq((root >> 1) + one)]
+                    with m.If((k >= k0 + _STAT_SETUP) & (k < j0)):
+                        with m.If(rem >= trial):
+                            m.d.sync += [rem.eq(rem - trial), root.eq((root >> 1) | one)]
                         with m.Else():
-                            m.d.sync += [rem.eq(src), root.eq(root >> 1)]
+                            m.d.sync += root.eq(root >> 1)
                         m.d.sync += one.eq(one >> 2)
+                    m.d.sync += dfirst.eq(k == j0 - 1)
                     with m.If(k == j0 - 1):
                         m.d.sync += [drem.eq(0), quo.eq(0)]
                     with m.If(k >= j0):
@@ -239,7 +342,7 @@ class LayerNorm(wiring.Component):
                             m.d.sync += [drem.eq(drem2 - root), quo.eq(Cat(1, quo))]
                         with m.Else():
                             m.d.sync += [drem.eq(drem2), quo.eq(Cat(0, quo))]
-                    with m.If(k == _STAT_CYCLES - 1):
+                    with m.If(k == _stat_cycles(P) - 1):
                         m.d.sync += [phase.eq(NORM), k.eq(0)]
                 with m.Case(NORM):
                     with m.If(k == W + _NORM_STAGES - 1):

@@ -247,10 +247,9 @@ class Softmax(wiring.Component):
                     n7[c].eq(Mux(u_hi[5:].any(), 31, u_hi[0:5])),
                     t8[c].eq(rom_p[c].data), n8[c].eq(n7[c]),
                 ]
-                nm1 = Signal(5, name=f"nm1_{c}")
-                m.d.comb += [nm1.eq(Mux(n8[c] == 0, 0, n8[c] - 1)),
-                             rom_p[c].addr.eq(u6[c][0:8]), rom_p[c].en.eq(adv)]
-                evl = Mux(n8[c] == 0, t8[c], ((t8[c] >> nm1) + 1) >> 1)
+                m.d.comb += [rom_p[c].addr.eq(u6[c][0:8]), rom_p[c].en.eq(adv)]
+                # rhu(T, n) = (((T << 1) >> n) + 1) >> 1, which is T itself for n = 0
+                evl = ((Cat(Const(0, 1), t8[c]) >> n8[c]) + 1) >> 1
                 m.d.sync += e9[c].eq(Mux(kp[8][c], evl, 0))
                 esum_v = esum_v + e9[c]
             m.d.sync += esum.eq(esum_v)
