@@ -7,18 +7,18 @@ out_shift) are elaboration parameters; G and B live in a ROM read alongside the 
 Per row, three phases::
 
     LOAD  (W cycles, one per accepted word)  q = sat(rhu(x, in_shift)); store q; S1 += q; S2 += q*q
-    STAT  (L + 74 cycles, L = ceil(log2 P))  L + 3 draining the LOAD pipeline (rounding,
-                       saturation, squares, lane-sum tree, accumulate); 10 setup cycles:
+    STAT  (L + 75 cycles, L = ceil(log2 P))  L + 3 draining the LOAD pipeline (rounding,
+                       saturation, squares, lane-sum tree, accumulate); 11 setup cycles:
                        D = ((N*S2 - S1*S1) << 8) + eps_int from partial products, z =
-                       bit_length(D), k = (40 - z) >> 1, shift amounts, D' = D << 2k or D >> -2k;
+                       bit_length(D) (two cycles), k = (40 - z) >> 1, shift amounts, D' = D << 2k or D >> -2k;
                        s = isqrt(D') (20, one root bit per cycle);
                        r = floor(2**40 / s) (41, one quotient bit per cycle)
     NORM  (W + 14 cycles)  read q, G, B; register; c = N*q - S1; c*r as six partial products
                           summed in three stages; y = rhu(c*r, 22 - k) (shift, round); y*G as two
                           partial products, summed; + B; rhu(acc, out_shift); saturate to int8
 
-``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + L + 88`` counted cycles
-per row (90 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
+``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + L + 89`` counted cycles
+per row (91 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
 counts every cycle in which the unit advanced while working on a row except LOAD cycles without
 an input word, and never cycles frozen by output backpressure (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
 """
@@ -34,7 +34,7 @@ from hw.requant import check_positive, saturate_bits
 
 __all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
 
-_STAT_SETUP = 10  # S1^2 and N*S2 partial products and sums, D, z, k, shift amounts, D'
+_STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
 _NORM_STAGES = 14
 
 
@@ -50,8 +50,8 @@ def _stat_cycles(lanes: int) -> int:
 def layernorm_row_overhead(lanes: int) -> int:
     """Fixed cycles per row besides the two W-cycle passes.
 
-    STAT: ``ceil(log2 P) + 3`` cycles draining the LOAD pipeline, 10 setup cycles, the square
-    root 20 and the reciprocal 41; NORM: a 14-stage pipeline. 90 for P = 4.
+    STAT: ``ceil(log2 P) + 3`` cycles draining the LOAD pipeline, 11 setup cycles, the square
+    root 20 and the reciprocal 41; NORM: a 14-stage pipeline. 91 for P = 4.
     """
     check_positive("lanes", lanes)
     return _stat_cycles(lanes) + _NORM_STAGES
@@ -60,7 +60,7 @@ def layernorm_row_overhead(lanes: int) -> int:
 def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
     """Exact counted cycles of ``rows`` rows of ``length`` values: ``rows * (2W + overhead)``.
 
-    ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (90 for P = 4).
+    ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (91 for P = 4).
     """
     check_positive("rows", rows)
     check_positive("length", length, 4096)
@@ -93,8 +93,8 @@ class LayerNorm(wiring.Component):
 
     Number formats: q int16; S1 int29; S2 uint44; D uint63; s uint20; r uint42 (2**41 - 1
     only for D = 0); c int29; c*r int71; y int21 (|y| < 2**20); acc int49; output int8.
-    Throughput one row per ``2W + L + 88`` cycles, ``L = ceil(log2 P)`` (:func:`layernorm_cycles`);
-    latency from a row's last input word to its first output ``L + 88`` cycles. Matches
+    Throughput one row per ``2W + L + 89`` cycles, ``L = ceil(log2 P)`` (:func:`layernorm_cycles`);
+    latency from a row's last input word to its first output ``L + 89`` cycles. Matches
     :func:`golden.layernorm.layernorm_int`.
     """
 
@@ -207,12 +207,28 @@ class LayerNorm(wiring.Component):
         z = Signal(range(65), name="z")
         # bit length of D by a binary search for its leading one: a 64-way priority chain of
         # `with m.If(dd[b])` here made Yosys 0.70's ABC9 abort in abc9_ops -reintegrate
-        xs, msb = dd, []
-        for w in (32, 16, 8, 4, 2, 1):
-            h = xs[w:2 * w].any()
-            msb.append(h)
-            xs = Mux(h, xs[w:2 * w], xs[0:w])
-        zc = Mux(xs[0], Cat(*reversed(msb)) + 1, 0)
+        # over two cycles: each byte's "any" flag and leading-one position, then the top byte
+        def lead(v, widths):  # (any, position of the leading one) by a binary search
+            pos = []
+            for w in widths:
+                h = v[w:2 * w].any()
+                pos.append(h)
+                v = Mux(h, v[w:2 * w], v[0:w])
+            return v[0], Cat(*reversed(pos))
+        b_any = Signal(8, name="byte_any")
+        b_pos = [Signal(3, name=f"byte_pos{t}") for t in range(8)]
+        b_any_c, b_pos_c = [], []
+        for t in range(8):
+            an, ps = lead(dd[8 * t:8 * t + 8], (4, 2, 1))
+            b_any_c.append(an)
+            b_pos_c.append(ps)
+        top_any, top = lead(b_any, (4, 2, 1))
+        pos_sel = Signal(3, name="pos_sel")
+        with m.Switch(top):
+            for t in range(8):
+                with m.Case(t):
+                    m.d.comb += pos_sel.eq(b_pos[t])
+        zc = Mux(top_any, Cat(pos_sel, top) + 1, 0)
         kk = Signal(signed(8), name="kk")
         shl, shr = Signal(6, name="shl"), Signal(5, name="shr")  # 2k (k >= 0), -2k (k < 0)
         sh = Signal(7, name="ysh")  # 22 - k - 1, k in [-12, 20]: the rounding shift less one
@@ -319,13 +335,15 @@ class LayerNorm(wiring.Component):
                     with m.If(k == k0 + 5):
                         m.d.sync += dd.eq((diff << 8) + prm.eps_int)
                     with m.If(k == k0 + 6):
-                        m.d.sync += z.eq(zc)
+                        m.d.sync += [b_any.eq(Cat(*b_any_c))] + [b_pos[t].eq(b_pos_c[t]) for t in range(8)]
                     with m.If(k == k0 + 7):
-                        m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - z) >> 1)
+                        m.d.sync += z.eq(zc)
                     with m.If(k == k0 + 8):
+                        m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - z) >> 1)
+                    with m.If(k == k0 + 9):
                         m.d.sync += [shl.eq(Mux(kk >= 0, kk, 0) << 1), shr.eq(Mux(kk < 0, -kk, 0) << 1),
                                      sh.eq(RECIP_K - 14 - 4 - 1 - kk)]
-                    with m.If(k == k0 + 9):
+                    with m.If(k == k0 + 10):
                         m.d.sync += [rem.eq(Mux(kk >= 0, dd << shl, dd >> shr)[0:41]),
                                      root.eq(0), one.eq(1 << (2 * SQRT_BITS - 2))]
                     with m.If((k >= k0 + _STAT_SETUP) & (k < j0)):
