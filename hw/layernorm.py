@@ -13,12 +13,12 @@ Per row, three phases::
                        bit_length(D) (two cycles), k = (40 - z) >> 1, shift amounts, D' = D << 2k or D >> -2k;
                        s = isqrt(D') (20, one root bit per cycle);
                        r = floor(2**40 / s) (41, one quotient bit per cycle)
-    NORM  (W + 14 cycles)  read q, G, B; register; c = N*q - S1; c*r as six partial products
+    NORM  (W + 15 cycles)  read q, G, B; register; N*q; c = N*q - S1; c*r as six partial products
                           summed in three stages; y = rhu(c*r, 22 - k) (shift, round); y*G as two
                           partial products, summed; + B; rhu(acc, out_shift); saturate to int8
 
-``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + L + 89`` counted cycles
-per row (91 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
+``W = N / P``. Cycle model (:func:`layernorm_cycles`): exactly ``2W + L + 90`` counted cycles
+per row (92 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
 counts every cycle in which the unit advanced while working on a row except LOAD cycles without
 an input word, and never cycles frozen by output backpressure (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
 """
@@ -35,7 +35,7 @@ from hw.requant import check_positive, saturate_bits
 __all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
 
 _STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
-_NORM_STAGES = 14
+_NORM_STAGES = 15
 
 
 def _tree_levels(lanes: int) -> int:
@@ -51,7 +51,7 @@ def layernorm_row_overhead(lanes: int) -> int:
     """Fixed cycles per row besides the two W-cycle passes.
 
     STAT: ``ceil(log2 P) + 3`` cycles draining the LOAD pipeline, 11 setup cycles, the square
-    root 20 and the reciprocal 41; NORM: a 14-stage pipeline. 91 for P = 4.
+    root 20 and the reciprocal 41; NORM: a 15-stage pipeline. 92 for P = 4.
     """
     check_positive("lanes", lanes)
     return _stat_cycles(lanes) + _NORM_STAGES
@@ -60,7 +60,7 @@ def layernorm_row_overhead(lanes: int) -> int:
 def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
     """Exact counted cycles of ``rows`` rows of ``length`` values: ``rows * (2W + overhead)``.
 
-    ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (91 for P = 4).
+    ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (92 for P = 4).
     """
     check_positive("rows", rows)
     check_positive("length", length, 4096)
@@ -93,8 +93,8 @@ class LayerNorm(wiring.Component):
 
     Number formats: q int16; S1 int29; S2 uint44; D uint63; s uint20; r uint42 (2**41 - 1
     only for D = 0); c int29; c*r int71; y int21 (|y| < 2**20); acc int49; output int8.
-    Throughput one row per ``2W + L + 89`` cycles, ``L = ceil(log2 P)`` (:func:`layernorm_cycles`);
-    latency from a row's last input word to its first output ``L + 89`` cycles. Matches
+    Throughput one row per ``2W + L + 90`` cycles, ``L = ceil(log2 P)`` (:func:`layernorm_cycles`);
+    latency from a row's last input word to its first output ``L + 90`` cycles. Matches
     :func:`golden.layernorm.layernorm_int`.
     """
 
@@ -244,9 +244,10 @@ class LayerNorm(wiring.Component):
         m.d.comb += drem2.eq(Cat(dfirst, drem))
 
         # ---------------------------------------------------------------- NORM pipeline
-        # 1 read, 2 register, 3 c = N*q - S1, 4 six partial products c*r, 5-7 c*r sums,
-        # 8 >> (22-k-1), 9 round, 10 y*G partial products, 11 y*G, 12 + B, 13 rhu(., out_shift),
-        # 14 saturate into the output register
+        # 1 read, 2 register, 3 N*q, 4 c = N*q - S1, 5 six partial products c*r, 6-8 c*r sums,
+        # 9 >> (22-k-1), 10 round, 11 y*G partial products, 12 y*G, 13 + B,
+        # 14 rhu(., out_shift), 15 saturate into the output register
+        # (signal names below carry the stage number they had before the N*q stage)
         m.d.comb += [qr.addr.eq(k), qr.en.eq(adv), gbr.addr.eq(k), gbr.en.eq(adv)]
         nv = [Signal(name=f"nv{t}") for t in range(_NORM_STAGES)]
         nl = [Signal(name=f"nl{t}") for t in range(_NORM_STAGES)]
@@ -260,9 +261,10 @@ class LayerNorm(wiring.Component):
         for c in range(P):
             def sig(nm, shp, c=c):
                 return Signal(shp, name=f"{nm}_{c}")
-            gs = [sig(f"g{t}", signed(16)) for t in range(11)]
-            bs = [sig(f"b{t}", signed(48)) for t in range(12)]
+            gs = [sig(f"g{t}", signed(16)) for t in range(12)]
+            bs = [sig(f"b{t}", signed(48)) for t in range(13)]
             q2n = sig("nq2", signed(16))
+            qn3 = sig("qn3", signed(30))
             cc3 = sig("c3", signed(30))
             pl4 = [sig(f"pl4_{t}", unsigned(32)) for t in range(3)]
             ph4 = [sig(f"ph4_{t}", signed(33)) for t in range(3)]
@@ -281,11 +283,12 @@ class LayerNorm(wiring.Component):
             m.d.comb += u9.eq(t8 + 1)
             with m.If(adv):
                 m.d.sync += [gs[2].eq(gbr.data[c].g), bs[2].eq(gbr.data[c].b)]
-                m.d.sync += [gs[t + 1].eq(gs[t]) for t in range(2, 10)]
-                m.d.sync += [bs[t + 1].eq(bs[t]) for t in range(2, 11)]
+                m.d.sync += [gs[t + 1].eq(gs[t]) for t in range(2, 11)]
+                m.d.sync += [bs[t + 1].eq(bs[t]) for t in range(2, 12)]
                 m.d.sync += [
                     q2n.eq(qr.data[c]),
-                    cc3.eq(q2n * N - s1),
+                    qn3.eq(q2n * N),
+                    cc3.eq(qn3 - s1),
                     [pl4[t].eq(cc3[0:15] * quo[lo:hi]) for t, (lo, hi) in enumerate(rpieces)],
                     [ph4[t].eq(cc3[15:30].as_signed() * quo[lo:hi]) for t, (lo, hi) in enumerate(rpieces)],
                     [s5[t].eq(pl4[t] + (ph4[t] << 15)) for t in range(3)],
@@ -293,10 +296,10 @@ class LayerNorm(wiring.Component):
                     pr7.eq(a6 + (s6 << 34)),
                     t8.eq((pr7 >> sh)[0:25].as_signed()),
                     y9.eq(u9[1:25].as_signed()),
-                    yl10.eq(y9[0:12] * gs[9]),
-                    yh10.eq(y9[12:24].as_signed() * gs[9]),
+                    yl10.eq(y9[0:12] * gs[10]),
+                    yh10.eq(y9[12:24].as_signed() * gs[10]),
                     m11.eq(yl10 + (yh10 << 12)),
-                    acc12.eq(m11 + bs[11]),
+                    acc12.eq(m11 + bs[12]),
                     ro13.eq(_rhu_const(acc12, prm.out_shift)),
                     o.payload.data[c].eq(saturate_bits(ro13, 8)),
                 ]
