@@ -30,7 +30,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.layernorm import CORE_BITS, RECIP_K, SQRT_BITS, LayerNormParams
-from hw.requant import check_positive, saturate_bits
+from hw.requant import check_positive, round_half_up_const, saturate_bits
 
 __all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
 
@@ -68,10 +68,6 @@ def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
     if length % lanes:
         raise ValueError(f"lanes={lanes} must divide the row length (length={length})")
     return rows * (2 * (length // lanes) + layernorm_row_overhead(lanes))
-
-
-def _rhu_const(v, s: int):
-    return v if s == 0 else ((v >> (s - 1)) + 1) >> 1
 
 
 class LayerNorm(wiring.Component):
@@ -167,7 +163,7 @@ class LayerNorm(wiring.Component):
                          lv[3].eq(lv[2]), lf[3].eq(lf[2])]
             for c in range(P):
                 m.d.sync += [
-                    rv1[c].eq(_rhu_const(i.payload.data[c], prm.in_shift)),
+                    rv1[c].eq(round_half_up_const(i.payload.data[c], prm.in_shift)),
                     q2[c].eq(saturate_bits(rv1[c], CORE_BITS)),
                     q3[c].eq(q2[c]),
                     sq3[c].eq((q2[c] * q2[c]).as_unsigned()[0:32]),
@@ -300,7 +296,7 @@ class LayerNorm(wiring.Component):
                     yh10.eq(y9[12:24].as_signed() * gs[10]),
                     m11.eq(yl10 + (yh10 << 12)),
                     acc12.eq(m11 + bs[12]),
-                    ro13.eq(_rhu_const(acc12, prm.out_shift)),
+                    ro13.eq(round_half_up_const(acc12, prm.out_shift)),
                     o.payload.data[c].eq(saturate_bits(ro13, 8)),
                 ]
 

@@ -27,6 +27,7 @@ from amaranth.lib.wiring import In, Out
 
 __all__ = [
     "REQUANT_LATENCY",
+    "round_half_up_const",
     "Requantizer",
     "requant_cycles",
     "elementwise_cycles",
@@ -44,6 +45,11 @@ REQUANT_STAGES = 6
 #: register, then :data:`REQUANT_STAGES`
 REQUANT_LATENCY = 2 + REQUANT_STAGES
 _MAX_LANES = 64
+
+
+def round_half_up_const(v, s: int):
+    """``v / 2**s`` rounded half up, for a constant ``s`` (as golden.requant.round_shift_right)."""
+    return v if s == 0 else ((v >> (s - 1)) + 1) >> 1
 
 
 def check_positive(name: str, value: object, limit: int | None = None) -> int:

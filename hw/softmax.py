@@ -30,7 +30,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams
-from hw.requant import check_positive
+from hw.requant import check_positive, round_half_up_const
 
 __all__ = ["Softmax", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
 
@@ -72,11 +72,6 @@ def check_row_length(length: int, max_length: int) -> None:
     if length > max_length:
         raise ValueError(f"row length {length} exceeds this unit's buffer (max_length="
                          f"{max_length}); build it with max_length >= {length}")
-
-
-def _rhu(v, s: int):
-    """Round half up of ``v / 2**s`` for a constant ``s`` (golden.requant.round_shift_right)."""
-    return v if s == 0 else ((v >> (s - 1)) + 1) >> 1
 
 
 class Softmax(wiring.Component):
@@ -243,7 +238,7 @@ class Softmax(wiring.Component):
                     pa4[c].eq(d3[c][0:hi_sh] * mult),
                     pb4[c].eq(d3[c][hi_sh:33] * mult),
                     prod5[c].eq(Mux(kp[4][c], (pb4[c] << hi_sh) + pa4[c], 0)),
-                    u6[c].eq(_rhu(prod5[c], s_sh)),
+                    u6[c].eq(round_half_up_const(prod5[c], s_sh)),
                     n7[c].eq(Mux(u_hi[5:].any(), 31, u_hi[0:5])),
                     t8[c].eq(rom_p[c].data), n8[c].eq(n7[c]),
                 ]
@@ -286,7 +281,7 @@ class Softmax(wiring.Component):
                     pp[c][1].eq(e2[c] * quo[17:34]),
                     pp[c][2].eq(e2[c] * quo[34:]),
                     np4[c].eq(pp[c][0] + (pp[c][1] << 17) + (pp[c][2] << 34)),
-                    r5[c].eq(_rhu(np4[c], RECIP_BITS - 8)),
+                    r5[c].eq(round_half_up_const(np4[c], RECIP_BITS - 8)),
                     o.payload.data[c].eq(Mux(r5[c][8:].any(), 255, r5[c][0:8])),
                 ]
 

@@ -11,16 +11,19 @@ Per job the raw output words, the unit's ``cycles`` counter and its sticky ``err
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from sim.cocotb_streams import StreamMonitor, StreamSink, StreamSource
-from sim.streams import stall_pattern
+from sim.cocotb_streams import (
+    StreamMonitor,
+    StreamSink,
+    StreamSource,
+    load_bench_spec,
+    start_clock_and_reset,
+)
 
 __all__ = ["elementwise_jobs"]
 
@@ -28,19 +31,12 @@ __all__ = ["elementwise_jobs"]
 @cocotb.test(timeout_time=3600, timeout_unit="sec")
 async def elementwise_jobs(dut):
     """Run every job of the spec in order on one unit."""
-    spec = json.loads(Path(os.environ["FMFORGE_BENCH_SPEC"]).read_text())
-    pattern = stall_pattern(spec["stall"], spec["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    spec, pattern = load_bench_spec()
     src = StreamSource(dut, "i_data", dut.clk, pattern.fork(1))
     psrc = StreamSource(dut, "i_param", dut.clk, pattern.fork(2)) if spec.get("has_param") else None
     sink = StreamSink(dut, "o_data", dut.clk, pattern.fork(99))
     monitor = StreamMonitor(dut, "o_data", dut.clk) if spec.get("monitor") else None
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await ClockCycles(dut.clk, 1)
-    if monitor:
-        cocotb.start_soon(monitor.run())
+    await start_clock_and_reset(dut, monitor)
     results = []
     for j in spec["jobs"]:
         if psrc is not None and j.get("param"):

@@ -10,16 +10,19 @@ simulator process never imports torch.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from sim.cocotb_streams import StreamMonitor, StreamSink, StreamSource
-from sim.streams import stall_pattern
+from sim.cocotb_streams import (
+    StreamMonitor,
+    StreamSink,
+    StreamSource,
+    load_bench_spec,
+    start_clock_and_reset,
+)
 
 __all__ = ["gemm_jobs"]
 
@@ -27,19 +30,12 @@ __all__ = ["gemm_jobs"]
 @cocotb.test(timeout_time=3600, timeout_unit="sec")
 async def gemm_jobs(dut):
     """Run every job of the spec back to back on one engine."""
-    spec = json.loads(Path(os.environ["FMFORGE_BENCH_SPEC"]).read_text())
-    pattern = stall_pattern(spec["stall"], spec["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    spec, pattern = load_bench_spec()
     sources = {name: StreamSource(dut, f"i_{name}", dut.clk, pattern.fork(i)) for i, name in
                enumerate(("cmd", "a", "b", "chan"))}
     sink = StreamSink(dut, "o_c", dut.clk, pattern.fork(99))
     monitor = StreamMonitor(dut, "o_c", dut.clk) if spec.get("monitor") else None
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 2)
-    dut.rst.value = 0
-    await ClockCycles(dut.clk, 1)
-    if monitor:
-        cocotb.start_soon(monitor.run())
+    await start_clock_and_reset(dut, monitor)
     jobs = spec["jobs"]
     for name, src in sources.items():
         words = [w for j in jobs for w in ([j["cmd"]] if name == "cmd" else j[name])]

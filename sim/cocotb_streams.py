@@ -12,13 +12,18 @@ sink only while it is waiting for words, so long computations between transfers 
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
+import cocotb
+from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from sim.streams import StallPattern
+from sim.streams import StallPattern, stall_pattern
 
-__all__ = ["StreamSource", "StreamSink", "StreamMonitor", "stream_ports"]
+__all__ = ["StreamSource", "StreamSink", "StreamMonitor", "stream_ports", "load_bench_spec", "start_clock_and_reset"]
 
 
 def stream_ports(dut, prefix: str):
@@ -108,3 +113,21 @@ class StreamMonitor:
                     self.words.append(self.payload.value.to_unsigned())
                 else:
                     self.stall_cycles += 1
+
+
+def load_bench_spec() -> tuple[dict, StallPattern]:
+    """The JSON spec the parent process wrote (``$FMFORGE_BENCH_SPEC``) and its stall pattern."""
+    spec = json.loads(Path(os.environ["FMFORGE_BENCH_SPEC"]).read_text())
+    return spec, stall_pattern(spec["stall"], spec["seed"])
+
+
+async def start_clock_and_reset(dut, monitor: StreamMonitor | None = None) -> None:
+    """Start a 100 MHz clock on ``dut.clk``, hold ``dut.rst`` for two cycles, settle one cycle,
+    then start ``monitor`` (if any)."""
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    await ClockCycles(dut.clk, 2)
+    dut.rst.value = 0
+    await ClockCycles(dut.clk, 1)
+    if monitor:
+        cocotb.start_soon(monitor.run())
