@@ -26,6 +26,7 @@ from golden.gelu import GeluParams
 from hw.requant import (
     REQUANT_STAGES,
     FrameControl,
+    check_lanes_divide,
     check_positive,
     elementwise_cycles,
     requant_stages,
@@ -47,8 +48,7 @@ def gelu_cycles(rows: int, length: int, lanes: int) -> int:
     check_positive("rows", rows)
     check_positive("length", length)
     check_positive("lanes", lanes)
-    if length % lanes:
-        raise ValueError(f"lanes={lanes} must divide the row length (length={length})")
+    check_lanes_divide(lanes, length)
     return elementwise_cycles(rows * length // lanes, GELU_LATENCY)
 
 

@@ -30,7 +30,13 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.layernorm import CORE_BITS, RECIP_K, SQRT_BITS, LayerNormParams
-from hw.requant import check_positive, round_half_up_const, saturate_bits
+from hw.requant import (
+    check_lanes_divide,
+    check_positive,
+    round_half_up_const,
+    row_unit_bookkeeping,
+    saturate_bits,
+)
 
 __all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
 
@@ -65,8 +71,7 @@ def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
     check_positive("rows", rows)
     check_positive("length", length, 4096)
     check_positive("lanes", lanes)
-    if length % lanes:
-        raise ValueError(f"lanes={lanes} must divide the row length (length={length})")
+    check_lanes_divide(lanes, length)
     return rows * (2 * (length // lanes) + layernorm_row_overhead(lanes))
 
 
@@ -98,8 +103,7 @@ class LayerNorm(wiring.Component):
         self._lanes = check_positive("lanes", lanes, 64)
         if not isinstance(params, LayerNormParams):
             raise ValueError("params must be golden.layernorm.layernorm_params(...)")
-        if params.n % lanes:
-            raise ValueError(f"lanes={lanes} must divide the row length (n={params.n})")
+        check_lanes_divide(lanes, params.n, "n")
         self._params = params
         io_in = data.StructLayout({"data": data.ArrayLayout(signed(32), lanes), "last": unsigned(1)})
         io_out = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
@@ -130,14 +134,7 @@ class LayerNorm(wiring.Component):
         phase = Signal(2, name="phase")
         LOAD, STAT, NORM = 0, 1, 2
         k = Signal(range(max(W + 80, 2)), name="k")
-        accept = Signal(name="accept")
-        m.d.comb += [i.ready.eq(adv & (phase == LOAD)), accept.eq(i.valid & i.ready)]
-        with m.If(adv & (accept | (phase != LOAD))):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
-        with m.If(accept):
-            m.d.sync += self.busy.eq(1)
-        with m.If(o.valid & o.ready & o.payload.last):
-            m.d.sync += self.busy.eq(0)
+        accept = row_unit_bookkeeping(m, adv, phase == LOAD, i, o, self.cycles, self.busy)
 
         m.submodules.qbuf = qbuf = memory.Memory(shape=data.ArrayLayout(signed(16), P),
                                                  depth=max(W, 2), init=[])

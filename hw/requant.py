@@ -28,6 +28,8 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "REQUANT_LATENCY",
     "round_half_up_const",
+    "check_lanes_divide",
+    "row_unit_bookkeeping",
     "Requantizer",
     "requant_cycles",
     "elementwise_cycles",
@@ -61,6 +63,30 @@ def check_positive(name: str, value: object, limit: int | None = None) -> int:
     return value
 
 
+def check_lanes_divide(lanes: int, length: int, name: str = "length") -> None:
+    """``ValueError`` unless ``lanes`` divides the row length (named ``name`` in the message)."""
+    if length % lanes:
+        raise ValueError(f"lanes={lanes} must divide the row length ({name}={length})")
+
+
+def row_unit_bookkeeping(m: Module, adv, loading, i, o, cycles, busy):
+    """The row units' handshake bookkeeping; returns ``accept`` (an input word taken now).
+
+    The input is ready while the pipeline advances in the load phase; ``cycles`` counts the
+    cycles that advance and either take a word or work outside the load phase; ``busy`` rises
+    with the first word and falls with the transfer of the last output word.
+    """
+    accept = Signal(name="accept")
+    m.d.comb += [i.ready.eq(adv & loading), accept.eq(i.valid & i.ready)]
+    with m.If(adv & (accept | ~loading)):
+        m.d.sync += cycles.eq(cycles + 1)
+    with m.If(accept):
+        m.d.sync += busy.eq(1)
+    with m.If(o.valid & o.ready & o.payload.last):
+        m.d.sync += busy.eq(0)
+    return accept
+
+
 def elementwise_cycles(words: int, depth: int) -> int:
     """Exact ``cycles`` of one job of ``words`` input words on a pipeline of ``depth`` registers."""
     check_positive("words", words)
@@ -75,8 +101,7 @@ def requant_cycles(rows: int, channels: int, lanes: int) -> int:
     check_positive("rows", rows)
     check_positive("channels", channels)
     check_positive("lanes", lanes)
-    if channels % lanes:
-        raise ValueError(f"lanes={lanes} must divide the row length (channels={channels})")
+    check_lanes_divide(lanes, channels, "channels")
     return elementwise_cycles(rows * channels // lanes, REQUANT_LATENCY)
 
 
@@ -239,8 +264,7 @@ class Requantizer(wiring.Component):
     def __init__(self, *, lanes: int, channels: int) -> None:
         self._lanes = check_positive("lanes", lanes, _MAX_LANES)
         self._channels = check_positive("channels", channels, 2**16)
-        if channels % lanes:
-            raise ValueError(f"lanes={lanes} must divide the row length (channels={channels})")
+        check_lanes_divide(lanes, channels, "channels")
         super().__init__({
             "i_param": In(stream.Signature(data.ArrayLayout(param_layout(), lanes))),
             "i_data": In(stream.Signature(data.StructLayout(

@@ -30,7 +30,12 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams
-from hw.requant import check_positive, round_half_up_const
+from hw.requant import (
+    check_lanes_divide,
+    check_positive,
+    round_half_up_const,
+    row_unit_bookkeeping,
+)
 
 __all__ = ["Softmax", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
 
@@ -106,8 +111,7 @@ class Softmax(wiring.Component):
     def __init__(self, *, lanes: int, max_length: int, params: SoftmaxParams) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
         self._max_length = check_positive("max_length", max_length, MAX_ROW)
-        if max_length % lanes:
-            raise ValueError(f"lanes={lanes} must divide the row length (max_length={max_length})")
+        check_lanes_divide(lanes, max_length, "max_length")
         if not isinstance(params, SoftmaxParams) or params.frac_bits != 8:
             raise ValueError("params must be golden.softmax.softmax_params(scale) with frac_bits=8")
         self._params = params
@@ -148,16 +152,8 @@ class Softmax(wiring.Component):
         LOAD, EXP, DIV, NORM = 0, 1, 2, 3
         k = Signal(range(max(D + 64, 2)), name="k")
         nw = Signal(range(D + 1), name="nw")  # words of the current row
-        accept = Signal(name="accept")
-        m.d.comb += [i.ready.eq(adv & (phase == LOAD)), accept.eq(i.valid & i.ready)]
-
-        # cycle counter and busy
-        with m.If(adv & (accept | (phase != LOAD))):
-            m.d.sync += self.cycles.eq(self.cycles + 1)
-        with m.If(accept):
-            m.d.sync += self.busy.eq(1)
-        with m.If(o.valid & o.ready & o.payload.last):
-            m.d.sync += self.busy.eq(0)
+        # handshake, cycle counter and busy
+        accept = row_unit_bookkeeping(m, adv, phase == LOAD, i, o, self.cycles, self.busy)
 
         xw = data.ArrayLayout(data.StructLayout({"x": signed(32), "keep": unsigned(1)}), P)
         m.submodules.xbuf = xbuf = memory.Memory(shape=xw, depth=max(D, 2), init=[])

@@ -16,7 +16,16 @@ from typing import Any
 
 from compiler.ir import Graph, Node
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, hw_cycle_model, parse_params
-from compiler.targets.gemm_common import GemmConfig, buffer_bits, fit_buffers, gemm_shape, op_cycles
+from compiler.targets.gemm_common import (
+    GEMM_OPS,
+    GemmConfig,
+    accel_lowering,
+    buffer_bits,
+    fit_buffers,
+    gemm_shape,
+    nonlinear_cycles,
+    op_cycles,
+)
 
 __all__ = ["AsicTarget", "E_MAC_J", "E_SRAM_J_PER_B", "E_DRAM_J_PER_B"]
 
@@ -25,7 +34,6 @@ E_SRAM_J_PER_B = 2.5e-12
 E_DRAM_J_PER_B = 160e-12
 _PARAMS = {"rows": int, "cols": int, "mhz": float, "sram_kb": int, "dram_gbs": float,
            "dataflow": str}
-_GEMM_OPS = ("linear", "matmul")
 
 
 class AsicTarget(Target):
@@ -52,7 +60,7 @@ class AsicTarget(Target):
         self.config: GemmConfig | None = None
 
     def configure(self, graph: Graph) -> None:
-        shapes = [gemm_shape(n) for n in graph.nodes if n.op in _GEMM_OPS]
+        shapes = [gemm_shape(n) for n in graph.nodes if n.op in GEMM_OPS]
         bufs = fit_buffers(self.rows, self.cols, self.dataflow, shapes, self.sram_kb * 8192)
         self.config = None if bufs is None else GemmConfig(self.rows, self.cols, self.dataflow,
                                                            *bufs, mhz=self.mhz)
@@ -62,7 +70,7 @@ class AsicTarget(Target):
             return Support(False, f"kept in float: {node.attrs['keep_float']}")
         if node.op == "layout":
             return Support(True)
-        if node.op in _GEMM_OPS:
+        if node.op in GEMM_OPS:
             if self.config is None:
                 return Support(False, f"engine buffers for K={node.attrs['k']} exceed "
                                       f"{self.sram_kb} KB SRAM")
@@ -78,7 +86,7 @@ class AsicTarget(Target):
     def cost(self, node: Node, graph: Graph) -> OpCost:
         if node.op == "layout":  # one loader cycle (address setup of the reordered read)
             return OpCost(1 / (self.mhz * 1e6), 0.0, 1)
-        if node.op in _GEMM_OPS:
+        if node.op in GEMM_OPS:
             assert self.config is not None
             s = gemm_shape(node)
             comp, load, _ = op_cycles(self.config, s)
@@ -90,20 +98,12 @@ class AsicTarget(Target):
             e = s.batch * s.m * s.k * s.n * E_MAC_J + op_bytes * E_SRAM_J_PER_B + \
                 wbytes * E_DRAM_J_PER_B
             return OpCost(t, e, cycles)
-        fn = hw_cycle_model(node.op)
-        if fn is None:  # pragma: no cover
-            raise ValueError(f"{self.name} cannot run {node.name}")
-        from compiler.targets.fpga import _rows_length
-        cycles = fn(*_rows_length(node))
+        cycles = nonlinear_cycles(node, self.name)
         el = node.out[0].numel
         return OpCost(cycles / (self.mhz * 1e6), 2 * el * E_SRAM_J_PER_B, cycles)
 
     def lowering(self, node: Node) -> dict[str, Any]:
-        if node.op in _GEMM_OPS:
-            return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
-        if node.op == "layout":
-            return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
-        return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
+        return accel_lowering(node)
 
     def params(self) -> dict[str, Any]:
         return {"rows": self.rows, "cols": self.cols, "clock_mhz": self.mhz,
@@ -115,7 +115,7 @@ class AsicTarget(Target):
     def hardware(self, nodes: list[Node]) -> dict[str, Any]:
         units = []
         used: dict[str, Any] = {"macs": 0, "sram_bits": 0}
-        if self.config and any(n.op in _GEMM_OPS for n in nodes):
+        if self.config and any(n.op in GEMM_OPS for n in nodes):
             c = self.config
             bits = buffer_bits(c.rows, c.cols, c.dataflow, c.max_m, c.max_k, c.max_n)
             units.append({"unit": "gemm", "module": "hw.gemm.GemmEngine",

@@ -42,11 +42,14 @@ from compiler.targets.base import (
     hw_cycle_model,
 )
 from compiler.targets.gemm_common import (
+    GEMM_OPS,
     GemmConfig,
     GemmShape,
+    accel_lowering,
     buffer_bits,
     choose_config,
     gemm_shape,
+    nonlinear_cycles,
     op_cycles,
 )
 
@@ -64,7 +67,6 @@ HOST_LINKS = {
     "orangecrab": LinkSpec("USB 1.1 full speed (soft core)", 0.8e6, 1e-3, 0.1),
     "icebreaker": LinkSpec("FT2232H UART 3 Mbaud (8N1)", 300e3, 1e-3, 0.1),
 }
-_GEMM_OPS = ("linear", "matmul")
 
 
 def _prefix(board: Board, table: dict[str, Any], default: Any) -> Any:
@@ -72,14 +74,6 @@ def _prefix(board: Board, table: dict[str, Any], default: Any) -> Any:
         if board.name.startswith(k):
             return v
     return default
-
-
-def _rows_length(node: Node) -> tuple[int, int]:
-    """(rows, row length) of a nonlinear op (elementwise ops: one row per last-dim vector)."""
-    shape = node.out[0].shape if node.out else (1,)
-    length = shape[-1] if shape else 1
-    rows = max(1, node.out[0].numel // max(length, 1)) if node.out else 1
-    return rows, length
 
 
 class FpgaTarget(Target):
@@ -125,7 +119,7 @@ class FpgaTarget(Target):
                                  for k in self.nonlinear if k != "relu" or "gelu" not in self.nonlinear)
         counts: dict[GemmShape, int] = {}
         for n in graph.nodes:
-            if n.op in _GEMM_OPS:
+            if n.op in GEMM_OPS:
                 s = gemm_shape(n)
                 counts[s] = counts.get(s, 0) + 1
         self.config = choose_config(sorted(counts.items(), key=lambda x: repr(x[0])),
@@ -140,7 +134,7 @@ class FpgaTarget(Target):
             return Support(False, f"kept in float: {node.attrs['keep_float']}")
         if node.op == "layout":
             return Support(True)
-        if node.op in _GEMM_OPS:
+        if node.op in GEMM_OPS:
             if self.config is None:
                 return Support(False, self._why_no_engine)
             if node.attrs["k"] > self.config.max_k:
@@ -168,7 +162,7 @@ class FpgaTarget(Target):
         if node.op == "layout":  # one loader cycle (address setup of the reordered read)
             t = 1 / (self.mhz * 1e6)
             return OpCost(t, t * self.power_w, 1)
-        if node.op in _GEMM_OPS:
+        if node.op in GEMM_OPS:
             assert self.config is not None
             comp, load, _ = op_cycles(self.config, gemm_shape(node))
             cycles = comp + load
@@ -178,19 +172,12 @@ class FpgaTarget(Target):
                 t += wb / self.weight_bw
             res = {"weight_bytes": wb} if wb else {}
             return OpCost(t, t * self.power_w, cycles, res)
-        fn = hw_cycle_model(node.op)
-        if fn is None:  # pragma: no cover - supports() refuses these
-            raise ValueError(f"{self.name} cannot run {node.name} ({node.op})")
-        cycles = fn(*_rows_length(node))
+        cycles = nonlinear_cycles(node, self.name)
         t = cycles / (self.mhz * 1e6)
         return OpCost(t, t * self.power_w, cycles)
 
     def lowering(self, node: Node) -> dict[str, Any]:
-        if node.op in _GEMM_OPS:
-            return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
-        if node.op == "layout":
-            return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
-        return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
+        return accel_lowering(node)
 
     def params(self) -> dict[str, Any]:
         b = self.board
@@ -204,7 +191,7 @@ class FpgaTarget(Target):
     def hardware(self, nodes: list[Node]) -> dict[str, Any]:
         units: list[dict[str, Any]] = []
         used: dict[str, Any] = {"dsps": 0, "brams": 0, "weight_bytes": 0}
-        if self.config and any(n.op in _GEMM_OPS for n in nodes):
+        if self.config and any(n.op in GEMM_OPS for n in nodes):
             c = self.config
             dsps = gemm_dsps(self.board, rows=c.rows, cols=c.cols, requant=True)
             bits = buffer_bits(c.rows, c.cols, c.dataflow, c.max_m, c.max_k, c.max_n)

@@ -15,10 +15,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from compiler.ir import Node
+from compiler.targets.base import hw_cycle_model
 from hw.gemm import DATAFLOWS, gemm_cycles, load_words
 
-__all__ = ["GemmConfig", "GemmShape", "buffer_bits", "choose_config", "gemm_shape",
-           "op_cycles", "fit_buffers"]
+__all__ = ["GEMM_OPS", "GemmConfig", "GemmShape", "accel_lowering", "buffer_bits",
+           "choose_config", "gemm_shape", "nonlinear_cycles", "op_cycles", "fit_buffers",
+           "rows_length"]
+
+#: IR ops that run on the GEMM engine
+GEMM_OPS = ("linear", "matmul")
 
 #: bits per channel-table lane: bias int32 + mult int32 + shift uint6
 _CHAN_BITS = 70
@@ -149,3 +154,28 @@ def choose_config(shapes: list[tuple[GemmShape, int]], fits: Any, budget_bits: i
             if best is None or key < best[0]:
                 best = (key, cfg)
     return None if best is None else best[1]
+
+
+def rows_length(node: Node) -> tuple[int, int]:
+    """(rows, row length) of a nonlinear op (elementwise ops: one row per last-dim vector)."""
+    shape = node.out[0].shape if node.out else (1,)
+    length = shape[-1] if shape else 1
+    rows = max(1, node.out[0].numel // max(length, 1)) if node.out else 1
+    return rows, length
+
+
+def nonlinear_cycles(node: Node, target: str) -> int:
+    """Cycles of a nonlinear op on its hw unit's exact cycle model (``hw_cycle_model``)."""
+    fn = hw_cycle_model(node.op)
+    if fn is None:  # pragma: no cover - supports() refuses these
+        raise ValueError(f"{target} cannot run {node.name} ({node.op})")
+    return fn(*rows_length(node))
+
+
+def accel_lowering(node: Node) -> dict[str, Any]:
+    """The unit and golden implementation an accelerator op lowers to (fpga and asic alike)."""
+    if node.op in GEMM_OPS:
+        return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
+    if node.op == "layout":
+        return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
+    return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
