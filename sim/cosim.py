@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,10 +53,8 @@ def run_gemm_verilator(cfg: GemmConfig, jobs: Sequence[GemmJob], *, stall: str =
     }
     spec_path = tdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    t0 = time.perf_counter()
     res = run_cocotb(b, "sim.cocotb_gemm", extra_env={"FMFORGE_BENCH_SPEC": str(spec_path)},
                      test_dir=tdir, waves=waves, seed=seed)
-    wall = time.perf_counter() - t0
     if res["failed"] or not (tdir / "out.json").exists():
         raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
     raw = json.loads((tdir / "out.json").read_text())["results"]
@@ -76,7 +73,6 @@ def run_gemm_verilator(cfg: GemmConfig, jobs: Sequence[GemmJob], *, stall: str =
         import shutil
 
         shutil.rmtree(tdir, ignore_errors=True)
-    del wall
     return out
 
 

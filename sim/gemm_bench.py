@@ -126,8 +126,6 @@ def _channels(job: GemmJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
     """Operands, stream words and the golden result for ``job`` on engine ``cfg``."""
-    from hw.gemm import GemmEngine  # noqa: F401  (validates cfg on first use elsewhere)
-
     for dim, lim in (("m", cfg.max_m), ("k", cfg.max_k), ("n", cfg.max_n)):
         v = getattr(job, dim)
         if not 1 <= v <= lim:
@@ -206,7 +204,6 @@ def check_result(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, words: list[
         lanes, last = decode_row(cfg, w)
         rows.append(lanes)
         lasts.append(last)
-    n_valid_last = job.n - (-(-job.n // cfg.cols) - 1) * cfg.cols
     mismatches = []
     if len(rows) != len(stim.expected_rows):
         mismatches.append(f"expected {len(stim.expected_rows)} rows, got {len(rows)}")
@@ -223,5 +220,4 @@ def check_result(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, words: list[
     last_ok = bool(lasts) and lasts[-1] and not any(lasts[:-1])
     if not last_ok:
         mismatches.append("the 'last' flag is not set on exactly the final row")
-    del n_valid_last
     return {"match": not mismatches, "mismatches": mismatches, "last_ok": last_ok, "result": result}

@@ -29,12 +29,16 @@ def _gemm_run(args: argparse.Namespace) -> dict:
                       bias=args.bias, waves=args.waves, simulator=args.simulator)
 
 
-def _gemm_report(r: dict) -> None:
+def _verdict(r: dict, what: str) -> None:
+    """The first two report lines every unit shares: golden verdict, cycles vs the model."""
     verdict = "MATCH" if r["match"] else "MISMATCH"
     cyc = "exact" if r["cycles"] == r["predicted_cycles"] else "MODEL MISMATCH"
-    print(f"GEMM {r['m']}x{r['k']}x{r['n']} on {r['rows']}x{r['cols']} {r['dataflow']} "
-          f"({r['simulator']}, stall={r['stall']}, seed={r['seed']}): {verdict} vs golden")
+    print(f"{what} ({r['simulator']}, stall={r['stall']}, seed={r['seed']}): {verdict} vs golden")
     print(f"  cycles       {r['cycles']:>12,d}  predicted {r['predicted_cycles']:,d} ({cyc})")
+
+
+def _gemm_report(r: dict) -> None:
+    _verdict(r, f"GEMM {r['m']}x{r['k']}x{r['n']} on {r['rows']}x{r['cols']} {r['dataflow']}")
     print(f"  utilization  {100 * r['utilization']:>11.2f}%")
     print(f"  sim speed    {r['cycles_per_second']:>12,.0f} cycles/s  {r['macs_per_second']:,.0f} MACs/s "
           f"({r['sim_seconds']:.2f} s)")
@@ -62,11 +66,7 @@ def _nl_run(unit: str):
 
 
 def _nl_report(r: dict) -> None:
-    verdict = "MATCH" if r["match"] else "MISMATCH"
-    cyc = "exact" if r["cycles"] == r["predicted_cycles"] else "MODEL MISMATCH"
-    print(f"{r['unit']} {r['rows']} rows x {r['len']} on {r['lanes']} lanes ({r['simulator']}, "
-          f"stall={r['stall']}, seed={r['seed']}): {verdict} vs golden")
-    print(f"  cycles       {r['cycles']:>12,d}  predicted {r['predicted_cycles']:,d} ({cyc})")
+    _verdict(r, f"{r['unit']} {r['rows']} rows x {r['len']} on {r['lanes']} lanes")
     print(f"  golden vs float  max {r['max_abs_err_lsb']:.3f} LSB;  sim {r['sim_seconds']:.2f} s")
     if r["error"]:
         print("  ! the unit flagged a framing error")
