@@ -16,11 +16,11 @@ from typing import Any
 
 from compiler.schema import SchemaError, validate
 
-__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "check_plan", "dumps_plan", "load_plan",
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "UNIT_KINDS", "check_plan", "dumps_plan", "load_plan",
            "write_timeline"]
 
 PLAN_FORMAT = "fmforge-plan"
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 _NUM = "number"
 _TENSOR = {"object": {"shape": {"array": "integer"}, "dtype": "string"}}
@@ -41,10 +41,11 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
         "params": {"object": {}, "extra": "any"},
         "link": {"nullable": _LINK},
         "hardware": {"object": {"units": {"array": {"object": {
-            "unit": "string", "module": "string", "params": {"object": {}, "extra": "any"},
+            "id": "string", "unit": "string", "module": "string",
+            "params": {"object": {}, "extra": "any"}, "ops": {"array": "string"},
             "predicted": {"object": {}, "extra": "any"}}}},
             "resources_used": _RES, "resources_available": _RES},
-            "optional": {"clock_mhz": "number"}},
+            "optional": {"clock_mhz": "number", "model": "any"}},
         "spec": "string"}}, "min": 1},
     "ops": {"array": {"object": {
         "name": "string", "op": "string", "target": "string", "module": "string",
@@ -71,14 +72,65 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
 }}
 
 
+#: device kinds whose ops run on units of hw/ (each such op names its unit id)
+UNIT_KINDS = ("fpga", "asic")
+
+
+def _check_units(plan: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every ``hardware.units`` entry rebuilds from its params (registry-validated); ids unique."""
+    from hw.registry import UNITS, spec_from_json
+    from hw.spec import UnitParamError
+
+    units: dict[str, dict[str, dict[str, Any]]] = {}
+    for di, d in enumerate(plan["devices"]):
+        ids: dict[str, dict[str, Any]] = {}
+        for ui, u in enumerate(d["hardware"]["units"]):
+            where = f"devices[{di}].hardware.units[{ui}]"
+            if u["id"] in ids:
+                raise SchemaError(f"{where}.id", f"duplicate unit id {u['id']!r}")
+            if u["unit"] not in UNITS:
+                raise SchemaError(f"{where}.unit", f"unknown unit {u['unit']!r}; units: "
+                                                   f"{', '.join(UNITS)}")
+            cls = UNITS[u["unit"]]
+            if u["module"] != cls.component:
+                raise SchemaError(f"{where}.module", f"unit {u['unit']} is {cls.component}, "
+                                                     f"not {u['module']!r}")
+            try:
+                spec_from_json(u["unit"], u["params"])
+            except UnitParamError as e:
+                raise SchemaError(f"{where}.params", str(e).removeprefix("params: ")) from None
+            ids[u["id"]] = u
+        units[d["name"]] = ids
+    return units
+
+
 def check_plan(plan: Any) -> dict[str, Any]:
-    """Validate a plan document (schema plus cross references); returns it."""
+    """Validate a plan document (schema plus cross references); returns it.
+
+    Beyond the schema: every unit entry is validated against :mod:`hw.registry` (its params
+    must build the unit), and every op placed on an fpga/asic device names in
+    ``lowering.unit`` a unit id of that device whose ``ops`` list it, of a kind that computes
+    the op.
+    """
+    from hw.registry import UNITS
+
     validate(plan, PLAN_SCHEMA)
     names = {d["name"] for d in plan["devices"]}
+    kinds = {d["name"]: d["kind"] for d in plan["devices"]}
+    units = _check_units(plan)
     ops = set()
     for i, op in enumerate(plan["ops"]):
         if op["device"] not in names:
             raise SchemaError(f"ops[{i}].device", f"device {op['device']!r} is not in devices")
+        if kinds[op["device"]] in UNIT_KINDS:
+            uid = op["lowering"]["unit"]
+            u = units[op["device"]].get(uid)
+            if u is None:
+                raise SchemaError(f"ops[{i}].lowering.unit", f"op {op['name']!r} runs on unit "
+                                  f"{uid!r}, which device {op['device']!r} does not list")
+            if op["op"] not in UNITS[u["unit"]].ops or op["name"] not in u["ops"]:
+                raise SchemaError(f"ops[{i}].lowering.unit", f"unit {uid!r} ({u['unit']}) does "
+                                  f"not run op {op['name']!r} ({op['op']})")
         ops.add(op["name"])
     for i, s in enumerate(plan["schedule"]):
         if s["op"] not in ops:

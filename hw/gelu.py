@@ -18,12 +18,17 @@ Job framing, ``busy``/``cycles``/``error`` and backpressure behave as described 
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any, ClassVar
+
 from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.gelu import GeluParams
+from golden.gelu import GeluParams, gelu_params, relu_params
 from hw.requant import (
+    NONLINEAR_QOR_COMMAND,
     REQUANT_STAGES,
     FrameControl,
     check_lanes_divide,
@@ -31,8 +36,9 @@ from hw.requant import (
     elementwise_cycles,
     requant_stages,
 )
+from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["GELU_LATENCY", "MODES", "Gelu", "gelu_cycles"]
+__all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles"]
 
 #: registers from the input to the output register inclusive: t, t*t, h, q*h partial products,
 #: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (6)
@@ -167,3 +173,57 @@ class Gelu(wiring.Component):
         ys = requant_stages(m, fc.adv, gs, [mult] * P, [shift] * P, "rq")
         m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
         return m
+
+
+# ---------------------------------------------------------------------- unit spec
+
+
+@dataclasses.dataclass(frozen=True)
+class GeluSpec(UnitSpec):
+    """Parameters of a :class:`Gelu`: lanes, mode and the real input/output scales it is
+    compiled for (:func:`golden.gelu.gelu_params` / :func:`golden.gelu.relu_params`; the
+    integer constants are elaboration constants, so each scale pair is its own instance).
+    :meth:`cycles` is :func:`gelu_cycles`."""
+
+    lanes: int
+    in_scale: float
+    out_scale: float
+    mode: str = "gelu"
+
+    kind: ClassVar[str] = "gelu"
+    ops: ClassVar[tuple[str, ...]] = ("gelu", "relu")
+    golden: ClassVar[str] = "golden.gelu.gelu_int"
+    component: ClassVar[str] = "hw.gelu.Gelu"
+    measured: ClassVar[tuple[Measured, ...]] = (
+        Measured("ecp5", {"lanes": 4, "mode": "gelu"}, luts=1705, ffs=2495, dsps=28, brams=0,
+                 fmax_mhz=106.1, command=NONLINEAR_QOR_COMMAND),
+    )
+
+    def __post_init__(self) -> None:
+        check_int("lanes", self.lanes, 1, 64)
+        if self.mode not in MODES:
+            raise UnitParamError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        for f in ("in_scale", "out_scale"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or v <= 0:
+                raise UnitParamError(f"{f} must be a positive finite number, not {v!r}")
+        try:
+            if self.mode == "gelu":
+                gelu_params(self.in_scale, self.out_scale)
+            else:
+                relu_params(self.in_scale, self.out_scale)
+        except ValueError as e:
+            raise UnitParamError(str(e)) from None
+
+    def build(self) -> Gelu:
+        if self.mode == "gelu":
+            return Gelu(lanes=self.lanes, params=gelu_params(self.in_scale, self.out_scale))
+        mult, shift = relu_params(self.in_scale, self.out_scale)
+        return Gelu(lanes=self.lanes, mode="relu", relu_mult=mult, relu_shift=shift)
+
+    def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
+        return gelu_cycles(rows, length, self.lanes)
+
+    def resources(self, family: str) -> dict[str, Any]:
+        return scaled_resources(self.measured, family, {"lanes": self.lanes, "mode": self.mode}, 0)

@@ -51,6 +51,10 @@ Number formats: int8 x int8 products, int32 accumulators; the accumulators never
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from typing import Any, ClassVar
+
 import torch
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
@@ -58,6 +62,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from hw.requant import check_positive as _check_positive
+from hw.spec import Measured, UnitParamError, UnitSpec, check_int
 
 __all__ = [
     "DATAFLOWS",
@@ -71,6 +76,10 @@ __all__ = [
     "pack_operands",
     "unpack_result",
     "channel_layout",
+    "GemmSpec",
+    "REQUANT_DSPS_PER_COLUMN",
+    "gemm_buffer_bits",
+    "gemm_dsps",
 ]
 
 DATAFLOWS = ("os", "ws")
@@ -836,3 +845,109 @@ class GemmEngine(wiring.Component):
             m.d.sync += [self.o_c.payload.data[c].eq(e4[c]) for c in range(C)]
         with m.If(start):
             m.d.sync += self.o_c.valid.eq(0)
+
+
+# ---------------------------------------------------------------------- unit spec
+
+#: hard multipliers per output column of the int32 x int32 requantizer, by family (Yosys splits
+#: the product into four 18x18 / 16x16 multipliers; 2x2 with requant on LFE5U-25F: 12 MULT18X18D)
+REQUANT_DSPS_PER_COLUMN = {"ecp5": 4, "ice40": 4, "asic": 4}
+
+
+def gemm_buffer_bits(rows: int, cols: int, dataflow: str, max_m: int, max_k: int, max_n: int) -> int:
+    """On-chip buffer bits of an engine: A, B, the channel table (bias 32 + mult 32 + shift 6
+    bits per lane) and, for WS, the partial-sum buffer (``max_m`` words of C int32)."""
+    a = _ceil_div(max_m, rows) * max_k * rows * 8 if dataflow == "os" else \
+        _ceil_div(max_k, rows) * max_m * rows * 8
+    b = _ceil_div(max_n, cols) * max_k * cols * 8
+    chan = _ceil_div(max_n, cols) * cols * 70
+    psum = max_m * cols * 32 if dataflow == "ws" else 0
+    return a + b + chan + psum
+
+
+def gemm_dsps(rows: int, cols: int, requant: bool, family: str) -> int:
+    """Hard multipliers of an engine (measured rule, Yosys 0.70 + nextpnr 0.11).
+
+    One per int8 MAC (MULT18X18D on ECP5, SB_MAC16 on iCE40 UP5K with ``synth_ice40 -dsp``),
+    :data:`REQUANT_DSPS_PER_COLUMN` per output column for the requantizer, and one more when C
+    is not a power of two (the epilogue's channel-block test multiplies by the constant C;
+    measured 5x5: 26 MULT18X18D, 4x7: 29).
+    """
+    const_mul = 1 if cols & (cols - 1) else 0
+    return rows * cols + const_mul + (REQUANT_DSPS_PER_COLUMN[family] * cols if requant else 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmSpec(UnitSpec):
+    """Parameters of a :class:`GemmEngine` (the fields are its keyword arguments).
+
+    :meth:`cycles` is :func:`gemm_cycles` (compute), :meth:`load_cycles` the operand loads
+    (one word per cycle per stream, A and B in parallel, the channel table after them).
+    """
+
+    rows: int
+    cols: int
+    dataflow: str = "os"
+    max_m: int = 128
+    max_k: int = 128
+    max_n: int = 128
+    requant: bool = True
+
+    kind: ClassVar[str] = "gemm"
+    ops: ClassVar[tuple[str, ...]] = ("linear", "matmul")
+    golden: ClassVar[str] = "golden.gemm.gemm_int"
+    component: ClassVar[str] = "hw.gemm.GemmEngine"
+    measured: ClassVar[tuple[Measured, ...]] = (
+        Measured("ecp5", {"rows": 8, "cols": 8, "dataflow": "os", "max_m": 64, "max_k": 64,
+                          "max_n": 64, "requant": False},
+                 luts=6021, ffs=11441, dsps=64, brams=4, fmax_mhz=109.2,
+                 command="fmforge build gemm --board ulx3s-85f --rows 8 --cols 8 --no-requant"),
+    )
+
+    def __post_init__(self) -> None:
+        for f, lim in (("rows", 64), ("cols", 64), ("max_m", _MAX_DIM), ("max_k", _MAX_DIM),
+                       ("max_n", _MAX_DIM)):
+            check_int(f, getattr(self, f), 1, lim)
+        if self.dataflow not in DATAFLOWS:
+            raise UnitParamError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not "
+                                 f"{self.dataflow!r}")
+        if not isinstance(self.requant, bool):
+            raise UnitParamError(f"requant must be a bool, not {self.requant!r}")
+
+    def build(self) -> GemmEngine:
+        return GemmEngine(**self.to_json())
+
+    def check_shape(self, m: int, k: int, n: int) -> None:
+        """``ValueError`` naming the dimension when M x K x N exceeds the buffers."""
+        check_gemm_shape(m, k, n, max_m=self.max_m, max_k=self.max_k, max_n=self.max_n)
+
+    def cycles(self, *, m: int, k: int, n: int) -> int:  # type: ignore[override]
+        self.check_shape(m, k, n)
+        return gemm_cycles(self.rows, self.cols, self.dataflow, m, k, n)
+
+    def load_cycles(self, *, m: int, k: int, n: int, channels: bool = True) -> int:
+        """Cycles to stream one command's operands in (A and B in parallel, then channels)."""
+        w = load_words(self.rows, self.cols, self.dataflow, m, k, n, channels)
+        return max(w["a"], w["b"]) + w["chan"]
+
+    @property
+    def buffer_bits(self) -> int:
+        return gemm_buffer_bits(self.rows, self.cols, self.dataflow, self.max_m, self.max_k,
+                                self.max_n)
+
+    def resources(self, family: str) -> dict[str, Any]:
+        dsps = gemm_dsps(self.rows, self.cols, self.requant, family)
+        same = [b for b in self.measured if b.family == family and b.config == self.to_json()]
+        if same:
+            b = same[0]
+            return {"dsps": b.dsps, "luts": b.luts, "ffs": b.ffs, "brams": b.brams,
+                    "buffer_bits": self.buffer_bits, "estimated": False,
+                    "basis": f"measured: {b.command}"}
+        # logic scales with the MACs (PEs) of the nearest measured build of the same requant
+        near = [b for b in self.measured if b.config["requant"] == self.requant] or list(self.measured)
+        b = min(near, key=lambda b: abs(b.config["rows"] * b.config["cols"] - self.rows * self.cols))
+        f = self.rows * self.cols / (b.config["rows"] * b.config["cols"])
+        return {"dsps": dsps, "luts": math.ceil(b.luts * f), "ffs": math.ceil(b.ffs * f),
+                "brams": None, "buffer_bits": self.buffer_bits, "estimated": True,
+                "basis": f"DSPs: measured rule (hw.gemm.gemm_dsps); logic scaled x{f:.3g} by MACs "
+                         f"from {b.config['rows']}x{b.config['cols']}: {b.command}"}

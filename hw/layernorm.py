@@ -25,20 +25,35 @@ an input word, and never cycles frozen by output backpressure (``adv = ~(o.valid
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.layernorm import CORE_BITS, RECIP_K, SQRT_BITS, LayerNormParams
+from golden.layernorm import (
+    BIAS_BITS,
+    CORE_BITS,
+    EPS_MAX,
+    GAMMA_BITS,
+    MAX_N,
+    RECIP_K,
+    SQRT_BITS,
+    LayerNormParams,
+)
 from hw.requant import (
+    NONLINEAR_QOR_COMMAND,
     check_lanes_divide,
     check_positive,
     round_half_up_const,
     row_unit_bookkeeping,
     saturate_bits,
 )
+from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["LayerNorm", "layernorm_cycles", "layernorm_row_overhead"]
+__all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_row_overhead"]
 
 _STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
 _NORM_STAGES = 15
@@ -364,3 +379,73 @@ class LayerNorm(wiring.Component):
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
         return m
+
+
+# ---------------------------------------------------------------------- unit spec
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormSpec(UnitSpec):
+    """Parameters of a :class:`LayerNorm`: lanes and the integer constants of
+    :class:`golden.layernorm.LayerNormParams` (row length ``n``, ``in_shift``, ``eps_int``,
+    ``g_shift``, per-channel ``gamma_int`` / ``beta_int``). They are elaboration constants (the
+    gamma/beta ROM), so every layer norm of a model is its own instance.
+    :meth:`cycles` is :func:`layernorm_cycles`. :meth:`from_params` wraps compiled params."""
+
+    lanes: int
+    n: int
+    in_shift: int
+    eps_int: int
+    g_shift: int
+    gamma_int: tuple[int, ...]
+    beta_int: tuple[int, ...]
+
+    kind: ClassVar[str] = "layernorm"
+    ops: ClassVar[tuple[str, ...]] = ("layer_norm",)
+    golden: ClassVar[str] = "golden.layernorm.layernorm_int"
+    component: ClassVar[str] = "hw.layernorm.LayerNorm"
+    measured: ClassVar[tuple[Measured, ...]] = (
+        Measured("ecp5", {"lanes": 4, "n": 384}, luts=6397, ffs=7445, dsps=46, brams=9,
+                 fmax_mhz=103.8, command=NONLINEAR_QOR_COMMAND),
+    )
+
+    def __post_init__(self) -> None:
+        check_int("lanes", self.lanes, 1, 64)
+        check_int("n", self.n, 1, MAX_N)
+        if self.n % self.lanes:
+            raise UnitParamError(f"lanes={self.lanes} must divide n={self.n}")
+        check_int("in_shift", self.in_shift, 0, 32)
+        check_int("eps_int", self.eps_int, 0, EPS_MAX)
+        check_int("g_shift", self.g_shift, 0, 63)
+        for f, bits in (("gamma_int", GAMMA_BITS), ("beta_int", BIAS_BITS)):
+            v = getattr(self, f)
+            if not isinstance(v, tuple) or len(v) != self.n:
+                raise UnitParamError(f"{f} must be a list of n={self.n} integers")
+            for i, x in enumerate(v):
+                check_int(f"{f}[{i}]", x, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+
+    @classmethod
+    def from_params(cls, p: LayerNormParams, lanes: int) -> LayerNormSpec:
+        """The spec of compiled :class:`LayerNormParams` on ``lanes`` lanes."""
+        return cls(lanes=lanes, n=p.n, in_shift=p.in_shift, eps_int=p.eps_int, g_shift=p.g_shift,
+                   gamma_int=tuple(int(x) for x in p.gamma_int.tolist()),
+                   beta_int=tuple(int(x) for x in p.beta_int.tolist()))
+
+    def params(self) -> LayerNormParams:
+        """The integer constants as the golden model takes them."""
+        return LayerNormParams(n=self.n, in_shift=self.in_shift, eps_int=self.eps_int,
+                               g_shift=self.g_shift,
+                               gamma_int=torch.tensor(self.gamma_int, dtype=torch.int64),
+                               beta_int=torch.tensor(self.beta_int, dtype=torch.int64))
+
+    def build(self) -> LayerNorm:
+        return LayerNorm(lanes=self.lanes, params=self.params())
+
+    def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
+        if length != self.n:
+            raise ValueError(f"this layer norm takes rows of {self.n}, not {length}")
+        return layernorm_cycles(rows, self.n, self.lanes)
+
+    def resources(self, family: str) -> dict[str, Any]:
+        return scaled_resources(self.measured, family, {"lanes": self.lanes, "n": self.n},
+                                self.n * (16 + GAMMA_BITS + BIAS_BITS))

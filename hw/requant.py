@@ -21,9 +21,14 @@ been accepted; words before it may wait in the pipeline while the source idles.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar
+
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
+
+from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = [
     "REQUANT_LATENCY",
@@ -39,6 +44,8 @@ __all__ = [
     "requant_stages",
     "REQUANT_STAGES",
     "saturate_bits",
+    "RequantSpec",
+    "NONLINEAR_QOR_COMMAND",
 ]
 
 #: registers of :func:`requant_stages`: partial products, two sums, shift, round, saturate
@@ -316,3 +323,44 @@ class Requantizer(wiring.Component):
         ys = requant_stages(m, fc.adv, x2, mu2, sh2, "rq")
         m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
         return m
+
+
+# ---------------------------------------------------------------------- unit spec
+
+#: the command that measured the nonlinear units' ECP5-85F resources (4 lanes, seed 1)
+NONLINEAR_QOR_COMMAND = ("python benchmarks/fpga_qor.py --boards ulx3s-85f "
+                         "--units requant,gelu,softmax,layernorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class RequantSpec(UnitSpec):
+    """Parameters of a :class:`Requantizer`; :meth:`cycles` is :func:`requant_cycles`."""
+
+    lanes: int
+    channels: int
+
+    kind: ClassVar[str] = "requant"
+    ops: ClassVar[tuple[str, ...]] = ()
+    golden: ClassVar[str] = "golden.requant.requantize"
+    component: ClassVar[str] = "hw.requant.Requantizer"
+    measured: ClassVar[tuple[Measured, ...]] = (
+        Measured("ecp5", {"lanes": 4, "channels": 384}, luts=3602, ffs=2891, dsps=16, brams=5,
+                 fmax_mhz=119.8, command=NONLINEAR_QOR_COMMAND),
+    )
+
+    def __post_init__(self) -> None:
+        check_int("lanes", self.lanes, 1, _MAX_LANES)
+        check_int("channels", self.channels, 1, 2**16)
+        if self.channels % self.lanes:
+            raise UnitParamError(f"lanes={self.lanes} must divide channels={self.channels}")
+
+    def build(self) -> Requantizer:
+        return Requantizer(lanes=self.lanes, channels=self.channels)
+
+    def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
+        if length != self.channels:
+            raise ValueError(f"this requantizer takes rows of {self.channels}, not {length}")
+        return requant_cycles(rows, self.channels, self.lanes)
+
+    def resources(self, family: str) -> dict[str, Any]:
+        return scaled_resources(self.measured, family, self.to_json(), self.channels * 38)

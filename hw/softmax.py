@@ -25,19 +25,24 @@ word (so source idling is not counted), and never cycles frozen by output backpr
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, ClassVar
+
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams
+from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_params
 from hw.requant import (
+    NONLINEAR_QOR_COMMAND,
     check_lanes_divide,
     check_positive,
     round_half_up_const,
     row_unit_bookkeeping,
 )
+from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["Softmax", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
+__all__ = ["Softmax", "SoftmaxSpec", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
 
 _EXP_STAGES = 10
 _NORM_STAGES = 6
@@ -315,3 +320,52 @@ class Softmax(wiring.Component):
                     with m.Else():
                         m.d.sync += k.eq(k + 1)
         return m
+
+
+# ---------------------------------------------------------------------- unit spec
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxSpec(UnitSpec):
+    """Parameters of a :class:`Softmax`: lanes, the longest row, and the real logit scale it is
+    compiled for (:func:`golden.softmax.softmax_params`; an elaboration constant, so each scale
+    is its own instance). :meth:`cycles` is :func:`softmax_cycles`."""
+
+    lanes: int
+    max_length: int
+    scale: float
+
+    kind: ClassVar[str] = "softmax"
+    ops: ClassVar[tuple[str, ...]] = ("softmax",)
+    golden: ClassVar[str] = "golden.softmax.softmax_int"
+    component: ClassVar[str] = "hw.softmax.Softmax"
+    measured: ClassVar[tuple[Measured, ...]] = (
+        Measured("ecp5", {"lanes": 4, "max_length": 128}, luts=4505, ffs=2563, dsps=20, brams=0,
+                 fmax_mhz=103.7, command=NONLINEAR_QOR_COMMAND),
+    )
+
+    def __post_init__(self) -> None:
+        check_int("lanes", self.lanes, 1, 64)
+        check_int("max_length", self.max_length, 1, MAX_ROW)
+        if self.max_length % self.lanes:
+            raise UnitParamError(f"lanes={self.lanes} must divide max_length={self.max_length}")
+        try:
+            self.params()
+        except ValueError as e:
+            raise UnitParamError(str(e)) from None
+
+    def params(self) -> SoftmaxParams:
+        """The compiled integer constants."""
+        return softmax_params(self.scale)
+
+    def build(self) -> Softmax:
+        return Softmax(lanes=self.lanes, max_length=self.max_length, params=self.params())
+
+    def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
+        check_row_length(length, self.max_length)
+        return softmax_cycles(rows, length, self.lanes)
+
+    def resources(self, family: str) -> dict[str, Any]:
+        return scaled_resources(self.measured, family,
+                                {"lanes": self.lanes, "max_length": self.max_length},
+                                self.max_length * 49 + 256 * 16)

@@ -14,61 +14,12 @@ Every target is one small class (see :mod:`compiler.targets`) with
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.ir import Graph, Node
 
-__all__ = ["ACCEL_NONLINEAR", "NONLINEAR_DSPS_PER_LANE", "NONLINEAR_LANES", "LinkSpec", "OpCost", "Support", "Target", "hw_cycle_model",
-           "parse_params"]
-
-#: nonlinear units and the hw module/cycle-model function an accelerator needs to run them
-ACCEL_NONLINEAR = {"softmax": ("hw.softmax", "softmax_cycles"),
-                   "layer_norm": ("hw.layernorm", "layernorm_cycles"),
-                   "gelu": ("hw.gelu", "gelu_cycles"),
-                   "relu": ("hw.gelu", "gelu_cycles")}  # the GELU unit in ReLU mode
-
-#: lanes the compiler instantiates for a nonlinear unit (1: the smallest unit; each lane needs
-#: the multipliers of one element, so lanes compete with the GEMM array for DSPs)
-NONLINEAR_LANES = 1
-#: estimated hard multipliers per lane of a nonlinear unit (GELU: t*t, q*h and the 32x32
-#: requantizer = 6; not measured: hw/ has no resource report for it yet)
-NONLINEAR_DSPS_PER_LANE = {"gelu": 6, "relu": 4, "softmax": 6, "layer_norm": 8}
-
-
-def hw_cycle_model(kind: str) -> Any | None:
-    """``cycles(rows, length) -> int`` of the hw unit for ``kind``, or None when there is none.
-
-    Checked at call time: a unit counts only when ``hw/<unit>.py`` exists and defines the
-    cycle-model function taking ``rows``, ``length`` (and optionally ``lanes``, given
-    :data:`NONLINEAR_LANES`); fmforge never invents a cycle model for a unit that is not there.
-    """
-    entry = ACCEL_NONLINEAR.get(kind)
-    if entry is None:
-        return None
-    mod, fn_name = entry
-    try:
-        if importlib.util.find_spec(mod) is None:
-            return None
-        fn = getattr(importlib.import_module(mod), fn_name, None)
-        if fn is None:
-            return None
-        names = set(inspect.signature(fn).parameters)
-    except Exception:  # a broken unit counts as absent
-        return None
-    if not {"rows", "length"} <= names or names - {"rows", "length", "lanes"}:
-        return None
-
-    def cycles(rows: int, length: int) -> int:
-        kw = {"rows": rows, "length": length}
-        if "lanes" in names:
-            kw["lanes"] = NONLINEAR_LANES
-        return int(fn(**kw))
-
-    return cycles
+__all__ = ["LinkSpec", "OpCost", "Support", "Target", "parse_params"]
 
 
 @dataclass(frozen=True)

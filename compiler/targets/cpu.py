@@ -24,12 +24,17 @@ from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, map_structure
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
 
-__all__ = ["CpuTarget", "op_flops", "cache_path", "CPU_POWER_W"]
+__all__ = ["CpuTarget", "op_flops", "cache_path", "CPU_POWER_W", "roofline_seconds"]
 
 CPU_POWER_W = 15.0
 _PEAK_FLOPS = 50e9
 _MEM_BW = 10e9
 _OVERHEAD_S = 3e-6
+
+
+def roofline_seconds(flops: float, nbytes: float) -> float:
+    """Host time of work outside the op graph (``mode=roofline`` constants)."""
+    return max(flops / _PEAK_FLOPS, nbytes / _MEM_BW) + _OVERHEAD_S
 
 
 def cache_path() -> Path:

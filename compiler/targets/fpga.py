@@ -1,6 +1,6 @@
 """FPGA target: a board from :mod:`boards.catalog` with the GEMM engine sized to its DSPs/BRAM.
 
-* Array: every R x C (R, C <= 64) whose DSP need (:func:`boards.units.gemm_dsps`: one
+* Array: every R x C (R, C <= 64) whose DSP need (:func:`hw.gemm.gemm_dsps`: one
   MULT18X18D / SB_MAC16 per int8 MAC plus 4 per column for the requantizer) fits the board;
   the one with the fewest total cycles over the graph's linear/matmul ops wins (both dataflows).
 * Clock: measured Fmax of pipelined int8 arrays with the open flow (costmodels.md 4.3):
@@ -18,10 +18,9 @@
   FT2232H UART at 3 Mbaud, 300 kB/s. 0.1 W while transferring.
 * Energy: board power times busy time (assumed, not measured): 85F boards 1.0 W, 25F 0.5 W,
   UP5K 0.05 W.
-* Ops: ``linear`` and ``matmul`` (the GEMM engine), ``layout`` (no arithmetic: address
-  generation of the operand loader, :func:`hw.gemm.pack_operands`). Softmax, layer norm,
-  GELU/ReLU only when ``hw/`` has that unit with a cycle model (see
-  :func:`compiler.targets.base.hw_cycle_model`); attention never (no attention unit exists).
+* Units and prices: :mod:`compiler.targets.gemm_common` (the GEMM engine; one nonlinear unit
+  instance per softmax / layer norm / GELU / ReLU op, each with its measured DSPs, spent from
+  the DSPs the array leaves; layout ops on the host; attention never: no unit computes it).
 """
 
 from __future__ import annotations
@@ -30,28 +29,23 @@ import math
 from typing import Any
 
 from boards.catalog import Board, get_board
-from boards.units import gemm_dsps
 from compiler.ir import Graph, Node
-from compiler.targets.base import (
-    NONLINEAR_DSPS_PER_LANE,
-    NONLINEAR_LANES,
-    LinkSpec,
-    OpCost,
-    Support,
-    Target,
-    hw_cycle_model,
-)
+from compiler.targets.base import LinkSpec, OpCost, Support, Target
 from compiler.targets.gemm_common import (
     GEMM_OPS,
-    GemmConfig,
+    NONLINEAR_OPS,
     GemmShape,
+    UnitTable,
     accel_lowering,
-    buffer_bits,
     choose_config,
     gemm_shape,
-    nonlinear_cycles,
+    host_combine_seconds,
+    is_linear16,
     op_cycles,
+    rows_length,
 )
+from hw.gemm import GemmSpec, gemm_dsps
+from hw.spec import UnitSpec
 
 __all__ = ["FpgaTarget", "FMAX_MHZ", "BOARD_POWER_W", "EXT_MEM_BW", "HOST_LINKS"]
 
@@ -98,42 +92,54 @@ class FpgaTarget(Target):
             self.weight_home = "SPRAM"
         self.capacity = {"weight_bytes": self.weight_capacity}
         self.buffer_budget = int(self.board.bram_bits * 0.8)
-        self.config: GemmConfig | None = None
-        self.nonlinear: list[str] = []
+        self.units = UnitTable()
         self.reserved_dsps = 0
         self._why_no_engine = "no linear/matmul op to size the engine for"
 
+    @property
+    def config(self) -> GemmSpec | None:
+        """The GEMM engine built for the graph (None: none fits)."""
+        return self.units.gemm
+
     def _fits(self, r: int, c: int) -> bool:
-        return gemm_dsps(self.board, rows=r, cols=c, requant=True) <= \
-            self.board.dsps - self.reserved_dsps
+        return gemm_dsps(r, c, True, self.board.family) <= self.board.dsps - self.reserved_dsps
 
     def configure(self, graph: Graph) -> None:
         """Pick the array and buffers for the graph's GEMMs (see the module docstring).
 
-        DSPs for the nonlinear units the graph can use (those with a unit in hw/) are reserved
-        first; the GEMM array gets the rest.
+        Every nonlinear op gets its own unit instance (its constants are elaboration constants).
+        DSPs for one instance of each nonlinear kind the graph has are reserved first, and the
+        GEMM array gets the rest; the DSPs left after the array are the ``dsps`` capacity the
+        partitioner spends on nonlinear instances (each op's cost carries its instance's DSPs).
         """
-        self.nonlinear = sorted({n.op for n in graph.nodes
-                                 if n.op in NONLINEAR_DSPS_PER_LANE and hw_cycle_model(n.op)})
-        self.reserved_dsps = sum(NONLINEAR_DSPS_PER_LANE[k] * NONLINEAR_LANES
-                                 for k in self.nonlinear if k != "relu" or "gelu" not in self.nonlinear)
+        self.units.configure_nonlinear(graph)
+        per_kind: dict[str, int] = {}
+        for s in self.units.nonlinear.values():
+            if isinstance(s, UnitSpec):
+                d = s.resources(self.board.family)["dsps"]
+                per_kind[s.kind] = max(per_kind.get(s.kind, 0), d)
+        self.reserved_dsps = sum(per_kind.values())
         counts: dict[GemmShape, int] = {}
         for n in graph.nodes:
             if n.op in GEMM_OPS:
                 s = gemm_shape(n)
                 counts[s] = counts.get(s, 0) + 1
-        self.config = choose_config(sorted(counts.items(), key=lambda x: repr(x[0])),
-                                    self._fits, self.buffer_budget, self.mhz)
+        self.units.gemm = choose_config(sorted(counts.items(), key=lambda x: repr(x[0])),
+                                        self._fits, self.buffer_budget)
         if self.config is None and counts:
             k = max(s.k for s in counts)
             self._why_no_engine = (f"no GEMM engine fits {self.board.name}: buffers for K={k} "
                                    f"exceed {self.buffer_budget} BRAM bits")
+        gemm = gemm_dsps(self.config.rows, self.config.cols, True, self.board.family) \
+            if self.config else 0
+        self.capacity = {"weight_bytes": self.weight_capacity,
+                         "dsps": max(0, self.board.dsps - gemm)}
 
     def supports(self, node: Node) -> Support:
         if node.attrs.get("keep_float"):
             return Support(False, f"kept in float: {node.attrs['keep_float']}")
         if node.op == "layout":
-            return Support(True)
+            return Support(False, "no loader unit in hw/ reorders data: layout ops run on the host")
         if node.op in GEMM_OPS:
             if self.config is None:
                 return Support(False, self._why_no_engine)
@@ -143,14 +149,17 @@ class FpgaTarget(Target):
                 return Support(False, f"weights ({self._weight_bytes(node)} B) exceed "
                                       f"{self.weight_home} ({self.weight_capacity} B)")
             return Support(True)
-        if node.op in ("softmax", "layer_norm", "gelu", "relu"):
-            if hw_cycle_model(node.op) is None:
-                return Support(False, f"no {node.op} unit with a cycle model in hw/")
-            if node.op not in self.nonlinear:
-                return Support(False, f"no {node.op} unit configured")
+        if node.op in NONLINEAR_OPS:
+            s = self.units.nonlinear.get(node.name)
+            if not isinstance(s, UnitSpec):
+                return Support(False, f"no {node.op} unit instance: {s}")
+            need = s.resources(self.board.family)["dsps"]
+            if need > self.capacity.get("dsps", 0):
+                return Support(False, f"its {s.kind} unit needs {need} DSPs, "
+                                      f"{self.capacity.get('dsps', 0)} left beside the GEMM engine")
             return Support(True)
         if node.op == "attention":
-            return Support(False, "no attention unit in hw/ (needs a softmax unit too)")
+            return Support(False, "no attention unit in hw/")
         return Support(False, f"no FPGA unit for {node.op} ({node.target})")
 
     @staticmethod
@@ -159,9 +168,6 @@ class FpgaTarget(Target):
         return int(a["k"] * a["n"] + 4 * a["n"]) if node.op == "linear" else 0
 
     def cost(self, node: Node, graph: Graph) -> OpCost:
-        if node.op == "layout":  # one loader cycle (address setup of the reordered read)
-            t = 1 / (self.mhz * 1e6)
-            return OpCost(t, t * self.power_w, 1)
         if node.op in GEMM_OPS:
             assert self.config is not None
             comp, load, _ = op_cycles(self.config, gemm_shape(node))
@@ -170,11 +176,19 @@ class FpgaTarget(Target):
             wb = self._weight_bytes(node)
             if wb and self.weight_bw:
                 t += wb / self.weight_bw
+            e = t * self.power_w
+            if is_linear16(node):  # int32 halves to the host, combined there
+                host_s, nbytes = host_combine_seconds(node)
+                t += self.link.seconds(nbytes) + host_s
+                e += self.link.energy(nbytes)
             res = {"weight_bytes": wb} if wb else {}
-            return OpCost(t, t * self.power_w, cycles, res)
-        cycles = nonlinear_cycles(node, self.name)
+            return OpCost(t, e, cycles, res)
+        spec = self.units.spec_of(node)
+        assert spec is not None
+        cycles = spec.cycles(**dict(zip(("rows", "length"), rows_length(node), strict=True)))
         t = cycles / (self.mhz * 1e6)
-        return OpCost(t, t * self.power_w, cycles)
+        return OpCost(t, t * self.power_w, cycles,
+                      {"dsps": spec.resources(self.board.family)["dsps"]})
 
     def lowering(self, node: Node) -> dict[str, Any]:
         return accel_lowering(node)
@@ -189,31 +203,18 @@ class FpgaTarget(Target):
                 "gemm": self.config.to_json() if self.config else None}
 
     def hardware(self, nodes: list[Node]) -> dict[str, Any]:
-        units: list[dict[str, Any]] = []
-        used: dict[str, Any] = {"dsps": 0, "brams": 0, "weight_bytes": 0}
-        if self.config and any(n.op in GEMM_OPS for n in nodes):
-            c = self.config
-            dsps = gemm_dsps(self.board, rows=c.rows, cols=c.cols, requant=True)
-            bits = buffer_bits(c.rows, c.cols, c.dataflow, c.max_m, c.max_k, c.max_n)
-            block = self.board.bram_bits // max(self.board.brams, 1)
-            brams = math.ceil(bits / block)
-            units.append({"unit": "gemm", "module": "hw.gemm.GemmEngine",
-                          "params": {"rows": c.rows, "cols": c.cols, "dataflow": c.dataflow,
-                                     "max_m": c.max_m, "max_k": c.max_k, "max_n": c.max_n,
-                                     "requant": True},
-                          "predicted": {"dsps": dsps, "brams": brams, "buffer_bits": bits,
-                                        "clock_mhz": self.mhz}})
-            used["dsps"] += dsps
-            used["brams"] += brams
-        for kind in ("softmax", "layer_norm", "gelu", "relu"):
-            if any(n.op == kind for n in nodes):
-                dsps = NONLINEAR_DSPS_PER_LANE[kind] * NONLINEAR_LANES
-                units.append({"unit": kind, "module": f"hw.{kind.replace('_', '')}",
-                              "params": {"lanes": NONLINEAR_LANES},
-                              "predicted": {"clock_mhz": self.mhz, "dsps": dsps,
-                                            "dsps_estimated": True}})
-                used["dsps"] += dsps
+        block = self.board.bram_bits // max(self.board.brams, 1)
+        units = self.units.entries(nodes, self.board.family, self.mhz)
+        used: dict[str, Any] = {"dsps": 0, "brams": 0, "luts": 0, "weight_bytes": 0}
+        for u in units:
+            p = u["predicted"]
+            if p.get("brams") is None:  # a lower bound: real mapping rounds widths up
+                p["brams"] = math.ceil(p["buffer_bits"] / block)
+            used["dsps"] += p["dsps"]
+            used["brams"] += p["brams"]
+            used["luts"] += p["luts"]
         used["weight_bytes"] = sum(self._weight_bytes(n) for n in nodes)
         return {"units": units, "clock_mhz": self.mhz, "resources_used": used,
                 "resources_available": {"dsps": self.board.dsps, "brams": self.board.brams,
+                                        "luts": self.board.luts,
                                         "weight_bytes": self.weight_capacity}}

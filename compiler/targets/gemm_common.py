@@ -1,32 +1,45 @@
-"""Costing linear/matmul ops on the systolic GEMM engine (``hw.gemm``), shared by fpga and asic.
+"""What the integer accelerators (fpga, asic) build and how they price it, from ``hw.registry``.
 
-An op ``[batch] x (M x K) @ (K x N)`` runs as engine commands of at most
-``max_m x max_k x max_n`` (the on-chip buffer sizes): M and N are split into chunks, K never
-(the requantizing epilogue needs the whole sum), so ``max_k`` must cover the largest K.
-Cycles per command are :func:`hw.gemm.gemm_cycles` (the exact cycle model of the RTL) plus the
-operand load words of :func:`hw.gemm.load_words` (one word per cycle per stream, A and B
-streams in parallel, the channel stream after them; loads do not overlap compute: a
-conservative assumption, the engine's double buffering may hide part of it).
+An op is placed on an accelerator only if a unit of :mod:`hw.registry` computes it
+(:func:`hw.registry.unit_for_op`), and it is priced by that unit's cycle model:
+
+* ``linear`` / ``matmul``: the GEMM engine (:class:`hw.gemm.GemmSpec`). An op
+  ``[batch] x (M x K) @ (K x N)`` runs as engine commands of at most ``max_m x max_k x max_n``
+  (the on-chip buffer sizes): M and N are split into chunks, K never (the requantizing epilogue
+  needs the whole sum), so ``max_k`` must cover the largest K. Cycles per command are
+  :meth:`GemmSpec.cycles` (exact compute model of the RTL) plus :meth:`GemmSpec.load_cycles`
+  (one word per cycle per stream, A and B in parallel, the channel table after them; loads do
+  not overlap compute, as in the RTL).
+* the 16-bit-input linear (FFN down): the engine runs the two int8 passes (high and low bytes,
+  int32 out); no unit combines them (``256*hi + lo + bias``), so the two int32 results cross the
+  host link and the host combines them (priced by the CPU roofline, :func:`host_combine_seconds`).
+* ``softmax`` / ``layer_norm`` / ``gelu`` / ``relu``: one instance of the streaming unit per op
+  (:func:`nonlinear_spec`), because their constants (softmax and GELU scales, layer-norm
+  gamma/beta/eps) are elaboration constants of the RTL: each instance has its own resources.
+* ``layout`` ops (view/permute/cat/split/...): hw/ has no loader that reorders data, so they
+  run on the host (transfers priced by the partitioner).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from compiler.ir import Node
-from compiler.targets.base import hw_cycle_model
-from hw.gemm import DATAFLOWS, gemm_cycles, load_words
+from compiler.ir import Graph, Node, Param
+from hw.gemm import DATAFLOWS, GemmSpec, gemm_buffer_bits
+from hw.registry import unit_for_op
+from hw.spec import UnitSpec
 
-__all__ = ["GEMM_OPS", "GemmConfig", "GemmShape", "accel_lowering", "buffer_bits",
-           "choose_config", "gemm_shape", "nonlinear_cycles", "op_cycles", "fit_buffers",
-           "rows_length"]
+__all__ = ["GEMM_OPS", "NONLINEAR_OPS", "NONLINEAR_LANES", "GemmShape", "UnitTable",
+           "accel_lowering", "choose_config", "gemm_shape", "host_combine_seconds",
+           "nonlinear_spec", "op_cycles", "fit_buffers", "rows_length"]
 
 #: IR ops that run on the GEMM engine
-GEMM_OPS = ("linear", "matmul")
-
-#: bits per channel-table lane: bias int32 + mult int32 + shift uint6
-_CHAN_BITS = 70
+GEMM_OPS = GemmSpec.ops
+#: IR ops that run on a streaming nonlinear unit
+NONLINEAR_OPS = ("softmax", "layer_norm", "gelu", "relu")
+#: lanes of the nonlinear unit instances the compiler builds (each lane has its own multipliers)
+NONLINEAR_LANES = 1
 
 
 @dataclass(frozen=True)
@@ -39,23 +52,6 @@ class GemmShape:
     n: int
 
 
-@dataclass(frozen=True)
-class GemmConfig:
-    """A GEMM engine instance: array, dataflow, buffer sizes, clock."""
-
-    rows: int
-    cols: int
-    dataflow: str
-    max_m: int
-    max_k: int
-    max_n: int
-    mhz: float
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON form."""
-        return asdict(self)
-
-
 def gemm_shape(node: Node) -> GemmShape:
     """The GEMM of a ``linear`` or ``matmul`` node.
 
@@ -64,22 +60,17 @@ def gemm_shape(node: Node) -> GemmShape:
     has twice the rows.
     """
     a = node.attrs
-    m = int(a["m"]) * (2 if (a.get("quant") or {}).get("in_bits") == 16 else 1)
+    m = int(a["m"]) * (2 if is_linear16(node) else 1)
     return GemmShape(int(a.get("batch", 1)), m, int(a["k"]), int(a["n"]))
+
+
+def is_linear16(node: Node) -> bool:
+    """A linear whose input is int16 (two int8 passes, int32 out, combined on the host)."""
+    return node.op == "linear" and (node.attrs.get("quant") or {}).get("in_bits") == 16
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def buffer_bits(rows: int, cols: int, dataflow: str, max_m: int, max_k: int, max_n: int) -> int:
-    """On-chip buffer bits of an engine (A, B, channel table, WS partial sums)."""
-    a = _cdiv(max_m, rows) * max_k * rows * 8 if dataflow == "os" else \
-        _cdiv(max_k, rows) * max_m * rows * 8
-    b = _cdiv(max_n, cols) * max_k * cols * 8
-    chan = _cdiv(max_n, cols) * cols * _CHAN_BITS
-    psum = max_m * cols * 32 if dataflow == "ws" else 0
-    return a + b + chan + psum
 
 
 def fit_buffers(rows: int, cols: int, dataflow: str, shapes: list[GemmShape],
@@ -95,7 +86,7 @@ def fit_buffers(rows: int, cols: int, dataflow: str, shapes: list[GemmShape],
         lo, hi = 1, _cdiv(n_top, cols)
         while lo <= hi:  # largest multiple of cols that fits
             mid = (lo + hi) // 2
-            if buffer_bits(rows, cols, dataflow, max_m, max_k, mid * cols) <= budget_bits:
+            if gemm_buffer_bits(rows, cols, dataflow, max_m, max_k, mid * cols) <= budget_bits:
                 best_n, lo = mid * cols, mid + 1
             else:
                 hi = mid - 1
@@ -106,25 +97,24 @@ def fit_buffers(rows: int, cols: int, dataflow: str, shapes: list[GemmShape],
         max_m = max(rows, max_m // 2)
 
 
-def op_cycles(cfg: GemmConfig, s: GemmShape) -> tuple[int, int, int]:
-    """``(compute_cycles, load_cycles, commands)`` of one op on the engine ``cfg``."""
-    if s.k > cfg.max_k:
-        raise ValueError(f"K={s.k} exceeds the engine's max_k={cfg.max_k}")
+def op_cycles(spec: GemmSpec, s: GemmShape) -> tuple[int, int, int]:
+    """``(compute_cycles, load_cycles, commands)`` of one op on the engine ``spec``."""
+    if s.k > spec.max_k:
+        raise ValueError(f"K={s.k} exceeds the engine's max_k={spec.max_k}")
     compute = load = cmds = 0
-    for m0 in range(0, s.m, cfg.max_m):
-        mi = min(cfg.max_m, s.m - m0)
-        for n0 in range(0, s.n, cfg.max_n):
-            ni = min(cfg.max_n, s.n - n0)
-            compute += gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow, mi, s.k, ni)
-            w = load_words(cfg.rows, cfg.cols, cfg.dataflow, mi, s.k, ni, True)
-            load += max(w["a"], w["b"]) + w["chan"]
+    for m0 in range(0, s.m, spec.max_m):
+        mi = min(spec.max_m, s.m - m0)
+        for n0 in range(0, s.n, spec.max_n):
+            ni = min(spec.max_n, s.n - n0)
+            compute += spec.cycles(m=mi, k=s.k, n=ni)
+            load += spec.load_cycles(m=mi, k=s.k, n=ni)
             cmds += 1
     return compute * s.batch, load * s.batch, cmds * s.batch
 
 
 def choose_config(shapes: list[tuple[GemmShape, int]], fits: Any, budget_bits: int,
-                  mhz: float, arrays: list[tuple[int, int]] | None = None,
-                  dataflows: tuple[str, ...] = DATAFLOWS) -> GemmConfig | None:
+                  arrays: list[tuple[int, int]] | None = None,
+                  dataflows: tuple[str, ...] = DATAFLOWS) -> GemmSpec | None:
     """The engine with the fewest total cycles over ``shapes`` (each with a count).
 
     Candidates: ``arrays`` if given, else for each R in 1..64 the widest C <= 64 with
@@ -139,20 +129,21 @@ def choose_config(shapes: list[tuple[GemmShape, int]], fits: Any, budget_bits: i
             if c:
                 arrays.append((r, c))
     plain = [s for s, _ in shapes]
-    best: tuple[tuple[int, int, int], GemmConfig] | None = None
+    best: tuple[tuple[int, int, int], GemmSpec] | None = None
     for r, c in arrays:
         for df in dataflows:
             bufs = fit_buffers(r, c, df, plain, budget_bits)
             if bufs is None:
                 continue
-            cfg = GemmConfig(r, c, df, *bufs, mhz=mhz)
+            spec = GemmSpec(rows=r, cols=c, dataflow=df, max_m=bufs[0], max_k=bufs[1],
+                            max_n=bufs[2], requant=True)
             total = 0
             for s, count in shapes:
-                comp, ld, _ = op_cycles(cfg, s)
+                comp, ld, _ = op_cycles(spec, s)
                 total += (comp + ld) * count
             key = (total, r * c, r)
             if best is None or key < best[0]:
-                best = (key, cfg)
+                best = (key, spec)
     return None if best is None else best[1]
 
 
@@ -164,18 +155,132 @@ def rows_length(node: Node) -> tuple[int, int]:
     return rows, length
 
 
-def nonlinear_cycles(node: Node, target: str) -> int:
-    """Cycles of a nonlinear op on its hw unit's exact cycle model (``hw_cycle_model``)."""
-    fn = hw_cycle_model(node.op)
-    if fn is None:  # pragma: no cover - supports() refuses these
-        raise ValueError(f"{target} cannot run {node.name} ({node.op})")
-    return fn(*rows_length(node))
+def _param(graph: Graph, a: Any) -> Any:
+    return graph.params[a.name] if isinstance(a, Param) else a
+
+
+def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> UnitSpec:
+    """The unit instance that computes nonlinear ``node``, with the node's own constants.
+
+    Raises ``ValueError`` when hw/ has no unit for the op, the node is not quantized, or its
+    constants do not fit the unit (the message says which).
+    """
+    from golden.layernorm import layernorm_params
+    from hw.gelu import GeluSpec
+    from hw.layernorm import LayerNormSpec
+    from hw.softmax import SoftmaxSpec
+
+    if unit_for_op(node.op) is None:
+        raise ValueError(f"no unit in hw/ computes {node.op}")
+    q = node.attrs.get("quant")
+    if not q:
+        raise ValueError(f"{node.name} is not quantized")
+    rows, length = rows_length(node)
+    s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
+    if node.op == "softmax":
+        return SoftmaxSpec(lanes=lanes, max_length=_cdiv(length, lanes) * lanes, scale=s_in)
+    if node.op in ("gelu", "relu"):
+        return GeluSpec(lanes=lanes, in_scale=s_in, out_scale=s_out, mode=node.op)
+    if node.op == "layer_norm":
+        args = node.args
+        gamma = _param(graph, args[2]) if len(args) > 2 and args[2] is not None else 1.0
+        beta = _param(graph, args[3]) if len(args) > 3 and args[3] is not None else 0.0
+        eps = float(args[4]) if len(args) > 4 else 1e-5
+        if hasattr(gamma, "detach"):
+            gamma = gamma.detach()
+        if hasattr(beta, "detach"):
+            beta = beta.detach()
+        p = layernorm_params(int(length), s_in, gamma, beta, s_out, eps)
+        return LayerNormSpec.from_params(p, lanes if length % lanes == 0 else 1)
+    raise ValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
+
+
+def host_combine_seconds(node: Node) -> tuple[float, int]:
+    """Host work and link bytes of a 16-bit linear's combine: ``(seconds, bytes)``.
+
+    The two int32 results (``2 * M * N * 4`` bytes) go to the host, which computes
+    ``256*hi + lo + bias`` and scales it: priced by the CPU roofline
+    (:func:`compiler.targets.cpu.roofline_seconds`, 4 operations per element, 12 bytes moved).
+    """
+    from compiler.targets.cpu import roofline_seconds
+
+    el = int(node.attrs.get("batch", 1)) * int(node.attrs["m"]) * int(node.attrs["n"])
+    return roofline_seconds(4.0 * el, 12 * el), 8 * el
+
+
+class UnitTable:
+    """The units an accelerator builds for a graph: the GEMM engine and nonlinear instances.
+
+    ``gemm`` is the engine (or None); ``nonlinear[node name]`` the instance of that op, or the
+    reason there is none (a string).
+    """
+
+    GEMM_ID = "gemm"
+
+    def __init__(self) -> None:
+        self.gemm: GemmSpec | None = None
+        self.nonlinear: dict[str, UnitSpec | str] = {}
+
+    def configure_nonlinear(self, graph: Graph, lanes: int = NONLINEAR_LANES) -> None:
+        """One instance per nonlinear op of ``graph`` (or the reason it cannot have one)."""
+        self.nonlinear = {}
+        for n in graph.nodes:
+            if n.op in NONLINEAR_OPS:
+                try:
+                    self.nonlinear[n.name] = nonlinear_spec(n, graph, lanes)
+                except ValueError as e:
+                    self.nonlinear[n.name] = str(e)
+
+    @staticmethod
+    def unit_id(node: Node) -> str:
+        """The id of the unit that runs ``node`` in the plan's ``hardware.units``."""
+        if node.op in GEMM_OPS:
+            return UnitTable.GEMM_ID
+        return f"{node.op}.{node.name}"
+
+    def spec_of(self, node: Node) -> UnitSpec | None:
+        if node.op in GEMM_OPS:
+            return self.gemm
+        s = self.nonlinear.get(node.name)
+        return s if isinstance(s, UnitSpec) else None
+
+    def entries(self, nodes: list[Node], family: str, clock_mhz: float,
+                extra: Any = None) -> list[dict[str, Any]]:
+        """``hardware.units`` entries of the units ``nodes`` use (GEMM first, then by op order).
+
+        Each: ``id``, ``unit`` (registry kind), ``module`` (the Component), ``params`` (the
+        spec's JSON, which rebuilds it), ``ops`` (the op names it runs) and ``predicted``
+        (:meth:`UnitSpec.resources` for ``family`` plus the clock, and ``extra(spec)`` if given).
+        """
+        out: list[dict[str, Any]] = []
+        gemm_ops = [n.name for n in nodes if n.op in GEMM_OPS]
+        if self.gemm is not None and gemm_ops:
+            out.append(self._entry(self.GEMM_ID, self.gemm, gemm_ops, family, clock_mhz, extra))
+        for n in nodes:
+            s = self.spec_of(n) if n.op in NONLINEAR_OPS else None
+            if s is not None:
+                out.append(self._entry(self.unit_id(n), s, [n.name], family, clock_mhz, extra))
+        return out
+
+    @staticmethod
+    def _entry(uid: str, spec: UnitSpec, ops: list[str], family: str, clock_mhz: float,
+               extra: Any) -> dict[str, Any]:
+        pred = dict(spec.resources(family))
+        pred["clock_mhz"] = clock_mhz
+        if extra is not None:
+            pred.update(extra(spec))
+        return {"id": uid, "unit": spec.kind, "module": spec.component, "params": spec.to_json(),
+                "ops": ops, "predicted": pred}
 
 
 def accel_lowering(node: Node) -> dict[str, Any]:
-    """The unit and golden implementation an accelerator op lowers to (fpga and asic alike)."""
+    """The unit id and golden implementation an accelerator op lowers to (fpga and asic)."""
+    cls = unit_for_op(node.op)
+    assert cls is not None, node.op
+    impl = cls.golden
     if node.op in GEMM_OPS:
-        return {"unit": "gemm", "impl": "golden.gemm.gemm_int (bias, requant)"}
-    if node.op == "layout":
-        return {"unit": "loader", "impl": "operand layout (hw.gemm.pack_operands)"}
-    return {"unit": node.op, "impl": f"golden.{node.op.replace('_', '')}"}
+        impl += " (bias, requant)"
+        if is_linear16(node):
+            impl = ("golden.gemm.gemm_int x2 (int8 high/low passes, int32 out); "
+                    "256*hi + lo + bias on the host")
+    return {"unit": UnitTable.unit_id(node), "impl": impl}

@@ -1,0 +1,45 @@
+"""The unit registry: every hardware unit of ``hw/``, in one place.
+
+``UNITS`` maps a unit kind to its parameter class (a :class:`hw.spec.UnitSpec`). Compiler
+targets, board builds, simulation benches and the ``verilog`` / ``cosim`` / ``build`` commands
+read units from here; adding a unit means one module with its spec class and one entry below.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hw.gelu import GeluSpec
+from hw.gemm import GemmSpec
+from hw.layernorm import LayerNormSpec
+from hw.requant import RequantSpec
+from hw.softmax import SoftmaxSpec
+from hw.spec import UnitParamError, UnitSpec
+
+__all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
+
+#: unit kind -> parameter class
+UNITS: dict[str, type[UnitSpec]] = {
+    cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec)
+}
+
+
+def spec_class(kind: str) -> type[UnitSpec]:
+    """The parameter class of unit ``kind`` (:class:`UnitParamError` naming the known ones)."""
+    try:
+        return UNITS[kind]
+    except KeyError:
+        raise UnitParamError(f"unknown unit {kind!r}; units: {', '.join(UNITS)}") from None
+
+
+def spec_from_json(kind: str, params: Any, where: str = "params") -> UnitSpec:
+    """Validate and build the spec of unit ``kind`` from its JSON parameters."""
+    return spec_class(kind).from_json(params, where)
+
+
+def unit_for_op(op: str) -> type[UnitSpec] | None:
+    """The unit class that computes IR op ``op``, or None when hw/ has none."""
+    for cls in UNITS.values():
+        if op in cls.ops:
+            return cls
+    return None
