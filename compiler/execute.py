@@ -38,7 +38,8 @@ from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_te
 from golden.gemm import gemm_int
 from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
 
-__all__ = ["execute_plan", "imc_linear", "make_impl", "rebuild_graph", "split16"]
+__all__ = ["capture_operands", "execute_plan", "imc_linear", "make_impl", "plan_inputs",
+           "rebuild_graph", "split16"]
 
 
 def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
@@ -115,13 +116,21 @@ def _dq(q: torch.Tensor, s: float, shape: Sequence[int]) -> torch.Tensor:
     return (q.to(torch.float64) * s).to(torch.float32).reshape(tuple(shape))
 
 
-def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None = None) -> Any:
+def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None = None,
+              capture: dict[str, dict[str, Any]] | None = None) -> Any:
     """The per-node implementation that follows the plan's placement.
 
     ``stats`` (optional) accumulates ``kept`` and ``valid`` query-key pairs of sparse attention.
+    ``capture`` (optional) receives, per integer accelerator op, the exact integer operands the
+    golden unit was given and its integer result (:func:`_record`): what a replay on the RTL
+    feeds the op's unit.
     """
     devs = {d["name"]: d for d in plan["devices"]}
     place = {o["name"]: devs[o["device"]] for o in plan["ops"]}
+
+    def rec(node: Node, **kw: Any) -> None:
+        if capture is not None:
+            capture[node.name] = {"op": node.op, **kw}
 
     def impl(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         dev = place[node.name]
@@ -137,7 +146,7 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             k = node.attrs["k"]
             x = args[node.attrs.get("x_arg", 0)]
             if q.get("in_bits") == 16:
-                return _linear16(x, ql, dev, shape)
+                return _linear16(x, ql, dev, shape, rec=lambda **kw: rec(node, **kw))
             xq = quantize_tensor(x, ql.in_scale).reshape(-1, k)
             if kind == "imc":
                 p = dev["params"]
@@ -146,10 +155,12 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
                                adc_bits=p["adc_bits"])
             elif q.get("out_bits") == 32:  # engine without requant: int32 out, scaled on the host
                 y = gemm_int(xq, ql.wq, ql.bias)
+                rec(node, gemms=[(xq, ql.wq, ql.bias, None, None, y)])
                 return (y.to(torch.float64) * (ql.in_scale * ql.w_scale)).to(
                     torch.float32).reshape(tuple(shape))
             else:
                 y = gemm_int(xq, ql.wq, ql.bias, ql.mult, ql.shift)
+                rec(node, gemms=[(xq, ql.wq, ql.bias, ql.mult, ql.shift, y)])
             return ql.dequantize(y).to(torch.float32).reshape(tuple(shape))
         if node.op == "matmul":
             sa, sb, mult, shift = matmul_qparams(node)
@@ -161,19 +172,25 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             mv = torch.full((n,), mult, dtype=torch.int64)
             sv = torch.full((n,), shift, dtype=torch.int64)
             ys = [gemm_int(aq[i], bq[i], None, mv, sv) for i in range(aq.shape[0])]
+            rec(node, gemms=[(aq[i], bq[i], None, mv, sv, ys[i]) for i in range(aq.shape[0])])
             return _dq(torch.stack(ys), float(q["out_scale"]), shape)
         xq = quantize_tensor(args[0], float(q["in_scales"][0]))
+        rows = xq.reshape(-1, int(shape[-1])) if len(shape) else xq.reshape(1, -1)
         if node.op == "gelu":
             from golden.gelu import gelu_int, gelu_params
-            return _dq(gelu_int(xq, gelu_params(q["in_scales"][0], q["out_scale"])),
-                       q["out_scale"], shape)
+            y = gelu_int(xq, gelu_params(q["in_scales"][0], q["out_scale"]))
+            rec(node, x=rows, y=y.reshape(rows.shape))
+            return _dq(y, q["out_scale"], shape)
         if node.op == "relu":
             from golden.gelu import relu_int, relu_params
             m, s = relu_params(q["in_scales"][0], q["out_scale"])
-            return _dq(relu_int(xq, m, s), q["out_scale"], shape)
+            y = relu_int(xq, m, s)
+            rec(node, x=rows, y=y.reshape(rows.shape))
+            return _dq(y, q["out_scale"], shape)
         if node.op == "softmax":
             from golden.softmax import softmax_int, softmax_params
             p = softmax_int(xq, softmax_params(float(q["in_scales"][0])))
+            rec(node, x=rows, y=p.reshape(rows.shape))
             return _dq(p, 1 / 256, shape)
         if node.op == "layer_norm":
             from golden.layernorm import layernorm_int, layernorm_params
@@ -182,7 +199,9 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             eps = float(args[4]) if len(args) > 4 else 1e-5
             p = layernorm_params(int(shape[-1]), float(q["in_scales"][0]), gamma, beta,
                                  float(q["out_scale"]), eps)
-            return _dq(layernorm_int(xq, p), q["out_scale"], shape)
+            y = layernorm_int(xq, p)
+            rec(node, x=rows, y=y.reshape(rows.shape))
+            return _dq(y, q["out_scale"], shape)
         raise ValueError(f"op {node.name} ({node.op}) placed on {dev['name']} ({kind}) has no "
                          "integer implementation in the executor")
 
@@ -196,7 +215,8 @@ def split16(x16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (x16 - lo) // 256, lo
 
 
-def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int]) -> torch.Tensor:
+def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int],
+              rec: Any = None) -> torch.Tensor:
     """16-bit-input linear: two int8 passes (high and low bytes), int32 out, exact int64 combine
     and the per-channel scale on the host (see :mod:`compiler.passes.quantize`)."""
     k = ql.wq.shape[0]
@@ -210,6 +230,8 @@ def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int
         ah, al = (imc_linear(v, ql.wq, zero, None, None, **kw) for v in (hi, lo))
     else:
         ah, al = gemm_int(hi, ql.wq, None), gemm_int(lo, ql.wq, None)
+        if rec is not None:  # the engine runs both passes as one 2M-row GEMM, int32 out
+            rec(gemms=[(torch.cat([hi, lo]), ql.wq, None, None, None, torch.cat([ah, al]))])
     acc = 256 * ah.to(torch.int64) + al.to(torch.int64) + ql.bias
     return (acc.to(torch.float64) * (ql.in_scale * ql.w_scale)).to(torch.float32).reshape(
         tuple(shape))
@@ -245,6 +267,43 @@ def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
         a[3] = keep
         return float_impl(node, tuple(a), kwargs)
     return float_impl(node, tuple(a), {**kwargs, "attn_mask": keep})
+
+
+def plan_inputs(lm: Any, index: int = 0) -> tuple[torch.Tensor, ...]:
+    """Graph inputs number ``index``: MiniLM's shipped sentence ``index`` (tokenized), else the
+    model's example inputs (``index`` 0) or a seeded variant (as :func:`execute_plan`)."""
+    if index < 0:
+        raise ValueError(f"sentence index must be >= 0, not {index}")
+    if lm.name == "minilm":
+        from compiler.models import load_sentences
+        from compiler.zoo import tokenize
+
+        sents = load_sentences()
+        if index >= len(sents):
+            raise ValueError(f"sentence index {index} out of range: {len(sents)} shipped sentences")
+        ids, am, tt = tokenize(sents[index:index + 1], lm.seq_len or 32)
+        return ids, am, tt
+    if index == 0:
+        return tuple(lm.example_inputs)
+    g = torch.Generator().manual_seed(1234 + index)
+    return tuple(torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std()
+                 if t.is_floating_point() else t for t in lm.example_inputs)
+
+
+def capture_operands(plan: dict[str, Any], op: str, index: int = 0) -> dict[str, Any]:
+    """Run the plan on input ``index`` and return the integer operands and result of ``op``
+    (see :func:`make_impl`'s ``capture``); ``ValueError`` if it is not an integer accelerator op."""
+    names = {o["name"]: o for o in plan["ops"]}
+    if op not in names:
+        raise ValueError(f"plan has no op {op!r} (field ops)")
+    graph, lm = rebuild_graph(plan)
+    cap: dict[str, dict[str, Any]] = {}
+    run_graph(graph, plan_inputs(lm, index), impl=make_impl(graph, plan, capture=cap))
+    if op not in cap:
+        o = names[op]
+        raise ValueError(f"op {op!r} ({o['op']}) runs on {o['device']} without an integer unit: "
+                         "nothing to co-simulate")
+    return cap[op]
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -56,6 +56,9 @@ class GemmJob:
     bias: bool = False
     requant: bool = False
     values: str = "random"
+    #: explicit operands ``(a[M,K], b[K,N], bias[N] | None, mult[N] | None, shift[N] | None)``
+    #: (int64 tensors) instead of seeded ones: a replay of real data (``seed``/``values`` unused)
+    operands: tuple | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.values not in EXTREMES:
@@ -130,8 +133,18 @@ def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
         v = getattr(job, dim)
         if not 1 <= v <= lim:
             raise ValueError(f"{dim}={v} does not fit this engine (max_{dim}={lim})")
-    a, b = _operands(job)
-    bias, mult, shift = _channels(job)
+    if job.operands is not None:
+        a, b, bias, mult, shift = job.operands
+        zeros = torch.zeros(job.n, dtype=torch.int64)
+        bias = zeros if bias is None else bias
+        mult = zeros if mult is None else mult
+        shift = zeros if shift is None else shift
+        if tuple(a.shape) != (job.m, job.k) or tuple(b.shape) != (job.k, job.n):
+            raise ValueError(f"operands {tuple(a.shape)} @ {tuple(b.shape)} do not match the job "
+                             f"{job.m}x{job.k}x{job.n}")
+    else:
+        a, b = _operands(job)
+        bias, mult, shift = _channels(job)
     use_rq = job.requant and cfg.requant
     expected = gemm_int(
         a, b,

@@ -7,7 +7,7 @@ from typing import Any
 
 from fmforge.commands._args import add_json, positive_int
 
-__all__ = ["register", "UNITS"]
+__all__ = ["register", "UNITS", "replay_plan_op"]
 
 
 def _gemm_args(p: argparse.ArgumentParser) -> None:
@@ -89,8 +89,21 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("cosim", help="co-simulate a unit against its golden model",
                               description="Drive random stimulus through a unit's RTL (cocotb + Verilator by "
                                           "default) and compare bit for bit with its golden model and cycle model.")
+    p.add_argument("--plan", metavar="PLAN", help="replay an op of a compiled plan on its unit's RTL "
+                   "(with --op; instead of UNIT)")
+    p.add_argument("--op", metavar="NAME", help="the plan op to replay (with --plan)")
+    p.add_argument("--sentence", type=int, default=0, metavar="I",
+                   help="input to record the op's operands on: shipped sentence I for MiniLM, "
+                        "else example input / seeded variant I (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="stall seed (with --plan; default 0)")
+    p.add_argument("--stall", default="none", choices=("none", "idle", "backpressure", "both"),
+                   help="who inserts bubbles (with --plan)")
+    p.add_argument("--simulator", default="verilator", choices=("verilator", "amaranth"),
+                   help="cocotb + Verilator (default) or the Amaranth simulator (with --plan)")
+    add_json(p)
+    p.set_defaults(func=_plan_runner)
     units = p.add_subparsers(dest="unit", metavar="UNIT")
-    units.required = True
+    units.required = False
     for name, (help_, add_args, run, report) in UNITS.items():
         u = units.add_parser(name, help=help_, description=help_)
         add_args(u)
@@ -112,3 +125,53 @@ def _make_runner(run, report):
             report(r)
         return r
     return func
+
+
+def _plan_runner(args: argparse.Namespace) -> dict:
+    """``fmforge cosim --plan PLAN --op NAME``: the executor's operands of one op on its RTL."""
+    from golden.errors import UserError
+
+    if not args.plan or not args.op:
+        raise UserError("cosim needs a UNIT, or --plan PLAN --op NAME")
+    r = replay_plan_op(args.plan, args.op, sentence=args.sentence, stall=args.stall,
+                       seed=args.seed, simulator=args.simulator)
+    r["ok"] = bool(r["match"]) and r["cycles"] == r["predicted_cycles"]
+    if not args.json:
+        _verdict(r, f"op {r['op']} ({r['kind']}) on unit {r['unit']} ({r['unit_kind']}) of "
+                    f"{r['device']}, input {r['sentence']}")
+        if "commands" in r:
+            print(f"  commands     {r['commands']:>12,d}  load cycles {r['load_cycles']:,d}; plan "
+                  f"prices {r['plan_cycles']:,d} (compute + loads)")
+        for m in r["mismatches"][:3]:
+            print(f"  ! {m}")
+    return r
+
+
+def replay_plan_op(plan_path: str, op: str, *, sentence: int = 0, stall: str = "none",
+                   seed: int = 0, simulator: str = "verilator") -> dict:
+    """Record ``op``'s integer operands in the executor and run them through its unit."""
+    from compiler.execute import capture_operands
+    from compiler.plan import load_plan
+    from hw.registry import spec_from_json
+    from sim.replay import replay_gemm, replay_stream
+
+    plan = load_plan(plan_path)
+    o = next((x for x in plan["ops"] if x["name"] == op), None)
+    if o is None:
+        raise ValueError(f"plan {plan_path} has no op {op!r}")
+    dev = next(d for d in plan["devices"] if d["name"] == o["device"])
+    u = next((x for x in dev["hardware"]["units"] if x["id"] == o["lowering"].get("unit")), None)
+    if u is None:
+        raise ValueError(f"op {op!r} ({o['op']}) runs on {dev['name']} ({dev['kind']}), which "
+                         "builds no unit for it: nothing to co-simulate")
+    spec = spec_from_json(u["unit"], u["params"])
+    rec = capture_operands(plan, op, sentence)
+    if "gemms" in rec:
+        r = replay_gemm(spec, rec["gemms"], stall=stall, seed=seed, simulator=simulator)
+    else:
+        r = replay_stream(spec, rec["x"], rec["y"], stall=stall, seed=seed, simulator=simulator)
+    r.update({"op": op, "kind": o["op"], "unit": u["id"], "unit_kind": u["unit"],
+              "device": dev["name"], "sentence": sentence, "plan_cycles": o["cycles"],
+              "stall": stall, "seed": seed, "simulator": simulator,
+              "match": bool(r["match"])})
+    return r

@@ -93,8 +93,15 @@ UNITS: dict[str, tuple[str, Any, Any]] = {
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("verilog", help="write a unit's Verilog",
                               description="Convert an accelerator unit to Verilog (deterministic output).")
+    p.add_argument("--plan", metavar="PLAN", help="write the Verilog of every unit of a plan's device "
+                   "(with --device and -o DIR; instead of UNIT)")
+    p.add_argument("--device", metavar="NAME", help="the plan device (with --plan)")
+    p.add_argument("-o", "--output", metavar="DIR", dest="plan_output",
+                   help="directory for the units' Verilog (with --plan)")
+    add_json(p)
+    p.set_defaults(func=_run_plan)
     units = p.add_subparsers(dest="unit", metavar="UNIT")
-    units.required = True
+    units.required = False
     for name, (help_, add_args, make) in UNITS.items():
         u = units.add_parser(name, help=help_, description=help_)
         add_args(u)
@@ -117,3 +124,38 @@ def _run(args: argparse.Namespace) -> dict:
     elif not args.json:
         sys.stdout.write(text)
     return out
+
+
+def _run_plan(args: argparse.Namespace) -> dict:
+    """``fmforge verilog --plan PLAN --device NAME -o DIR``: one ``<unit id>.v`` per unit."""
+    from pathlib import Path
+
+    from compiler.plan import load_plan
+    from golden.errors import UserValueError
+    from hw.registry import spec_from_json
+
+    if not (args.plan and args.device and args.plan_output):
+        raise UserValueError("verilog needs a UNIT, or --plan PLAN --device NAME -o DIR")
+    plan = load_plan(args.plan)
+    dev = next((d for d in plan["devices"] if d["name"] == args.device), None)
+    if dev is None:
+        raise UserValueError(f"plan {args.plan} has no device {args.device!r}; devices: "
+                             f"{', '.join(d['name'] for d in plan['devices'])}")
+    units = dev["hardware"]["units"]
+    if not units:
+        raise UserValueError(f"device {args.device!r} of plan {args.plan} builds no units")
+    texts = []
+    for u in units:  # elaborate everything before writing anything
+        spec = spec_from_json(u["unit"], u["params"])
+        name = u["id"].replace(".", "_")
+        texts.append((u, name, spec.verilog(name)))
+    out = Path(args.plan_output)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for u, name, text in texts:
+        path = write_atomic(out / f"{name}.v", text)
+        files.append({"id": u["id"], "unit": u["unit"], "verilog": str(path),
+                      "bytes": len(text.encode()), "sha256": hashlib.sha256(text.encode()).hexdigest()})
+        if not args.json:
+            print(f"wrote {path} ({u['unit']}, {len(text.encode())} bytes)", file=sys.stderr)
+    return {"plan": str(args.plan), "device": args.device, "units": files}
