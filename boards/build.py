@@ -38,6 +38,7 @@ from amaranth.lib import wiring
 
 from boards.catalog import Board, get_board
 from boards.top import BoardTop
+from golden.errors import UserError, UserValueError
 
 __all__ = [
     "BuildError",
@@ -72,7 +73,7 @@ _FAMILY_TOOLS = {
 _BITSTREAM_EXT = {"ecp5": "bit", "ice40": "bin"}
 
 
-class BuildError(OSError):
+class BuildError(UserError, OSError):
     """A build step failed (the message names the step and the log to read)."""
 
 
@@ -80,7 +81,7 @@ class ToolNotFoundError(BuildError):
     """A tool of the FPGA flow is not installed; the message says how to install it."""
 
 
-class DoesNotFitError(ValueError):
+class DoesNotFitError(UserValueError):
     """The design needs more of a resource than the board has.
 
     Attributes: ``resource`` (e.g. ``"dsps"``), ``needed``, ``available``, ``board``.
@@ -298,7 +299,7 @@ def toolchain_env(family: str, base: dict[str, str] | None = None,
     replaced by the shell's ``true`` so the build still yields the plain bitstream.
     """
     if family not in _FAMILY_TOOLS:
-        raise ValueError(f"unknown FPGA family {family!r}; known: {', '.join(_FAMILY_TOOLS)}")
+        raise UserValueError(f"unknown FPGA family {family!r}; known: {', '.join(_FAMILY_TOOLS)}")
     env = dict(os.environ if base is None else base)
     for tool in _FAMILY_TOOLS[family]:
         var, yowasp, package = _TOOLS[tool]
@@ -464,12 +465,12 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
     """
     b = get_board(board)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-        raise ValueError(f"build name must be an identifier, not {name!r}")
+        raise UserValueError(f"build name must be an identifier, not {name!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+        raise UserValueError(f"seed must be a non-negative integer, not {seed!r}")
     target = float(target_mhz if target_mhz is not None else b.target_mhz)
     if not 1.0 <= target <= 1000.0:
-        raise ValueError(f"target_mhz must be between 1 and 1000, not {target_mhz!r}")
+        raise UserValueError(f"target_mhz must be between 1 and 1000, not {target_mhz!r}")
     say = progress if progress is not None else _stderr_progress
     env = toolchain_env(b.family, optional=b.optional_tools)
     for tool, var in b.optional_tools:

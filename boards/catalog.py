@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from golden.errors import UserLookupError
+
 __all__ = ["Board", "BOARDS", "board_names", "get_board", "list_boards"]
 
 
@@ -160,7 +162,7 @@ def get_board(name: str | Board) -> Board:
     key = str(name).strip().lower()
     if key in BOARDS:
         return BOARDS[key]
-    raise LookupError(f"unknown board {name!r}; supported boards: {', '.join(BOARDS)}")
+    raise UserLookupError(f"unknown board {name!r}; supported boards: {', '.join(BOARDS)}")
 
 
 def list_boards() -> list[Board]:

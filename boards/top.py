@@ -26,6 +26,8 @@ from amaranth.hdl import Cat, Const, Elaboratable, Module, Signal, Value
 from amaranth.lib import io, wiring
 from amaranth.lib.wiring import Flow
 
+from golden.errors import UserLookupError, UserValueError
+
 __all__ = ["BoardTop", "LFSR32_TAPS", "lfsr32_next", "unit_ports", "port_bits"]
 
 #: feedback mask of the 32-bit Galois LFSR x^32 + x^22 + x^2 + x + 1 (maximal length)
@@ -86,10 +88,10 @@ class BoardTop(Elaboratable):
     def __init__(self, unit: wiring.Component, *, fan_in: int = 4, led: str | None = None):
         n_in, n_out = port_bits(unit)
         if n_out == 0:
-            raise ValueError(
+            raise UserValueError(
                 f"{type(unit).__name__} has no output ports: nothing would survive synthesis")
         if not isinstance(fan_in, int) or not 2 <= fan_in <= 6:
-            raise ValueError(f"fan_in must be an integer from 2 to 6, not {fan_in!r}")
+            raise UserValueError(f"fan_in must be an integer from 2 to 6, not {fan_in!r}")
         self._unit = unit
         self._fan_in = fan_in
         self._led_name = led
@@ -139,7 +141,7 @@ class BoardTop(Elaboratable):
             for sub in ("r", "g", "b"):
                 if hasattr(res, sub):
                     return getattr(res, sub)
-        raise LookupError(f"platform {type(platform).__name__} has no LED resource among {names}")
+        raise UserLookupError(f"platform {type(platform).__name__} has no LED resource among {names}")
 
     def elaborate(self, platform: Any) -> Module:
         m = Module()

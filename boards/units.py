@@ -21,6 +21,7 @@ from typing import Any
 
 from boards.build import DoesNotFitError
 from boards.catalog import Board, get_board
+from golden.errors import UserLookupError
 
 __all__ = [
     "DEFAULT_GEMM_BUFFER",
@@ -47,7 +48,7 @@ def gemm_engine(**params: Any) -> Any:
     try:
         from hw.gemm import GemmEngine
     except ImportError as e:  # pragma: no cover - hw is part of the distribution
-        raise LookupError(f"the GEMM engine (hw.gemm) is not available: {e}") from None
+        raise UserLookupError(f"the GEMM engine (hw.gemm) is not available: {e}") from None
     return GemmEngine(**params)
 
 

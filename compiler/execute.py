@@ -35,6 +35,7 @@ from compiler.interp import float_impl, run_graph
 from compiler.ir import Graph, Node
 from compiler.passes import Canonicalize, run_passes
 from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_tensor
+from golden.errors import UserLookupError, UserValueError
 from golden.gemm import gemm_int
 from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
 
@@ -93,13 +94,13 @@ def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
     g = export_graph(lm.module, lm.example_inputs, source=lm.name)
     run_passes(g, [Canonicalize()])
     if g.fingerprint() != plan["model"]["graph_fingerprint"]:
-        raise ValueError(f"plan does not match model {src!r}: field model.graph_fingerprint "
+        raise UserValueError(f"plan does not match model {src!r}: field model.graph_fingerprint "
                          "differs from the exported graph (recompile the plan)")
     ops = {o["name"]: o for o in plan["ops"]}
     for n in g.nodes:
         o = ops.get(n.name)
         if o is None:
-            raise ValueError(f"plan has no op {n.name!r} (field ops)")
+            raise UserValueError(f"plan has no op {n.name!r} (field ops)")
         if o["quant"] is not None:
             n.attrs["quant"] = {"in_scales": list(o["quant"]["in_scales"]),
                                 "out_scale": o["quant"]["out_scale"]}
@@ -202,7 +203,7 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             y = layernorm_int(xq, p)
             rec(node, x=rows, y=y.reshape(rows.shape))
             return _dq(y, q["out_scale"], shape)
-        raise ValueError(f"op {node.name} ({node.op}) placed on {dev['name']} ({kind}) has no "
+        raise UserValueError(f"op {node.name} ({node.op}) placed on {dev['name']} ({kind}) has no "
                          "integer implementation in the executor")
 
     return impl
@@ -244,7 +245,7 @@ def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
     spec = node.attrs["sparse_filter"]
     fn = sparse_filters().get(spec["name"])
     if fn is None:
-        raise LookupError(f"op {node.name}: sparse filter {spec['name']!r} is not registered")
+        raise UserLookupError(f"op {node.name}: sparse filter {spec['name']!r} is not registered")
     q, k = args[0], args[1]
     mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     shape = (*q.shape[:-1], k.shape[-2])
@@ -273,14 +274,14 @@ def plan_inputs(lm: Any, index: int = 0) -> tuple[torch.Tensor, ...]:
     """Graph inputs number ``index``: MiniLM's shipped sentence ``index`` (tokenized), else the
     model's example inputs (``index`` 0) or a seeded variant (as :func:`execute_plan`)."""
     if index < 0:
-        raise ValueError(f"sentence index must be >= 0, not {index}")
+        raise UserValueError(f"sentence index must be >= 0, not {index}")
     if lm.name == "minilm":
         from compiler.models import load_sentences
         from compiler.zoo import tokenize
 
         sents = load_sentences()
         if index >= len(sents):
-            raise ValueError(f"sentence index {index} out of range: {len(sents)} shipped sentences")
+            raise UserValueError(f"sentence index {index} out of range: {len(sents)} shipped sentences")
         ids, am, tt = tokenize(sents[index:index + 1], lm.seq_len or 32)
         return ids, am, tt
     if index == 0:
@@ -295,13 +296,13 @@ def capture_operands(plan: dict[str, Any], op: str, index: int = 0) -> dict[str,
     (see :func:`make_impl`'s ``capture``); ``ValueError`` if it is not an integer accelerator op."""
     names = {o["name"]: o for o in plan["ops"]}
     if op not in names:
-        raise ValueError(f"plan has no op {op!r} (field ops)")
+        raise UserValueError(f"plan has no op {op!r} (field ops)")
     graph, lm = rebuild_graph(plan)
     cap: dict[str, dict[str, Any]] = {}
     run_graph(graph, plan_inputs(lm, index), impl=make_impl(graph, plan, capture=cap))
     if op not in cap:
         o = names[op]
-        raise ValueError(f"op {op!r} ({o['op']}) runs on {o['device']} without an integer unit: "
+        raise UserValueError(f"op {op!r} ({o['op']}) runs on {o['device']} without an integer unit: "
                          "nothing to co-simulate")
     return cap[op]
 

@@ -20,6 +20,7 @@ import torch
 
 from compiler.ir import Graph, Node, Param, Ref, TensorType
 from compiler.zoo import DEFAULT_SEQ_LEN, MODELS
+from golden.errors import UserFileNotFoundError, UserLookupError, UserValueError
 
 __all__ = ["LoadedModel", "export_graph", "load_model", "resolve_target", "KEEP_WHOLE"]
 
@@ -41,22 +42,22 @@ class LoadedModel:
 def _load_factory_file(spec: str) -> tuple[Any, str]:
     path_s, sep, fn = spec.rpartition(":")
     if not sep or not path_s.endswith(".py") or not fn:
-        raise ValueError(f"model {spec!r}: expected a built-in name ({', '.join(MODELS)}) or "
+        raise UserValueError(f"model {spec!r}: expected a built-in name ({', '.join(MODELS)}) or "
                          "path/to/file.py:factory")
     path = Path(path_s)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path_s} (give path/to/file.py:factory)")
+        raise UserFileNotFoundError(f"model file not found: {path_s} (give path/to/file.py:factory)")
     mod_spec = importlib.util.spec_from_file_location(f"fmforge_user_model_{path.stem}", path)
     if mod_spec is None or mod_spec.loader is None:
-        raise ValueError(f"model file {path_s} cannot be imported as a Python module")
+        raise UserValueError(f"model file {path_s} cannot be imported as a Python module")
     mod = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(mod)
     except Exception as e:  # user code: report it as one line
-        raise ValueError(f"model file {path_s} failed to import: {type(e).__name__}: {e}") from None
+        raise UserValueError(f"model file {path_s} failed to import: {type(e).__name__}: {e}") from None
     factory = getattr(mod, fn, None)
     if not callable(factory):
-        raise LookupError(f"model file {path_s} has no callable {fn!r}")
+        raise UserLookupError(f"model file {path_s} has no callable {fn!r}")
     return factory, f"{path_s}:{fn}"
 
 
@@ -80,9 +81,9 @@ def load_model(spec: str = "minilm", seq_len: int | None = None) -> LoadedModel:
         try:
             result = factory()
         except Exception as e:
-            raise ValueError(f"model factory {name} raised {type(e).__name__}: {e}") from None
+            raise UserValueError(f"model factory {name} raised {type(e).__name__}: {e}") from None
     else:
-        raise LookupError(f"unknown model {spec!r}; built-in models: {', '.join(MODELS)}, or "
+        raise UserLookupError(f"unknown model {spec!r}; built-in models: {', '.join(MODELS)}, or "
                           "path/to/file.py:factory")
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
         raise TypeError(f"model factory {name} must return (torch.nn.Module, example_inputs), "
@@ -104,7 +105,7 @@ def resolve_target(target: str) -> Any:
         return operator.getitem
     parts = target.split(".")
     if parts[0] != "aten" or len(parts) != 3:
-        raise LookupError(f"cannot resolve operator {target!r}")
+        raise UserLookupError(f"cannot resolve operator {target!r}")
     return getattr(getattr(torch.ops.aten, parts[1]), parts[2])
 
 
@@ -113,7 +114,7 @@ def _target_name(t: Any) -> str:
         return "getitem"
     if isinstance(t, torch._ops.OpOverload):
         return str(t)
-    raise LookupError(f"operator {t!r} is not an ATen operator")
+    raise UserLookupError(f"operator {t!r} is not an ATen operator")
 
 
 def _dtype_name(d: torch.dtype) -> str:
@@ -125,7 +126,7 @@ def _types(val: Any, where: str) -> tuple[tuple[TensorType, ...], bool]:
         shape = []
         for s in val.shape:
             if not isinstance(s, int):
-                raise ValueError(f"node {where}: dynamic dimension {s} (export with static shapes)")
+                raise UserValueError(f"node {where}: dynamic dimension {s} (export with static shapes)")
             shape.append(int(s))
         return (TensorType(tuple(shape), _dtype_name(val.dtype)),), False
     if isinstance(val, (tuple, list)):
@@ -156,7 +157,7 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
         ep = ep.run_decompositions(table)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"torch.export cannot export model {source or type(module).__name__}: "
+        raise UserValueError(f"torch.export cannot export model {source or type(module).__name__}: "
                          f"{type(e).__name__}: {first[:300]}") from None
 
     sig = ep.graph_signature
@@ -189,7 +190,7 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
                 g_inputs.append((n.name, _types(n.meta["val"], n.name)[0][0]))
             else:
                 if fqn not in state:
-                    raise ValueError(f"export of {source}: {kind} {fqn!r} has no value")
+                    raise UserValueError(f"export of {source}: {kind} {fqn!r} has no value")
                 params[fqn] = state[fqn].detach()
                 placeholder_param[n.name] = fqn
         elif n.op == "call_function":
@@ -210,7 +211,7 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
             else:
                 outputs = [conv(res)]
     if any(not isinstance(r, Ref) for r in outputs):
-        raise ValueError(f"model {source}: every output must be a computed tensor")
+        raise UserValueError(f"model {source}: every output must be a computed tensor")
     g = Graph(inputs=g_inputs, nodes=nodes, outputs=outputs, params=params, source=source,
               multi_output=multi_out)
     g.validate()

@@ -13,6 +13,7 @@ import torch
 
 from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, map_structure
+from golden.errors import UserValueError
 
 __all__ = ["NodeImpl", "run_graph", "float_impl"]
 
@@ -33,7 +34,7 @@ def run_graph(graph: Graph, inputs: Sequence[torch.Tensor], *, impl: NodeImpl | 
     sees every node's result. Values are freed after their last use.
     """
     if len(inputs) != len(graph.inputs):
-        raise ValueError(f"graph takes {len(graph.inputs)} inputs, got {len(inputs)}")
+        raise UserValueError(f"graph takes {len(graph.inputs)} inputs, got {len(inputs)}")
     env: dict[str, Any] = {name: t for (name, _), t in zip(graph.inputs, inputs, strict=True)}
     last_use: dict[str, int] = {}
     for i, n in enumerate(graph.nodes):

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from golden.errors import UserValueError
+
 __all__ = [
     "OP_KINDS",
     "Graph",
@@ -213,16 +215,16 @@ class Graph:
         for n in self.nodes:
             for i in n.inputs:
                 if i not in known:
-                    raise ValueError(f"node {n.name!r} reads {i!r} before it is defined")
+                    raise UserValueError(f"node {n.name!r} reads {i!r} before it is defined")
             for w in n.weights:
                 if w not in self.params:
-                    raise ValueError(f"node {n.name!r} reads unknown parameter {w!r}")
+                    raise UserValueError(f"node {n.name!r} reads unknown parameter {w!r}")
             if n.op not in OP_KINDS:
-                raise ValueError(f"node {n.name!r} has unknown op kind {n.op!r}")
+                raise UserValueError(f"node {n.name!r} has unknown op kind {n.op!r}")
             known.add(n.name)
         for r in self.outputs:
             if r.name not in known:
-                raise ValueError(f"graph output {r.name!r} is not defined")
+                raise UserValueError(f"graph output {r.name!r} is not defined")
 
     def counts(self) -> dict[str, int]:
         """Number of nodes per op kind."""

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from golden.errors import UserFileNotFoundError, UserValueError
+
 __all__ = [
     "AttentionFn",
     "SENTENCES_PATH",
@@ -78,11 +80,11 @@ def load_sentences(path: str | os.PathLike[str] | None = None) -> list[str]:
     """
     p = Path(path) if path is not None else SENTENCES_PATH
     if not p.is_file():
-        raise FileNotFoundError(f"sentences file not found: {p} (give a text file, one sentence per line)")
+        raise UserFileNotFoundError(f"sentences file not found: {p} (give a text file, one sentence per line)")
     sentences = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     sentences = [s for s in sentences if s]
     if not sentences:
-        raise ValueError(f"sentences file {p} holds no sentence (one sentence per line expected)")
+        raise UserValueError(f"sentences file {p} holds no sentence (one sentence per line expected)")
     return sentences
 
 
@@ -159,7 +161,7 @@ def embed(
     (stateful filters reset their per-sequence state there). Runs under ``torch.no_grad``.
     """
     if not sentences:
-        raise ValueError("embed needs at least one sentence")
+        raise UserValueError("embed needs at least one sentence")
     outs = []
     key_mask_ref: list[torch.Tensor] = [torch.ones(1, 1, dtype=torch.bool)]
     with torch.no_grad():

@@ -28,12 +28,13 @@ from typing import Any
 
 from compiler.ir import Graph
 from compiler.targets.base import LinkSpec, Target
+from golden.errors import UserValueError
 
 __all__ = ["Problem", "Result", "build_problem", "evaluate", "partition_brute", "partition_dp",
            "partition_greedy", "NoDeviceError"]
 
 
-class NoDeviceError(ValueError):
+class NoDeviceError(UserValueError):
     """Some op can run on none of the devices."""
 
 
@@ -108,7 +109,7 @@ class Result:
 def build_problem(graph: Graph, devices: list[Target], objective: str = "latency") -> Problem:
     """Cost every op on every device that supports it; NoDeviceError names an op with none."""
     if objective not in ("latency", "energy"):
-        raise ValueError(f"objective must be latency or energy, not {objective!r}")
+        raise UserValueError(f"objective must be latency or energy, not {objective!r}")
     for d in devices:
         d.configure(graph)
     names = [d.name for d in devices]
@@ -228,7 +229,7 @@ def _via_host(mask: int, host: int) -> bool:
 def partition_brute(p: Problem) -> Result:
     """Try every placement (exponential: small problems only)."""
     if len(p.ops) > 14:
-        raise ValueError(f"brute force over {len(p.ops)} ops is too large")
+        raise UserValueError(f"brute force over {len(p.ops)} ops is too large")
     best: Result | None = None
     choices = [[p.devices[d] for d in range(len(p.devices)) if p.cost[op][d] is not None]
                for op in p.ops]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.schema import SchemaError, validate
+from golden.errors import UserFileNotFoundError, UserValueError
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "UNIT_KINDS", "check_plan", "dumps_plan", "load_plan",
            "write_timeline"]
@@ -151,11 +152,11 @@ def load_plan(path: str | Path) -> dict[str, Any]:
     """Read and validate a plan file (errors name the file and the field)."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"plan file not found: {p}")
+        raise UserFileNotFoundError(f"plan file not found: {p}")
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise ValueError(f"plan {p} is not JSON: {e}") from None
+        raise UserValueError(f"plan {p} is not JSON: {e}") from None
     try:
         return check_plan(doc)
     except SchemaError as e:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from golden.errors import UserValueError
+
 __all__ = ["SchemaError", "validate"]
 
 
-class SchemaError(ValueError):
+class SchemaError(UserValueError):
     """A document does not match its schema; ``path`` names the field."""
 
     def __init__(self, path: str, message: str) -> None:
@@ -41,7 +43,7 @@ def _type_ok(t: str, v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
     if t == "number":
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    raise ValueError(f"bad schema type {t!r}")
+    raise UserValueError(f"bad schema type {t!r}")
 
 
 def _name(v: Any) -> str:
@@ -93,4 +95,4 @@ def validate(doc: Any, schema: Any, path: str = "") -> None:
             else:
                 raise SchemaError(p, "unknown field")
         return
-    raise ValueError(f"bad schema {schema!r}")
+    raise UserValueError(f"bad schema {schema!r}")

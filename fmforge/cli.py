@@ -2,8 +2,9 @@
 
 Every command prints a human-readable report, or with ``--json`` exactly one JSON object on
 stdout. Errors a user can cause (bad parameters, unknown boards, missing tools, malformed
-files) print one line ``fmforge: error: ...`` on stderr and exit with status 2, without a
-traceback. Commands live in ``fmforge.commands``; each module there exposes
+files: :class:`golden.errors.UserError` and its subclasses) print one line
+``fmforge: error: ...`` on stderr and exit with status 2, without a traceback; any other
+exception is a bug and propagates with its traceback (exit status 1). Commands live in ``fmforge.commands``; each module there exposes
 ``register(subparsers)`` and sets ``func`` on its parser: ``func(args) -> dict`` returns the
 JSON result and may print the human report itself when ``args.json`` is false.
 """
@@ -16,6 +17,7 @@ import json
 import sys
 
 from fmforge import __version__
+from golden.errors import UserError
 
 __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
 
@@ -23,12 +25,8 @@ __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
 COMMAND_MODULES = ("demo", "compile", "execute", "devices", "verilog", "cosim", "build", "boards", "sparsity")
 
 
-class UserError(Exception):
-    """An error the user caused and can fix; the CLI prints its message as one line."""
-
-
 #: exception types whose message is shown to the user as a one-line error
-USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, TypeError, OSError, LookupError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except USER_ERRORS as e:
-        msg = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+        msg = str(e)
         print(f"fmforge: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,7 @@ fit a board, a missing tool. The command line prints those as one line and exits
 
 from __future__ import annotations
 
-__all__ = ["UserError", "UserValueError", "UserLookupError"]
+__all__ = ["UserError", "UserValueError", "UserLookupError", "UserFileNotFoundError"]
 
 
 class UserError(Exception):
@@ -22,3 +22,7 @@ class UserValueError(UserError, ValueError):
 
 class UserLookupError(UserError, LookupError):
     """Something the user named does not exist (also a ``LookupError``)."""
+
+
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """A file or tool the user named or needs is not there (also a ``FileNotFoundError``)."""

@@ -57,6 +57,7 @@ from dataclasses import dataclass
 
 import torch
 
+from golden.errors import UserValueError
 from golden.gemm import check_int8
 from golden.requant import quantize_multiplier, requantize, requantize_float
 
@@ -102,7 +103,7 @@ class GeluParams:
 
 def _positive(name: str, v: float) -> float:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-        raise ValueError(f"{name} must be a positive finite number, not {v!r}")
+        raise UserValueError(f"{name} must be a positive finite number, not {v!r}")
     return float(v)
 
 
@@ -117,7 +118,7 @@ def gelu_params(in_scale: float, out_scale: float) -> GeluParams:
         fs += 1
     k = math.floor(base * 4.0**fs + 0.5)
     if k >= 2**23:
-        raise ValueError(
+        raise UserValueError(
             f"gelu in_scale {in_scale!r} is too fine: K = {k} must be below 2**23 (in_scale >= 9.1e-4)"
         )
     b = math.floor(IBERT_B * 2.0**fs / se + 0.5)
@@ -161,7 +162,7 @@ def relu_int(q: torch.Tensor, mult: int | None = None, shift: int | None = None)
     q = check_int8("relu input", q)
     y = torch.clamp(q, min=0)
     if (mult is None) != (shift is None):
-        raise ValueError("relu requantization needs both mult and shift")
+        raise UserValueError("relu requantization needs both mult and shift")
     if mult is not None:
         y = requantize(y, mult, shift)
     return y

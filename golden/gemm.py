@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, requantize, requantize_float, saturate
 
 __all__ = ["gemm_int", "gemm_float", "check_int8"]
@@ -29,10 +30,10 @@ def check_int8(name: str, t: torch.Tensor) -> torch.Tensor:
     """Return ``t`` as int64, raising ``ValueError`` if any value lies outside int8."""
     t = torch.as_tensor(t)
     if t.is_floating_point():
-        raise ValueError(f"{name} must be an integer tensor, not {t.dtype}")
+        raise UserValueError(f"{name} must be an integer tensor, not {t.dtype}")
     t = t.to(torch.int64)
     if t.numel() and (int(t.min()) < -128 or int(t.max()) > 127):
-        raise ValueError(f"{name} holds values outside int8 [-128, 127]")
+        raise UserValueError(f"{name} holds values outside int8 [-128, 127]")
     return t
 
 
@@ -51,16 +52,16 @@ def gemm_int(
     a = check_int8("a", a)
     b = check_int8("b", b)
     if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[0]:
-        raise ValueError(f"gemm needs a[M,K] and b[K,N], got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise UserValueError(f"gemm needs a[M,K] and b[K,N], got {tuple(a.shape)} and {tuple(b.shape)}")
     acc = a @ b
     if bias is not None:
         bias = torch.as_tensor(bias).to(torch.int64)
         if bias.shape != (b.shape[1],):
-            raise ValueError(f"bias must have shape ({b.shape[1]},), not {tuple(bias.shape)}")
+            raise UserValueError(f"bias must have shape ({b.shape[1]},), not {tuple(bias.shape)}")
         acc = acc + bias
     y = saturate(acc, INT32_MIN, INT32_MAX)
     if (mult is None) != (shift is None):
-        raise ValueError("requantization needs both mult and shift")
+        raise UserValueError("requantization needs both mult and shift")
     if mult is not None:
         y = requantize(y, mult, shift)
     return y

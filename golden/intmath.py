@@ -25,19 +25,21 @@ from __future__ import annotations
 
 import torch
 
+from golden.errors import UserValueError
+
 __all__ = ["bit_length", "isqrt_floor", "div_floor", "reciprocal_floor"]
 
 
 def _as_int64(name: str, x: torch.Tensor | int) -> torch.Tensor:
     t = torch.as_tensor(x)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, not {t.dtype}")
+        raise UserValueError(f"{name} must be an integer tensor, not {t.dtype}")
     return t.to(torch.int64)
 
 
 def _check_range(name: str, t: torch.Tensor, bits: int) -> None:
     if t.numel() and (int(t.min()) < 0 or int(t.max()) >= 2**bits):
-        raise ValueError(f"{name} must lie in [0, 2**{bits}), got [{int(t.min())}, {int(t.max())}]")
+        raise UserValueError(f"{name} must lie in [0, 2**{bits}), got [{int(t.min())}, {int(t.max())}]")
 
 
 def bit_length(x: torch.Tensor | int) -> torch.Tensor:
@@ -73,7 +75,7 @@ def isqrt_floor(n: torch.Tensor | int, bits: int = 62) -> torch.Tensor:
     ``root`` never exceeds ``2**(bits - 1)``, so a ``bits``-wide datapath suffices.
     """
     if not (isinstance(bits, int) and 2 <= bits <= 62 and bits % 2 == 0):
-        raise ValueError(f"isqrt bits must be an even integer in [2, 62], not {bits!r}")
+        raise UserValueError(f"isqrt bits must be an even integer in [2, 62], not {bits!r}")
     rem = _as_int64("n", n)
     _check_range("isqrt input", rem, bits)
     root = torch.zeros_like(rem)
@@ -102,7 +104,7 @@ def div_floor(num: torch.Tensor | int, den: torch.Tensor | int, num_bits: int) -
     denominator say what that means for them.
     """
     if not (isinstance(num_bits, int) and 1 <= num_bits <= 62):
-        raise ValueError(f"div_floor num_bits must be an integer in [1, 62], not {num_bits!r}")
+        raise UserValueError(f"div_floor num_bits must be an integer in [1, 62], not {num_bits!r}")
     num = _as_int64("num", num)
     den = _as_int64("den", den)
     _check_range("div_floor numerator", num, num_bits)
@@ -125,5 +127,5 @@ def reciprocal_floor(den: torch.Tensor | int, k: int) -> torch.Tensor:
     ``den >= 2**j`` may skip the first ``j`` steps, whose quotient bits are zero).
     """
     if not (isinstance(k, int) and 0 <= k <= 61):
-        raise ValueError(f"reciprocal_floor k must be an integer in [0, 61], not {k!r}")
+        raise UserValueError(f"reciprocal_floor k must be an integer in [0, 61], not {k!r}")
     return div_floor(torch.tensor(1 << k, dtype=torch.int64), den, k + 1)

@@ -87,6 +87,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from golden.errors import UserValueError
 from golden.intmath import bit_length, isqrt_floor, reciprocal_floor
 from golden.requant import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, round_shift_right, saturate
 
@@ -149,15 +150,15 @@ def _real_vector(name: str, v: torch.Tensor | float, n: int) -> torch.Tensor:
     if t.dim() == 0:
         t = t.expand(n)
     if t.shape != (n,):
-        raise ValueError(f"layernorm {name} must have shape ({n},), not {tuple(t.shape)}")
+        raise UserValueError(f"layernorm {name} must have shape ({n},), not {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"layernorm {name} must be finite")
+        raise UserValueError(f"layernorm {name} must be finite")
     return t
 
 
 def _positive(name: str, v: float) -> float:
     if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-        raise ValueError(f"layernorm {name} must be a positive finite number, not {v!r}")
+        raise UserValueError(f"layernorm {name} must be a positive finite number, not {v!r}")
     return float(v)
 
 
@@ -177,13 +178,13 @@ def layernorm_params(
     calibrated range, at most 32). Raises ``ValueError`` on a bad argument, naming it.
     """
     if not (isinstance(n, int) and 1 <= n <= MAX_N):
-        raise ValueError(f"layernorm row length must be an integer in [1, {MAX_N}], not {n!r}")
+        raise UserValueError(f"layernorm row length must be an integer in [1, {MAX_N}], not {n!r}")
     if not (isinstance(in_bits, int) and 2 <= in_bits <= 32):
-        raise ValueError(f"layernorm in_bits must be an integer in [2, 32], not {in_bits!r}")
+        raise UserValueError(f"layernorm in_bits must be an integer in [2, 32], not {in_bits!r}")
     in_scale = _positive("in_scale", in_scale)
     out_scale = _positive("out_scale", out_scale)
     if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"layernorm eps must be a non-negative finite number, not {eps!r}")
+        raise UserValueError(f"layernorm eps must be a non-negative finite number, not {eps!r}")
     g = _real_vector("gamma", gamma, n) / out_scale
     b = _real_vector("beta", beta, n) / out_scale
     in_shift = max(0, in_bits - CORE_BITS)
@@ -202,14 +203,14 @@ def layernorm_params(
             g_shift += 1
         g_shift = min(g_shift, 62 - Y_FRAC)
     if g_shift < 0:
-        raise ValueError(
+        raise UserValueError(
             f"layernorm |gamma / out_scale| = {gmax:.6g} does not fit the {GAMMA_BITS}-bit multiplier"
             " (must be below 2**15): use a larger out_scale"
         )
     g_int = torch.floor(g * 2.0**g_shift + 0.5).to(torch.int64)
     b_int = torch.floor(b * 2.0 ** (Y_FRAC + g_shift) + 0.5)
     if float(b_int.abs().max()) >= 2.0 ** (BIAS_BITS - 1):
-        raise ValueError(
+        raise UserValueError(
             f"layernorm |beta / out_scale| does not fit the {BIAS_BITS}-bit bias at g_shift {g_shift}"
         )
     return LayerNormParams(n, in_shift, eps_int, g_shift, g_int, b_int.to(torch.int64))
@@ -219,14 +220,14 @@ def layernorm_int(x: torch.Tensor, params: LayerNormParams) -> torch.Tensor:
     """Bit-exact integer layer norm over the last dimension; returns int8 values as int64."""
     x = torch.as_tensor(x)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"layernorm input must be an integer tensor, not {x.dtype}")
+        raise UserValueError(f"layernorm input must be an integer tensor, not {x.dtype}")
     x = x.to(torch.int64)
     if x.dim() == 0 or x.shape[-1] != params.n:
-        raise ValueError(
+        raise UserValueError(
             f"layernorm input rows must have length {params.n}, got shape {tuple(x.shape)}"
         )
     if x.numel() and (int(x.min()) < INT32_MIN or int(x.max()) > INT32_MAX):
-        raise ValueError("layernorm input must hold int8 or int32 values")
+        raise UserValueError("layernorm input must hold int8 or int32 values")
     n = params.n
     q = saturate(
         round_shift_right(x, params.in_shift), -(2 ** (CORE_BITS - 1)), 2 ** (CORE_BITS - 1) - 1

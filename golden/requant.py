@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from golden.errors import UserValueError
+
 __all__ = [
     "INT8_MIN",
     "INT8_MAX",
@@ -67,9 +69,9 @@ def saturate(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 
 def _check_params(mult: torch.Tensor, shift: torch.Tensor) -> None:
     if mult.numel() and (int(mult.min()) < INT32_MIN or int(mult.max()) > INT32_MAX):
-        raise ValueError("requant multiplier must be an int32 value in [-2**31, 2**31-1]")
+        raise UserValueError("requant multiplier must be an int32 value in [-2**31, 2**31-1]")
     if shift.numel() and (int(shift.min()) < 0 or int(shift.max()) > SHIFT_MAX):
-        raise ValueError(f"requant shift must be in [0, {SHIFT_MAX}], not {shift.tolist()}")
+        raise UserValueError(f"requant shift must be in [0, {SHIFT_MAX}], not {shift.tolist()}")
 
 
 def requantize(x: torch.Tensor, mult: torch.Tensor | int, shift: torch.Tensor | int) -> torch.Tensor:
@@ -84,7 +86,7 @@ def requantize(x: torch.Tensor, mult: torch.Tensor | int, shift: torch.Tensor | 
     shift = torch.as_tensor(shift, dtype=torch.int64)
     _check_params(mult, shift)
     if x.numel() and (int(x.min()) < INT32_MIN or int(x.max()) > INT32_MAX):
-        raise ValueError("requantize input must hold int32 values")
+        raise UserValueError("requantize input must hold int32 values")
     return saturate(round_shift_right(x * mult, shift), INT8_MIN, INT8_MAX)
 
 
@@ -101,7 +103,7 @@ def quantize_multiplier(scale: float) -> tuple[int, int]:
     outside [0, 63] (scales >= 2**31 or below 2**-33).
     """
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"requant scale must be a positive finite number, not {scale!r}")
+        raise UserValueError(f"requant scale must be a positive finite number, not {scale!r}")
     mant, exp = math.frexp(scale)  # scale = mant * 2**exp, mant in [0.5, 1)
     mult = round(mant * 2**31)
     shift = 31 - exp
@@ -109,5 +111,5 @@ def quantize_multiplier(scale: float) -> tuple[int, int]:
         mult //= 2
         shift -= 1
     if not 0 <= shift <= SHIFT_MAX:
-        raise ValueError(f"requant scale {scale!r} needs shift {shift}, outside [0, {SHIFT_MAX}]")
+        raise UserValueError(f"requant scale {scale!r} needs shift {shift}, outside [0, {SHIFT_MAX}]")
     return mult, shift

@@ -83,6 +83,7 @@ from dataclasses import dataclass
 
 import torch
 
+from golden.errors import UserValueError
 from golden.intmath import reciprocal_floor
 from golden.requant import INT32_MAX, INT32_MIN, round_shift_right
 
@@ -146,7 +147,7 @@ def exp2_table(frac_bits: int = DEFAULT_FRAC_BITS) -> tuple[int, ...]:
     evaluation is exact in effect); the tests pin entries and a checksum.
     """
     if not (isinstance(frac_bits, int) and 1 <= frac_bits <= 10):
-        raise ValueError(f"softmax frac_bits must be an integer in [1, 10], not {frac_bits!r}")
+        raise UserValueError(f"softmax frac_bits must be an integer in [1, 10], not {frac_bits!r}")
     size = 1 << frac_bits
     return tuple(math.floor(2.0**EXP_ONE_BITS * 2.0 ** (-f / size) + 0.5) for f in range(size))
 
@@ -159,7 +160,7 @@ def softmax_params(scale: float, frac_bits: int = DEFAULT_FRAC_BITS) -> SoftmaxP
     """
     table = exp2_table(frac_bits)
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"softmax scale must be a positive finite number, not {scale!r}")
+        raise UserValueError(f"softmax scale must be a positive finite number, not {scale!r}")
     real = float(scale) * _LOG2E
     mant, exp = math.frexp(real)  # real = mant * 2**exp, mant in [0.5, 1)
     mult = math.floor(mant * 2**MULT_BITS + 0.5)
@@ -168,7 +169,7 @@ def softmax_params(scale: float, frac_bits: int = DEFAULT_FRAC_BITS) -> SoftmaxP
         mult //= 2
         shift -= 1
     if not frac_bits <= shift <= 62:
-        raise ValueError(
+        raise UserValueError(
             f"softmax scale {scale!r} needs multiplier shift {shift}, outside [{frac_bits}, 62]: "
             f"scale * log2(e) must lie in [2**-46, 2**{MULT_BITS - frac_bits})"
         )
@@ -183,14 +184,14 @@ def softmax_params(scale: float, frac_bits: int = DEFAULT_FRAC_BITS) -> SoftmaxP
 def _check_logits(x: torch.Tensor) -> torch.Tensor:
     x = torch.as_tensor(x)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
-        raise ValueError(f"softmax input must be an integer tensor, not {x.dtype}")
+        raise UserValueError(f"softmax input must be an integer tensor, not {x.dtype}")
     x = x.to(torch.int64)
     if x.dim() == 0:
-        raise ValueError("softmax input needs at least one dimension (the row)")
+        raise UserValueError("softmax input needs at least one dimension (the row)")
     if not 1 <= x.shape[-1] <= MAX_ROW:
-        raise ValueError(f"softmax row length must be in [1, {MAX_ROW}], not {x.shape[-1]}")
+        raise UserValueError(f"softmax row length must be in [1, {MAX_ROW}], not {x.shape[-1]}")
     if x.numel() and (int(x.min()) < INT32_MIN or int(x.max()) > INT32_MAX):
-        raise ValueError("softmax input must hold int8 or int32 values")
+        raise UserValueError("softmax input must hold int8 or int32 values")
     return x
 
 
@@ -199,9 +200,9 @@ def _check_mask(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x, dtype=torch.bool)
     mask = torch.as_tensor(mask)
     if mask.dtype != torch.bool:
-        raise ValueError(f"softmax mask must be a bool tensor, not {mask.dtype}")
+        raise UserValueError(f"softmax mask must be a bool tensor, not {mask.dtype}")
     if mask.shape != x.shape:
-        raise ValueError(
+        raise UserValueError(
             f"softmax mask shape {tuple(mask.shape)} must equal input shape {tuple(x.shape)}"
         )
     return mask
@@ -214,7 +215,7 @@ def softmax_exp_int(d: torch.Tensor, params: SoftmaxParams) -> torch.Tensor:
     """
     d = torch.as_tensor(d).to(torch.int64)
     if d.numel() and (int(d.min()) < 0 or int(d.max()) >= 2**32):
-        raise ValueError("softmax exp input d = xmax - x must lie in [0, 2**32)")
+        raise UserValueError("softmax exp input d = xmax - x must lie in [0, 2**32)")
     f_bits = params.frac_bits
     u = round_shift_right(d * params.mult, params.shift - f_bits)
     n = torch.clamp(u >> f_bits, max=N_SAT)

@@ -26,6 +26,7 @@ from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.errors import UserValueError
 from golden.gelu import GeluParams, gelu_params, relu_params
 from hw.requant import (
     NONLINEAR_QOR_COMMAND,
@@ -89,20 +90,20 @@ class Gelu(wiring.Component):
                  relu_mult: int | None = None, relu_shift: int | None = None) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+            raise UserValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         self._mode = mode
         if mode == "gelu":
             if not isinstance(params, GeluParams):
-                raise ValueError("gelu mode needs params=golden.gelu.gelu_params(in_scale, out_scale)")
+                raise UserValueError("gelu mode needs params=golden.gelu.gelu_params(in_scale, out_scale)")
             if not (0 <= params.fs <= 16 and 0 < params.k < 2**23 and 0 <= params.b < 2**12):
-                raise ValueError(f"gelu params out of range (fs 0..16, K < 2**23, Bq < 2**12): {params}")
+                raise UserValueError(f"gelu params out of range (fs 0..16, K < 2**23, Bq < 2**12): {params}")
             mult, shift = params.mult, params.shift
         else:
             if (relu_mult is None) != (relu_shift is None):
-                raise ValueError("relu requantization needs both relu_mult and relu_shift")
+                raise UserValueError("relu requantization needs both relu_mult and relu_shift")
             mult, shift = (1, 0) if relu_mult is None else (relu_mult, relu_shift)
         if not (-(2**31) <= mult < 2**31 and 0 <= shift <= 63):
-            raise ValueError(f"requant mult must be int32 and shift in [0, 63], not ({mult}, {shift})")
+            raise UserValueError(f"requant mult must be int32 and shift in [0, 63], not ({mult}, {shift})")
         self._params = params if mode == "gelu" else None
         self._mult, self._shift = mult, shift
         io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})

@@ -61,6 +61,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from golden.errors import UserValueError
 from hw.requant import check_positive as _check_positive
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int
 
@@ -99,7 +100,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 def _check_dataflow(dataflow: object) -> str:
     if dataflow not in DATAFLOWS:
-        raise ValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {dataflow!r}")
+        raise UserValueError(f"dataflow must be one of {', '.join(DATAFLOWS)}, not {dataflow!r}")
     return dataflow  # type: ignore[return-value]
 
 
@@ -108,7 +109,7 @@ def check_gemm_shape(m: int, k: int, n: int, *, max_m: int, max_k: int, max_n: i
     for name, v, lim in (("m", m, max_m), ("k", k, max_k), ("n", n, max_n)):
         _check_positive(name, v)
         if v > lim:
-            raise ValueError(
+            raise UserValueError(
                 f"{name}={v} exceeds this engine's max_{name}={lim} (its on-chip buffers); "
                 f"build the engine with max_{name} >= {v}"
             )
@@ -169,7 +170,7 @@ def scalesim_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int)
         return _ceil_div(k, rows) * _ceil_div(n, cols) * (2 * rows + cols + m - 2) - 1
     if dataflow == "is":
         return _ceil_div(k, rows) * _ceil_div(m, cols) * (2 * rows + cols + n - 2) - 1
-    raise ValueError(f"dataflow must be one of os, ws, is, not {dataflow!r}")
+    raise UserValueError(f"dataflow must be one of os, ws, is, not {dataflow!r}")
 
 
 def load_words(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> dict[str, int]:
@@ -215,7 +216,7 @@ def unpack_result(rows: int, cols: int, dataflow: str, m: int, n: int, out_rows:
     _check_dataflow(dataflow)
     nb = _ceil_div(n, cols)
     if out_rows.shape[0] != nb * m:
-        raise ValueError(f"expected {nb * m} result rows, got {out_rows.shape[0]}")
+        raise UserValueError(f"expected {nb * m} result rows, got {out_rows.shape[0]}")
     res = torch.zeros(m, nb * cols, dtype=torch.int64)
     beat = 0
     if dataflow == "os":

@@ -33,6 +33,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.errors import UserValueError
 from golden.layernorm import (
     BIAS_BITS,
     CORE_BITS,
@@ -117,7 +118,7 @@ class LayerNorm(wiring.Component):
     def __init__(self, *, lanes: int, params: LayerNormParams) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
         if not isinstance(params, LayerNormParams):
-            raise ValueError("params must be golden.layernorm.layernorm_params(...)")
+            raise UserValueError("params must be golden.layernorm.layernorm_params(...)")
         check_lanes_divide(lanes, params.n, "n")
         self._params = params
         io_in = data.StructLayout({"data": data.ArrayLayout(signed(32), lanes), "last": unsigned(1)})
@@ -443,7 +444,7 @@ class LayerNormSpec(UnitSpec):
 
     def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
         if length != self.n:
-            raise ValueError(f"this layer norm takes rows of {self.n}, not {length}")
+            raise UserValueError(f"this layer norm takes rows of {self.n}, not {length}")
         return layernorm_cycles(rows, self.n, self.lanes)
 
     def resources(self, family: str) -> dict[str, Any]:

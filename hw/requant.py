@@ -28,6 +28,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.errors import UserValueError
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = [
@@ -64,16 +65,16 @@ def round_half_up_const(v, s: int):
 def check_positive(name: str, value: object, limit: int | None = None) -> int:
     """Validate a positive integer parameter (``ValueError`` with the parameter's name)."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        raise UserValueError(f"{name} must be a positive integer, not {value!r}")
     if limit is not None and value > limit:
-        raise ValueError(f"{name} must be at most {limit}, not {value}")
+        raise UserValueError(f"{name} must be at most {limit}, not {value}")
     return value
 
 
 def check_lanes_divide(lanes: int, length: int, name: str = "length") -> None:
     """``ValueError`` unless ``lanes`` divides the row length (named ``name`` in the message)."""
     if length % lanes:
-        raise ValueError(f"lanes={lanes} must divide the row length ({name}={length})")
+        raise UserValueError(f"lanes={lanes} must divide the row length ({name}={length})")
 
 
 def row_unit_bookkeeping(m: Module, adv, loading, i, o, cycles, busy):
@@ -359,7 +360,7 @@ class RequantSpec(UnitSpec):
 
     def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
         if length != self.channels:
-            raise ValueError(f"this requantizer takes rows of {self.channels}, not {length}")
+            raise UserValueError(f"this requantizer takes rows of {self.channels}, not {length}")
         return requant_cycles(rows, self.channels, self.lanes)
 
     def resources(self, family: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.errors import UserValueError
 from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_params
 from hw.requant import (
     NONLINEAR_QOR_COMMAND,
@@ -80,7 +81,7 @@ def check_row_length(length: int, max_length: int) -> None:
     """Raise ``ValueError`` if a row of ``length`` logits does not fit buffers of ``max_length``."""
     check_positive("length", length)
     if length > max_length:
-        raise ValueError(f"row length {length} exceeds this unit's buffer (max_length="
+        raise UserValueError(f"row length {length} exceeds this unit's buffer (max_length="
                          f"{max_length}); build it with max_length >= {length}")
 
 
@@ -118,7 +119,7 @@ class Softmax(wiring.Component):
         self._max_length = check_positive("max_length", max_length, MAX_ROW)
         check_lanes_divide(lanes, max_length, "max_length")
         if not isinstance(params, SoftmaxParams) or params.frac_bits != 8:
-            raise ValueError("params must be golden.softmax.softmax_params(scale) with frac_bits=8")
+            raise UserValueError("params must be golden.softmax.softmax_params(scale) with frac_bits=8")
         self._params = params
         super().__init__({
             "i_data": In(stream.Signature(data.StructLayout({

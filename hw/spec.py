@@ -23,10 +23,12 @@ import dataclasses
 import hashlib
 from typing import Any, ClassVar
 
+from golden.errors import UserValueError
+
 __all__ = ["UnitParamError", "UnitSpec", "Measured"]
 
 
-class UnitParamError(ValueError):
+class UnitParamError(UserValueError):
     """A unit parameter is missing, unknown or out of range (the message names it)."""
 
 

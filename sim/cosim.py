@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from golden.errors import UserValueError
 from sim.gemm_bench import GemmConfig, GemmJob, check_result, make_stimulus
 from sim.verilator import build, run_cocotb, to_verilog
 
@@ -94,7 +95,7 @@ def engine_config_for(rows: int, cols: int, dataflow: str, m: int, k: int, n: in
 
     for name, v in (("m", m), ("k", k), ("n", n)):
         if isinstance(v, int) and v > _MAX_DIM:
-            raise ValueError(f"{name}={v} is larger than the engine supports ({_MAX_DIM})")
+            raise UserValueError(f"{name}={v} is larger than the engine supports ({_MAX_DIM})")
     cfg = GemmConfig(rows=rows, cols=cols, dataflow=dataflow, max_m=_pow2_at_least(m, 128),
                      max_k=_pow2_at_least(k, 128), max_n=_pow2_at_least(n, 128), requant=requant)
     check_gemm_shape(m, k, n, max_m=cfg.max_m, max_k=cfg.max_k, max_n=cfg.max_n)
@@ -120,7 +121,7 @@ def cosim_gemm(*, rows: int, cols: int, dataflow: str, m: int, k: int, n: int, s
         r["cycles_per_second"] = r["cycles"] / r["sim_seconds"]
         r["macs_per_second"] = job.macs / r["sim_seconds"]
     else:
-        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+        raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
     r["match"] = bool(r["match"])
     r.update({"rows": rows, "cols": cols, "dataflow": dataflow, "m": m, "k": k, "n": n,
               "stall": stall, "seed": seed, "requant": requant, "bias": bias, "simulator": simulator})

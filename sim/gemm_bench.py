@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from golden.errors import UserValueError
 from golden.gemm import gemm_int
 from golden.requant import quantize_multiplier
 from hw.gemm import gemm_cycles, load_words, pack_operands, unpack_result
@@ -62,7 +63,7 @@ class GemmJob:
 
     def __post_init__(self) -> None:
         if self.values not in EXTREMES:
-            raise ValueError(f"values must be one of {', '.join(EXTREMES)}, not {self.values!r}")
+            raise UserValueError(f"values must be one of {', '.join(EXTREMES)}, not {self.values!r}")
 
     @property
     def macs(self) -> int:
@@ -132,7 +133,7 @@ def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
     for dim, lim in (("m", cfg.max_m), ("k", cfg.max_k), ("n", cfg.max_n)):
         v = getattr(job, dim)
         if not 1 <= v <= lim:
-            raise ValueError(f"{dim}={v} does not fit this engine (max_{dim}={lim})")
+            raise UserValueError(f"{dim}={v} does not fit this engine (max_{dim}={lim})")
     if job.operands is not None:
         a, b, bias, mult, shift = job.operands
         zeros = torch.zeros(job.n, dtype=torch.int64)
@@ -140,7 +141,7 @@ def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
         mult = zeros if mult is None else mult
         shift = zeros if shift is None else shift
         if tuple(a.shape) != (job.m, job.k) or tuple(b.shape) != (job.k, job.n):
-            raise ValueError(f"operands {tuple(a.shape)} @ {tuple(b.shape)} do not match the job "
+            raise UserValueError(f"operands {tuple(a.shape)} @ {tuple(b.shape)} do not match the job "
                              f"{job.m}x{job.k}x{job.n}")
     else:
         a, b = _operands(job)

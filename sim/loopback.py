@@ -6,6 +6,8 @@ from amaranth import Module
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.errors import UserValueError
+
 __all__ = ["StreamLoopback"]
 
 
@@ -17,9 +19,9 @@ class StreamLoopback(wiring.Component):
 
     def __init__(self, *, width: int = 72, depth: int = 4) -> None:
         if not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive integer, not {width!r}")
+            raise UserValueError(f"width must be a positive integer, not {width!r}")
         if not isinstance(depth, int) or depth < 2:
-            raise ValueError(f"depth must be an integer >= 2, not {depth!r}")
+            raise UserValueError(f"depth must be an integer >= 2, not {depth!r}")
         self._width, self._depth = width, depth
         super().__init__({"i_s": In(stream.Signature(width)), "o_s": Out(stream.Signature(width))})
 

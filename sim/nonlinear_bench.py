@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from golden.errors import UserValueError
 from golden.gelu import GeluParams, gelu_float, gelu_int, gelu_params, relu_float, relu_int
 from golden.requant import quantize_multiplier, requantize, requantize_float
 from sim.streams import pack_lanes, stall_pattern, unpack_lanes
@@ -88,7 +89,7 @@ def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Gen
     if pattern == "all":  # every value from lo up, wrapping (int8: each value once per 256)
         n = shape[0] * shape[1]
         return (torch.arange(n, dtype=torch.int64) % (hi - lo + 1) + lo).view(shape)
-    raise ValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
+    raise UserValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
 
 
 def _data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
@@ -286,7 +287,7 @@ class LayerNormConfig:
         from hw.layernorm import layernorm_cycles
 
         if length not in (None, self.length):
-            raise ValueError(f"this layernorm unit takes rows of {self.length}, not {length}")
+            raise UserValueError(f"this layernorm unit takes rows of {self.length}, not {length}")
         prm, gamma, beta, in_scale = self.params()
         g = torch.Generator().manual_seed(job.seed)
         n, p = self.length, self.lanes
@@ -451,7 +452,7 @@ def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int =
     elif unit == "softmax":
         cfg = SoftmaxConfig(lanes=lanes, max_length=-(-length // lanes) * lanes, **kw)
     else:
-        raise ValueError(f"unit must be requant, gelu, relu, softmax or layernorm, not {unit!r}")
+        raise UserValueError(f"unit must be requant, gelu, relu, softmax or layernorm, not {unit!r}")
     jobs = [Job(rows, "random", seed)]
     t0 = time.perf_counter()
     if simulator == "verilator":
@@ -459,7 +460,7 @@ def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int =
     elif simulator == "amaranth":
         r = run_pysim(cfg, jobs, length=length, stall=stall, seed=seed)[0]
     else:
-        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+        raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
     r.update({"unit": unit, "len": length, "rows": rows, "lanes": lanes, "seed": seed, "stall": stall,
               "simulator": simulator, "wall_seconds": time.perf_counter() - t0, "match": bool(r["match"])})
     return r

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from golden.errors import UserValueError
 from golden.gemm import gemm_int
 from hw.gemm import GemmSpec
 from hw.spec import UnitSpec
@@ -65,7 +66,7 @@ def replay_gemm(spec: GemmSpec, gemms: Sequence[tuple], *, stall: str = "none", 
 
         res = run_gemm_pysim(cfg, jobs, stall=stall, seed=seed)
     else:
-        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+        raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
     out = {"match": golden_ok and all(r["match"] for r in res), "golden_matches_executor": golden_ok,
            "commands": len(jobs), "cycles": sum(r["cycles"] for r in res),
            "predicted_cycles": sum(r["predicted_cycles"] for r in res),
@@ -139,7 +140,7 @@ def replay_stream(spec: UnitSpec, x: torch.Tensor, y: torch.Tensor, *, stall: st
     elif simulator == "amaranth":
         r = run_pysim(cfg, jobs, stall=stall, seed=seed)[0]
     else:
-        raise ValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
+        raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
     r["golden_matches_executor"] = golden_ok
     r["match"] = bool(r["match"]) and golden_ok
     return r
@@ -164,5 +165,5 @@ def _golden_matches(spec: UnitSpec, x: torch.Tensor, y: torch.Tensor) -> bool:
         else:
             g = relu_int(x, *relu_params(spec.in_scale, spec.out_scale))  # type: ignore[attr-defined]
     else:
-        raise ValueError(f"no stream replay for unit {kind!r}")
+        raise UserValueError(f"no stream replay for unit {kind!r}")
     return bool(torch.equal(g, y.to(g.dtype)))

@@ -16,6 +16,8 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from golden.errors import UserValueError
+
 __all__ = [
     "STALL_MODES",
     "IDLE_PROBABILITY",
@@ -68,7 +70,7 @@ class StallPattern:
 def stall_pattern(mode: str, seed: int) -> StallPattern:
     """The :class:`StallPattern` for ``mode`` (one of :data:`STALL_MODES`)."""
     if mode not in STALL_MODES:
-        raise ValueError(f"stall mode must be one of {', '.join(STALL_MODES)}, not {mode!r}")
+        raise UserValueError(f"stall mode must be one of {', '.join(STALL_MODES)}, not {mode!r}")
     idle = IDLE_PROBABILITY if mode in ("idle", "both") else 0.0
     bp = BACKPRESSURE_PROBABILITY if mode in ("backpressure", "both") else 0.0
     return StallPattern(mode, seed, idle, bp)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from golden.errors import UserFileNotFoundError
+
 __all__ = [
     "ToolNotFoundError",
     "cache_root",
@@ -43,7 +45,7 @@ __all__ = [
 DEFAULT_BUILD_ARGS = ("-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3", "--x-assign", "fast")
 
 
-class ToolNotFoundError(FileNotFoundError):
+class ToolNotFoundError(UserFileNotFoundError):
     """A required external tool is not installed; the message says how to install it."""
 
 

@@ -6,11 +6,12 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from compiler.ir import Graph
+from golden.errors import UserValueError
 
 __all__ = ["Pass", "PassError", "run_passes"]
 
 
-class PassError(ValueError):
+class PassError(UserValueError):
     """A pass precondition or postcondition failed (names the pass and the property)."""
 
 

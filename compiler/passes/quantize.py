@@ -55,6 +55,7 @@ import torch
 from compiler.interp import run_graph
 from compiler.ir import Graph, Node
 from compiler.passes.base import Pass, PassError
+from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
 __all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "matmul_qparams", "mse_scale",
@@ -223,15 +224,15 @@ class Quantize(Pass):
                  keep_float_after_gelu: bool = False, per_channel_out: bool = True,
                  ffn_down: str = "int16") -> None:
         if not samples:
-            raise ValueError("quantize needs at least one calibration sample")
+            raise UserValueError("quantize needs at least one calibration sample")
         if method not in ("mse", "absmax"):
-            raise ValueError(f"calibration method must be mse or absmax, not {method!r}")
+            raise UserValueError(f"calibration method must be mse or absmax, not {method!r}")
         self.samples = [tuple(s) for s in samples]
         self.method = method
         self.keep_float_after_gelu = keep_float_after_gelu
         self.per_channel_out = per_channel_out
         if ffn_down not in FFN_DOWN_MODES:
-            raise ValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, not {ffn_down!r}")
+            raise UserValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, not {ffn_down!r}")
         self.ffn_down = "float" if keep_float_after_gelu else ffn_down
 
     def run(self, graph: Graph) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from compiler.ir import Graph
 from compiler.passes.base import Pass, PassError
+from golden.errors import UserValueError
 
 __all__ = ["SparsifyAttention", "SparseFilter", "golden_filter", "parse_sparse_spec",
            "register_sparse_filter", "sparse_filters", "sparsify_from_spec"]
@@ -71,12 +72,12 @@ def parse_sparse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"sanger:threshold=0.02"`` -> ``("sanger", {"threshold": 0.02})`` (numbers parsed)."""
     name, _, rest = str(spec).strip().partition(":")
     if not name:
-        raise ValueError("sparse spec is empty (e.g. sanger:threshold=0.02)")
+        raise UserValueError("sparse spec is empty (e.g. sanger:threshold=0.02)")
     params: dict[str, Any] = {}
     for item in filter(None, rest.split(":")):
         k, sep, v = item.partition("=")
         if not sep or not k:
-            raise ValueError(f"sparse spec {spec!r}: expected knob=value, got {item!r}")
+            raise UserValueError(f"sparse spec {spec!r}: expected knob=value, got {item!r}")
         params[k] = _value(v)
     return name, params
 
@@ -91,7 +92,7 @@ def sparsify_from_spec(spec: str) -> SparsifyAttention:
         try:
             make_filter(name, **params)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"sparse spec {spec!r}: {e}") from None
+            raise UserValueError(f"sparse spec {spec!r}: {e}") from None
     return SparsifyAttention(name, params)
 
 
@@ -106,7 +107,7 @@ def _golden_methods() -> tuple[str, ...]:
 def register_sparse_filter(name: str, fn: SparseFilter) -> None:
     """Make a sparse-attention filter available under ``name``."""
     if not name or not callable(fn):
-        raise ValueError("register_sparse_filter needs a name and a callable")
+        raise UserValueError("register_sparse_filter needs a name and a callable")
     _FILTERS[name] = fn
 
 

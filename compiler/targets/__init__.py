@@ -17,6 +17,7 @@ from compiler.targets.cpu import CpuTarget
 from compiler.targets.fpga import FpgaTarget
 from compiler.targets.gpu import GPUS, GpuTarget
 from compiler.targets.imc import ImcTarget
+from golden.errors import UserLookupError, UserValueError
 
 __all__ = ["AsicTarget", "CpuTarget", "FpgaTarget", "GpuTarget", "ImcTarget", "LinkSpec",
            "OpCost", "Support", "Target", "device_types", "make_device", "parse_devices"]
@@ -38,22 +39,22 @@ def make_device(spec: str) -> Target:
         return ImcTarget(spec, params)
     if key in board_names():
         if params:
-            raise ValueError(f"device {spec!r}: boards take no parameters")
+            raise UserValueError(f"device {spec!r}: boards take no parameters")
         return FpgaTarget(key)
     known = ["cpu", "gpu", *(f"gpu-{g}" for g in GPUS), "asic", "imc", *board_names()]
-    raise LookupError(f"unknown device {base!r}; devices: {', '.join(known)}")
+    raise UserLookupError(f"unknown device {base!r}; devices: {', '.join(known)}")
 
 
 def parse_devices(text: str) -> list[Target]:
     """A comma-separated device list -> targets (unique names, at least one)."""
     specs = [s for s in (x.strip() for x in str(text).split(",")) if s]
     if not specs:
-        raise ValueError("no devices given (e.g. --devices ulx3s-85f,cpu)")
+        raise UserValueError("no devices given (e.g. --devices ulx3s-85f,cpu)")
     devs = [make_device(s) for s in specs]
     seen: set[str] = set()
     for d in devs:
         if d.name in seen:
-            raise ValueError(f"device {d.name!r} is listed twice")
+            raise UserValueError(f"device {d.name!r} is listed twice")
         seen.add(d.name)
     return devs
 

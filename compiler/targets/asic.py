@@ -29,6 +29,7 @@ from compiler.targets.gemm_common import (
     op_cycles,
     rows_length,
 )
+from golden.errors import UserValueError
 from hw.gemm import GemmSpec
 from hw.spec import UnitSpec
 
@@ -53,14 +54,14 @@ class AsicTarget(Target):
         self.rows = p.get("rows", 32)
         self.cols = p.get("cols", 32)
         if self.rows > 64 or self.cols > 64:
-            raise ValueError(f"device {name!r}: rows and cols must be <= 64 (hw.gemm limit)")
+            raise UserValueError(f"device {name!r}: rows and cols must be <= 64 (hw.gemm limit)")
         self.mhz = p.get("mhz", 1000.0)
         self.sram_kb = p.get("sram_kb", 1024)
         self.dram_bw = p.get("dram_gbs", 25.6) * 1e9
         self.dataflow = p.get("dataflow", "os")
         self.lanes = p.get("lanes", 1)
         if self.dataflow not in ("os", "ws"):
-            raise ValueError(f"device {name!r}: dataflow must be os or ws, not {self.dataflow!r}")
+            raise UserValueError(f"device {name!r}: dataflow must be os or ws, not {self.dataflow!r}")
         self.link = LinkSpec("PCIe-class 8 GB/s", 8e9, 5e-6, 0.5)
         self.capacity = {}
         self.units = UnitTable()

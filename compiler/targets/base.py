@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.ir import Graph, Node
+from golden.errors import UserValueError
 
 __all__ = ["LinkSpec", "OpCost", "Support", "Target", "parse_params"]
 
@@ -71,15 +72,15 @@ def parse_params(text: str, allowed: dict[str, type], device: str) -> dict[str, 
     for item in text.split(":"):
         k, sep, v = item.partition("=")
         if not sep or k not in allowed:
-            raise ValueError(f"device {device!r}: unknown parameter {item!r}; parameters: "
+            raise UserValueError(f"device {device!r}: unknown parameter {item!r}; parameters: "
                              f"{', '.join(sorted(allowed))}")
         try:
             val = allowed[k](v)
         except ValueError:
-            raise ValueError(f"device {device!r}: parameter {k} must be "
+            raise UserValueError(f"device {device!r}: parameter {k} must be "
                              f"{allowed[k].__name__}, not {v!r}") from None
         if isinstance(val, (int, float)) and not isinstance(val, bool) and val <= 0:
-            raise ValueError(f"device {device!r}: parameter {k} must be positive, not {v!r}")
+            raise UserValueError(f"device {device!r}: parameter {k} must be positive, not {v!r}")
         out[k] = val
     return out
 

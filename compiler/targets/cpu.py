@@ -23,6 +23,7 @@ import torch
 from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, map_structure
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
+from golden.errors import UserValueError
 
 __all__ = ["CpuTarget", "op_flops", "cache_path", "CPU_POWER_W", "roofline_seconds"]
 
@@ -74,7 +75,7 @@ class CpuTarget(Target):
         p = parse_params(param_text, {"mode": str}, name)
         self.mode = p.get("mode", "measured")
         if self.mode not in ("measured", "roofline"):
-            raise ValueError(f"device {name!r}: mode must be measured or roofline, not {self.mode!r}")
+            raise UserValueError(f"device {name!r}: mode must be measured or roofline, not {self.mode!r}")
         self.link = LinkSpec("host memory", float("inf"), 0.0, 0.0)
         self._cache: dict[str, float] | None = None
         self._dirty = False

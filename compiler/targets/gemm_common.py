@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compiler.ir import Graph, Node, Param
+from golden.errors import UserValueError
 from hw.gemm import DATAFLOWS, GemmSpec, gemm_buffer_bits
 from hw.registry import unit_for_op
 from hw.spec import UnitSpec
@@ -100,7 +101,7 @@ def fit_buffers(rows: int, cols: int, dataflow: str, shapes: list[GemmShape],
 def op_cycles(spec: GemmSpec, s: GemmShape) -> tuple[int, int, int]:
     """``(compute_cycles, load_cycles, commands)`` of one op on the engine ``spec``."""
     if s.k > spec.max_k:
-        raise ValueError(f"K={s.k} exceeds the engine's max_k={spec.max_k}")
+        raise UserValueError(f"K={s.k} exceeds the engine's max_k={spec.max_k}")
     compute = load = cmds = 0
     for m0 in range(0, s.m, spec.max_m):
         mi = min(spec.max_m, s.m - m0)
@@ -171,10 +172,10 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
     from hw.softmax import SoftmaxSpec
 
     if unit_for_op(node.op) is None:
-        raise ValueError(f"no unit in hw/ computes {node.op}")
+        raise UserValueError(f"no unit in hw/ computes {node.op}")
     q = node.attrs.get("quant")
     if not q:
-        raise ValueError(f"{node.name} is not quantized")
+        raise UserValueError(f"{node.name} is not quantized")
     rows, length = rows_length(node)
     s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
     if node.op == "softmax":
@@ -192,7 +193,7 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
             beta = beta.detach()
         p = layernorm_params(int(length), s_in, gamma, beta, s_out, eps)
         return LayerNormSpec.from_params(p, lanes if length % lanes == 0 else 1)
-    raise ValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
+    raise UserValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
 
 
 def host_combine_seconds(node: Node) -> tuple[float, int]:

@@ -21,6 +21,7 @@ import torch
 from compiler.ir import Graph, Node
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
 from compiler.targets.cpu import _bytes, op_flops
+from golden.errors import UserLookupError
 
 __all__ = ["GpuTarget", "GPUS"]
 
@@ -40,7 +41,7 @@ class GpuTarget(Target):
         super().__init__(name)
         parse_params(param_text, {}, name)
         if model not in GPUS:
-            raise LookupError(f"unknown GPU {model!r}; known: {', '.join(GPUS)}")
+            raise UserLookupError(f"unknown GPU {model!r}; known: {', '.join(GPUS)}")
         self.model = model
         self.spec = GPUS[model]
         self.cuda = torch.cuda.is_available()

@@ -25,6 +25,7 @@ from typing import Any
 
 from compiler.ir import Graph, Node
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
+from golden.errors import UserValueError
 
 __all__ = ["ImcTarget", "T_XBAR_S", "T_ADC_S", "E_XBAR_J", "E_ADC8_J", "E_DAC_J",
            "T_WRITE_S", "E_WRITE_J"]
@@ -59,7 +60,7 @@ class ImcTarget(Target):
         for k, v, hi in (("cell_bits", self.cell_bits, 8), ("dac_bits", self.dac_bits, 8),
                          ("adc_bits", self.adc_bits, 16)):
             if v > hi:
-                raise ValueError(f"device {name!r}: {k} must be <= {hi}, not {v}")
+                raise UserValueError(f"device {name!r}: {k} must be <= {hi}, not {v}")
         self.link = LinkSpec("on-package 8 GB/s", 8e9, 2e-6, 0.5)
         self.capacity = {"crossbars": self.crossbars}
 

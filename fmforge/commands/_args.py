@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from golden.errors import UserFileNotFoundError
+
 __all__ = ["positive_int", "add_json", "write_atomic"]
 
 
@@ -30,7 +32,7 @@ def write_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory, then rename."""
     path = Path(path)
     if path.parent and not path.parent.exists():
-        raise FileNotFoundError(f"output directory {str(path.parent)!r} does not exist")
+        raise UserFileNotFoundError(f"output directory {str(path.parent)!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w") as f:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from fmforge.commands._args import add_json, write_atomic
+from golden.errors import UserFileNotFoundError
 
 __all__ = ["register", "run", "report"]
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.output)
     if not out.parent.exists():
-        raise FileNotFoundError(f"output directory {str(out.parent)!r} does not exist")
+        raise UserFileNotFoundError(f"output directory {str(out.parent)!r} does not exist")
     torch.set_num_threads(1)
     c = compile_model(args.model, args.devices, args.objective,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,

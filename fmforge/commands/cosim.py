@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from fmforge.commands._args import add_json, positive_int
+from golden.errors import UserValueError
 
 __all__ = ["register", "UNITS", "replay_plan_op"]
 
@@ -59,7 +60,7 @@ def _nl_run(unit: str):
         from sim.nonlinear_bench import cosim_unit
 
         if args.waves:
-            raise ValueError(f"--waves is not supported for {unit}")
+            raise UserValueError(f"--waves is not supported for {unit}")
         return cosim_unit(unit, length=args.len, rows=args.rows, lanes=args.lanes, seed=args.seed,
                           stall=args.stall, simulator=args.simulator)
     return run
@@ -158,11 +159,11 @@ def replay_plan_op(plan_path: str, op: str, *, sentence: int = 0, stall: str = "
     plan = load_plan(plan_path)
     o = next((x for x in plan["ops"] if x["name"] == op), None)
     if o is None:
-        raise ValueError(f"plan {plan_path} has no op {op!r}")
+        raise UserValueError(f"plan {plan_path} has no op {op!r}")
     dev = next(d for d in plan["devices"] if d["name"] == o["device"])
     u = next((x for x in dev["hardware"]["units"] if x["id"] == o["lowering"].get("unit")), None)
     if u is None:
-        raise ValueError(f"op {op!r} ({o['op']}) runs on {dev['name']} ({dev['kind']}), which "
+        raise UserValueError(f"op {op!r} ({o['op']}) runs on {dev['name']} ({dev['kind']}), which "
                          "builds no unit for it: nothing to co-simulate")
     spec = spec_from_json(u["unit"], u["params"])
     rec = capture_operands(plan, op, sentence)

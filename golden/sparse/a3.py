@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse.base import (
     SparseAttentionFilter,
     _default_key_mask,
@@ -72,7 +73,7 @@ def _walk_orders(q: torch.Tensor, ks: torch.Tensor, asc: torch.Tensor, n: torch.
     if is_int:
         bound = int(q.abs().max()) * int(ks.abs().max()) + 1
         if (bound + 1) * w >= 2 ** 62:
-            raise ValueError("a3_candidates: integer products too wide for the sort key")
+            raise UserValueError("a3_candidates: integer products too wide for the sort key")
         kdt = torch.int32 if (bound + 1) * w < 2 ** 31 else torch.int64
         lo, hi = torch.tensor(-bound * w, dtype=kdt), torch.tensor(bound * w, dtype=kdt)
         tie = (w - 1 - torch.arange(w)).to(kdt)                           # earlier (column, step) first
@@ -140,7 +141,7 @@ def a3_candidates(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, m: f
     b, h, lq, d = q.shape
     lk = k.shape[2]
     if lq != lk:
-        raise ValueError("a3_candidates expects self-attention (Lq == Lk)")
+        raise UserValueError("a3_candidates expects self-attention (Lq == Lk)")
     is_int = not q.dtype.is_floating_point
     km = key_mask[:, None, :, None].expand(b, h, lk, d)
     # sort each column ascending by (value, row); padding keys sort after every real key

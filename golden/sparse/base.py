@@ -29,6 +29,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
+
 __all__ = [
     "AttentionResult",
     "DenseFilter",
@@ -63,11 +65,11 @@ def check_range(name: str, value: Any, lo: float | None, hi: float | None, *,
     hi_s = "inf" if hi is None else f"{hi:g}"
     rng = f"{'(' if lo_open or lo is None else '['}{lo_s}, {hi_s}{')' if hi_open or hi is None else ']'}"
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ValueError(f"{name} must be a number in {rng}, not {value!r}")
+        raise UserValueError(f"{name} must be a number in {rng}, not {value!r}")
     bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
         hi is not None and (value > hi or (hi_open and value == hi)))
     if bad:
-        raise ValueError(f"{name} must be in {rng}, not {value!r}")
+        raise UserValueError(f"{name} must be in {rng}, not {value!r}")
     return float(value)
 
 
@@ -91,7 +93,7 @@ def exp2_neg_fixed(x: torch.Tensor, frac_bits: int, lut_bits: int = 6, out_bits:
     fraction bits (``2**out_bits`` is 1.0). Relative error below ``2**-lut_bits * ln 2``.
     """
     if frac_bits < lut_bits:
-        raise ValueError(f"frac_bits must be >= lut_bits ({lut_bits}), not {frac_bits}")
+        raise UserValueError(f"frac_bits must be >= lut_bits ({lut_bits}), not {frac_bits}")
     idx = torch.arange(2 ** lut_bits, dtype=torch.float64)
     lut = torch.round(torch.pow(2.0, -idx / 2 ** lut_bits) * 2 ** out_bits).to(torch.int64)
     x = x.clamp_min(0)
@@ -179,7 +181,7 @@ class SparseAttentionFilter(ABC):
 
     def __init__(self, *, integer: bool = True) -> None:
         if not isinstance(integer, bool):
-            raise ValueError(f"integer must be True or False, not {integer!r}")
+            raise UserValueError(f"integer must be True or False, not {integer!r}")
         self.integer = integer
 
     # -- parameters ------------------------------------------------------------------------
@@ -246,7 +248,7 @@ FILTERS: dict[str, type[SparseAttentionFilter]] = {}
 def register_filter(cls: type[SparseAttentionFilter]) -> type[SparseAttentionFilter]:
     """Class decorator adding a filter to ``FILTERS`` under ``cls.name``."""
     if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
+        raise UserValueError(f"{cls.__name__} has no name")
     FILTERS[cls.name] = cls
     return cls
 
@@ -262,7 +264,7 @@ def available_filters() -> list[str]:
 def make_filter(name: str, **params: Any) -> SparseAttentionFilter:
     """Instantiate a registered filter; unknown names raise ValueError listing valid ones."""
     if name not in FILTERS:
-        raise ValueError(f"unknown sparse-attention method {name!r}; valid: {', '.join(available_filters())}")
+        raise UserValueError(f"unknown sparse-attention method {name!r}; valid: {', '.join(available_filters())}")
     return FILTERS[name](**params)
 
 

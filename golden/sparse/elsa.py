@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse.base import (
     SparseAttentionFilter,
     _default_key_mask,
@@ -130,7 +131,7 @@ def elsa_calibrate_layer(samples: list[tuple[torch.Tensor, torch.Tensor, torch.T
         total += float(sample[real_q].sum())
         count += int(real_q.sum())
     if count == 0:
-        raise ValueError("ELSA calibration data holds no real query")
+        raise UserValueError("ELSA calibration data holds no real query")
     return total / count
 
 
@@ -151,7 +152,7 @@ class ElsaFilter(SparseAttentionFilter):
         super().__init__(integer=integer)
         self.p = check_range("p (ELSA relevance factor)", p, 0.0, None)
         if hash_bits is not None and not _is_pow2(hash_bits):
-            raise ValueError(f"hash_bits must be a power of two in [1, d], not {hash_bits!r}")
+            raise UserValueError(f"hash_bits must be a power of two in [1, d], not {hash_bits!r}")
         self.hash_bits = hash_bits
         self.seed = int(seed)
         self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
@@ -164,10 +165,10 @@ class ElsaFilter(SparseAttentionFilter):
 
     def _k(self, d: int) -> int:
         if not _is_pow2(d):
-            raise ValueError(f"ELSA needs a power-of-two head dimension, not d={d}")
+            raise UserValueError(f"ELSA needs a power-of-two head dimension, not d={d}")
         k = d if self.hash_bits is None else self.hash_bits
         if k > d:
-            raise ValueError(f"hash_bits must be a power of two in [1, {d}], not {k}")
+            raise UserValueError(f"hash_bits must be a power of two in [1, {d}], not {k}")
         return k
 
     def hashes(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,9 +187,9 @@ class ElsaFilter(SparseAttentionFilter):
         if self.p == 0:
             return valid.clone()
         if self.thresholds is None:
-            raise ValueError("ELSA threshold not calibrated: call calibrate() or pass thresholds=")
+            raise UserValueError("ELSA threshold not calibrated: call calibrate() or pass thresholds=")
         if not 0 <= layer < len(self.thresholds):
-            raise ValueError(f"layer {layer} has no ELSA threshold ({len(self.thresholds)} calibrated)")
+            raise UserValueError(f"layer {layer} has no ELSA threshold ({len(self.thresholds)} calibrated)")
         t = self.thresholds[layer]
         d = q.shape[-1]
         kb = self._k(d)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse.base import (
     SparseAttentionFilter,
     _default_key_mask,
@@ -97,10 +98,10 @@ class EnergonFilter(SparseAttentionFilter):
         self.alpha = check_range("alpha (Energon threshold offset)", alpha, -1.0, 1.0, hi_open=True)
         rounds = tuple(tuple(r) for r in rounds)
         if not rounds:
-            raise ValueError("rounds must hold at least one (query bits, key bits) pair")
+            raise UserValueError("rounds must hold at least one (query bits, key bits) pair")
         for r in rounds:
             if len(r) != 2 or any(not isinstance(b, int) or not 1 <= b <= HP_BITS for b in r):
-                raise ValueError(f"each round must be (query bits, key bits) with bits in [1, 16], not {r!r}")
+                raise UserValueError(f"each round must be (query bits, key bits) with bits in [1, 16], not {r!r}")
         self.rounds = rounds
 
     def params(self) -> dict[str, Any]:

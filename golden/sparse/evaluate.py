@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse import METHODS
 from golden.sparse.base import (
     FILTERS,
@@ -65,10 +66,10 @@ def parse_methods(spec: str | Sequence[str] | None) -> list[str]:
         return list(METHODS)
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not names:
-        raise ValueError(f"no method given; valid: {', '.join(available_filters())}")
+        raise UserValueError(f"no method given; valid: {', '.join(available_filters())}")
     for n in names:
         if n not in FILTERS:
-            raise ValueError(f"unknown sparse-attention method {n!r}; valid: {', '.join(available_filters())}")
+            raise UserValueError(f"unknown sparse-attention method {n!r}; valid: {', '.join(available_filters())}")
     return names
 
 
@@ -126,12 +127,12 @@ def evaluate(
     names = parse_methods(methods)
     sents = list(sentences) if sentences is not None else load_sentences()
     if len(sents) < 2:
-        raise ValueError(f"need at least 2 sentences for nearest-neighbour agreement, got {len(sents)}")
+        raise UserValueError(f"need at least 2 sentences for nearest-neighbour agreement, got {len(sents)}")
     calib_sents = sents[::5]
     if holdout:
         sents = [s for i, s in enumerate(sents) if i % 5]
         if len(sents) < 2:
-            raise ValueError("holdout leaves fewer than 2 evaluation sentences")
+            raise UserValueError("holdout leaves fewer than 2 evaluation sentences")
     model, tok = load_minilm()
     dense_emb = embed(model, tok, sents, batch_size=batch_size)
     dense_nn = _nn(dense_emb)

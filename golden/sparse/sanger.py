@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse.base import (
     SparseAttentionFilter,
     _default_key_mask,
@@ -79,13 +80,13 @@ class SangerFilter(SparseAttentionFilter):
         self.threshold = check_range("threshold (Sanger probability threshold)", threshold, 0.0, 1.0,
                                      hi_open=True)
         if bits not in ALLOWED_BITS:
-            raise ValueError(f"bits must be one of {ALLOWED_BITS}, not {bits!r}")
+            raise UserValueError(f"bits must be one of {ALLOWED_BITS}, not {bits!r}")
         self.bits = bits
         self.layer_thresholds = None if layer_thresholds is None else tuple(
             check_range(f"layer_thresholds[{i}] (Sanger probability threshold)", t, 0.0, 1.0, hi_open=True)
             for i, t in enumerate(layer_thresholds))
         if self.layer_thresholds is not None and not self.layer_thresholds:
-            raise ValueError("layer_thresholds must hold one threshold per layer, not an empty list")
+            raise UserValueError("layer_thresholds must hold one threshold per layer, not an empty list")
         self.clips: list[tuple[float, float]] | None = None
 
     def params(self) -> dict[str, Any]:
@@ -102,7 +103,7 @@ class SangerFilter(SparseAttentionFilter):
         if self.layer_thresholds is None:
             return self.threshold
         if not 0 <= layer < len(self.layer_thresholds):
-            raise ValueError(f"layer {layer} has no Sanger threshold ({len(self.layer_thresholds)} given)")
+            raise UserValueError(f"layer {layer} has no Sanger threshold ({len(self.layer_thresholds)} given)")
         return self.layer_thresholds[layer]
 
     def calibrate(self, samples: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]) -> None:
@@ -121,7 +122,7 @@ class SangerFilter(SparseAttentionFilter):
     def _clip(self, xn: torch.Tensor, key_mask: torch.Tensor, layer: int, which: int) -> torch.Tensor:
         if self.clips is not None:
             if not 0 <= layer < len(self.clips):
-                raise ValueError(f"layer {layer} has no Sanger calibration ({len(self.clips)} layers)")
+                raise UserValueError(f"layer {layer} has no Sanger calibration ({len(self.clips)} layers)")
             return torch.tensor(self.clips[layer][which], dtype=torch.float64)
         return xn.abs().masked_fill(~key_mask[:, None, :, None], 0).amax((-1, -2), keepdim=True)
 

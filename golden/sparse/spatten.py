@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from golden.errors import UserValueError
 from golden.sparse.base import (
     AttentionResult,
     SparseAttentionFilter,
@@ -85,10 +86,10 @@ class SpattenFilter(SparseAttentionFilter):
         self.head_keep = check_range("head_keep (SpAtten head keep ratio)", head_keep, 0.0, 1.0,
                                      lo_open=True)
         if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive integer, not {num_layers!r}")
+            raise UserValueError(f"num_layers must be a positive integer, not {num_layers!r}")
         if not isinstance(msb_bits, int) or not isinstance(lsb_bits, int) or msb_bits < 2 or lsb_bits < 0 \
                 or msb_bits + lsb_bits != 1 + INT_BITS + FRAC_BITS:
-            raise ValueError(f"msb_bits + lsb_bits must be 12 with msb_bits >= 2, not {msb_bits}+{lsb_bits}")
+            raise UserValueError(f"msb_bits + lsb_bits must be 12 with msb_bits >= 2, not {msb_bits}+{lsb_bits}")
         self.tau = check_range("tau (SpAtten LSB refetch threshold)", tau, 0.0, 1.0)
         self.num_layers = num_layers
         self.msb_bits, self.lsb_bits = msb_bits, lsb_bits
