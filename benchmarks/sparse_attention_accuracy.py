@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from compiler.models import load_sentences
-from golden.sparse.evaluate import (
+from compiler.sparsity import (
     NO_FINETUNE_NOTE,
     choose_sanger_layer_thresholds,
     evaluate,

@@ -1,18 +1,8 @@
-"""Accelerator units as board builds see them: construction and resource estimates.
+"""Accelerator units as board builds see them: the registry's units against a board's resources.
 
-The DSP rules are measured with the open flow (Yosys 0.70 + nextpnr 0.11, see
-``benchmarks/fpga_qor.py``):
-
-* one hard multiplier per int8 MAC of the systolic array (MULT18X18D on ECP5, SB_MAC16 on
-  iCE40 UP5K with ``synth_ice40 -dsp``);
-* the requantizer epilogue multiplies int32 x int32 per output column, which Yosys splits
-  into four 18x18 (ECP5) or 16x16 (iCE40) multipliers: ``4 * C`` more (2x2 with requant on
-  LFE5U-25F: 12 MULT18X18D);
-* one more when C is not a power of two: the epilogue's channel-block test multiplies by
-  the constant C (5x5: 26 MULT18X18D, 4x7: 29).
-
-:func:`check_gemm_fits` applies these rules before any tool runs, so a GEMM engine that
-cannot fit a board fails at once with a one-line message.
+The DSP rule is :func:`hw.gemm.gemm_dsps` (measured with the open flow, Yosys 0.70 + nextpnr
+0.11, see ``benchmarks/fpga_qor.py``); :func:`check_gemm_fits` applies it before any tool runs,
+so a GEMM engine that cannot fit a board fails at once with a one-line message.
 """
 
 from __future__ import annotations
@@ -21,11 +11,11 @@ from typing import Any
 
 from boards.build import DoesNotFitError
 from boards.catalog import Board, get_board
-from golden.errors import UserLookupError
+from hw.gemm import REQUANT_DSPS_PER_COLUMN, GemmSpec
+from hw.gemm import gemm_dsps as _gemm_dsps
 
 __all__ = [
     "DEFAULT_GEMM_BUFFER",
-    "REQUANT_DSPS_PER_COLUMN",
     "check_gemm_fits",
     "gemm_dsps",
     "gemm_engine",
@@ -35,28 +25,15 @@ __all__ = [
 #: default max_m/max_k/max_n of GEMM engines built for boards (on-chip memory is small)
 DEFAULT_GEMM_BUFFER = 64
 
-#: hard multipliers per output column of the int32 x int32 requantizer, by family
-REQUANT_DSPS_PER_COLUMN = {"ecp5": 4, "ice40": 4}
-
 
 def gemm_engine(**params: Any) -> Any:
-    """Construct ``hw.gemm.GemmEngine(**params)`` (keyword parameters as that class takes).
-
-    Raises :class:`ValueError` for bad parameters (from the engine) and :class:`LookupError`
-    when the GEMM engine is not available in this installation.
-    """
-    try:
-        from hw.gemm import GemmEngine
-    except ImportError as e:  # pragma: no cover - hw is part of the distribution
-        raise UserLookupError(f"the GEMM engine (hw.gemm) is not available: {e}") from None
-    return GemmEngine(**params)
+    """The :class:`hw.gemm.GemmEngine` of ``GemmSpec(**params)`` (validated by the registry)."""
+    return GemmSpec(**params).build()
 
 
 def gemm_dsps(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:
     """Hard multipliers a ``rows`` x ``cols`` GEMM engine needs on ``board``."""
-    b = get_board(board)
-    const_mul = 1 if cols & (cols - 1) else 0  # x C in the epilogue unless C is 2**n
-    return rows * cols + const_mul + (REQUANT_DSPS_PER_COLUMN[b.family] * cols if requant else 0)
+    return _gemm_dsps(rows, cols, requant, get_board(board).family)
 
 
 def check_gemm_fits(board: Board | str, *, rows: int, cols: int, requant: bool = True) -> int:

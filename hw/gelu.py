@@ -192,6 +192,7 @@ class GeluSpec(UnitSpec):
     mode: str = "gelu"
 
     kind: ClassVar[str] = "gelu"
+    summary: ClassVar[str] = "P-lane I-BERT integer GELU / ReLU"
     ops: ClassVar[tuple[str, ...]] = ("gelu", "relu")
     golden: ClassVar[str] = "golden.gelu.gelu_int"
     component: ClassVar[str] = "hw.gelu.Gelu"

@@ -895,6 +895,7 @@ class GemmSpec(UnitSpec):
     requant: bool = True
 
     kind: ClassVar[str] = "gemm"
+    summary: ClassVar[str] = "R x C systolic int8 GEMM engine"
     ops: ClassVar[tuple[str, ...]] = ("linear", "matmul")
     golden: ClassVar[str] = "golden.gemm.gemm_int"
     component: ClassVar[str] = "hw.gemm.GemmEngine"

@@ -402,6 +402,7 @@ class LayerNormSpec(UnitSpec):
     beta_int: tuple[int, ...]
 
     kind: ClassVar[str] = "layernorm"
+    summary: ClassVar[str] = "P-lane integer layer norm (gamma/beta/eps built in)"
     ops: ClassVar[tuple[str, ...]] = ("layer_norm",)
     golden: ClassVar[str] = "golden.layernorm.layernorm_int"
     component: ClassVar[str] = "hw.layernorm.LayerNorm"

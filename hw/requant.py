@@ -341,6 +341,7 @@ class RequantSpec(UnitSpec):
     channels: int
 
     kind: ClassVar[str] = "requant"
+    summary: ClassVar[str] = "P-lane int32 -> int8 requantizer"
     ops: ClassVar[tuple[str, ...]] = ()
     golden: ClassVar[str] = "golden.requant.requantize"
     component: ClassVar[str] = "hw.requant.Requantizer"

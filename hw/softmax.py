@@ -337,6 +337,7 @@ class SoftmaxSpec(UnitSpec):
     scale: float
 
     kind: ClassVar[str] = "softmax"
+    summary: ClassVar[str] = "P-lane row softmax (three passes over a row buffer)"
     ops: ClassVar[tuple[str, ...]] = ("softmax",)
     golden: ClassVar[str] = "golden.softmax.softmax_int"
     component: ClassVar[str] = "hw.softmax.Softmax"

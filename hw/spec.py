@@ -51,6 +51,8 @@ class UnitSpec:
 
     #: registry name of the unit kind (``"gemm"``, ``"softmax"``, ...)
     kind: ClassVar[str] = ""
+    #: one line describing the unit
+    summary: ClassVar[str] = ""
     #: IR ops the unit computes
     ops: ClassVar[tuple[str, ...]] = ()
     #: dotted name of the golden function the unit matches bit for bit

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from compiler.models import load_sentences
-    from golden.sparse.evaluate import evaluate, format_table, parse_methods
+    from compiler.sparsity import evaluate, format_table, parse_methods
 
     methods = parse_methods(args.methods)
     sentences = load_sentences(args.sentences)

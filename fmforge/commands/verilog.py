@@ -9,7 +9,7 @@ from typing import Any
 
 from fmforge.commands._args import add_json, positive_int, write_atomic
 
-__all__ = ["register", "UNITS", "add_gemm_args", "gemm_from_args"]
+__all__ = ["register", "UNITS", "CLI_UNITS", "add_gemm_args", "gemm_from_args", "gemm_spec_from_args"]
 
 
 def add_gemm_args(p: argparse.ArgumentParser, *, buffers: int = 128) -> None:
@@ -25,10 +25,14 @@ def add_gemm_args(p: argparse.ArgumentParser, *, buffers: int = 128) -> None:
 
 
 def gemm_from_args(args: argparse.Namespace):
-    from hw.gemm import GemmEngine
+    return gemm_spec_from_args(args).build()
 
-    return GemmEngine(rows=args.rows, cols=args.cols, dataflow=args.dataflow, max_m=args.max_m,
-                      max_k=args.max_k, max_n=args.max_n, requant=args.requant)
+
+def gemm_spec_from_args(args: argparse.Namespace):
+    from hw.gemm import GemmSpec
+
+    return GemmSpec(rows=args.rows, cols=args.cols, dataflow=args.dataflow, max_m=args.max_m,
+                    max_k=args.max_k, max_n=args.max_n, requant=args.requant)
 
 
 def _requant_args(p: argparse.ArgumentParser) -> None:
@@ -36,10 +40,10 @@ def _requant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=positive_int, required=True, help="row length N (P must divide it)")
 
 
-def _requant_make(args: argparse.Namespace):
-    from hw.requant import Requantizer
+def _requant_spec(args: argparse.Namespace):
+    from hw.requant import RequantSpec
 
-    return Requantizer(lanes=args.lanes, channels=args.channels)
+    return RequantSpec(lanes=args.lanes, channels=args.channels)
 
 
 def _gelu_args(p: argparse.ArgumentParser) -> None:
@@ -49,10 +53,10 @@ def _gelu_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-scale", type=float, default=0.03, help="real scale of the int8 output")
 
 
-def _gelu_make(args: argparse.Namespace):
-    from sim.nonlinear_bench import GeluConfig
+def _gelu_spec(args: argparse.Namespace):
+    from hw.gelu import GeluSpec
 
-    return GeluConfig(lanes=args.lanes, mode=args.mode, in_scale=args.in_scale, out_scale=args.out_scale).unit()
+    return GeluSpec(lanes=args.lanes, in_scale=args.in_scale, out_scale=args.out_scale, mode=args.mode)
 
 
 def _softmax_args(p: argparse.ArgumentParser) -> None:
@@ -61,10 +65,10 @@ def _softmax_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=float, default=1 / 16, help="real scale of the logits (default 1/16)")
 
 
-def _softmax_make(args: argparse.Namespace):
-    from sim.nonlinear_bench import SoftmaxConfig
+def _softmax_spec(args: argparse.Namespace):
+    from hw.softmax import SoftmaxSpec
 
-    return SoftmaxConfig(lanes=args.lanes, max_length=args.max_length, scale=args.scale).unit()
+    return SoftmaxSpec(lanes=args.lanes, max_length=args.max_length, scale=args.scale)
 
 
 def _layernorm_args(p: argparse.ArgumentParser) -> None:
@@ -74,20 +78,40 @@ def _layernorm_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the example gamma/beta (default 0)")
 
 
-def _layernorm_make(args: argparse.Namespace):
+def _layernorm_spec(args: argparse.Namespace):
+    from hw.layernorm import LayerNormSpec
     from sim.nonlinear_bench import LayerNormConfig
 
-    return LayerNormConfig(lanes=args.lanes, length=args.length, in_bits=args.in_bits, seed=args.seed).unit()
+    prm = LayerNormConfig(lanes=args.lanes, length=args.length, in_bits=args.in_bits,
+                          seed=args.seed).params()[0]  # seeded example gamma/beta
+    return LayerNormSpec.from_params(prm, args.lanes)
 
 
-#: unit name -> (help, add_arguments, make_component)
-UNITS: dict[str, tuple[str, Any, Any]] = {
-    "gemm": ("R x C systolic int8 GEMM engine", add_gemm_args, gemm_from_args),
-    "requant": ("P-lane int32 -> int8 requantizer", _requant_args, _requant_make),
-    "gelu": ("P-lane I-BERT integer GELU / ReLU", _gelu_args, _gelu_make),
-    "softmax": ("P-lane row softmax (three passes over a row buffer)", _softmax_args, _softmax_make),
-    "layernorm": ("P-lane integer layer norm (example gamma/beta)", _layernorm_args, _layernorm_make),
+#: registry unit kind -> (CLI flags, spec from the parsed flags); help comes from the spec class
+CLI_UNITS: dict[str, tuple[Any, Any]] = {
+    "gemm": (add_gemm_args, gemm_spec_from_args),
+    "requant": (_requant_args, _requant_spec),
+    "gelu": (_gelu_args, _gelu_spec),
+    "softmax": (_softmax_args, _softmax_spec),
+    "layernorm": (_layernorm_args, _layernorm_spec),
 }
+
+
+def _units() -> dict[str, tuple[str, Any, Any]]:
+    """unit name -> (help, add_arguments, make_component), for every unit of the registry."""
+    from hw.registry import UNITS as REGISTRY
+
+    missing = set(REGISTRY) - set(CLI_UNITS)
+    assert not missing, f"registry units without CLI flags: {missing}"
+    out = {}
+    for kind, cls in REGISTRY.items():
+        add_args, spec = CLI_UNITS[kind]
+        out[kind] = (cls.summary, add_args,
+                     lambda a, spec=spec: spec(a).build())
+    return out
+
+
+UNITS = _units()
 
 
 def register(subparsers: Any) -> None:
