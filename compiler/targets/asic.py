@@ -102,7 +102,7 @@ class AsicTarget(Target):
         if node.op in GEMM_OPS:
             assert self.config is not None
             s = gemm_shape(node)
-            comp, load, _ = op_cycles(self.config, s)
+            comp, load, _ = op_cycles(self.config, s, channels=not is_linear16(node))
             cycles = comp + load
             t = cycles / (self.mhz * 1e6)
             wbytes = s.k * s.n if node.op == "linear" else 0

@@ -170,7 +170,8 @@ class FpgaTarget(Target):
     def cost(self, node: Node, graph: Graph) -> OpCost:
         if node.op in GEMM_OPS:
             assert self.config is not None
-            comp, load, _ = op_cycles(self.config, gemm_shape(node))
+            comp, load, _ = op_cycles(self.config, gemm_shape(node),
+                                      channels=not is_linear16(node))
             cycles = comp + load
             t = cycles / (self.mhz * 1e6)
             wb = self._weight_bytes(node)

@@ -98,8 +98,11 @@ def fit_buffers(rows: int, cols: int, dataflow: str, shapes: list[GemmShape],
         max_m = max(rows, max_m // 2)
 
 
-def op_cycles(spec: GemmSpec, s: GemmShape) -> tuple[int, int, int]:
-    """``(compute_cycles, load_cycles, commands)`` of one op on the engine ``spec``."""
+def op_cycles(spec: GemmSpec, s: GemmShape, channels: bool = True) -> tuple[int, int, int]:
+    """``(compute_cycles, load_cycles, commands)`` of one op on the engine ``spec``.
+
+    ``channels``: the commands load the per-channel table (bias / requantizer); the two int32
+    passes of a 16-bit linear have neither."""
     if s.k > spec.max_k:
         raise UserValueError(f"K={s.k} exceeds the engine's max_k={spec.max_k}")
     compute = load = cmds = 0
@@ -108,7 +111,7 @@ def op_cycles(spec: GemmSpec, s: GemmShape) -> tuple[int, int, int]:
         for n0 in range(0, s.n, spec.max_n):
             ni = min(spec.max_n, s.n - n0)
             compute += spec.cycles(m=mi, k=s.k, n=ni)
-            load += spec.load_cycles(m=mi, k=s.k, n=ni)
+            load += spec.load_cycles(m=mi, k=s.k, n=ni, channels=channels)
             cmds += 1
     return compute * s.batch, load * s.batch, cmds * s.batch
 

@@ -98,3 +98,34 @@ def test_verilog_plan_writes_every_unit(block_plan, tmp_path, capsys):
     assert main(["verilog", "--plan", str(block_plan), "--device", "cpu", "-o",
                  str(tmp_path / "w")]) == 2
     assert not (tmp_path / "w").exists()
+
+
+MINILM_DEVICE = "asic:rows=8:cols=8:sram_kb=512"
+#: MiniLM layer 0 (attention projections, output, FFN up, the int16 FFN down, both layer norms)
+LAYER0 = ["linear", "linear_1", "linear_2", "linear_3", "layer_norm_1", "linear_4", "linear_5",
+          "layer_norm_2"]
+
+
+@pytest.fixture(scope="module")
+def minilm_plan(tmp_path_factory) -> Path:
+    c = compile_model("minilm", f"{MINILM_DEVICE},cpu:mode=roofline", objective="energy")
+    p = tmp_path_factory.mktemp("replay") / "minilm.json"
+    p.write_text(dumps_plan(c.plan))
+    return p
+
+
+@pytest.mark.slow
+def test_minilm_layer_replays_bit_exact(minilm_plan):
+    """One MiniLM encoder layer, every op of it on the accelerator, on its real operands:
+    GEMMs on Verilator (one engine build), the layer norms on the Amaranth simulator (each
+    instance is its own build: its gamma/beta are elaboration constants)."""
+    plan = load_plan(minilm_plan)
+    ops = {o["name"]: o for o in plan["ops"]}
+    assert all(ops[n]["device"] == MINILM_DEVICE for n in LAYER0)
+    assert ops["linear_5"]["quant"]["in_bits"] == 16  # the two-pass FFN down-projection
+    for name in LAYER0:
+        sim = "amaranth" if ops[name]["op"] == "layer_norm" else "verilator"
+        r = replay_plan_op(str(minilm_plan), name, sentence=5, simulator=sim)
+        assert r["match"] and r["golden_matches_executor"], (name, r["mismatches"])
+        assert r["cycles"] == r["predicted_cycles"], name
+        assert r["predicted_cycles"] + r.get("load_cycles", 0) == ops[name]["cycles"], name
