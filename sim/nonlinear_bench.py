@@ -6,16 +6,26 @@ configuration, all jobs in one simulator launch, module :mod:`sim.cocotb_element
 Amaranth-simulator runner (:func:`run_pysim`) and :func:`cosim_unit`, what ``fmforge cosim
 requant|gelu`` runs. Results are compared word for word with the golden model and the unit's
 ``cycles`` counter with its cycle model.
+
+Timing is also measured by the testbenches themselves, independently of the design's counter:
+both runners count the clock edges of each job from its first ``i_data`` transfer to its last
+``o_data`` transfer, inclusive (``tb_cycles``), and the edges in that window at which the unit
+was held by the sink (``o_data`` valid & ~ready, ``tb_sink_stalls``) or waited for the source
+(``i_data`` ready & ~valid, ``tb_source_stalls``). The exact rule, from the units' end-to-end
+models (``hw.<unit>.<unit>_edges``, see :mod:`hw.requant`): ``tb_cycles ==
+tb_predicted_cycles = <unit>_cycles(...) + tb_sink_stalls + tb_source_stalls``, and both stall
+counts are 0 under the stall mode ``none``.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +44,8 @@ __all__ = [
     "SoftmaxConfig",
     "LayerNormConfig",
     "check",
+    "EdgeLog",
+    "result_problems",
     "run_verilator",
     "run_pysim",
     "cosim_unit",
@@ -70,6 +82,14 @@ class Stimulus:
     row_words: int | None = None  # output `last` after every row_words words (None: job end)
     out_signed: bool = True
     extra: dict = field(default_factory=dict)
+    #: the unit's end-to-end model: stall edges -> edges from first input to last output transfer
+    edge_model: Callable[[int], int] | None = None
+
+    def predicted_edges(self, stalls: int) -> int:
+        """Edges from the first input to the last output transfer given ``stalls`` stall edges."""
+        if self.edge_model is None:
+            return self.predicted_cycles + stalls
+        return self.edge_model(stalls)
 
 
 def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
@@ -116,7 +136,7 @@ class RequantConfig:
         return f"requant_p{self.lanes}_n{self.channels}"
 
     def stimulus(self, job: Job) -> Stimulus:
-        from hw.requant import requant_cycles
+        from hw.requant import requant_cycles, requant_edges
 
         g = torch.Generator().manual_seed(job.seed)
         n, p = self.channels, self.lanes
@@ -139,7 +159,8 @@ class RequantConfig:
                               for c in range(gi * p, gi * p + p)], 38) for gi in range(n // p)]
         return Stimulus(param=params, data=_data_words(x, p, 32), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=requant_cycles(job.rows, n, p),
-                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        edge_model=lambda stalls: requant_edges(job.rows, n, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -170,7 +191,7 @@ class GeluConfig:
         return f"{self.mode}_p{self.lanes}"
 
     def stimulus(self, job: Job, length: int) -> Stimulus:
-        from hw.gelu import gelu_cycles
+        from hw.gelu import gelu_cycles, gelu_edges
 
         g = torch.Generator().manual_seed(job.seed)
         p = self.lanes
@@ -185,7 +206,8 @@ class GeluConfig:
         ref = ref.clamp(-128, 127)  # the int8 output range saturates; that is not an error
         return Stimulus(param=[], data=_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=gelu_cycles(job.rows, length, p),
-                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        edge_model=lambda stalls: gelu_edges(job.rows, length, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -214,7 +236,7 @@ class SoftmaxConfig:
 
     def stimulus(self, job: Job, length: int) -> Stimulus:
         from golden.softmax import softmax_float, softmax_int
-        from hw.softmax import check_row_length, softmax_cycles, softmax_words
+        from hw.softmax import check_row_length, softmax_cycles, softmax_edges, softmax_words
 
         check_row_length(length, self.max_length)
         g = torch.Generator().manual_seed(job.seed)
@@ -248,7 +270,8 @@ class SoftmaxConfig:
         err = float((y.double() - ref.clamp(max=255)).abs().max())
         return Stimulus(param=[], data=words, expected=yp.reshape(-1, p).tolist(),
                         predicted_cycles=softmax_cycles(job.rows, length, p), max_abs_err_lsb=err,
-                        out_bits=8, lanes=p, row_words=w, out_signed=False)
+                        out_bits=8, lanes=p, row_words=w, out_signed=False,
+                        edge_model=lambda stalls: softmax_edges(job.rows, length, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -283,7 +306,7 @@ class LayerNormConfig:
 
     def stimulus(self, job: Job, length: int | None = None) -> Stimulus:
         from golden.layernorm import layernorm_float, layernorm_int
-        from hw.layernorm import layernorm_cycles
+        from hw.layernorm import layernorm_cycles, layernorm_edges
 
         if length not in (None, self.length):
             raise ValueError(f"this layernorm unit takes rows of {self.length}, not {length}")
@@ -304,7 +327,7 @@ class LayerNormConfig:
         return Stimulus(param=[], data=words, expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=layernorm_cycles(job.rows, n, p),
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
-                        row_words=w)
+                        row_words=w, edge_model=lambda stalls: layernorm_edges(job.rows, n, p, stalls))
 
 
 def check(st: Stimulus, words: Sequence[int]) -> dict:
@@ -326,6 +349,72 @@ def check(st: Stimulus, words: Sequence[int]) -> dict:
     return {"match": not mism, "mismatches": mism}
 
 
+@dataclass
+class EdgeLog:
+    """What a testbench saw at a unit's data ports, edge by edge (edge numbers from 0).
+
+    ``inputs``/``outputs``: the edges of each ``i_data``/``o_data`` transfer; ``sink_stalls``:
+    edges with ``o_data`` valid and not ready; ``source_stalls``: edges with ``i_data`` ready
+    and not valid. All four lists are increasing.
+    """
+
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    sink_stalls: list[int] = field(default_factory=list)
+    source_stalls: list[int] = field(default_factory=list)
+
+    def record(self, edge: int, i_valid: int, i_ready: int, o_valid: int, o_ready: int) -> None:
+        """Add one edge's samples."""
+        if i_valid and i_ready:
+            self.inputs.append(edge)
+        elif i_ready:
+            self.source_stalls.append(edge)
+        if o_valid and o_ready:
+            self.outputs.append(edge)
+        elif o_valid:
+            self.sink_stalls.append(edge)
+
+    def window(self, first_input: int, last_output: int) -> dict | None:
+        """Edge counts of the job whose first input transfer is ``inputs[first_input]`` and whose
+        last output transfer is ``outputs[last_output]``; None if either did not happen."""
+        if first_input >= len(self.inputs) or last_output >= len(self.outputs):
+            return None
+        t0, t1 = self.inputs[first_input], self.outputs[last_output]
+
+        def count(edges: list[int]) -> int:
+            return bisect.bisect_right(edges, t1) - bisect.bisect_left(edges, t0)
+
+        return {"tb_cycles": t1 - t0 + 1, "tb_sink_stalls": count(self.sink_stalls),
+                "tb_source_stalls": count(self.source_stalls)}
+
+
+def _tb_timing(st: Stimulus, counts: dict | None) -> dict:
+    """The testbench's edge counts of one job and what the unit's end-to-end model predicts."""
+    if counts is None:
+        return {"tb_cycles": None, "tb_predicted_cycles": None, "tb_sink_stalls": None,
+                "tb_source_stalls": None}
+    stalls = counts["tb_sink_stalls"] + counts["tb_source_stalls"]
+    return {**counts, "tb_predicted_cycles": st.predicted_edges(stalls)}
+
+
+def result_problems(r: dict, stall: str = "none", *, error_ok: bool = False) -> list[str]:
+    """What is wrong with one job's result dict (empty if nothing): golden mismatches, the
+    design's ``cycles`` vs its model, the testbench's edge count vs the end-to-end model (and
+    no stall edges under stall mode ``none``), the unit's error flag (unless ``error_ok``)."""
+    where = f"{r['job']} (stall={stall})"
+    out = [f"{where}: {m}" for m in r["mismatches"]] if not r["match"] else []
+    if r["cycles"] != r["predicted_cycles"]:
+        out.append(f"{where}: design cycles {r['cycles']} != model {r['predicted_cycles']}")
+    if r.get("tb_cycles") is None or r["tb_cycles"] != r["tb_predicted_cycles"]:
+        out.append(f"{where}: testbench edges {r.get('tb_cycles')} != model {r.get('tb_predicted_cycles')} "
+                   f"(sink stalls {r.get('tb_sink_stalls')}, source stalls {r.get('tb_source_stalls')})")
+    if stall == "none" and (r.get("tb_sink_stalls") or r.get("tb_source_stalls")):
+        out.append(f"{where}: stall edges without stalls: {r['tb_sink_stalls']} + {r['tb_source_stalls']}")
+    if r["error"] and not error_ok:
+        out.append(f"{where}: the unit flagged a framing error")
+    return out
+
+
 def _progress(msg: str) -> None:
     print(f"[fmforge] {msg}", file=sys.stderr, flush=True)
 
@@ -345,7 +434,8 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
     ``data_override`` replaces jobs' input words (to feed malformed streams). Returns one dict
     per job: ``job``, ``match``, ``mismatches``, ``cycles``, ``predicted_cycles``, ``error``
     (the unit's sticky framing-error flag), ``max_abs_err_lsb`` (golden vs float twin),
-    ``sim_seconds``.
+    ``sim_seconds``, and the testbench's own timing (module docstring): ``tb_cycles``,
+    ``tb_predicted_cycles``, ``tb_sink_stalls``, ``tb_source_stalls`` (None after a timeout).
     """
     from sim.verilator import build, run_cocotb, to_verilog
 
@@ -378,7 +468,8 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
         out.append({"job": job.describe(), "match": chk["match"] and not r.get("timeout"),
                     "mismatches": chk["mismatches"], "cycles": r["cycles"],
                     "predicted_cycles": st.predicted_cycles, "error": bool(r["error"]),
-                    "max_abs_err_lsb": st.max_abs_err_lsb, "sim_seconds": r["sim_seconds"]})
+                    "max_abs_err_lsb": st.max_abs_err_lsb, "sim_seconds": r["sim_seconds"],
+                    **_tb_timing(st, r.get("edges"))})
     if own:
         shutil.rmtree(tdir, ignore_errors=True)
     return out
@@ -386,7 +477,11 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
 
 def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str = "none",
               seed: int = 0) -> list[dict]:
-    """The same jobs on the Amaranth simulator (small configurations); same result dicts."""
+    """The same jobs on the Amaranth simulator (small configurations); same result dicts.
+
+    A background process samples ``i_data``/``o_data`` valid and ready at every clock edge
+    (:class:`EdgeLog`) for the testbench's own edge counts (module docstring).
+    """
     from amaranth.sim import Simulator
 
     from sim.pysim import stream_sink, stream_source
@@ -396,6 +491,14 @@ def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str
     pattern = stall_pattern(stall, seed)
     results: list[dict] = []
     go = [False] * len(stims)  # job j's data may start (its table is loaded)
+    log = EdgeLog()
+
+    async def watch(ctx):
+        i, o = dut.i_data, dut.o_data
+        edge = 0
+        async for _clk, _rst, iv, ir, ov, ordy in ctx.tick().sample(i.valid, i.ready, o.valid, o.ready):
+            log.record(edge, iv, ir, ov, ordy)
+            edge += 1
 
     async def source(ctx):
         src_p = pattern.fork(1)
@@ -419,12 +522,18 @@ def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str
                             "cycles": int(ctx.get(dut.cycles)), "predicted_cycles": st.predicted_cycles,
                             "error": bool(ctx.get(dut.error)), "max_abs_err_lsb": st.max_abs_err_lsb,
                             "sim_seconds": time.perf_counter() - t0})
+        await ctx.tick()  # let the edge watcher record the final transfer's edge
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    sim.add_testbench(watch, background=True)
     sim.add_testbench(source, background=True)
     sim.add_testbench(bench)
     sim.run()
+    n_in = n_out = 0
+    for st, r in zip(stims, results, strict=False):
+        n_in, n_out = n_in + len(st.data), n_out + len(st.expected)
+        r.update(_tb_timing(st, log.window(n_in - len(st.data), n_out - 1)))
     if getattr(cfg, "cumulative", False):
         _deltas(results)
     return results

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hw.requant import REQUANT_LATENCY, Requantizer, requant_cycles
-from sim.nonlinear_bench import Job, RequantConfig, run_pysim
+from hw.requant import REQUANT_LATENCY, Requantizer, requant_cycles, requant_edges
+from sim.nonlinear_bench import Job, RequantConfig, result_problems, run_pysim
 from sim.streams import STALL_MODES
 
 
@@ -36,6 +36,9 @@ def test_properties_read_only_and_ports():
 
 def test_cycle_model():
     assert requant_cycles(3, 12, 4) == 9 + REQUANT_LATENCY
+    assert requant_edges(3, 12, 4) == 9 + REQUANT_LATENCY and requant_edges(3, 12, 4, 5) == 14 + REQUANT_LATENCY
+    with pytest.raises(ValueError, match="stalls must be a non-negative integer, not -1"):
+        requant_edges(3, 12, 4, -1)
     with pytest.raises(ValueError, match="must divide the row length"):
         requant_cycles(1, 10, 4)
     with pytest.raises(ValueError, match="rows must be a positive integer, not 0"):
@@ -49,4 +52,5 @@ def test_pysim_bit_exact_and_cycle_exact(stall):
     for r in run_pysim(cfg, jobs, stall=stall, seed=7):
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], r["job"]
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         assert not r["error"]
