@@ -37,6 +37,9 @@ from sim.streams import pack_lanes, stall_pattern, unpack_lanes
 
 __all__ = [
     "VALUE_PATTERNS",
+    "REQUANT_EDGE_PARAMS",
+    "REQUANT_INT8_SCALES",
+    "requant_rounding_points",
     "Job",
     "Stimulus",
     "RequantConfig",
@@ -52,8 +55,13 @@ __all__ = [
 ]
 
 #: input patterns: random, every value at the minimum / maximum, all equal, alternating min/max,
-#: every value of the range in order
-VALUE_PATTERNS = ("random", "min", "max", "equal", "minmax", "all")
+#: every value of the range in order; per row: constant rows (the first rows at the minimum,
+#: the maximum and 0, then random), near-constant rows (constant but one element +-1), rows of
+#: two adjacent values, ties (values within 2 of the row maximum, which occurs at least twice),
+#: one-hot rows (one maximum, the rest at the minimum), gap rows (one element at the maximum,
+#: the rest equal at distance ``d = row mod 256`` below it: every distance once per 256 rows)
+VALUE_PATTERNS = ("random", "min", "max", "equal", "minmax", "all", "rowconst", "nearconst",
+                  "twovalues", "ties", "onehot", "gap")
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,39 @@ def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Gen
     if pattern == "all":  # every value from lo up, wrapping (int8: each value once per 256)
         n = shape[0] * shape[1]
         return (torch.arange(n, dtype=torch.int64) % (hi - lo + 1) + lo).view(shape)
+    rows, n = shape
+    if pattern in ("rowconst", "nearconst", "twovalues"):
+        c = torch.randint(lo, hi + 1, (rows,), generator=g, dtype=torch.int64)
+        if pattern == "rowconst":
+            c[: min(rows, 3)] = torch.tensor([lo, hi, 0], dtype=torch.int64)[: min(rows, 3)]
+        t = c[:, None].expand(rows, n).clone()
+        if pattern == "nearconst":  # one element +1 (even rows) or -1 (odd rows), kept in range
+            pos = torch.randint(0, n, (rows,), generator=g)
+            for r in range(rows):
+                step = 1 if (r % 2 == 0 and c[r] < hi) or c[r] == lo else -1
+                t[r, pos[r]] += step
+        elif pattern == "twovalues":  # c and c+1 (c-1 at the maximum), both present when n > 1
+            step = torch.where(c < hi, 1, -1)
+            pick = torch.rand(shape, generator=g) < 0.5
+            pick[:, 0], pick[:, -1] = False, n > 1
+            t = torch.where(pick, t + step[:, None], t)
+        return t
+    if pattern == "ties":  # values in [m-2, m], the maximum m at least twice per row (if n > 1)
+        m = torch.randint(lo + 2, hi + 1, (rows, 1), generator=g, dtype=torch.int64)
+        t = m - torch.randint(0, 3, shape, generator=g, dtype=torch.int64)
+        for r in range(rows):
+            at = torch.randperm(n, generator=g)[: min(n, 2)]
+            t[r, at] = m[r, 0]
+        return t
+    if pattern == "gap":  # one element at hi (position row mod n), the rest at hi - (row mod 256)
+        r = torch.arange(rows)
+        t = (hi - r % 256).clamp(min=lo)[:, None].expand(rows, n).clone()
+        t[r, r % n] = hi
+        return t
+    if pattern == "onehot":  # one element at hi, the rest at lo
+        t = torch.full(shape, lo, dtype=torch.int64)
+        t[torch.arange(rows), torch.randint(0, n, (rows,), generator=g)] = hi
+        return t
     raise ValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
 
 
@@ -118,9 +159,40 @@ def _data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
     return words
 
 
+#: (mult, shift) per channel for the requantizer's ``int8`` and ``rounding`` patterns, cycled over
+#: the channels: realistic scales (quantize_multiplier), then exact-tie pairs (small mult), a
+#: negative multiplier, the shift-0 path and the extreme multipliers
+REQUANT_EDGE_PARAMS = (
+    (1, 0), (1, 1), (3, 2), (-5, 3), (1, 7), (-(2**31), 63), (2**31 - 1, 62), (-(2**31), 40))
+REQUANT_INT8_SCALES = (1.0, 0.5, 0.37, 1.6, 0.031, 2.7, 0.999, 0.0079)
+
+
+def requant_rounding_points(mult: int, shift: int) -> list[int]:
+    """int32 inputs around every rounding point and saturation edge of ``requantize(., mult, shift)``.
+
+    For each output boundary ``k + 1/2`` (``k`` from -130 to 129, so the saturation edges at
+    -128.5 and 127.5 are included) the inputs whose scaled value ``x * mult / 2**shift`` is
+    just below, at (when an integer input lands there exactly) and just above it, plus the int32
+    extremes and 0; clipped to int32, deduplicated, in increasing order.
+    """
+    pts = {0, -(2**31), 2**31 - 1}
+    for k in range(-130, 130):
+        num = (2 * k + 1) << shift  # boundary * 2**(shift+1): x * 2 * mult == num at the boundary
+        den = 2 * mult
+        q = num // den  # floor(boundary / scale)
+        pts.update(q + d for d in (-1, 0, 1, 2))
+    return sorted(v for v in pts if -(2**31) <= v < 2**31)
+
+
 @dataclass(frozen=True)
 class RequantConfig:
-    """A :class:`hw.requant.Requantizer` configuration (one Verilator build)."""
+    """A :class:`hw.requant.Requantizer` configuration (one Verilator build).
+
+    Extra value patterns: ``int8`` (every channel sees every int8 input, -128..127 in order,
+    one per row, with the realistic scales :data:`REQUANT_INT8_SCALES`; 256 rows cover them
+    all) and ``rounding`` (channel ``c`` uses ``REQUANT_EDGE_PARAMS[c mod 8]`` and its column
+    walks :func:`requant_rounding_points`, cycling when the rows outnumber them).
+    """
 
     lanes: int
     channels: int
@@ -140,10 +212,21 @@ class RequantConfig:
 
         g = torch.Generator().manual_seed(job.seed)
         n, p = self.channels, self.lanes
-        x = _values((job.rows, n), job.values, -(2**31), 2**31 - 1, g)
         mult = torch.empty(n, dtype=torch.int64)
         shift = torch.empty(n, dtype=torch.int64)
-        for c in range(n):
+        if job.values == "int8":
+            x = (torch.arange(job.rows, dtype=torch.int64) % 256 - 128)[:, None].expand(job.rows, n)
+            for c in range(n):
+                mult[c], shift[c] = quantize_multiplier(REQUANT_INT8_SCALES[c % len(REQUANT_INT8_SCALES)])
+        elif job.values == "rounding":
+            x = torch.empty(job.rows, n, dtype=torch.int64)
+            for c in range(n):
+                mult[c], shift[c] = REQUANT_EDGE_PARAMS[c % len(REQUANT_EDGE_PARAMS)]
+                pts = torch.tensor(requant_rounding_points(int(mult[c]), int(shift[c])), dtype=torch.int64)
+                x[:, c] = pts[torch.arange(job.rows) % len(pts)]
+        else:
+            x = _values((job.rows, n), job.values, -(2**31), 2**31 - 1, g)
+        for c in range(n if job.values not in ("int8", "rounding") else 0):
             k = int(torch.randint(0, 4, (1,), generator=g))
             if k == 0:  # raw int32 multiplier (negative too), any shift
                 mult[c] = int(torch.randint(-(2**31), 2**31, (1,), generator=g))
@@ -215,7 +298,9 @@ class SoftmaxConfig:
     """A :class:`hw.softmax.Softmax` configuration: lanes, buffer length and the logit scale.
 
     Extra value patterns: ``masked`` (random logits, random mask), ``allmasked`` (every position
-    masked off), ``wide`` (random int32 logits in [-2**20, 2**20]).
+    masked off), ``wide`` (random int32 logits in [-2**20, 2**20]), ``maskedties`` (``ties``
+    with a random mask), ``maskedonehot`` (``onehot`` with the maximum masked off, so the kept
+    logits are all equal at the minimum).
     """
 
     lanes: int
@@ -246,8 +331,12 @@ class SoftmaxConfig:
         if job.values == "wide":
             x = torch.randint(-(2**20), 2**20 + 1, shape, generator=g, dtype=torch.int64)
         else:
-            x = _values(shape, "random" if job.values in ("masked", "allmasked") else job.values, -128, 127, g)
-        if job.values == "masked":
+            base = {"masked": "random", "allmasked": "random", "maskedties": "ties",
+                    "maskedonehot": "onehot"}.get(job.values, job.values)
+            x = _values(shape, base, -128, 127, g)
+        if job.values == "maskedonehot":
+            mask = x != 127
+        elif job.values in ("masked", "maskedties"):
             mask = torch.rand(shape, generator=g) < 0.7
         elif job.values == "allmasked":
             mask = torch.zeros(shape, dtype=torch.bool)
@@ -279,7 +368,8 @@ class LayerNormConfig:
     """A :class:`hw.layernorm.LayerNorm` configuration: lanes, N, input bits and a seed for gamma/beta.
 
     gamma ~ N(1, 0.2), beta ~ N(0, 0.1) per channel (seeded), in_scale 0.05 (int8) or 2**-12
-    (``in_bits`` 24), out_scale 0.05. Extra value pattern: ``wide`` (int32 inputs with ``in_bits``
+    (``in_bits`` 24), out_scale 0.05, ``eps`` (default 1e-5; ``eps=0`` gives ``eps_int = 0``, so
+    a constant row has a zero variance term ``D``). Extra value pattern: ``wide`` (int32 inputs with ``in_bits``
     significant bits; needs ``in_bits`` > 8).
     """
 
@@ -287,6 +377,7 @@ class LayerNormConfig:
     length: int
     in_bits: int = 8
     seed: int = 0
+    eps: float = 1e-5
     name = "layernorm"
     cumulative = True
 
@@ -297,7 +388,8 @@ class LayerNormConfig:
         gamma = 1.0 + 0.2 * torch.randn(self.length, generator=g, dtype=torch.float64)
         beta = 0.1 * torch.randn(self.length, generator=g, dtype=torch.float64)
         in_scale = 0.05 if self.in_bits == 8 else 2.0**-12
-        return layernorm_params(self.length, in_scale, gamma, beta, 0.05, in_bits=self.in_bits), gamma, beta, in_scale
+        prm = layernorm_params(self.length, in_scale, gamma, beta, 0.05, eps=self.eps, in_bits=self.in_bits)
+        return prm, gamma, beta, in_scale
 
     def unit(self):
         from hw.layernorm import LayerNorm
@@ -319,7 +411,7 @@ class LayerNormConfig:
         else:
             x = _values((job.rows, n), job.values, -128, 127, g)
         y = layernorm_int(x, prm)
-        ref = (layernorm_float(x * in_scale, gamma, beta) / 0.05).clamp(-128, 127)
+        ref = (layernorm_float(x * in_scale, gamma, beta, eps=self.eps) / 0.05).clamp(-128, 127)
         words = [pack_lanes(w, 32) for w in x.reshape(-1, p).tolist()]
         w = n // p
         for r in range(job.rows):

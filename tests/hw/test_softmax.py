@@ -62,3 +62,26 @@ def test_pysim_bit_exact_and_cycle_exact(stall):
         assert r["cycles"] == r["predicted_cycles"], r["job"]
         assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         assert not r["error"]
+
+
+EDGE_JOBS = [Job(3, "ties", 1), Job(3, "onehot", 2), Job(3, "rowconst", 3), Job(1, "equal", 4),
+             Job(2, "maskedties", 5), Job(2, "maskedonehot", 6), Job(1, "allmasked", 7), Job(2, "masked", 8)]
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+@pytest.mark.parametrize("length", [5, 8, 1])
+def test_pysim_ties_onehot_equal_masked_rows(length, stall):
+    cfg = SoftmaxConfig(lanes=2, max_length=8)
+    for r in run_pysim(cfg, EDGE_JOBS, length=length, stall=stall, seed=10 + length):
+        assert not result_problems(r, stall), result_problems(r, stall)
+        assert r["max_abs_err_lsb"] <= 1.0
+
+
+@pytest.mark.parametrize(("stall", "rows"), [("none", 256), ("both", 64)])
+def test_pysim_every_distance_to_the_maximum(stall, rows):
+    # rows [m, m-d, m-d] for every d in 0..255 (d = 0: all equal): every exp table index and
+    # shift the int8 logits reach, with few elements per row so that an exp or normalization
+    # rounding change moves an output
+    cfg = SoftmaxConfig(lanes=2, max_length=4)
+    for r in run_pysim(cfg, [Job(rows, "gap", 0)], length=3, stall=stall, seed=12):
+        assert not result_problems(r, stall), result_problems(r, stall)
