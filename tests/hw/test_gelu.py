@@ -64,10 +64,12 @@ def test_pysim_bit_exact_and_cycle_exact(mode, stall):
 
 
 @pytest.mark.parametrize("stall", ["none", "both"])
-@pytest.mark.parametrize(("mode", "in_scale", "out_scale"), [("gelu", 0.05, 0.03), ("gelu", 0.1, 0.05),
-                                                              ("relu", 0.05, 0.02), ("relu", 0.05, 0.05)])
+@pytest.mark.parametrize(("mode", "in_scale", "out_scale"), [
+    ("gelu", 0.05, 0.03), ("gelu", 0.01, 0.005), ("gelu", 0.02, 0.02), ("relu", 0.05, 0.02),
+    ("relu", 0.05, 0.05)])
 def test_pysim_every_int8_input(mode, in_scale, out_scale, stall):
-    # all 256 int8 values, in order and reversed-lane, through a 4-lane unit
+    # all 256 int8 values through a 4-lane unit; the GELU scale pairs are ones where a change of
+    # Bq by one moves some output (K by one moves none of the 256: K is about 2**21)
     cfg = GeluConfig(lanes=4, mode=mode, in_scale=in_scale, out_scale=out_scale)
     for r in run_pysim(cfg, [Job(1, "all", 0), Job(2, "minmax", 1)], length=256, stall=stall, seed=3):
         assert not result_problems(r, stall), result_problems(r, stall)
