@@ -13,7 +13,8 @@ ReLU mode matches :func:`golden.gelu.relu_int`: ``max(q, 0)``, requantized with
 which is ``y``). The constants (:class:`golden.gelu.GeluParams`) are elaboration parameters.
 
 Job framing, ``busy``/``cycles``/``error`` and backpressure behave as described in
-:mod:`hw.requant` (the pipeline freezes when the source idles or the sink refuses).
+:mod:`hw.requant` (the pipeline freezes when the source idles or the sink refuses); so does the
+end-to-end edge count seen at the ports (:func:`gelu_edges`).
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from hw.requant import (
     FrameControl,
     check_lanes_divide,
     check_positive,
+    check_stalls,
     elementwise_cycles,
     requant_stages,
 )
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles"]
+__all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles", "gelu_edges"]
 
 #: registers from the input to the output register inclusive: t, t*t, h, q*h partial products,
 #: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (6)
@@ -57,6 +59,16 @@ def gelu_cycles(rows: int, length: int, lanes: int) -> int:
     check_positive("lanes", lanes)
     check_lanes_divide(lanes, length)
     return elementwise_cycles(rows * length // lanes, GELU_LATENCY)
+
+
+def gelu_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
+    """Exact edges from a job's first ``i_data`` transfer to its last ``o_data`` transfer, inclusive.
+
+    :func:`gelu_cycles` plus ``stalls``, the edges in that window at which the sink refused a
+    valid output or the unit was ready while the source idled (:mod:`hw.requant`, end-to-end
+    timing).
+    """
+    return gelu_cycles(rows, length, lanes) + check_stalls(stalls)
 
 
 class Gelu(wiring.Component):

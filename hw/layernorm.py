@@ -21,6 +21,8 @@ Per row, three phases::
 per row (92 for P = 4, :func:`layernorm_row_overhead`); ``cycles`` is cumulative since reset,
 counts every cycle in which the unit advanced while working on a row except LOAD cycles without
 an input word, and never cycles frozen by output backpressure (``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
+Seen at the ports, a job's edges from its first input transfer to its last output transfer are
+that count plus the stall edges (:func:`layernorm_edges`).
 """
 
 from __future__ import annotations
@@ -48,13 +50,15 @@ from hw.requant import (
     NONLINEAR_QOR_COMMAND,
     check_lanes_divide,
     check_positive,
+    check_stalls,
     round_half_up_const,
     row_unit_bookkeeping,
     saturate_bits,
 )
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_row_overhead"]
+__all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_edges",
+           "layernorm_row_overhead"]
 
 _STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
 _NORM_STAGES = 15
@@ -89,6 +93,16 @@ def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
     check_positive("lanes", lanes)
     check_lanes_divide(lanes, length)
     return rows * (2 * (length // lanes) + layernorm_row_overhead(lanes))
+
+
+def layernorm_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
+    """Exact edges from a job's first ``i_data`` transfer to its last ``o_data`` transfer, inclusive.
+
+    :func:`layernorm_cycles` plus ``stalls``, the edges in that window at which the sink refused
+    a valid output or the unit was ready (LOAD) while the source idled (:mod:`hw.requant`,
+    end-to-end timing).
+    """
+    return layernorm_cycles(rows, length, lanes) + check_stalls(stalls)
 
 
 class LayerNorm(wiring.Component):

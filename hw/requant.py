@@ -17,6 +17,18 @@ pipeline instead of inserting bubbles, and a sink that refuses freezes it too, s
 final output word, inclusive) is exactly ``words + depth`` whatever the stall pattern
 (:func:`elementwise_cycles`). The outputs of a job are all produced once its ``last`` word has
 been accepted; words before it may wait in the pipeline while the source idles.
+
+End-to-end timing seen at the ports (shared by all four nonlinear units)
+-------------------------------------------------------------------------
+A testbench counts the clock edges of a job from its first ``i_data`` transfer (valid & ready)
+to its last ``o_data`` transfer, both inclusive, and the edges in that window at which the
+unit was *held by a neighbour*: the sink refused (``o_data`` valid & ~ready) or the unit waited
+for the source (``i_data`` ready & ~valid; the two never coincide, since a refused output
+freezes the unit and drops ``i_data.ready``). The edge count is then exactly the unit's
+``<unit>_cycles`` model plus those stall edges (:func:`elementwise_edges`,
+:func:`requant_edges`, ``hw.gelu.gelu_edges``, ``hw.softmax.softmax_edges``,
+``hw.layernorm.layernorm_edges``); with no stalls it is the model itself. A cycle the unit
+loses on its own (a bubble outside the ``cycles`` counter) breaks the equality.
 """
 
 from __future__ import annotations
@@ -39,6 +51,9 @@ __all__ = [
     "Requantizer",
     "requant_cycles",
     "elementwise_cycles",
+    "elementwise_edges",
+    "requant_edges",
+    "check_stalls",
     "param_layout",
     "check_positive",
     "FrameControl",
@@ -101,6 +116,23 @@ def elementwise_cycles(words: int, depth: int) -> int:
     return words + depth
 
 
+def check_stalls(stalls: int) -> int:
+    """Validate a stall-edge count (a non-negative integer)."""
+    if not isinstance(stalls, int) or isinstance(stalls, bool) or stalls < 0:
+        raise UserValueError(f"stalls must be a non-negative integer, not {stalls!r}")
+    return stalls
+
+
+def elementwise_edges(words: int, depth: int, stalls: int = 0) -> int:
+    """Exact clock edges from a job's first input transfer to its last output transfer, inclusive.
+
+    ``elementwise_cycles(words, depth) + stalls``; ``stalls`` is the number of edges in that
+    window at which ``o_data`` was valid and not ready or ``i_data`` ready and not valid
+    (module docstring, end-to-end timing).
+    """
+    return elementwise_cycles(words, depth) + check_stalls(stalls)
+
+
 def requant_cycles(rows: int, channels: int, lanes: int) -> int:
     """Exact cycles of ``rows`` rows of ``channels`` int32 values on a P-lane :class:`Requantizer`.
 
@@ -111,6 +143,15 @@ def requant_cycles(rows: int, channels: int, lanes: int) -> int:
     check_positive("lanes", lanes)
     check_lanes_divide(lanes, channels, "channels")
     return elementwise_cycles(rows * channels // lanes, REQUANT_LATENCY)
+
+
+def requant_edges(rows: int, channels: int, lanes: int, stalls: int = 0) -> int:
+    """Exact edges from a job's first ``i_data`` transfer to its last ``o_data`` transfer, inclusive.
+
+    :func:`requant_cycles` plus ``stalls``, the edges in that window at which the sink refused
+    a valid output or the unit was ready while the source idled (module docstring).
+    """
+    return requant_cycles(rows, channels, lanes) + check_stalls(stalls)
 
 
 def param_layout() -> data.StructLayout:

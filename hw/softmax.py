@@ -20,7 +20,9 @@ beyond L in the final word must be masked off). Cycle model (:func:`softmax_cycl
 takes exactly ``3W + 56 + O`` counted cycles (57 for P = 4, :func:`softmax_row_overhead`); ``cycles`` is cumulative since reset and counts every
 cycle in which the unit advanced while working on a row, except LOAD cycles without an input
 word (so source idling is not counted), and never cycles frozen by output backpressure
-(``adv = ~(o.valid & ~o.ready)`` holds the whole unit).
+(``adv = ~(o.valid & ~o.ready)`` holds the whole unit). Seen at the ports, a job's edges from
+its first input transfer to its last output transfer are that count plus the stall edges
+(:func:`softmax_edges`).
 """
 
 from __future__ import annotations
@@ -38,12 +40,14 @@ from hw.requant import (
     NONLINEAR_QOR_COMMAND,
     check_lanes_divide,
     check_positive,
+    check_stalls,
     round_half_up_const,
     row_unit_bookkeeping,
 )
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["Softmax", "SoftmaxSpec", "softmax_cycles", "softmax_words", "softmax_row_overhead", "check_row_length"]
+__all__ = ["Softmax", "SoftmaxSpec", "softmax_cycles", "softmax_edges", "softmax_words",
+           "softmax_row_overhead", "check_row_length"]
 
 _EXP_STAGES = 10
 _NORM_STAGES = 6
@@ -75,6 +79,17 @@ def softmax_cycles(rows: int, length: int, lanes: int) -> int:
     """Exact counted cycles of ``rows`` rows: ``rows * (3W + softmax_row_overhead(P))``."""
     check_positive("rows", rows)
     return rows * (3 * softmax_words(length, lanes) + softmax_row_overhead(lanes))
+
+
+def softmax_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
+    """Exact edges from a job's first ``i_data`` transfer to its last ``o_data`` transfer, inclusive.
+
+    :func:`softmax_cycles` plus ``stalls``, the edges in that window at which the sink refused a
+    valid output or the unit was ready (LOAD) while the source idled (:mod:`hw.requant`,
+    end-to-end timing). Rows of one job follow each other with no gap: the last NORM cycle of
+    a row transfers its final output word and the next cycle loads the next row.
+    """
+    return softmax_cycles(rows, length, lanes) + check_stalls(stalls)
 
 
 def check_row_length(length: int, max_length: int) -> None:

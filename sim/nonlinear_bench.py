@@ -6,16 +6,26 @@ configuration, all jobs in one simulator launch, module :mod:`sim.cocotb_element
 Amaranth-simulator runner (:func:`run_pysim`) and :func:`cosim_unit`, what ``fmforge cosim
 requant|gelu`` runs. Results are compared word for word with the golden model and the unit's
 ``cycles`` counter with its cycle model.
+
+Timing is also measured by the testbenches themselves, independently of the design's counter:
+both runners count the clock edges of each job from its first ``i_data`` transfer to its last
+``o_data`` transfer, inclusive (``tb_cycles``), and the edges in that window at which the unit
+was held by the sink (``o_data`` valid & ~ready, ``tb_sink_stalls``) or waited for the source
+(``i_data`` ready & ~valid, ``tb_source_stalls``). The exact rule, from the units' end-to-end
+models (``hw.<unit>.<unit>_edges``, see :mod:`hw.requant`): ``tb_cycles ==
+tb_predicted_cycles = <unit>_cycles(...) + tb_sink_stalls + tb_source_stalls``, and both stall
+counts are 0 under the stall mode ``none``.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +38,9 @@ from sim.streams import pack_lanes, stall_pattern, unpack_lanes
 
 __all__ = [
     "VALUE_PATTERNS",
+    "REQUANT_EDGE_PARAMS",
+    "REQUANT_INT8_SCALES",
+    "requant_rounding_points",
     "Job",
     "Stimulus",
     "RequantConfig",
@@ -35,14 +48,21 @@ __all__ = [
     "SoftmaxConfig",
     "LayerNormConfig",
     "check",
+    "EdgeLog",
+    "result_problems",
     "run_verilator",
     "run_pysim",
     "cosim_unit",
 ]
 
 #: input patterns: random, every value at the minimum / maximum, all equal, alternating min/max,
-#: every value of the range in order
-VALUE_PATTERNS = ("random", "min", "max", "equal", "minmax", "all")
+#: every value of the range in order; per row: constant rows (the first rows at the minimum,
+#: the maximum and 0, then random), near-constant rows (constant but one element +-1), rows of
+#: two adjacent values, ties (values within 2 of the row maximum, which occurs at least twice),
+#: one-hot rows (one maximum, the rest at the minimum), gap rows (one element at the maximum,
+#: the rest equal at distance ``d = row mod 256`` below it: every distance once per 256 rows)
+VALUE_PATTERNS = ("random", "min", "max", "equal", "minmax", "all", "rowconst", "nearconst",
+                  "twovalues", "ties", "onehot", "gap")
 
 
 @dataclass(frozen=True)
@@ -71,6 +91,14 @@ class Stimulus:
     row_words: int | None = None  # output `last` after every row_words words (None: job end)
     out_signed: bool = True
     extra: dict = field(default_factory=dict)
+    #: the unit's end-to-end model: stall edges -> edges from first input to last output transfer
+    edge_model: Callable[[int], int] | None = None
+
+    def predicted_edges(self, stalls: int) -> int:
+        """Edges from the first input to the last output transfer given ``stalls`` stall edges."""
+        if self.edge_model is None:
+            return self.predicted_cycles + stalls
+        return self.edge_model(stalls)
 
 
 def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Generator) -> torch.Tensor:
@@ -89,6 +117,39 @@ def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Gen
     if pattern == "all":  # every value from lo up, wrapping (int8: each value once per 256)
         n = shape[0] * shape[1]
         return (torch.arange(n, dtype=torch.int64) % (hi - lo + 1) + lo).view(shape)
+    rows, n = shape
+    if pattern in ("rowconst", "nearconst", "twovalues"):
+        c = torch.randint(lo, hi + 1, (rows,), generator=g, dtype=torch.int64)
+        if pattern == "rowconst":
+            c[: min(rows, 3)] = torch.tensor([lo, hi, 0], dtype=torch.int64)[: min(rows, 3)]
+        t = c[:, None].expand(rows, n).clone()
+        if pattern == "nearconst":  # one element +1 (even rows) or -1 (odd rows), kept in range
+            pos = torch.randint(0, n, (rows,), generator=g)
+            for r in range(rows):
+                step = 1 if (r % 2 == 0 and c[r] < hi) or c[r] == lo else -1
+                t[r, pos[r]] += step
+        elif pattern == "twovalues":  # c and c+1 (c-1 at the maximum), both present when n > 1
+            step = torch.where(c < hi, 1, -1)
+            pick = torch.rand(shape, generator=g) < 0.5
+            pick[:, 0], pick[:, -1] = False, n > 1
+            t = torch.where(pick, t + step[:, None], t)
+        return t
+    if pattern == "ties":  # values in [m-2, m], the maximum m at least twice per row (if n > 1)
+        m = torch.randint(lo + 2, hi + 1, (rows, 1), generator=g, dtype=torch.int64)
+        t = m - torch.randint(0, 3, shape, generator=g, dtype=torch.int64)
+        for r in range(rows):
+            at = torch.randperm(n, generator=g)[: min(n, 2)]
+            t[r, at] = m[r, 0]
+        return t
+    if pattern == "gap":  # one element at hi (position row mod n), the rest at hi - (row mod 256)
+        r = torch.arange(rows)
+        t = (hi - r % 256).clamp(min=lo)[:, None].expand(rows, n).clone()
+        t[r, r % n] = hi
+        return t
+    if pattern == "onehot":  # one element at hi, the rest at lo
+        t = torch.full(shape, lo, dtype=torch.int64)
+        t[torch.arange(rows), torch.randint(0, n, (rows,), generator=g)] = hi
+        return t
     raise UserValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
 
 
@@ -99,9 +160,40 @@ def _data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
     return words
 
 
+#: (mult, shift) per channel for the requantizer's ``int8`` and ``rounding`` patterns, cycled over
+#: the channels: realistic scales (quantize_multiplier), then exact-tie pairs (small mult), a
+#: negative multiplier, the shift-0 path and the extreme multipliers
+REQUANT_EDGE_PARAMS = (
+    (1, 0), (1, 1), (3, 2), (-5, 3), (1, 7), (-(2**31), 63), (2**31 - 1, 62), (-(2**31), 40))
+REQUANT_INT8_SCALES = (1.0, 0.5, 0.37, 1.6, 0.031, 2.7, 0.999, 0.0079)
+
+
+def requant_rounding_points(mult: int, shift: int) -> list[int]:
+    """int32 inputs around every rounding point and saturation edge of ``requantize(., mult, shift)``.
+
+    For each output boundary ``k + 1/2`` (``k`` from -130 to 129, so the saturation edges at
+    -128.5 and 127.5 are included) the inputs whose scaled value ``x * mult / 2**shift`` is
+    just below, at (when an integer input lands there exactly) and just above it, plus the int32
+    extremes and 0; clipped to int32, deduplicated, in increasing order.
+    """
+    pts = {0, -(2**31), 2**31 - 1}
+    for k in range(-130, 130):
+        num = (2 * k + 1) << shift  # boundary * 2**(shift+1): x * 2 * mult == num at the boundary
+        den = 2 * mult
+        q = num // den  # floor(boundary / scale)
+        pts.update(q + d for d in (-1, 0, 1, 2))
+    return sorted(v for v in pts if -(2**31) <= v < 2**31)
+
+
 @dataclass(frozen=True)
 class RequantConfig:
-    """A :class:`hw.requant.Requantizer` configuration (one Verilator build)."""
+    """A :class:`hw.requant.Requantizer` configuration (one Verilator build).
+
+    Extra value patterns: ``int8`` (every channel sees every int8 input, -128..127 in order,
+    one per row, with the realistic scales :data:`REQUANT_INT8_SCALES`; 256 rows cover them
+    all) and ``rounding`` (channel ``c`` uses ``REQUANT_EDGE_PARAMS[c mod 8]`` and its column
+    walks :func:`requant_rounding_points`, cycling when the rows outnumber them).
+    """
 
     lanes: int
     channels: int
@@ -117,14 +209,25 @@ class RequantConfig:
         return f"requant_p{self.lanes}_n{self.channels}"
 
     def stimulus(self, job: Job) -> Stimulus:
-        from hw.requant import requant_cycles
+        from hw.requant import requant_cycles, requant_edges
 
         g = torch.Generator().manual_seed(job.seed)
         n, p = self.channels, self.lanes
-        x = _values((job.rows, n), job.values, -(2**31), 2**31 - 1, g)
         mult = torch.empty(n, dtype=torch.int64)
         shift = torch.empty(n, dtype=torch.int64)
-        for c in range(n):
+        if job.values == "int8":
+            x = (torch.arange(job.rows, dtype=torch.int64) % 256 - 128)[:, None].expand(job.rows, n)
+            for c in range(n):
+                mult[c], shift[c] = quantize_multiplier(REQUANT_INT8_SCALES[c % len(REQUANT_INT8_SCALES)])
+        elif job.values == "rounding":
+            x = torch.empty(job.rows, n, dtype=torch.int64)
+            for c in range(n):
+                mult[c], shift[c] = REQUANT_EDGE_PARAMS[c % len(REQUANT_EDGE_PARAMS)]
+                pts = torch.tensor(requant_rounding_points(int(mult[c]), int(shift[c])), dtype=torch.int64)
+                x[:, c] = pts[torch.arange(job.rows) % len(pts)]
+        else:
+            x = _values((job.rows, n), job.values, -(2**31), 2**31 - 1, g)
+        for c in range(n if job.values not in ("int8", "rounding") else 0):
             k = int(torch.randint(0, 4, (1,), generator=g))
             if k == 0:  # raw int32 multiplier (negative too), any shift
                 mult[c] = int(torch.randint(-(2**31), 2**31, (1,), generator=g))
@@ -140,7 +243,8 @@ class RequantConfig:
                               for c in range(gi * p, gi * p + p)], 38) for gi in range(n // p)]
         return Stimulus(param=params, data=_data_words(x, p, 32), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=requant_cycles(job.rows, n, p),
-                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        edge_model=lambda stalls: requant_edges(job.rows, n, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -171,7 +275,7 @@ class GeluConfig:
         return f"{self.mode}_p{self.lanes}"
 
     def stimulus(self, job: Job, length: int) -> Stimulus:
-        from hw.gelu import gelu_cycles
+        from hw.gelu import gelu_cycles, gelu_edges
 
         g = torch.Generator().manual_seed(job.seed)
         p = self.lanes
@@ -186,7 +290,8 @@ class GeluConfig:
         ref = ref.clamp(-128, 127)  # the int8 output range saturates; that is not an error
         return Stimulus(param=[], data=_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=gelu_cycles(job.rows, length, p),
-                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p)
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        edge_model=lambda stalls: gelu_edges(job.rows, length, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -194,7 +299,9 @@ class SoftmaxConfig:
     """A :class:`hw.softmax.Softmax` configuration: lanes, buffer length and the logit scale.
 
     Extra value patterns: ``masked`` (random logits, random mask), ``allmasked`` (every position
-    masked off), ``wide`` (random int32 logits in [-2**20, 2**20]).
+    masked off), ``wide`` (random int32 logits in [-2**20, 2**20]), ``maskedties`` (``ties``
+    with a random mask), ``maskedonehot`` (``onehot`` with the maximum masked off, so the kept
+    logits are all equal at the minimum).
     """
 
     lanes: int
@@ -215,7 +322,7 @@ class SoftmaxConfig:
 
     def stimulus(self, job: Job, length: int) -> Stimulus:
         from golden.softmax import softmax_float, softmax_int
-        from hw.softmax import check_row_length, softmax_cycles, softmax_words
+        from hw.softmax import check_row_length, softmax_cycles, softmax_edges, softmax_words
 
         check_row_length(length, self.max_length)
         g = torch.Generator().manual_seed(job.seed)
@@ -225,8 +332,12 @@ class SoftmaxConfig:
         if job.values == "wide":
             x = torch.randint(-(2**20), 2**20 + 1, shape, generator=g, dtype=torch.int64)
         else:
-            x = _values(shape, "random" if job.values in ("masked", "allmasked") else job.values, -128, 127, g)
-        if job.values == "masked":
+            base = {"masked": "random", "allmasked": "random", "maskedties": "ties",
+                    "maskedonehot": "onehot"}.get(job.values, job.values)
+            x = _values(shape, base, -128, 127, g)
+        if job.values == "maskedonehot":
+            mask = x != 127
+        elif job.values in ("masked", "maskedties"):
             mask = torch.rand(shape, generator=g) < 0.7
         elif job.values == "allmasked":
             mask = torch.zeros(shape, dtype=torch.bool)
@@ -249,7 +360,8 @@ class SoftmaxConfig:
         err = float((y.double() - ref.clamp(max=255)).abs().max())
         return Stimulus(param=[], data=words, expected=yp.reshape(-1, p).tolist(),
                         predicted_cycles=softmax_cycles(job.rows, length, p), max_abs_err_lsb=err,
-                        out_bits=8, lanes=p, row_words=w, out_signed=False)
+                        out_bits=8, lanes=p, row_words=w, out_signed=False,
+                        edge_model=lambda stalls: softmax_edges(job.rows, length, p, stalls))
 
 
 @dataclass(frozen=True)
@@ -257,7 +369,8 @@ class LayerNormConfig:
     """A :class:`hw.layernorm.LayerNorm` configuration: lanes, N, input bits and a seed for gamma/beta.
 
     gamma ~ N(1, 0.2), beta ~ N(0, 0.1) per channel (seeded), in_scale 0.05 (int8) or 2**-12
-    (``in_bits`` 24), out_scale 0.05. Extra value pattern: ``wide`` (int32 inputs with ``in_bits``
+    (``in_bits`` 24), out_scale 0.05, ``eps`` (default 1e-5; ``eps=0`` gives ``eps_int = 0``, so
+    a constant row has a zero variance term ``D``). Extra value pattern: ``wide`` (int32 inputs with ``in_bits``
     significant bits; needs ``in_bits`` > 8).
     """
 
@@ -265,6 +378,7 @@ class LayerNormConfig:
     length: int
     in_bits: int = 8
     seed: int = 0
+    eps: float = 1e-5
     name = "layernorm"
     cumulative = True
 
@@ -275,7 +389,8 @@ class LayerNormConfig:
         gamma = 1.0 + 0.2 * torch.randn(self.length, generator=g, dtype=torch.float64)
         beta = 0.1 * torch.randn(self.length, generator=g, dtype=torch.float64)
         in_scale = 0.05 if self.in_bits == 8 else 2.0**-12
-        return layernorm_params(self.length, in_scale, gamma, beta, 0.05, in_bits=self.in_bits), gamma, beta, in_scale
+        prm = layernorm_params(self.length, in_scale, gamma, beta, 0.05, eps=self.eps, in_bits=self.in_bits)
+        return prm, gamma, beta, in_scale
 
     def unit(self):
         from hw.layernorm import LayerNorm
@@ -284,7 +399,7 @@ class LayerNormConfig:
 
     def stimulus(self, job: Job, length: int | None = None) -> Stimulus:
         from golden.layernorm import layernorm_float, layernorm_int
-        from hw.layernorm import layernorm_cycles
+        from hw.layernorm import layernorm_cycles, layernorm_edges
 
         if length not in (None, self.length):
             raise UserValueError(f"this layernorm unit takes rows of {self.length}, not {length}")
@@ -297,7 +412,7 @@ class LayerNormConfig:
         else:
             x = _values((job.rows, n), job.values, -128, 127, g)
         y = layernorm_int(x, prm)
-        ref = (layernorm_float(x * in_scale, gamma, beta) / 0.05).clamp(-128, 127)
+        ref = (layernorm_float(x * in_scale, gamma, beta, eps=self.eps) / 0.05).clamp(-128, 127)
         words = [pack_lanes(w, 32) for w in x.reshape(-1, p).tolist()]
         w = n // p
         for r in range(job.rows):
@@ -305,7 +420,7 @@ class LayerNormConfig:
         return Stimulus(param=[], data=words, expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=layernorm_cycles(job.rows, n, p),
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
-                        row_words=w)
+                        row_words=w, edge_model=lambda stalls: layernorm_edges(job.rows, n, p, stalls))
 
 
 def check(st: Stimulus, words: Sequence[int]) -> dict:
@@ -327,6 +442,72 @@ def check(st: Stimulus, words: Sequence[int]) -> dict:
     return {"match": not mism, "mismatches": mism}
 
 
+@dataclass
+class EdgeLog:
+    """What a testbench saw at a unit's data ports, edge by edge (edge numbers from 0).
+
+    ``inputs``/``outputs``: the edges of each ``i_data``/``o_data`` transfer; ``sink_stalls``:
+    edges with ``o_data`` valid and not ready; ``source_stalls``: edges with ``i_data`` ready
+    and not valid. All four lists are increasing.
+    """
+
+    inputs: list[int] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+    sink_stalls: list[int] = field(default_factory=list)
+    source_stalls: list[int] = field(default_factory=list)
+
+    def record(self, edge: int, i_valid: int, i_ready: int, o_valid: int, o_ready: int) -> None:
+        """Add one edge's samples."""
+        if i_valid and i_ready:
+            self.inputs.append(edge)
+        elif i_ready:
+            self.source_stalls.append(edge)
+        if o_valid and o_ready:
+            self.outputs.append(edge)
+        elif o_valid:
+            self.sink_stalls.append(edge)
+
+    def window(self, first_input: int, last_output: int) -> dict | None:
+        """Edge counts of the job whose first input transfer is ``inputs[first_input]`` and whose
+        last output transfer is ``outputs[last_output]``; None if either did not happen."""
+        if first_input >= len(self.inputs) or last_output >= len(self.outputs):
+            return None
+        t0, t1 = self.inputs[first_input], self.outputs[last_output]
+
+        def count(edges: list[int]) -> int:
+            return bisect.bisect_right(edges, t1) - bisect.bisect_left(edges, t0)
+
+        return {"tb_cycles": t1 - t0 + 1, "tb_sink_stalls": count(self.sink_stalls),
+                "tb_source_stalls": count(self.source_stalls)}
+
+
+def _tb_timing(st: Stimulus, counts: dict | None) -> dict:
+    """The testbench's edge counts of one job and what the unit's end-to-end model predicts."""
+    if counts is None:
+        return {"tb_cycles": None, "tb_predicted_cycles": None, "tb_sink_stalls": None,
+                "tb_source_stalls": None}
+    stalls = counts["tb_sink_stalls"] + counts["tb_source_stalls"]
+    return {**counts, "tb_predicted_cycles": st.predicted_edges(stalls)}
+
+
+def result_problems(r: dict, stall: str = "none", *, error_ok: bool = False) -> list[str]:
+    """What is wrong with one job's result dict (empty if nothing): golden mismatches, the
+    design's ``cycles`` vs its model, the testbench's edge count vs the end-to-end model (and
+    no stall edges under stall mode ``none``), the unit's error flag (unless ``error_ok``)."""
+    where = f"{r['job']} (stall={stall})"
+    out = [f"{where}: {m}" for m in r["mismatches"]] if not r["match"] else []
+    if r["cycles"] != r["predicted_cycles"]:
+        out.append(f"{where}: design cycles {r['cycles']} != model {r['predicted_cycles']}")
+    if r.get("tb_cycles") is None or r["tb_cycles"] != r["tb_predicted_cycles"]:
+        out.append(f"{where}: testbench edges {r.get('tb_cycles')} != model {r.get('tb_predicted_cycles')} "
+                   f"(sink stalls {r.get('tb_sink_stalls')}, source stalls {r.get('tb_source_stalls')})")
+    if stall == "none" and (r.get("tb_sink_stalls") or r.get("tb_source_stalls")):
+        out.append(f"{where}: stall edges without stalls: {r['tb_sink_stalls']} + {r['tb_source_stalls']}")
+    if r["error"] and not error_ok:
+        out.append(f"{where}: the unit flagged a framing error")
+    return out
+
+
 def _progress(msg: str) -> None:
     print(f"[fmforge] {msg}", file=sys.stderr, flush=True)
 
@@ -346,7 +527,8 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
     ``data_override`` replaces jobs' input words (to feed malformed streams). Returns one dict
     per job: ``job``, ``match``, ``mismatches``, ``cycles``, ``predicted_cycles``, ``error``
     (the unit's sticky framing-error flag), ``max_abs_err_lsb`` (golden vs float twin),
-    ``sim_seconds``.
+    ``sim_seconds``, and the testbench's own timing (module docstring): ``tb_cycles``,
+    ``tb_predicted_cycles``, ``tb_sink_stalls``, ``tb_source_stalls`` (None after a timeout).
     """
     from sim.verilator import build, run_cocotb, to_verilog
 
@@ -379,7 +561,8 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
         out.append({"job": job.describe(), "match": chk["match"] and not r.get("timeout"),
                     "mismatches": chk["mismatches"], "cycles": r["cycles"],
                     "predicted_cycles": st.predicted_cycles, "error": bool(r["error"]),
-                    "max_abs_err_lsb": st.max_abs_err_lsb, "sim_seconds": r["sim_seconds"]})
+                    "max_abs_err_lsb": st.max_abs_err_lsb, "sim_seconds": r["sim_seconds"],
+                    **_tb_timing(st, r.get("edges"))})
     if own:
         shutil.rmtree(tdir, ignore_errors=True)
     return out
@@ -387,7 +570,11 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
 
 def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str = "none",
               seed: int = 0) -> list[dict]:
-    """The same jobs on the Amaranth simulator (small configurations); same result dicts."""
+    """The same jobs on the Amaranth simulator (small configurations); same result dicts.
+
+    A background process samples ``i_data``/``o_data`` valid and ready at every clock edge
+    (:class:`EdgeLog`) for the testbench's own edge counts (module docstring).
+    """
     from amaranth.sim import Simulator
 
     from sim.pysim import stream_sink, stream_source
@@ -397,6 +584,14 @@ def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str
     pattern = stall_pattern(stall, seed)
     results: list[dict] = []
     go = [False] * len(stims)  # job j's data may start (its table is loaded)
+    log = EdgeLog()
+
+    async def watch(ctx):
+        i, o = dut.i_data, dut.o_data
+        edge = 0
+        async for _clk, _rst, iv, ir, ov, ordy in ctx.tick().sample(i.valid, i.ready, o.valid, o.ready):
+            log.record(edge, iv, ir, ov, ordy)
+            edge += 1
 
     async def source(ctx):
         src_p = pattern.fork(1)
@@ -420,12 +615,18 @@ def run_pysim(cfg, jobs: Sequence[Job], *, length: int | None = None, stall: str
                             "cycles": int(ctx.get(dut.cycles)), "predicted_cycles": st.predicted_cycles,
                             "error": bool(ctx.get(dut.error)), "max_abs_err_lsb": st.max_abs_err_lsb,
                             "sim_seconds": time.perf_counter() - t0})
+        await ctx.tick()  # let the edge watcher record the final transfer's edge
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
+    sim.add_testbench(watch, background=True)
     sim.add_testbench(source, background=True)
     sim.add_testbench(bench)
     sim.run()
+    n_in = n_out = 0
+    for st, r in zip(stims, results, strict=False):
+        n_in, n_out = n_in + len(st.data), n_out + len(st.expected)
+        r.update(_tb_timing(st, log.window(n_in - len(st.data), n_out - 1)))
     if getattr(cfg, "cumulative", False):
         _deltas(results)
     return results

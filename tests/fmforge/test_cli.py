@@ -65,3 +65,14 @@ def test_cosim_gemm_json_keys_amaranth_simulator(capsys):
     for key in ("utilization", "sim_seconds", "cycles_per_second", "macs_per_second"):
         assert r[key] > 0
     assert r["utilization"] == pytest.approx(3 * 5 * 3 / (r["cycles"] * 4))
+
+
+@pytest.mark.parametrize("unit", ["requant", "gelu", "softmax", "layernorm"])
+def test_cosim_nonlinear_json_has_testbench_edges(unit, capsys):
+    rc = main(["cosim", unit, "--len", "4", "--rows", "2", "--lanes", "2", "--stall", "both",
+               "--simulator", "amaranth", "--json"])
+    r = json.loads(capsys.readouterr().out)
+    assert rc == 0 and r["ok"] is True and r["cycles"] == r["predicted_cycles"]
+    # the testbench's own count: the model plus the stall edges it saw
+    stalls = r["tb_sink_stalls"] + r["tb_source_stalls"]
+    assert r["tb_cycles"] == r["tb_predicted_cycles"] == r["predicted_cycles"] + stalls

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from golden.gelu import gelu_int, gelu_params
-from hw.gelu import GELU_LATENCY, Gelu, gelu_cycles
-from sim.nonlinear_bench import GeluConfig, Job, run_pysim
+from hw.gelu import GELU_LATENCY, Gelu, gelu_cycles, gelu_edges
+from sim.nonlinear_bench import GeluConfig, Job, result_problems, run_pysim
 from sim.streams import STALL_MODES
 
 P = gelu_params(0.05, 0.03)
@@ -39,6 +39,7 @@ def test_properties_read_only():
 
 def test_cycle_model():
     assert gelu_cycles(3, 16, 4) == 12 + GELU_LATENCY
+    assert gelu_edges(3, 16, 4, 7) == 19 + GELU_LATENCY
     with pytest.raises(ValueError, match=r"lanes=4 must divide the row length \(length=6\)"):
         gelu_cycles(1, 6, 4)
     with pytest.raises(ValueError, match="length must be a positive integer, not 0"):
@@ -59,3 +60,16 @@ def test_pysim_bit_exact_and_cycle_exact(mode, stall):
     for r in run_pysim(cfg, jobs, length=4, stall=stall, seed=7):
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], r["job"]
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+
+
+@pytest.mark.parametrize("stall", ["none", "both"])
+@pytest.mark.parametrize(("mode", "in_scale", "out_scale"), [
+    ("gelu", 0.05, 0.03), ("gelu", 0.01, 0.005), ("gelu", 0.02, 0.02), ("relu", 0.05, 0.02),
+    ("relu", 0.05, 0.05)])
+def test_pysim_every_int8_input(mode, in_scale, out_scale, stall):
+    # all 256 int8 values through a 4-lane unit; the GELU scale pairs are ones where a change of
+    # Bq by one moves some output (K by one moves none of the 256: K is about 2**21)
+    cfg = GeluConfig(lanes=4, mode=mode, in_scale=in_scale, out_scale=out_scale)
+    for r in run_pysim(cfg, [Job(1, "all", 0), Job(2, "minmax", 1)], length=256, stall=stall, seed=3):
+        assert not result_problems(r, stall), result_problems(r, stall)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from hw.requant import REQUANT_LATENCY, Requantizer, requant_cycles
-from sim.nonlinear_bench import Job, RequantConfig, run_pysim
+from golden.requant import requantize
+from hw.requant import REQUANT_LATENCY, Requantizer, requant_cycles, requant_edges
+from sim.nonlinear_bench import (
+    REQUANT_EDGE_PARAMS,
+    Job,
+    RequantConfig,
+    requant_rounding_points,
+    result_problems,
+    run_pysim,
+)
 from sim.streams import STALL_MODES
 
 
@@ -36,6 +45,9 @@ def test_properties_read_only_and_ports():
 
 def test_cycle_model():
     assert requant_cycles(3, 12, 4) == 9 + REQUANT_LATENCY
+    assert requant_edges(3, 12, 4) == 9 + REQUANT_LATENCY and requant_edges(3, 12, 4, 5) == 14 + REQUANT_LATENCY
+    with pytest.raises(ValueError, match="stalls must be a non-negative integer, not -1"):
+        requant_edges(3, 12, 4, -1)
     with pytest.raises(ValueError, match="must divide the row length"):
         requant_cycles(1, 10, 4)
     with pytest.raises(ValueError, match="rows must be a positive integer, not 0"):
@@ -49,4 +61,24 @@ def test_pysim_bit_exact_and_cycle_exact(stall):
     for r in run_pysim(cfg, jobs, stall=stall, seed=7):
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], r["job"]
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         assert not r["error"]
+
+
+@pytest.mark.parametrize("stall", ["none", "both"])
+def test_pysim_rounding_points_and_int8_range(stall):
+    # every rounding point and saturation edge of 8 (mult, shift) pairs (exact ties included),
+    # then every int8 input times 8 realistic multipliers
+    cfg = RequantConfig(lanes=8, channels=8)
+    rows = max(len(requant_rounding_points(m, s)) for m, s in REQUANT_EDGE_PARAMS)
+    jobs = [Job(rows, "rounding", 0), Job(256, "int8", 0)]
+    for r in run_pysim(cfg, jobs, stall=stall, seed=4):
+        assert not result_problems(r, stall), result_problems(r, stall)
+        assert r["max_abs_err_lsb"] <= 1.0  # golden.requant: within 1 LSB of the float twin
+
+
+def test_rounding_points_hit_every_output_and_ties():
+    pts = requant_rounding_points(1, 1)  # scale 1/2: odd inputs are exact ties
+    y = requantize(torch.tensor(pts), 1, 1)
+    assert set(y.tolist()) == set(range(-128, 128))
+    assert {-257, -256, 253, 254, 255, 256} <= set(pts)  # both sides of -128.5 and 127.5

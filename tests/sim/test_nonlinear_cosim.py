@@ -15,6 +15,7 @@ from sim.nonlinear_bench import (
     LayerNormConfig,
     RequantConfig,
     SoftmaxConfig,
+    result_problems,
     run_verilator,
 )
 from sim.streams import STALL_MODES
@@ -38,6 +39,7 @@ def test_requant_cosim(stall, tmp_path):
     for r in results:
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         assert not r["error"]
 
 
@@ -62,6 +64,7 @@ def test_gelu_cosim(stall, tmp_path):
     for r in results:
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         # documented bound vs the exact GELU: 0.5 + 0.0184/out_scale + 0.02 LSB
         assert r["max_abs_err_lsb"] <= 0.5 + 0.0184 / cfg.out_scale + 0.02
 
@@ -74,6 +77,7 @@ def test_relu_cosim(stall, tmp_path):
     for r in results:
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
 
 
 SOFTMAX = SoftmaxConfig(lanes=4, max_length=64)
@@ -94,6 +98,7 @@ def test_softmax_cosim(stall, tmp_path):
         for r in results:
             assert r["match"], f"L={length} {r['job']} ({stall}): {r['mismatches']}"
             assert r["cycles"] == r["predicted_cycles"], f"L={length} {r['job']} ({stall})"
+            assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
             assert not r["error"]
             assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1/256 of the float softmax
 
@@ -117,6 +122,7 @@ def test_layernorm_cosim(stall, tmp_path):
     for r in results:
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
         assert not r["error"]
         assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1 LSB of the float layer norm
 
