@@ -280,8 +280,14 @@ def test_matmul_batched_per_tensor(runs):
 
 # ---------------------------------------------------------------- nonlinear units
 
+def _scale_ratios(nodes: list[tuple[Any, ...]]) -> list[float]:
+    return [r[0].attrs["quant"]["in_scales"][0] / r[0].attrs["quant"]["out_scale"] for r in nodes]
+
+
 def test_relu(runs):
-    for node, args, out in _nodes(runs["asic"], "relu"):
+    nodes = _nodes(runs["asic"], "relu")
+    assert min(_scale_ratios(nodes)) > 1.3  # a requantizer from out to in scale would show
+    for node, args, out in nodes:
         q = node.attrs["quant"]
         si, so = float(q["in_scales"][0]), float(q["out_scale"])
         y = torch.clamp(quant(args[0], si), min=0)
@@ -338,11 +344,11 @@ def test_layer_norm_with_gamma_beta_eps(runs):
 
 
 def test_gelu(runs):
-    for node, args, out in _nodes(runs["asic"], "gelu"):
+    nodes = _nodes(runs["asic"], "gelu")
+    assert max(_scale_ratios(nodes)) > 1.5  # swapped scales would show
+    for node, args, out in nodes:
         q = node.attrs["quant"]
         si, so = float(q["in_scales"][0]), float(q["out_scale"])
-        if node.name == "gelu_1":
-            assert si / so > 1.5  # swapped scales would show
         xq = quant(args[0], si)
         ref = dq(gelu_int(xq, gelu_params(si, so)), so)
         assert torch.equal(out, ref)
