@@ -56,3 +56,24 @@ def exact_net():
     x = torch.randn(1, L, D, generator=torch.Generator().manual_seed(1))
     x[0, 0] = 0.7 + 0.02 * torch.randn(D, generator=torch.Generator().manual_seed(2))
     return m, (x,)
+
+
+class OddAxes(torch.nn.Module):
+    """Softmax over a dimension that is not the last, layer norm over the last two dimensions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln = torch.nn.LayerNorm((8, 16), eps=1e-3)
+        self.lin = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.lin(self.ln(x)) * 2.0, dim=1)
+
+
+def odd_axes():
+    torch.manual_seed(0)
+    m = OddAxes().eval()
+    with torch.no_grad():
+        m.ln.weight.copy_(torch.linspace(-1.5, 2.0, 128).reshape(8, 16))
+        m.ln.bias.copy_(torch.randn(8, 16) * 0.5)
+    return m, (torch.randn(1, 8, 16, generator=torch.Generator().manual_seed(1)),)

@@ -361,3 +361,48 @@ def test_gelu(runs):
 def test_every_kind_on_the_accelerator(runs):
     kinds = {o["op"] for o in runs["asic"][2].values() if o["device"] == ACCEL}
     assert kinds >= {"linear", "matmul", "softmax", "layer_norm", "gelu", "relu"}
+
+
+# ---------------------------------------------------------------- axes other than the last
+
+@pytest.fixture(scope="module")
+def odd_axes() -> tuple[Any, ...]:
+    c = compile_model(MODEL.replace(":exact_net", ":odd_axes"), f"{ACCEL},cpu:mode=roofline")
+    plan = copy.deepcopy(c.plan)
+    _force(plan, ACCEL)  # the asic target accepts both (any softmax dim, any normalized shape)
+    return _record(plan)
+
+
+def test_softmax_over_a_dim_that_is_not_the_last(odd_axes):
+    for node, args, out in _nodes(odd_axes, "softmax"):
+        dim = int(node.args[1])
+        assert dim % args[0].dim() != args[0].dim() - 1
+        si = float(node.attrs["quant"]["in_scales"][0])
+        xq = quant(args[0], si)
+        ref = dq(softmax_int(xq.movedim(dim, -1), softmax_params(si)).movedim(-1, dim), 1 / 256)
+        real = torch.softmax(xq.double() * si, dim=dim)
+        assert float((out.double() - real).abs().max()) <= 1.0 / 256 + 1e-9, (
+            f"{node.name}: softmax over dim {dim} of shape {tuple(args[0].shape)} computed over "
+            "the wrong axis")
+        assert torch.equal(out, ref)
+
+
+def test_layer_norm_over_the_last_two_dims(odd_axes):
+    for node, args, out in _nodes(odd_axes, "layer_norm"):
+        shape = tuple(node.args[1])
+        assert len(shape) == 2
+        mod = _ln_module(odd_axes, node)
+        gamma, beta = mod.weight.detach(), mod.bias.detach()
+        q = node.attrs["quant"]
+        si, so = float(q["in_scales"][0]), float(q["out_scale"])
+        xq = quant(args[0], si)
+        n = math.prod(shape)
+        lead = xq.shape[:-len(shape)]
+        p = layernorm_params(n, si, gamma.reshape(n), beta.reshape(n), so, mod.eps)
+        ref = dq(layernorm_int(xq.reshape(*lead, n), p), so).reshape(xq.shape)
+        real = torch.nn.functional.layer_norm(xq.double() * si, shape, gamma.double(),
+                                              beta.double(), mod.eps)
+        ok = real.abs() < 127.5 * so
+        assert ok.float().mean() > 0.9
+        assert float((out.double() - real).abs()[ok].max()) <= 0.51 * so
+        assert torch.equal(out, ref)
