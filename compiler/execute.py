@@ -173,8 +173,9 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             return _dq(relu_int(xq, m, s), q["out_scale"], shape)
         if node.op == "softmax":
             from golden.softmax import softmax_int, softmax_params
-            p = softmax_int(xq, softmax_params(float(q["in_scales"][0])))
-            return _dq(p, 1 / 256, shape)
+            dim = int(args[1]) if len(args) > 1 else -1  # the unit works on the last dim
+            p = softmax_int(xq.movedim(dim, -1), softmax_params(float(q["in_scales"][0])))
+            return _dq(p.movedim(-1, dim), 1 / 256, shape)
         if node.op == "layer_norm":
             from golden.layernorm import layernorm_int, layernorm_params
             # normalized over the trailing dims args[1]: flattened into one row of n values
