@@ -190,18 +190,24 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             return _dq(y, q["out_scale"], shape)
         if node.op == "softmax":
             from golden.softmax import softmax_int, softmax_params
-            p = softmax_int(xq, softmax_params(float(q["in_scales"][0])))
-            rec(node, x=rows, y=p.reshape(rows.shape))
-            return _dq(p, 1 / 256, shape)
+            dim = int(args[1]) if len(args) > 1 else -1  # the unit works on the last dim
+            p = softmax_int(xq.movedim(dim, -1), softmax_params(float(q["in_scales"][0])))
+            xl = xq.movedim(dim, -1)
+            rec(node, x=xl.reshape(-1, xl.shape[-1]), y=p.reshape(-1, xl.shape[-1]))
+            return _dq(p.movedim(-1, dim), 1 / 256, shape)
         if node.op == "layer_norm":
             from golden.layernorm import layernorm_int, layernorm_params
-            gamma = args[2] if len(args) > 2 and args[2] is not None else 1.0
-            beta = args[3] if len(args) > 3 and args[3] is not None else 0.0
+            # normalized over the trailing dims args[1]: flattened into one row of n values
+            nd = len(args[1]) if len(args) > 1 else 1
+            n = math.prod(int(v) for v in shape[len(shape) - nd:])
+            gamma = args[2].reshape(n) if len(args) > 2 and args[2] is not None else 1.0
+            beta = args[3].reshape(n) if len(args) > 3 and args[3] is not None else 0.0
             eps = float(args[4]) if len(args) > 4 else 1e-5
-            p = layernorm_params(int(shape[-1]), float(q["in_scales"][0]), gamma, beta,
+            p = layernorm_params(n, float(q["in_scales"][0]), gamma, beta,
                                  float(q["out_scale"]), eps)
-            y = layernorm_int(xq, p)
-            rec(node, x=rows, y=y.reshape(rows.shape))
+            xr = xq.reshape(*xq.shape[:xq.dim() - nd], n)
+            y = layernorm_int(xr, p)
+            rec(node, x=xr.reshape(-1, n), y=y.reshape(-1, n))
             return _dq(y, q["out_scale"], shape)
         raise UserValueError(f"op {node.name} ({node.op}) placed on {dev['name']} ({kind}) has no "
                          "integer implementation in the executor")

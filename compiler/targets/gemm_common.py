@@ -22,6 +22,7 @@ An op is placed on an accelerator only if a unit of :mod:`hw.registry` computes 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,11 +153,19 @@ def choose_config(shapes: list[tuple[GemmShape, int]], fits: Any, budget_bits: i
 
 
 def rows_length(node: Node) -> tuple[int, int]:
-    """(rows, row length) of a nonlinear op (elementwise ops: one row per last-dim vector)."""
-    shape = node.out[0].shape if node.out else (1,)
-    length = shape[-1] if shape else 1
-    rows = max(1, node.out[0].numel // max(length, 1)) if node.out else 1
-    return rows, length
+    """(rows, row length) of a nonlinear op as its unit streams it: softmax rows run along its
+    ``dim``, a layer norm's row is all its normalized (trailing) dims, elementwise ops one row
+    per last-dim vector."""
+    shape = tuple(node.out[0].shape) if node.out else (1,)
+    numel = node.out[0].numel if node.out else 1
+    if not shape:
+        return 1, 1
+    length = shape[-1]
+    if node.op == "softmax" and len(node.args) > 1 and isinstance(node.args[1], int):
+        length = shape[node.args[1]]
+    elif node.op == "layer_norm" and len(node.args) > 1 and isinstance(node.args[1], (list, tuple)):
+        length = math.prod(int(v) for v in shape[len(shape) - len(node.args[1]):])
+    return max(1, numel // max(length, 1)), length
 
 
 def _param(graph: Graph, a: Any) -> Any:
@@ -191,9 +200,9 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
         beta = _param(graph, args[3]) if len(args) > 3 and args[3] is not None else 0.0
         eps = float(args[4]) if len(args) > 4 else 1e-5
         if hasattr(gamma, "detach"):
-            gamma = gamma.detach()
+            gamma = gamma.detach().reshape(length)
         if hasattr(beta, "detach"):
-            beta = beta.detach()
+            beta = beta.detach().reshape(length)
         p = layernorm_params(int(length), s_in, gamma, beta, s_out, eps)
         return LayerNormSpec.from_params(p, lanes if length % lanes == 0 else 1)
     raise UserValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
