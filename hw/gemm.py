@@ -57,6 +57,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw.requant import REQUANT_STAGES, requant_stages, saturate_bits
 from hw.requant import check_positive as _check_positive
 
 __all__ = [
@@ -74,8 +75,10 @@ __all__ = [
 ]
 
 DATAFLOWS = ("os", "ws")
-#: pipeline registers between the array's result row and the output register (inclusive)
-EPILOGUE_LATENCY = 9
+#: pipeline registers between the array's result row and the output register (inclusive):
+#: align with the channel table read, bias add, int32 saturate, the shared requantizer's
+#: :data:`hw.requant.REQUANT_STAGES` (6) and the output register (int8 or int32 select)
+EPILOGUE_LATENCY = 3 + REQUANT_STAGES + 1
 _MAX_DIM = 2**16
 
 
@@ -119,9 +122,10 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     ``k`` of the last tile issues in cycle ``(T-1)*P + k``; its buffer address is registered,
     the buffers are read and the data registered (3 cycles), it reaches PE ``(r, c)`` ``r + c``
     cycles later, where operands are registered (1), multiplied (1) and accumulated (1); the
-    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 9 registers:
-    align, bias add, int32 saturate, partial products, product sum, shift, round, int8
-    saturate, output). The final row ``r = R_last - 1``
+    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 10 registers:
+    align with the channel table read, bias add, int32 saturate, then the six stages of
+    :func:`hw.requant.requant_stages` -- partial products, two sums, shift, round, int8
+    saturate -- and the output register). The final row ``r = R_last - 1``
     (``R_last`` = valid rows of the last row block) therefore transfers in cycle
     ``(T-1)*P + K + R_last + C + 4 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
 
@@ -748,91 +752,37 @@ class GemmEngine(wiring.Component):
         def lanes(name, shape):
             return [Signal(shape, name=f"{name}{c}") for c in range(C)]
 
-        def flags(name):
-            return Signal(name=f"{name}_v"), Signal(name=f"{name}_l")
-
-        def saturate(v, bits):
-            """``v`` clamped to a signed ``bits``-bit range: in range iff the bits above are a sign
-            extension (a reduction, not a comparison carry chain)."""
-            top = v[bits - 1 :]
-            fits = ~top.any() | top.all()
-            lo, hi = Const(-(2 ** (bits - 1)), signed(bits)), Const(2 ** (bits - 1) - 1, signed(bits))
-            return Mux(fits, v[:bits].as_signed(), Mux(v[-1], lo, hi))
-
-        e0, (e0_v, e0_l) = lanes("e0_", signed(32)), flags("e0")
-        e1a, (e1a_v, e1a_l) = lanes("e1a_", signed(34)), flags("e1a")
-        e1, (e1_v, e1_l) = lanes("e1_", signed(32)), flags("e1")
-        e1a_mult, e1a_shift = lanes("e1a_mult", signed(32)), lanes("e1a_shift", unsigned(6))
-        e1_mult, e1_shift = lanes("e1_mult", signed(32)), lanes("e1_shift", unsigned(6))
-        e2a_lo, e2a_hi = lanes("e2a_lo", signed(49)), lanes("e2a_hi", signed(48))
-        e2a_x, e2a_shift = lanes("e2a_x", signed(32)), lanes("e2a_shift", unsigned(6))
-        e2a_v, e2a_l = flags("e2a")
-        e2, (e2_v, e2_l) = lanes("e2_", signed(64)), flags("e2")
-        e2_x, e2_shift = lanes("e2_x", signed(32)), lanes("e2_shift", unsigned(6))
-        e3a, (e3a_v, e3a_l) = lanes("e3a_", signed(64)), flags("e3a")
-        e3a_x, e3a_z = lanes("e3a_x", signed(32)), lanes("e3a_z", unsigned(1))
-        e3, (e3_v, e3_l) = lanes("e3_", signed(64)), flags("e3")
-        e3_x = lanes("e3_x", signed(32))
-        e4, (e4_v, e4_l) = lanes("e4_", signed(32)), flags("e4")
-
+        e0 = lanes("e0_", signed(32))
+        e1a, e1a_mult, e1a_shift = lanes("e1a_", signed(33)), lanes("e1a_mult", signed(32)), lanes("e1a_shift", 6)
+        e1, e1_mult, e1_shift = lanes("e1_", signed(32)), lanes("e1_mult", signed(32)), lanes("e1_shift", 6)
         with m.If(adv):
-            # E0: align the row with its channel parameters
-            m.d.sync += [e0_v.eq(ro_valid), e0_l.eq(ro_final)]
+            # E0: align the row with its channel parameters (synchronous table read)
             m.d.sync += [e0[c].eq(ro_data[c]) for c in range(C)]
-            # E1a: bias add (34 bits, exact)
-            m.d.sync += [e1a_v.eq(e0_v), e1a_l.eq(e0_l)]
             for c in range(C):
                 ch = c_rd.data[c]
                 m.d.sync += [
+                    # E1a: bias add (33 bits, exact); the channel parameters are registered
                     e1a[c].eq(e0[c] + Mux(c_bias, ch.bias, 0)),
                     e1a_mult[c].eq(ch.mult),
                     e1a_shift[c].eq(ch.shift),
+                    # E1b: saturate to int32
+                    e1[c].eq(saturate_bits(e1a[c], 32)),
+                    e1_mult[c].eq(e1a_mult[c]),
+                    e1_shift[c].eq(e1a_shift[c]),
                 ]
-            # E1b: saturate to int32
-            m.d.sync += [e1_v.eq(e1a_v), e1_l.eq(e1a_l)]
-            for c in range(C):
-                m.d.sync += [e1[c].eq(saturate(e1a[c], 32)), e1_mult[c].eq(e1a_mult[c]),
-                             e1_shift[c].eq(e1a_shift[c])]
-            # E2a: partial products x * mult[15:0] (unsigned) and x * mult[31:16] (signed)
-            m.d.sync += [e2a_v.eq(e1_v), e2a_l.eq(e1_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += [
-                        e2a_lo[c].eq(e1[c] * e1_mult[c][:16]),
-                        e2a_hi[c].eq(e1[c] * e1_mult[c][16:].as_signed()),
-                    ]
-                m.d.sync += [e2a_x[c].eq(e1[c]), e2a_shift[c].eq(e1_shift[c])]
-            # E2b: x * mult = (hi << 16) + lo (int64, exact)
-            m.d.sync += [e2_v.eq(e2a_v), e2_l.eq(e2a_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += e2[c].eq((e2a_hi[c] << 16) + e2a_lo[c])
-                m.d.sync += [e2_shift[c].eq(e2a_shift[c]), e2_x[c].eq(e2a_x[c])]
-            # E3a: p >> (s-1) (arithmetic; p itself when s == 0)
-            m.d.sync += [e3a_v.eq(e2_v), e3a_l.eq(e2_l)]
-            for c in range(C):
-                if self._requant:
-                    sm1 = Signal(6, name=f"sm1_{c}")
-                    m.d.comb += sm1.eq(Mux(e2_shift[c] == 0, 0, e2_shift[c] - 1))
-                    m.d.sync += [e3a[c].eq(e2[c] >> sm1), e3a_z[c].eq(e2_shift[c] == 0)]
-                m.d.sync += e3a_x[c].eq(e2_x[c])
-            # E3b: round half up, ((p >> (s-1)) + 1) >> 1
-            m.d.sync += [e3_v.eq(e3a_v), e3_l.eq(e3a_l)]
-            for c in range(C):
-                if self._requant:
-                    rnd = Signal(signed(65), name=f"rnd{c}")
-                    m.d.comb += rnd.eq(e3a[c] + 1)
-                    m.d.sync += e3[c].eq(Mux(e3a_z[c], e3a[c], rnd >> 1))
-                m.d.sync += e3_x[c].eq(e3a_x[c])
-            # E4: saturate to int8 (requant) or pass the int32 value
-            m.d.sync += [e4_v.eq(e3_v), e4_l.eq(e3_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += e4[c].eq(Mux(c_rq, saturate(e3[c], 8), e3_x[c]))
-                else:
-                    m.d.sync += e4[c].eq(e3_x[c])
-            # output register
-            m.d.sync += [self.o_c.valid.eq(e4_v), self.o_c.payload.last.eq(e4_l)]
-            m.d.sync += [self.o_c.payload.data[c].eq(e4[c]) for c in range(C)]
+        # E2..E7: the shared pipelined requantizer (hw.requant.requant_stages); the int32 value
+        # and the row flags travel beside it
+        delay = self._delay_line(m, adv)
+        flags = delay(Cat(ro_valid, ro_final), 3 + REQUANT_STAGES, "eflags")
+        x_out = [delay(e1[c], REQUANT_STAGES, f"ex{c}") for c in range(C)]
+        if self._requant:
+            ys = requant_stages(m, adv, e1, e1_mult, e1_shift, "erq")
+            res = [Mux(c_rq, ys[c], x_out[c]) for c in range(C)]
+        else:
+            res = x_out
+        with m.If(adv):
+            # output register: the int8 result (sign-extended) when requantizing, else int32
+            m.d.sync += [self.o_c.valid.eq(flags[0]), self.o_c.payload.last.eq(flags[1])]
+            m.d.sync += [self.o_c.payload.data[c].eq(res[c]) for c in range(C)]
         with m.If(start):
             m.d.sync += self.o_c.valid.eq(0)
