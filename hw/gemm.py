@@ -42,7 +42,9 @@ Backpressure: while ``o_c.valid`` is high and ``o_c.ready`` low the whole comput
 holds (a global clock enable), so the result and its timing do not depend on when the consumer
 takes the data: ``cycles`` (the number of compute cycles in which the pipeline advanced, from the
 first compute cycle to the transfer of the final row, inclusive) always equals
-:func:`gemm_cycles`. Operand loading is not counted in ``cycles`` (see :func:`load_words`).
+:func:`gemm_cycles`. Operand loading is not counted in ``cycles``: it happens strictly before
+compute, the three load streams in parallel (:func:`load_words`, :func:`gemm_load_cycles`), and
+:func:`gemm_total_cycles` is the exact end-to-end count, loads included.
 
 Number formats: int8 x int8 products, int32 accumulators; the accumulators never wrap because
 ``max_k <= 2**16``. ``acc + bias`` saturates to int32; requantization as in
@@ -64,7 +66,10 @@ __all__ = [
     "DATAFLOWS",
     "EPILOGUE_LATENCY",
     "GemmEngine",
+    "LOAD_COMPUTE_GAP",
     "gemm_cycles",
+    "gemm_load_cycles",
+    "gemm_total_cycles",
     "gemm_period",
     "check_gemm_shape",
     "scalesim_cycles",
@@ -79,6 +84,9 @@ DATAFLOWS = ("os", "ws")
 #: align with the channel table read, bias add, int32 saturate, the shared requantizer's
 #: :data:`hw.requant.REQUANT_STAGES` (6) and the output register (int8 or int32 select)
 EPILOGUE_LATENCY = 3 + REQUANT_STAGES + 1
+#: cycles between the transfer of a GEMM's last operand word and its first compute cycle: the
+#: one LOAD cycle in which the controller sees every load stream's (registered) done flag
+LOAD_COMPUTE_GAP = 1
 _MAX_DIM = 2**16
 
 
@@ -174,6 +182,38 @@ def load_words(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, chan
     return {"a": a, "b": _ceil_div(n, cols) * k, "chan": _ceil_div(n, cols) if channels else 0}
 
 
+def gemm_load_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> int:
+    """Cycles from the first operand word's transfer to the last one's, inclusive, when no source idles.
+
+    The engine takes ``i_a``, ``i_b`` and ``i_chan`` in parallel, one word each per cycle, from
+    the cycle after the command's transfer, so the longest stream sets the load time:
+    ``max(load_words(...).values())``.
+    """
+    return max(load_words(rows, cols, dataflow, m, k, n, channels).values())
+
+
+def gemm_total_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> int:
+    """Exact end-to-end cycles of one GEMM: first operand word's transfer to the final row's, inclusive.
+
+    The engine loads strictly before it computes. The command transfers in IDLE cycle ``c``;
+    every load stream is ready from cycle ``c+1`` until its last word, so with sources that
+    never idle the longest stream's ``L`` words (:func:`gemm_load_cycles`) transfer in cycles
+    ``c+1 .. c+L``. The load counters' done flags are registered: cycle ``c+L+1`` is the LOAD
+    cycle that sees them all (``LOAD_COMPUTE_GAP`` = 1, the ``start`` pulse), compute runs from
+    ``c+L+2`` and the final row transfers in cycle ``c+L+1+G`` with ``G`` = :func:`gemm_cycles`.
+    Counting from cycle ``c+1``::
+
+        gemm_total_cycles = gemm_load_cycles + LOAD_COMPUTE_GAP + gemm_cycles
+
+    Every cycle in which the sink refuses a valid ``o_c`` row adds one (the pipeline holds); an
+    idling source lengthens the load phase only. Whatever the stall pattern, the cycles after
+    the last operand word's transfer up to the final row's, inclusive, in which ``o_c`` is not
+    refused number exactly ``LOAD_COMPUTE_GAP + gemm_cycles``.
+    """
+    return (gemm_load_cycles(rows, cols, dataflow, m, k, n, channels) + LOAD_COMPUTE_GAP
+            + gemm_cycles(rows, cols, dataflow, m, k, n))
+
+
 def pack_operands(
     rows: int, cols: int, dataflow: str, a: torch.Tensor, b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,8 +281,9 @@ class GemmEngine(wiring.Component):
         ``ceil(max_n/C)*max_k`` words of C bytes, the channel table ``ceil(max_n/C)`` words, and in
         WS a partial-sum buffer of ``max_m`` words of C int32.
     requant : bool
-        Build the requantizer (C int32 multipliers and shifters). Without it a command with
-        ``requant`` set returns the int32 result.
+        Build the requantizer (C lanes of :func:`hw.requant.requant_stages`: four 16x16
+        partial products, sums, rounding shift, int8 saturation). Without it a command with
+        ``requant`` set returns the int32 result; the latency is the same either way.
 
     Interface
     ---------
@@ -252,7 +293,8 @@ class GemmEngine(wiring.Component):
     busy : Out(1)   high from command acceptance to the final row's transfer
     cycles : Out(32)   compute cycles of the current/last GEMM (see module docstring)
 
-    Latency and throughput: :func:`gemm_cycles` (exact). In steady state the array performs
+    Latency and throughput: :func:`gemm_cycles` compute cycles and :func:`gemm_total_cycles`
+    end to end, loads included (both exact). In steady state the array performs
     R*C MACs per cycle whenever K (OS) or M (WS) is at least max(R, C). Matches
     :func:`golden.gemm.gemm_int`.
     """

@@ -7,17 +7,29 @@ and hand the received rows back to :func:`check_result`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from golden.gemm import gemm_int
 from golden.requant import quantize_multiplier
-from hw.gemm import gemm_cycles, load_words, pack_operands, unpack_result
+from hw.gemm import (
+    LOAD_COMPUTE_GAP,
+    gemm_cycles,
+    gemm_total_cycles,
+    load_words,
+    pack_operands,
+    unpack_result,
+)
 from sim.streams import pack_lanes, unpack_lanes
 
-__all__ = ["GemmConfig", "GemmJob", "GemmStimulus", "make_stimulus", "check_result", "EXTREMES"]
+__all__ = [
+    "GemmConfig", "GemmJob", "GemmStimulus", "make_stimulus", "check_result", "EXTREMES",
+    "job_timings", "check_timing",
+]
 
 #: operand value patterns: random int8, or every value at an int8 edge
 EXTREMES = ("random", "min", "max", "minmax")
@@ -221,3 +233,62 @@ def check_result(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, words: list[
     if not last_ok:
         mismatches.append("the 'last' flag is not set on exactly the final row")
     return {"match": not mismatches, "mismatches": mismatches, "last_ok": last_ok, "result": result}
+
+
+def job_timings(load_edges: Sequence[int], stall_edges: Sequence[int],
+                final_edges: Sequence[int]) -> list[dict[str, int]]:
+    """The testbench's own cycle counts per job, from the clock edges at which handshakes happened.
+
+    ``load_edges``: the edge index of every operand word's transfer (valid & ready on ``i_a``,
+    ``i_b`` or ``i_chan``); ``stall_edges``: every edge at which ``o_c`` was valid and not
+    ready; ``final_edges``: the edge of each job's final ``o_c`` transfer, in job order. Job
+    ``j`` owns the edges after job ``j-1``'s final transfer up to its own (the engine takes a
+    job's operands only after the previous job has finished). Per job:
+
+    ``tb_cycles``             first operand transfer to the final row's transfer, inclusive
+    ``tb_load_cycles``        first to last operand transfer, inclusive
+    ``tb_stall_cycles``       refused ``o_c`` edges within ``tb_cycles``
+    ``tb_after_load_cycles``  edges after the last operand transfer up to the final row's,
+                              inclusive, less the refused ones
+    """
+    loads, stalls = sorted(load_edges), sorted(stall_edges)
+    out: list[dict[str, int]] = []
+    prev = None
+    for fin in final_edges:
+        lo = 0 if prev is None else bisect.bisect_right(loads, prev)
+        hi = bisect.bisect_right(loads, fin)
+        if hi <= lo:
+            raise ValueError(f"no operand transfer before the final row at edge {fin}")
+        first, last = loads[lo], loads[hi - 1]
+        n_stall = bisect.bisect_right(stalls, fin) - bisect.bisect_left(stalls, first)
+        n_after = bisect.bisect_right(stalls, fin) - bisect.bisect_right(stalls, last)
+        out.append({"tb_cycles": fin - first + 1, "tb_load_cycles": last - first + 1,
+                    "tb_stall_cycles": n_stall, "tb_after_load_cycles": fin - last - n_after})
+        prev = fin
+    return out
+
+
+def check_timing(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, timing: dict[str, int],
+                 stall: str) -> dict:
+    """Compare the testbench's edge counts (:func:`job_timings`) with the exact models.
+
+    Always: ``tb_after_load_cycles == LOAD_COMPUTE_GAP + gemm_cycles`` (a cycle added or removed
+    between LOAD and COMPUTE, or anywhere in compute, breaks it). When no source idles (stall
+    ``none`` or ``backpressure``) also ``tb_cycles - tb_stall_cycles ==``
+    :func:`hw.gemm.gemm_total_cycles`; with ``none`` that is ``tb_cycles`` itself. Returns
+    ``{"predicted_total_cycles", "predicted_after_load_cycles", "timing_ok",
+    "timing_mismatches"}``.
+    """
+    total = gemm_total_cycles(cfg.rows, cfg.cols, cfg.dataflow, job.m, job.k, job.n, bool(stim.chan))
+    after = LOAD_COMPUTE_GAP + stim.predicted_cycles
+    bad = []
+    if timing["tb_after_load_cycles"] != after:
+        bad.append(f"testbench counted {timing['tb_after_load_cycles']} unrefused cycles after the last "
+                   f"load word, model {after}")
+    if stall in ("none", "backpressure") and timing["tb_cycles"] - timing["tb_stall_cycles"] != total:
+        bad.append(f"testbench counted {timing['tb_cycles']} cycles end to end "
+                   f"({timing['tb_stall_cycles']} refused), model {total}")
+    if stall == "none" and timing["tb_stall_cycles"]:
+        bad.append(f"{timing['tb_stall_cycles']} refused cycles with stall=none")
+    return {"predicted_total_cycles": total, "predicted_after_load_cycles": after,
+            "timing_ok": not bad, "timing_mismatches": bad}

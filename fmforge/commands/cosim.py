@@ -39,10 +39,15 @@ def _verdict(r: dict, what: str) -> None:
 
 def _gemm_report(r: dict) -> None:
     _verdict(r, f"GEMM {r['m']}x{r['k']}x{r['n']} on {r['rows']}x{r['cols']} {r['dataflow']}")
-    print(f"  utilization  {100 * r['utilization']:>11.2f}%")
+    tb = "exact" if r["timing_ok"] else "MODEL MISMATCH"
+    print(f"  end to end   {r['tb_cycles']:>12,d}  testbench-counted: {r['tb_load_cycles']:,d} load, "
+          f"{r['tb_stall_cycles']:,d} refused; predicted {r['predicted_total_cycles']:,d} without "
+          f"stalls ({tb})")
+    print(f"  utilization  {100 * r['utilization']:>11.2f}%  end to end, loads included "
+          f"({100 * r['compute_utilization']:.2f}% of the compute cycles)")
     print(f"  sim speed    {r['cycles_per_second']:>12,.0f} cycles/s  {r['macs_per_second']:,.0f} MACs/s "
           f"({r['sim_seconds']:.2f} s)")
-    for m in r["mismatches"][:3]:
+    for m in (r["mismatches"] + r["timing_mismatches"])[:3]:
         print(f"  ! {m}")
     if r.get("waves"):
         print(f"  waves: {r['waves']}")
@@ -107,7 +112,7 @@ def register(subparsers: Any) -> None:
 def _make_runner(run, report):
     def func(args: argparse.Namespace) -> dict:
         r = run(args)
-        r["ok"] = bool(r["match"]) and r["cycles"] == r["predicted_cycles"]
+        r["ok"] = bool(r["match"]) and r["cycles"] == r["predicted_cycles"] and bool(r.get("timing_ok", True))
         if not args.json:
             report(r)
         return r
