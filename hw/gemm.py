@@ -59,6 +59,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
+from hw.dsp import is_ecp5, registered_product
 from hw.requant import REQUANT_STAGES, requant_stages, saturate_bits
 from hw.requant import check_positive as _check_positive
 
@@ -478,13 +479,13 @@ class GemmEngine(wiring.Component):
 
         if os_flow:
             self._elab_os(m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
-                          ro_valid, ro_tlast, ro_final, ro_data)
+                          ro_valid, ro_tlast, ro_final, ro_data, platform)
         else:
             self._elab_ws(m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
                           ro_valid, ro_tlast, ro_final, ro_data)
 
         self._elab_epilogue(m, adv, start, cn, c_bias, c_rq, c_rd,
-                            ro_valid, ro_tlast, ro_final, ro_data)
+                            ro_valid, ro_tlast, ro_final, ro_data, platform)
         return m
 
     @staticmethod
@@ -503,7 +504,7 @@ class GemmEngine(wiring.Component):
     # ---------------------------------------------------------------- output-stationary
 
     def _elab_os(self, m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
-                 ro_valid, ro_tlast, ro_final, ro_data):
+                 ro_valid, ro_tlast, ro_final, ro_data, platform):
         R, C = self._rows, self._cols
         # issue counters: tile (i0, j0), slot t in [0, period)
         issuing = Signal(name="issuing")
@@ -580,11 +581,19 @@ class GemmEngine(wiring.Component):
                 pl = Signal(name=f"pe{r}_{c}_pl")
                 acc = Signal(signed(32), name=f"pe{r}_{c}_acc")
                 out = Signal(signed(32), name=f"pe{r}_{c}_out")
+                if is_ecp5(platform):
+                    # the same two registers inside the MULT18X18D (its input registers take
+                    # the operands a_reg/b_reg take, its output register is the product)
+                    m.d.comb += prod.eq(registered_product(
+                        m, platform, left[0:8].as_signed(), top, ce=adv, width=16,
+                        reg_inputs=True, name=f"pe{r}_{c}_mul"))
+                else:
+                    with m.If(adv):
+                        m.d.sync += prod.eq(a_val * b_reg)
                 with m.If(adv):
                     m.d.sync += [
                         a_reg.eq(left),
                         b_reg.eq(top),
-                        prod.eq(a_val * b_reg),
                         pv.eq(fv),
                         pl.eq(flast),
                     ]
@@ -777,7 +786,7 @@ class GemmEngine(wiring.Component):
     # ---------------------------------------------------------------- epilogue
 
     def _elab_epilogue(self, m, adv, start, cn, c_bias, c_rq, c_rd,
-                       ro_valid, ro_tlast, ro_final, ro_data):
+                       ro_valid, ro_tlast, ro_final, ro_data, platform):
         C = self._cols
         # Channel block of the row now in `ro`: advances after each tile's (OS) or column block's
         # (WS) last row. Its parameters are read now and arrive with the row one stage later (E0).
@@ -818,7 +827,7 @@ class GemmEngine(wiring.Component):
         flags = delay(Cat(ro_valid, ro_final), 3 + REQUANT_STAGES, "eflags")
         x_out = [delay(e1[c], REQUANT_STAGES, f"ex{c}") for c in range(C)]
         if self._requant:
-            ys = requant_stages(m, adv, e1, e1_mult, e1_shift, "erq")
+            ys = requant_stages(m, adv, e1, e1_mult, e1_shift, "erq", platform=platform)
             res = [Mux(c_rq, ys[c], x_out[c]) for c in range(C)]
         else:
             res = x_out
