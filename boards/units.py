@@ -5,9 +5,11 @@ The DSP rules are measured with the open flow (Yosys 0.70 + nextpnr 0.11, see
 
 * one hard multiplier per int8 MAC of the systolic array (MULT18X18D on ECP5, SB_MAC16 on
   iCE40 UP5K with ``synth_ice40 -dsp``);
-* the requantizer epilogue multiplies int32 x int32 per output column, which Yosys splits
-  into four 18x18 (ECP5) or 16x16 (iCE40) multipliers: ``4 * C`` more (2x2 with requant on
-  LFE5U-25F: 12 MULT18X18D);
+* the requantizing epilogue is the shared pipelined requantizer (``hw.requant.requant_stages``),
+  which splits each output column's int32 x int32 product into four 16x16 partial products,
+  one hard multiplier each (on ECP5 explicit MULT18X18D with their output registers,
+  ``hw.dsp``): ``4 * C`` more (2x2 with requant on LFE5U-25F: 12 MULT18X18D; 8x8 with requant
+  on LFE5U-85F: 96);
 * one more when C is not a power of two: the epilogue's channel-block test multiplies by
   the constant C (5x5: 26 MULT18X18D, 4x7: 29).
 
@@ -34,7 +36,8 @@ __all__ = [
 #: default max_m/max_k/max_n of GEMM engines built for boards (on-chip memory is small)
 DEFAULT_GEMM_BUFFER = 64
 
-#: hard multipliers per output column of the int32 x int32 requantizer, by family
+#: hard multipliers per output column of the int32 x int32 requantizer (four 16x16 partial
+#: products of hw.requant.requant_stages), by family; measured, see the module docstring
 REQUANT_DSPS_PER_COLUMN = {"ecp5": 4, "ice40": 4}
 
 
