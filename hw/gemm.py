@@ -38,11 +38,14 @@ next command. Operand layouts (what a DMA engine writes; see :func:`pack_operand
   row blocks outer, column blocks inner, the valid rows of each tile in order. WS order: column
   blocks outer, all M rows inner. Lanes beyond N are don't-care.
 
-Backpressure: while ``o_c.valid`` is high and ``o_c.ready`` low the whole compute pipeline
-holds (a global clock enable), so the result and its timing do not depend on when the consumer
-takes the data: ``cycles`` (the number of compute cycles in which the pipeline advanced, from the
-first compute cycle to the transfer of the final row, inclusive) always equals
-:func:`gemm_cycles`. Operand loading is not counted in ``cycles``: it happens strictly before
+Backpressure: a refused ``o_c`` row holds the whole compute pipeline for as many cycles as the
+consumer refuses it, so the result and its timing do not depend on when the consumer takes the
+data: ``cycles`` (the number of compute cycles in which ``o_c`` was not refused, from the first
+compute cycle to the transfer of the final row, inclusive) always equals :func:`gemm_cycles`.
+The pipeline's clock enable is registered, not decoded from ``o_c.ready``: a row refused while
+the pipeline advances is caught in a one-row skid register, ``o_c`` shows the skid register
+while it is full and the pipeline holds until it has been taken. The ``o_c`` transfers are
+cycle for cycle those of a pipeline held in the refused cycle itself. Operand loading is not counted in ``cycles``: it happens strictly before
 compute, the three load streams in parallel (:func:`load_words`, :func:`gemm_load_cycles`), and
 :func:`gemm_total_cycles` is the exact end-to-end count, loads included.
 
@@ -399,9 +402,13 @@ class GemmEngine(wiring.Component):
         c_rq = Signal(name="c_rq")
         period = Signal(bits_for(max(self._max_k, self._max_m, R, C)), name="period")
 
-        # global advance: the compute pipeline holds while the output register is stalled
+        # global advance: the compute pipeline holds while the output skid register is full
+        # (a register, so no path runs from o_c.ready to the thousands of enables)
         adv = Signal(name="adv")
-        m.d.comb += adv.eq(~(self.o_c.valid & ~self.o_c.ready))
+        skid_v = Signal(name="skid_v")
+        m.d.comb += adv.eq(~skid_v)
+        refused = Signal(name="refused")
+        m.d.comb += refused.eq(self.o_c.valid & ~self.o_c.ready)
 
         final_xfer = Signal()
         m.d.comb += final_xfer.eq(self.o_c.valid & self.o_c.ready & self.o_c.payload.last)
@@ -466,7 +473,7 @@ class GemmEngine(wiring.Component):
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 m.d.comb += [self.busy.eq(1), computing.eq(1)]
-                with m.If(adv):
+                with m.If(~refused):
                     m.d.sync += perf.eq(perf + 1)
                 with m.If(final_xfer):
                     m.next = "IDLE"
@@ -484,8 +491,25 @@ class GemmEngine(wiring.Component):
             self._elab_ws(m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
                           ro_valid, ro_tlast, ro_final, ro_data)
 
-        self._elab_epilogue(m, adv, start, cn, c_bias, c_rq, c_rd,
-                            ro_valid, ro_tlast, ro_final, ro_data, platform)
+        out_v, out_l, out_d = self._elab_epilogue(m, adv, start, cn, c_bias, c_rq, c_rd,
+                                                  ro_valid, ro_tlast, ro_final, ro_data, platform)
+
+        # ---- output skid register: while it is empty o_c shows the output register; a row
+        # refused there is copied into it (the pipeline advances in that cycle), and while it is
+        # full o_c shows it and the pipeline holds
+        skid_l = Signal(name="skid_l")
+        skid_d = [Signal(signed(32), name=f"skid_d{c}") for c in range(C)]
+        with m.If(skid_v):
+            m.d.comb += [self.o_c.valid.eq(1), self.o_c.payload.last.eq(skid_l)]
+            m.d.comb += [self.o_c.payload.data[c].eq(skid_d[c]) for c in range(C)]
+            with m.If(self.o_c.ready):
+                m.d.sync += skid_v.eq(0)
+        with m.Else():
+            m.d.comb += [self.o_c.valid.eq(out_v), self.o_c.payload.last.eq(out_l)]
+            m.d.comb += [self.o_c.payload.data[c].eq(out_d[c]) for c in range(C)]
+            with m.If(out_v & ~self.o_c.ready):
+                m.d.sync += [skid_v.eq(1), skid_l.eq(out_l)]
+                m.d.sync += [skid_d[c].eq(out_d[c]) for c in range(C)]
         return m
 
     @staticmethod
@@ -831,9 +855,12 @@ class GemmEngine(wiring.Component):
             res = [Mux(c_rq, ys[c], x_out[c]) for c in range(C)]
         else:
             res = x_out
+        out_v, out_l = Signal(name="out_v"), Signal(name="out_l")
+        out_d = lanes("out_d", signed(32))
         with m.If(adv):
             # output register: the int8 result (sign-extended) when requantizing, else int32
-            m.d.sync += [self.o_c.valid.eq(flags[0]), self.o_c.payload.last.eq(flags[1])]
-            m.d.sync += [self.o_c.payload.data[c].eq(res[c]) for c in range(C)]
+            m.d.sync += [out_v.eq(flags[0]), out_l.eq(flags[1])]
+            m.d.sync += [out_d[c].eq(res[c]) for c in range(C)]
         with m.If(start):
-            m.d.sync += self.o_c.valid.eq(0)
+            m.d.sync += out_v.eq(0)
+        return out_v, out_l, out_d
