@@ -57,7 +57,7 @@ Number formats: int8 x int8 products, int32 accumulators; the accumulators never
 from __future__ import annotations
 
 import torch
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
@@ -426,11 +426,19 @@ class GemmEngine(wiring.Component):
             done = Signal(name=f"{name}_done")
             with m.If(self.i_cmd.valid & self.i_cmd.ready):
                 m.d.sync += [addr.eq(0), inner.eq(0), outer.eq(0), done.eq(~enabled)]
+            # the buffer write is registered: the handshake drives only the counters, not the
+            # (wide, spread out) memory's write enables; the word lands one cycle later, well
+            # before compute reads it (the first read address is registered in compute cycle 0)
+            w_en = Signal(name=f"{name}_wen")
+            w_addr = Signal.like(addr, name=f"{name}_waddr")
+            w_data = Signal(len(Value.cast(strm.payload)), name=f"{name}_wdata")
+            m.d.sync += [w_en.eq(strm.valid & strm.ready), w_addr.eq(addr),
+                         w_data.eq(Value.cast(strm.payload))]
             m.d.comb += [
                 strm.ready.eq(loading & ~done),
-                wr.addr.eq(addr),
-                wr.data.eq(strm.payload),
-                wr.en.eq(strm.valid & strm.ready),
+                wr.addr.eq(w_addr),
+                Value.cast(wr.data).eq(w_data),
+                wr.en.eq(w_en),
             ]
             with m.If(strm.valid & strm.ready):
                 m.d.sync += addr.eq(addr + 1)
