@@ -133,13 +133,13 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     OS: ``T = ceil(M/R) * ceil(N/C)`` tiles, one issued every ``P = max(K, R, C)`` cycles. Slice
     ``k`` of the last tile issues in cycle ``(T-1)*P + k``; its buffer address is registered,
     the buffers are read and the data registered (3 cycles), it reaches PE ``(r, c)`` ``r + c``
-    cycles later, where operands are registered (1), multiplied (1) and accumulated (1); the
-    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 10 registers:
+    cycles later, where operands are registered (1), multiplied (1), the product registered
+    again (1) and accumulated (1); the row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 10 registers:
     align with the channel table read, bias add, int32 saturate, then the six stages of
     :func:`hw.requant.requant_stages` -- partial products, two sums, shift, round, int8
     saturate -- and the output register). The final row ``r = R_last - 1``
     (``R_last`` = valid rows of the last row block) therefore transfers in cycle
-    ``(T-1)*P + K + R_last + C + 4 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
+    ``(T-1)*P + K + R_last + C + 5 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
 
     WS: ``F = ceil(N/C) * ceil(K/R)`` folds, one issued every ``P = max(M, R, C, 2)`` cycles
     from cycle 0; each fold's weights are read alongside its first rows (the skew gives them
@@ -158,7 +158,7 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     if dataflow == "os":
         tiles = _ceil_div(m, rows) * _ceil_div(n, cols)
         r_last = m - (_ceil_div(m, rows) - 1) * rows
-        return (tiles - 1) * p + k + cols + r_last + 5 + EPILOGUE_LATENCY
+        return (tiles - 1) * p + k + cols + r_last + 6 + EPILOGUE_LATENCY
     folds = _ceil_div(n, cols) * _ceil_div(k, rows)
     return (folds - 1) * p + m + rows + cols + 5 + EPILOGUE_LATENCY
 
@@ -592,7 +592,8 @@ class GemmEngine(wiring.Component):
         b_in = [delay(b_q[8 * c : 8 * c + 8].as_signed(), c, f"bskew{c}") for c in range(C)]
 
         # PE grid: a (with its flags) moves right, b moves down; operands registered, product
-        # registered, then summed
+        # registered twice (the multiplier's output register, then a fabric register), then
+        # summed
         row_done = []
         row_out = []
         b_top = b_in
@@ -622,18 +623,26 @@ class GemmEngine(wiring.Component):
                 else:
                     with m.If(adv):
                         m.d.sync += prod.eq(a_val * b_reg)
+                # the product is registered once more in the fabric before the accumulator, so
+                # a hard multiplier placed away from its accumulator costs no cycle time
+                prod2 = Signal(signed(16), name=f"pe{r}_{c}_prod2")
+                pv2 = Signal(name=f"pe{r}_{c}_pv2")
+                pl2 = Signal(name=f"pe{r}_{c}_pl2")
                 with m.If(adv):
                     m.d.sync += [
                         a_reg.eq(left),
                         b_reg.eq(top),
                         pv.eq(fv),
                         pl.eq(flast),
+                        prod2.eq(prod),
+                        pv2.eq(pv),
+                        pl2.eq(pl),
                     ]
-                    with m.If(pv):
-                        with m.If(pl):
-                            m.d.sync += [out.eq(acc + prod), acc.eq(0)]
+                    with m.If(pv2):
+                        with m.If(pl2):
+                            m.d.sync += [out.eq(acc + prod2), acc.eq(0)]
                         with m.Else():
-                            m.d.sync += acc.eq(acc + prod)
+                            m.d.sync += acc.eq(acc + prod2)
                 if c == C - 1:
                     # the row's last PE reports completion together with the tile flags
                     done = Signal(name=f"row{r}_done")
@@ -641,10 +650,13 @@ class GemmEngine(wiring.Component):
                     fin = Signal(name=f"row{r}_fin")
                     ptl = Signal(name=f"pe{r}_{c}_ptl")
                     pfin = Signal(name=f"pe{r}_{c}_pfin")
+                    ptl2 = Signal(name=f"pe{r}_{c}_ptl2")
+                    pfin2 = Signal(name=f"pe{r}_{c}_pfin2")
                     with m.If(adv):
                         m.d.sync += [
                             ptl.eq(a_reg[10]), pfin.eq(a_reg[11]),
-                            done.eq(pv & pl), tl.eq(ptl), fin.eq(pfin),
+                            ptl2.eq(ptl), pfin2.eq(pfin),
+                            done.eq(pv2 & pl2), tl.eq(ptl2), fin.eq(pfin2),
                         ]
                     row_done.append((done, tl, fin))
                 outs.append(out)
