@@ -15,8 +15,9 @@ import argparse
 import json
 import sys
 
+from hw.gemm import GemmSpec
 from sim.cosim import run_gemm_verilator
-from sim.gemm_bench import GemmConfig, GemmJob
+from sim.gemm_bench import GemmJob
 from sim.pysim import run_gemm_pysim
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     small = tuple(int(x) for x in args.pysim_shape.split(":"))
     big = tuple(int(x) for x in args.verilator_shape.split(":"))
-    cfg = GemmConfig(rows=args.size, cols=args.size, dataflow=args.dataflow,
+    cfg = GemmSpec(rows=args.size, cols=args.size, dataflow=args.dataflow,
                      max_m=max(small[0], big[0]), max_k=max(small[1], big[1]), max_n=max(small[2], big[2]))
     rows = []
     vl = run_gemm_verilator(cfg, [GemmJob(*small, seed=1), GemmJob(*big, seed=2)])

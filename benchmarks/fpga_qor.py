@@ -10,7 +10,8 @@ for other reasons (LUTs, BRAM), steps down until one does.
 Usage::
 
     python benchmarks/fpga_qor.py                       # default sweep (long: many minutes)
-    python benchmarks/fpga_qor.py --boards ulx3s-85f --arrays 8x8 --no-requant
+    python benchmarks/fpga_qor.py --boards ulx3s-85f --arrays 8x8 --no-requant   # MAC array only
+    python benchmarks/fpga_qor.py --boards ulx3s-85f --arrays 8x8 --requant      # with the requantizer
     python benchmarks/fpga_qor.py --json > qor.json
     python benchmarks/fpga_qor.py --plot qor.png
 
@@ -33,13 +34,18 @@ from boards.build import BuildError, DoesNotFitError, build_unit  # noqa: E402
 from boards.catalog import get_board  # noqa: E402
 from boards.units import DEFAULT_GEMM_BUFFER, gemm_dsps, gemm_engine  # noqa: E402
 
-__all__ = ["DEFAULT_SWEEP", "largest_candidates", "main", "run_sweep"]
+__all__ = ["DEFAULT_REQUANT_SWEEP", "DEFAULT_SWEEP", "largest_candidates", "main", "run_sweep"]
 
 #: board -> arrays built by default (the largest fitting arrays are added automatically)
 DEFAULT_SWEEP: dict[str, list[tuple[int, int]]] = {
     "ulx3s-85f": [(4, 4), (8, 8)],
     "ulx3s-25f": [(2, 2), (4, 4)],
     "icebreaker": [(1, 1), (2, 2)],
+}
+#: board -> arrays also built WITH the requantizing epilogue by default (the configuration the
+#: accelerator uses: ``fmforge build gemm --board ulx3s-85f --rows 8 --cols 8``)
+DEFAULT_REQUANT_SWEEP: dict[str, list[tuple[int, int]]] = {
+    "ulx3s-85f": [(8, 8)],
 }
 
 
@@ -100,10 +106,23 @@ def _build_one(board: str, rows: int, cols: int, dataflow: str, requant: bool, b
 
 
 def run_sweep(boards: list[str], arrays: list[tuple[int, int]] | None, dataflows: list[str],
-              requant: bool, buf: int, seed: int, largest: bool) -> list[dict[str, Any]]:
-    """Build every (board, array, dataflow); return one row dict per build."""
+              requant: bool, buf: int, seed: int, largest: bool,
+              requant_arrays: list[tuple[int, int]] | None = None) -> list[dict[str, Any]]:
+    """Build every (board, array, dataflow); return one row dict per build.
+
+    ``requant_arrays`` (per board: :data:`DEFAULT_REQUANT_SWEEP` when ``None``) are built with
+    the requantizer in addition when ``requant`` is off.
+    """
     rows: list[dict[str, Any]] = []
     for board in boards:
+        if not requant:
+            extra = (DEFAULT_REQUANT_SWEEP.get(board, []) if requant_arrays is None
+                     else requant_arrays)
+            for dataflow in dataflows:
+                for r, c in extra:
+                    print(f"fpga_qor: {board} {r}x{c} {dataflow} with requant",
+                          file=sys.stderr, flush=True)
+                    rows.append(_build_one(board, r, c, dataflow, True, buf, seed))
         shapes = list(arrays) if arrays is not None else list(DEFAULT_SWEEP.get(board, []))
         for dataflow in dataflows:
             for r, c in shapes:
@@ -120,9 +139,9 @@ def run_sweep(boards: list[str], arrays: list[tuple[int, int]] | None, dataflows
                     rows.append(row)
                     if row["status"] == "ok":
                         break
-    # mark the largest array that built per (board, dataflow)
-    for key in {(r["board"], r["dataflow"]) for r in rows}:
-        ok = [r for r in rows if (r["board"], r["dataflow"]) == key and r["status"] == "ok"]
+    # mark the largest array that built per (board, dataflow, requant)
+    for key in {(r["board"], r["dataflow"], r["requant"]) for r in rows}:
+        ok = [r for r in rows if (r["board"], r["dataflow"], r["requant"]) == key and r["status"] == "ok"]
         if ok:
             max(ok, key=lambda r: r["macs"])["largest_fitting"] = True
     return rows
@@ -220,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arrays", default=None,
                    help="comma-separated arrays like 4x4,8x8 (default: a per-board sweep)")
     p.add_argument("--dataflow", default="os", help="comma-separated: os, ws or os,ws")
-    p.add_argument("--requant", action=argparse.BooleanOptionalAction, default=False,
-                   help="include the int8 requantizer epilogue (default: off, so the table "
-                        "shows the MAC array)")
+    p.add_argument("--requant", action=argparse.BooleanOptionalAction, default=None,
+                   help="--requant: build every array with the int8 requantizer epilogue; "
+                        "--no-requant: the MAC arrays only; default: the MAC arrays plus the "
+                        "arrays of DEFAULT_REQUANT_SWEEP (8x8 on ulx3s-85f) with the requantizer")
     p.add_argument("--max-size", type=int, default=DEFAULT_GEMM_BUFFER,
                    help=f"max_m = max_k = max_n of the engines (default {DEFAULT_GEMM_BUFFER})")
     p.add_argument("--no-largest", action="store_true",
@@ -243,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.units:
         rows = run_units(boards, [u.strip() for u in args.units.split(",") if u.strip()], args.seed)
     else:
-        rows = run_sweep(boards, arrays, dataflows, args.requant, args.max_size, args.seed,
-                         largest=not args.no_largest)
+        rows = run_sweep(boards, arrays, dataflows, bool(args.requant), args.max_size, args.seed,
+                         largest=not args.no_largest,
+                         requant_arrays=[] if args.requant is False else None)
     if args.plot:
         _plot(rows, args.plot)
     if args.json:

@@ -1,8 +1,20 @@
 """Accelerator units as board builds see them: the registry's units against a board's resources.
 
-The DSP rule is :func:`hw.gemm.gemm_dsps` (measured with the open flow, Yosys 0.70 + nextpnr
-0.11, see ``benchmarks/fpga_qor.py``); :func:`check_gemm_fits` applies it before any tool runs,
-so a GEMM engine that cannot fit a board fails at once with a one-line message.
+The DSP rules (:func:`hw.gemm.gemm_dsps`) are measured with the open flow (Yosys 0.70 + nextpnr 0.11, see
+``benchmarks/fpga_qor.py``):
+
+* one hard multiplier per int8 MAC of the systolic array (MULT18X18D on ECP5, SB_MAC16 on
+  iCE40 UP5K with ``synth_ice40 -dsp``);
+* the requantizing epilogue is the shared pipelined requantizer (``hw.requant.requant_stages``),
+  which splits each output column's int32 x int32 product into four 16x16 partial products,
+  one hard multiplier each (on ECP5 explicit MULT18X18D with their output registers,
+  ``hw.dsp``): ``4 * C`` more (2x2 with requant on LFE5U-25F: 12 MULT18X18D; 8x8 with requant
+  on LFE5U-85F: 96);
+* one more when C is not a power of two: the epilogue's channel-block test multiplies by
+  the constant C (5x5: 26 MULT18X18D, 4x7: 29).
+
+:func:`check_gemm_fits` applies these rules before any tool runs, so a GEMM engine that
+cannot fit a board fails at once with a one-line message.
 """
 
 from __future__ import annotations

@@ -38,11 +38,16 @@ next command. Operand layouts (what a DMA engine writes; see :func:`pack_operand
   row blocks outer, column blocks inner, the valid rows of each tile in order. WS order: column
   blocks outer, all M rows inner. Lanes beyond N are don't-care.
 
-Backpressure: while ``o_c.valid`` is high and ``o_c.ready`` low the whole compute pipeline
-holds (a global clock enable), so the result and its timing do not depend on when the consumer
-takes the data: ``cycles`` (the number of compute cycles in which the pipeline advanced, from the
-first compute cycle to the transfer of the final row, inclusive) always equals
-:func:`gemm_cycles`. Operand loading is not counted in ``cycles`` (see :func:`load_words`).
+Backpressure: a refused ``o_c`` row holds the whole compute pipeline for as many cycles as the
+consumer refuses it, so the result and its timing do not depend on when the consumer takes the
+data: ``cycles`` (the number of compute cycles in which ``o_c`` was not refused, from the first
+compute cycle to the transfer of the final row, inclusive) always equals :func:`gemm_cycles`.
+The pipeline's clock enable is registered, not decoded from ``o_c.ready``: a row refused while
+the pipeline advances is caught in a one-row skid register, ``o_c`` shows the skid register
+while it is full and the pipeline holds until it has been taken. The ``o_c`` transfers are
+cycle for cycle those of a pipeline held in the refused cycle itself. Operand loading is not counted in ``cycles``: it happens strictly before
+compute, the three load streams in parallel (:func:`load_words`, :func:`gemm_load_cycles`), and
+:func:`gemm_total_cycles` is the exact end-to-end count, loads included.
 
 Number formats: int8 x int8 products, int32 accumulators; the accumulators never wrap because
 ``max_k <= 2**16``. ``acc + bias`` saturates to int32; requantization as in
@@ -56,12 +61,14 @@ import math
 from typing import Any, ClassVar
 
 import torch
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from golden.errors import UserValueError
+from hw.dsp import is_ecp5, registered_product
+from hw.requant import REQUANT_STAGES, requant_stages, saturate_bits
 from hw.requant import check_positive as _check_positive
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int
 
@@ -69,7 +76,10 @@ __all__ = [
     "DATAFLOWS",
     "EPILOGUE_LATENCY",
     "GemmEngine",
+    "LOAD_COMPUTE_GAP",
     "gemm_cycles",
+    "gemm_load_cycles",
+    "gemm_total_cycles",
     "gemm_period",
     "check_gemm_shape",
     "scalesim_cycles",
@@ -84,8 +94,13 @@ __all__ = [
 ]
 
 DATAFLOWS = ("os", "ws")
-#: pipeline registers between the array's result row and the output register (inclusive)
-EPILOGUE_LATENCY = 9
+#: pipeline registers between the array's result row and the output register (inclusive):
+#: align with the channel table read, bias add, int32 saturate, the shared requantizer's
+#: :data:`hw.requant.REQUANT_STAGES` (6) and the output register (int8 or int32 select)
+EPILOGUE_LATENCY = 3 + REQUANT_STAGES + 1
+#: cycles between the transfer of a GEMM's last operand word and its first compute cycle: the
+#: one LOAD cycle in which the controller sees every load stream's (registered) done flag
+LOAD_COMPUTE_GAP = 1
 _MAX_DIM = 2**16
 
 
@@ -128,12 +143,13 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     OS: ``T = ceil(M/R) * ceil(N/C)`` tiles, one issued every ``P = max(K, R, C)`` cycles. Slice
     ``k`` of the last tile issues in cycle ``(T-1)*P + k``; its buffer address is registered,
     the buffers are read and the data registered (3 cycles), it reaches PE ``(r, c)`` ``r + c``
-    cycles later, where operands are registered (1), multiplied (1) and accumulated (1); the
-    row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 9 registers:
-    align, bias add, int32 saturate, partial products, product sum, shift, round, int8
-    saturate, output). The final row ``r = R_last - 1``
+    cycles later, where operands are registered (1), multiplied (1), the product registered
+    again (1) and accumulated (1); the row's result is read out (1) and passes the epilogue (``EPILOGUE_LATENCY`` = 10 registers:
+    align with the channel table read, bias add, int32 saturate, then the six stages of
+    :func:`hw.requant.requant_stages` -- partial products, two sums, shift, round, int8
+    saturate -- and the output register). The final row ``r = R_last - 1``
     (``R_last`` = valid rows of the last row block) therefore transfers in cycle
-    ``(T-1)*P + K + R_last + C + 4 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
+    ``(T-1)*P + K + R_last + C + 5 + EPILOGUE_LATENCY``, and counting from cycle 0 adds one.
 
     WS: ``F = ceil(N/C) * ceil(K/R)`` folds, one issued every ``P = max(M, R, C, 2)`` cycles
     from cycle 0; each fold's weights are read alongside its first rows (the skew gives them
@@ -152,7 +168,7 @@ def gemm_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int) -> 
     if dataflow == "os":
         tiles = _ceil_div(m, rows) * _ceil_div(n, cols)
         r_last = m - (_ceil_div(m, rows) - 1) * rows
-        return (tiles - 1) * p + k + cols + r_last + 5 + EPILOGUE_LATENCY
+        return (tiles - 1) * p + k + cols + r_last + 6 + EPILOGUE_LATENCY
     folds = _ceil_div(n, cols) * _ceil_div(k, rows)
     return (folds - 1) * p + m + rows + cols + 5 + EPILOGUE_LATENCY
 
@@ -178,6 +194,38 @@ def load_words(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, chan
     _check_dataflow(dataflow)
     a = _ceil_div(m, rows) * k if dataflow == "os" else _ceil_div(k, rows) * m
     return {"a": a, "b": _ceil_div(n, cols) * k, "chan": _ceil_div(n, cols) if channels else 0}
+
+
+def gemm_load_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> int:
+    """Cycles from the first operand word's transfer to the last one's, inclusive, when no source idles.
+
+    The engine takes ``i_a``, ``i_b`` and ``i_chan`` in parallel, one word each per cycle, from
+    the cycle after the command's transfer, so the longest stream sets the load time:
+    ``max(load_words(...).values())``.
+    """
+    return max(load_words(rows, cols, dataflow, m, k, n, channels).values())
+
+
+def gemm_total_cycles(rows: int, cols: int, dataflow: str, m: int, k: int, n: int, channels: bool) -> int:
+    """Exact end-to-end cycles of one GEMM: first operand word's transfer to the final row's, inclusive.
+
+    The engine loads strictly before it computes. The command transfers in IDLE cycle ``c``;
+    every load stream is ready from cycle ``c+1`` until its last word, so with sources that
+    never idle the longest stream's ``L`` words (:func:`gemm_load_cycles`) transfer in cycles
+    ``c+1 .. c+L``. The load counters' done flags are registered: cycle ``c+L+1`` is the LOAD
+    cycle that sees them all (``LOAD_COMPUTE_GAP`` = 1, the ``start`` pulse), compute runs from
+    ``c+L+2`` and the final row transfers in cycle ``c+L+1+G`` with ``G`` = :func:`gemm_cycles`.
+    Counting from cycle ``c+1``::
+
+        gemm_total_cycles = gemm_load_cycles + LOAD_COMPUTE_GAP + gemm_cycles
+
+    Every cycle in which the sink refuses a valid ``o_c`` row adds one (the pipeline holds); an
+    idling source lengthens the load phase only. Whatever the stall pattern, the cycles after
+    the last operand word's transfer up to the final row's, inclusive, in which ``o_c`` is not
+    refused number exactly ``LOAD_COMPUTE_GAP + gemm_cycles``.
+    """
+    return (gemm_load_cycles(rows, cols, dataflow, m, k, n, channels) + LOAD_COMPUTE_GAP
+            + gemm_cycles(rows, cols, dataflow, m, k, n))
 
 
 def pack_operands(
@@ -247,8 +295,9 @@ class GemmEngine(wiring.Component):
         ``ceil(max_n/C)*max_k`` words of C bytes, the channel table ``ceil(max_n/C)`` words, and in
         WS a partial-sum buffer of ``max_m`` words of C int32.
     requant : bool
-        Build the requantizer (C int32 multipliers and shifters). Without it a command with
-        ``requant`` set returns the int32 result.
+        Build the requantizer (C lanes of :func:`hw.requant.requant_stages`: four 16x16
+        partial products, sums, rounding shift, int8 saturation). Without it a command with
+        ``requant`` set returns the int32 result; the latency is the same either way.
 
     Interface
     ---------
@@ -258,7 +307,8 @@ class GemmEngine(wiring.Component):
     busy : Out(1)   high from command acceptance to the final row's transfer
     cycles : Out(32)   compute cycles of the current/last GEMM (see module docstring)
 
-    Latency and throughput: :func:`gemm_cycles` (exact). In steady state the array performs
+    Latency and throughput: :func:`gemm_cycles` compute cycles and :func:`gemm_total_cycles`
+    end to end, loads included (both exact). In steady state the array performs
     R*C MACs per cycle whenever K (OS) or M (WS) is at least max(R, C). Matches
     :func:`golden.gemm.gemm_int`.
     """
@@ -362,9 +412,13 @@ class GemmEngine(wiring.Component):
         c_rq = Signal(name="c_rq")
         period = Signal(bits_for(max(self._max_k, self._max_m, R, C)), name="period")
 
-        # global advance: the compute pipeline holds while the output register is stalled
+        # global advance: the compute pipeline holds while the output skid register is full
+        # (a register, so no path runs from o_c.ready to the thousands of enables)
         adv = Signal(name="adv")
-        m.d.comb += adv.eq(~(self.o_c.valid & ~self.o_c.ready))
+        skid_v = Signal(name="skid_v")
+        m.d.comb += adv.eq(~skid_v)
+        refused = Signal(name="refused")
+        m.d.comb += refused.eq(self.o_c.valid & ~self.o_c.ready)
 
         final_xfer = Signal()
         m.d.comb += final_xfer.eq(self.o_c.valid & self.o_c.ready & self.o_c.payload.last)
@@ -382,11 +436,19 @@ class GemmEngine(wiring.Component):
             done = Signal(name=f"{name}_done")
             with m.If(self.i_cmd.valid & self.i_cmd.ready):
                 m.d.sync += [addr.eq(0), inner.eq(0), outer.eq(0), done.eq(~enabled)]
+            # the buffer write is registered: the handshake drives only the counters, not the
+            # (wide, spread out) memory's write enables; the word lands one cycle later, well
+            # before compute reads it (the first read address is registered in compute cycle 0)
+            w_en = Signal(name=f"{name}_wen")
+            w_addr = Signal.like(addr, name=f"{name}_waddr")
+            w_data = Signal(len(Value.cast(strm.payload)), name=f"{name}_wdata")
+            m.d.sync += [w_en.eq(strm.valid & strm.ready), w_addr.eq(addr),
+                         w_data.eq(Value.cast(strm.payload))]
             m.d.comb += [
                 strm.ready.eq(loading & ~done),
-                wr.addr.eq(addr),
-                wr.data.eq(strm.payload),
-                wr.en.eq(strm.valid & strm.ready),
+                wr.addr.eq(w_addr),
+                Value.cast(wr.data).eq(w_data),
+                wr.en.eq(w_en),
             ]
             with m.If(strm.valid & strm.ready):
                 m.d.sync += addr.eq(addr + 1)
@@ -429,7 +491,7 @@ class GemmEngine(wiring.Component):
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 m.d.comb += [self.busy.eq(1), computing.eq(1)]
-                with m.If(adv):
+                with m.If(~refused):
                     m.d.sync += perf.eq(perf + 1)
                 with m.If(final_xfer):
                     m.next = "IDLE"
@@ -442,13 +504,30 @@ class GemmEngine(wiring.Component):
 
         if os_flow:
             self._elab_os(m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
-                          ro_valid, ro_tlast, ro_final, ro_data)
+                          ro_valid, ro_tlast, ro_final, ro_data, platform)
         else:
             self._elab_ws(m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
                           ro_valid, ro_tlast, ro_final, ro_data)
 
-        self._elab_epilogue(m, adv, start, cn, c_bias, c_rq, c_rd,
-                            ro_valid, ro_tlast, ro_final, ro_data)
+        out_v, out_l, out_d = self._elab_epilogue(m, adv, start, cn, c_bias, c_rq, c_rd,
+                                                  ro_valid, ro_tlast, ro_final, ro_data, platform)
+
+        # ---- output skid register: while it is empty o_c shows the output register; a row
+        # refused there is copied into it (the pipeline advances in that cycle), and while it is
+        # full o_c shows it and the pipeline holds
+        skid_l = Signal(name="skid_l")
+        skid_d = [Signal(signed(32), name=f"skid_d{c}") for c in range(C)]
+        with m.If(skid_v):
+            m.d.comb += [self.o_c.valid.eq(1), self.o_c.payload.last.eq(skid_l)]
+            m.d.comb += [self.o_c.payload.data[c].eq(skid_d[c]) for c in range(C)]
+            with m.If(self.o_c.ready):
+                m.d.sync += skid_v.eq(0)
+        with m.Else():
+            m.d.comb += [self.o_c.valid.eq(out_v), self.o_c.payload.last.eq(out_l)]
+            m.d.comb += [self.o_c.payload.data[c].eq(out_d[c]) for c in range(C)]
+            with m.If(out_v & ~self.o_c.ready):
+                m.d.sync += [skid_v.eq(1), skid_l.eq(out_l)]
+                m.d.sync += [skid_d[c].eq(out_d[c]) for c in range(C)]
         return m
 
     @staticmethod
@@ -467,7 +546,7 @@ class GemmEngine(wiring.Component):
     # ---------------------------------------------------------------- output-stationary
 
     def _elab_os(self, m, adv, start, computing, cm, ck, cn, period, a_rd, b_rd,
-                 ro_valid, ro_tlast, ro_final, ro_data):
+                 ro_valid, ro_tlast, ro_final, ro_data, platform):
         R, C = self._rows, self._cols
         # issue counters: tile (i0, j0), slot t in [0, period)
         issuing = Signal(name="issuing")
@@ -523,7 +602,8 @@ class GemmEngine(wiring.Component):
         b_in = [delay(b_q[8 * c : 8 * c + 8].as_signed(), c, f"bskew{c}") for c in range(C)]
 
         # PE grid: a (with its flags) moves right, b moves down; operands registered, product
-        # registered, then summed
+        # registered twice (the multiplier's output register, then a fabric register), then
+        # summed
         row_done = []
         row_out = []
         b_top = b_in
@@ -544,19 +624,35 @@ class GemmEngine(wiring.Component):
                 pl = Signal(name=f"pe{r}_{c}_pl")
                 acc = Signal(signed(32), name=f"pe{r}_{c}_acc")
                 out = Signal(signed(32), name=f"pe{r}_{c}_out")
+                if is_ecp5(platform):
+                    # the same two registers inside the MULT18X18D (its input registers take
+                    # the operands a_reg/b_reg take, its output register is the product)
+                    m.d.comb += prod.eq(registered_product(
+                        m, platform, left[0:8].as_signed(), top, ce=adv, width=16,
+                        reg_inputs=True, name=f"pe{r}_{c}_mul"))
+                else:
+                    with m.If(adv):
+                        m.d.sync += prod.eq(a_val * b_reg)
+                # the product is registered once more in the fabric before the accumulator, so
+                # a hard multiplier placed away from its accumulator costs no cycle time
+                prod2 = Signal(signed(16), name=f"pe{r}_{c}_prod2")
+                pv2 = Signal(name=f"pe{r}_{c}_pv2")
+                pl2 = Signal(name=f"pe{r}_{c}_pl2")
                 with m.If(adv):
                     m.d.sync += [
                         a_reg.eq(left),
                         b_reg.eq(top),
-                        prod.eq(a_val * b_reg),
                         pv.eq(fv),
                         pl.eq(flast),
+                        prod2.eq(prod),
+                        pv2.eq(pv),
+                        pl2.eq(pl),
                     ]
-                    with m.If(pv):
-                        with m.If(pl):
-                            m.d.sync += [out.eq(acc + prod), acc.eq(0)]
+                    with m.If(pv2):
+                        with m.If(pl2):
+                            m.d.sync += [out.eq(acc + prod2), acc.eq(0)]
                         with m.Else():
-                            m.d.sync += acc.eq(acc + prod)
+                            m.d.sync += acc.eq(acc + prod2)
                 if c == C - 1:
                     # the row's last PE reports completion together with the tile flags
                     done = Signal(name=f"row{r}_done")
@@ -564,10 +660,13 @@ class GemmEngine(wiring.Component):
                     fin = Signal(name=f"row{r}_fin")
                     ptl = Signal(name=f"pe{r}_{c}_ptl")
                     pfin = Signal(name=f"pe{r}_{c}_pfin")
+                    ptl2 = Signal(name=f"pe{r}_{c}_ptl2")
+                    pfin2 = Signal(name=f"pe{r}_{c}_pfin2")
                     with m.If(adv):
                         m.d.sync += [
                             ptl.eq(a_reg[10]), pfin.eq(a_reg[11]),
-                            done.eq(pv & pl), tl.eq(ptl), fin.eq(pfin),
+                            ptl2.eq(ptl), pfin2.eq(pfin),
+                            done.eq(pv2 & pl2), tl.eq(ptl2), fin.eq(pfin2),
                         ]
                     row_done.append((done, tl, fin))
                 outs.append(out)
@@ -741,7 +840,7 @@ class GemmEngine(wiring.Component):
     # ---------------------------------------------------------------- epilogue
 
     def _elab_epilogue(self, m, adv, start, cn, c_bias, c_rq, c_rd,
-                       ro_valid, ro_tlast, ro_final, ro_data):
+                       ro_valid, ro_tlast, ro_final, ro_data, platform):
         C = self._cols
         # Channel block of the row now in `ro`: advances after each tile's (OS) or column block's
         # (WS) last row. Its parameters are read now and arrive with the row one stage later (E0).
@@ -758,94 +857,43 @@ class GemmEngine(wiring.Component):
         def lanes(name, shape):
             return [Signal(shape, name=f"{name}{c}") for c in range(C)]
 
-        def flags(name):
-            return Signal(name=f"{name}_v"), Signal(name=f"{name}_l")
-
-        def saturate(v, bits):
-            """``v`` clamped to a signed ``bits``-bit range: in range iff the bits above are a sign
-            extension (a reduction, not a comparison carry chain)."""
-            top = v[bits - 1 :]
-            fits = ~top.any() | top.all()
-            lo, hi = Const(-(2 ** (bits - 1)), signed(bits)), Const(2 ** (bits - 1) - 1, signed(bits))
-            return Mux(fits, v[:bits].as_signed(), Mux(v[-1], lo, hi))
-
-        e0, (e0_v, e0_l) = lanes("e0_", signed(32)), flags("e0")
-        e1a, (e1a_v, e1a_l) = lanes("e1a_", signed(34)), flags("e1a")
-        e1, (e1_v, e1_l) = lanes("e1_", signed(32)), flags("e1")
-        e1a_mult, e1a_shift = lanes("e1a_mult", signed(32)), lanes("e1a_shift", unsigned(6))
-        e1_mult, e1_shift = lanes("e1_mult", signed(32)), lanes("e1_shift", unsigned(6))
-        e2a_lo, e2a_hi = lanes("e2a_lo", signed(49)), lanes("e2a_hi", signed(48))
-        e2a_x, e2a_shift = lanes("e2a_x", signed(32)), lanes("e2a_shift", unsigned(6))
-        e2a_v, e2a_l = flags("e2a")
-        e2, (e2_v, e2_l) = lanes("e2_", signed(64)), flags("e2")
-        e2_x, e2_shift = lanes("e2_x", signed(32)), lanes("e2_shift", unsigned(6))
-        e3a, (e3a_v, e3a_l) = lanes("e3a_", signed(64)), flags("e3a")
-        e3a_x, e3a_z = lanes("e3a_x", signed(32)), lanes("e3a_z", unsigned(1))
-        e3, (e3_v, e3_l) = lanes("e3_", signed(64)), flags("e3")
-        e3_x = lanes("e3_x", signed(32))
-        e4, (e4_v, e4_l) = lanes("e4_", signed(32)), flags("e4")
-
+        e0 = lanes("e0_", signed(32))
+        e1a, e1a_mult, e1a_shift = lanes("e1a_", signed(33)), lanes("e1a_mult", signed(32)), lanes("e1a_shift", 6)
+        e1, e1_mult, e1_shift = lanes("e1_", signed(32)), lanes("e1_mult", signed(32)), lanes("e1_shift", 6)
         with m.If(adv):
-            # E0: align the row with its channel parameters
-            m.d.sync += [e0_v.eq(ro_valid), e0_l.eq(ro_final)]
+            # E0: align the row with its channel parameters (synchronous table read)
             m.d.sync += [e0[c].eq(ro_data[c]) for c in range(C)]
-            # E1a: bias add (34 bits, exact)
-            m.d.sync += [e1a_v.eq(e0_v), e1a_l.eq(e0_l)]
             for c in range(C):
                 ch = c_rd.data[c]
                 m.d.sync += [
+                    # E1a: bias add (33 bits, exact); the channel parameters are registered
                     e1a[c].eq(e0[c] + Mux(c_bias, ch.bias, 0)),
                     e1a_mult[c].eq(ch.mult),
                     e1a_shift[c].eq(ch.shift),
+                    # E1b: saturate to int32
+                    e1[c].eq(saturate_bits(e1a[c], 32)),
+                    e1_mult[c].eq(e1a_mult[c]),
+                    e1_shift[c].eq(e1a_shift[c]),
                 ]
-            # E1b: saturate to int32
-            m.d.sync += [e1_v.eq(e1a_v), e1_l.eq(e1a_l)]
-            for c in range(C):
-                m.d.sync += [e1[c].eq(saturate(e1a[c], 32)), e1_mult[c].eq(e1a_mult[c]),
-                             e1_shift[c].eq(e1a_shift[c])]
-            # E2a: partial products x * mult[15:0] (unsigned) and x * mult[31:16] (signed)
-            m.d.sync += [e2a_v.eq(e1_v), e2a_l.eq(e1_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += [
-                        e2a_lo[c].eq(e1[c] * e1_mult[c][:16]),
-                        e2a_hi[c].eq(e1[c] * e1_mult[c][16:].as_signed()),
-                    ]
-                m.d.sync += [e2a_x[c].eq(e1[c]), e2a_shift[c].eq(e1_shift[c])]
-            # E2b: x * mult = (hi << 16) + lo (int64, exact)
-            m.d.sync += [e2_v.eq(e2a_v), e2_l.eq(e2a_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += e2[c].eq((e2a_hi[c] << 16) + e2a_lo[c])
-                m.d.sync += [e2_shift[c].eq(e2a_shift[c]), e2_x[c].eq(e2a_x[c])]
-            # E3a: p >> (s-1) (arithmetic; p itself when s == 0)
-            m.d.sync += [e3a_v.eq(e2_v), e3a_l.eq(e2_l)]
-            for c in range(C):
-                if self._requant:
-                    sm1 = Signal(6, name=f"sm1_{c}")
-                    m.d.comb += sm1.eq(Mux(e2_shift[c] == 0, 0, e2_shift[c] - 1))
-                    m.d.sync += [e3a[c].eq(e2[c] >> sm1), e3a_z[c].eq(e2_shift[c] == 0)]
-                m.d.sync += e3a_x[c].eq(e2_x[c])
-            # E3b: round half up, ((p >> (s-1)) + 1) >> 1
-            m.d.sync += [e3_v.eq(e3a_v), e3_l.eq(e3a_l)]
-            for c in range(C):
-                if self._requant:
-                    rnd = Signal(signed(65), name=f"rnd{c}")
-                    m.d.comb += rnd.eq(e3a[c] + 1)
-                    m.d.sync += e3[c].eq(Mux(e3a_z[c], e3a[c], rnd >> 1))
-                m.d.sync += e3_x[c].eq(e3a_x[c])
-            # E4: saturate to int8 (requant) or pass the int32 value
-            m.d.sync += [e4_v.eq(e3_v), e4_l.eq(e3_l)]
-            for c in range(C):
-                if self._requant:
-                    m.d.sync += e4[c].eq(Mux(c_rq, saturate(e3[c], 8), e3_x[c]))
-                else:
-                    m.d.sync += e4[c].eq(e3_x[c])
-            # output register
-            m.d.sync += [self.o_c.valid.eq(e4_v), self.o_c.payload.last.eq(e4_l)]
-            m.d.sync += [self.o_c.payload.data[c].eq(e4[c]) for c in range(C)]
+        # E2..E7: the shared pipelined requantizer (hw.requant.requant_stages); the int32 value
+        # and the row flags travel beside it
+        delay = self._delay_line(m, adv)
+        flags = delay(Cat(ro_valid, ro_final), 3 + REQUANT_STAGES, "eflags")
+        x_out = [delay(e1[c], REQUANT_STAGES, f"ex{c}") for c in range(C)]
+        if self._requant:
+            ys = requant_stages(m, adv, e1, e1_mult, e1_shift, "erq", platform=platform)
+            res = [Mux(c_rq, ys[c], x_out[c]) for c in range(C)]
+        else:
+            res = x_out
+        out_v, out_l = Signal(name="out_v"), Signal(name="out_l")
+        out_d = lanes("out_d", signed(32))
+        with m.If(adv):
+            # output register: the int8 result (sign-extended) when requantizing, else int32
+            m.d.sync += [out_v.eq(flags[0]), out_l.eq(flags[1])]
+            m.d.sync += [out_d[c].eq(res[c]) for c in range(C)]
         with m.If(start):
-            m.d.sync += self.o_c.valid.eq(0)
+            m.d.sync += out_v.eq(0)
+        return out_v, out_l, out_d
 
 
 # ---------------------------------------------------------------------- unit spec
@@ -883,7 +931,9 @@ class GemmSpec(UnitSpec):
     """Parameters of a :class:`GemmEngine` (the fields are its keyword arguments).
 
     :meth:`cycles` is :func:`gemm_cycles` (compute), :meth:`load_cycles` the operand loads
-    (one word per cycle per stream, A and B in parallel, the channel table after them).
+    plus the load-to-compute gap (:func:`gemm_load_cycles` + :data:`LOAD_COMPUTE_GAP`: the
+    three load streams in parallel, strictly before compute), so that ``cycles + load_cycles``
+    is :func:`gemm_total_cycles`, the command's first load word to its last result row.
     """
 
     rows: int
@@ -901,9 +951,9 @@ class GemmSpec(UnitSpec):
     component: ClassVar[str] = "hw.gemm.GemmEngine"
     measured: ClassVar[tuple[Measured, ...]] = (
         Measured("ecp5", {"rows": 8, "cols": 8, "dataflow": "os", "max_m": 64, "max_k": 64,
-                          "max_n": 64, "requant": False},
-                 luts=6021, ffs=11441, dsps=64, brams=4, fmax_mhz=109.2,
-                 command="fmforge build gemm --board ulx3s-85f --rows 8 --cols 8 --no-requant"),
+                          "max_n": 64, "requant": True},
+                 luts=13269, ffs=15670, dsps=96, brams=4, fmax_mhz=113.7,
+                 command="fmforge build gemm --board ulx3s-85f --rows 8 --cols 8"),
     )
 
     def __post_init__(self) -> None:
@@ -928,9 +978,9 @@ class GemmSpec(UnitSpec):
         return gemm_cycles(self.rows, self.cols, self.dataflow, m, k, n)
 
     def load_cycles(self, *, m: int, k: int, n: int, channels: bool = True) -> int:
-        """Cycles to stream one command's operands in (A and B in parallel, then channels)."""
-        w = load_words(self.rows, self.cols, self.dataflow, m, k, n, channels)
-        return max(w["a"], w["b"]) + w["chan"]
+        """Cycles from one command's first load word to its first compute cycle."""
+        return gemm_load_cycles(self.rows, self.cols, self.dataflow, m, k, n, channels) + \
+            LOAD_COMPUTE_GAP
 
     @property
     def buffer_bits(self) -> int:

@@ -222,7 +222,7 @@ def saturate_bits(v: Value, bits: int) -> Value:
 
 
 def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], shifts: list[Value],
-                   name: str) -> list[Signal]:
+                   name: str, *, platform: Any = None) -> list[Signal]:
     """:data:`REQUANT_STAGES` registered stages per lane; returns the int8 output registers.
 
     Bit-exact :func:`golden.requant.requantize` of ``xs`` (up to int32) with ``mults`` (int32) and
@@ -236,7 +236,13 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
        for shift 0, so that step 5 gives ``p`` itself when shift is 0)
     5. ``r = (t + 1) >> 1`` (round half up)
     6. ``y = clamp(r, -128, 127)`` by a sign-extension check
+
+    On an ECP5 ``platform`` the stage-1 registers are the MULT18X18D output registers
+    (:func:`hw.dsp.registered_product`); elsewhere they are fabric registers. Same values.
     """
+    from hw.dsp import is_ecp5, registered_product
+
+    hard = is_ecp5(platform)
     out = []
     for c, (x, mu, sh) in enumerate(zip(xs, mults, shifts, strict=True)):
         xv, mv = x.as_signed(), mu.as_signed()
@@ -258,12 +264,18 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
         y = Signal(signed(8), name=f"{name}_y{c}")
         u = Signal(signed(66), name=f"{name}_u{c}")
         m.d.comb += u.eq(t + 1)
+        products = ((ll, xw[0:16], mw[0:16]), (lh, xw[0:16], mw[16:32].as_signed()),
+                    (hl, xw[16:32].as_signed(), mw[0:16]),
+                    (hh, xw[16:32].as_signed(), mw[16:32].as_signed()))
+        for reg, pa, pb in products:
+            if hard:
+                m.d.comb += reg.eq(registered_product(m, platform, pa, pb, ce=adv, width=len(reg),
+                                                      reg_inputs=False, name=reg.name))
+            else:
+                with m.If(adv):
+                    m.d.sync += reg.eq(pa * pb)
         with m.If(adv):
             m.d.sync += [
-                ll.eq(xw[0:16] * mw[0:16]),
-                lh.eq(xw[0:16] * mw[16:32].as_signed()),
-                hl.eq(xw[16:32].as_signed() * mw[0:16]),
-                hh.eq(xw[16:32].as_signed() * mw[16:32].as_signed()),
                 s1.eq(sh),
                 a2.eq(Cat(ll, hh).as_signed()),
                 b2.eq(hl + lh),
@@ -362,7 +374,7 @@ class Requantizer(wiring.Component):
         with m.If(fc.adv):
             for c in range(P):
                 m.d.sync += [x2[c].eq(x1[c]), mu2[c].eq(rd.data[c].mult), sh2[c].eq(rd.data[c].shift)]
-        ys = requant_stages(m, fc.adv, x2, mu2, sh2, "rq")
+        ys = requant_stages(m, fc.adv, x2, mu2, sh2, "rq", platform=platform)
         m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
         return m
 

@@ -23,7 +23,21 @@ from cocotb.triggers import ClockCycles, RisingEdge
 
 from sim.streams import StallPattern, stall_pattern
 
-__all__ = ["StreamSource", "StreamSink", "StreamMonitor", "stream_ports", "load_bench_spec", "start_clock_and_reset"]
+try:
+    from cocotb.simtime import get_sim_time
+except ImportError:  # cocotb < 2.0
+    from cocotb.utils import get_sim_time
+
+__all__ = ["StreamSource", "StreamSink", "StreamMonitor", "stream_ports", "load_bench_spec", "start_clock_and_reset",
+           "CLOCK_PERIOD_NS", "edge_index"]
+
+#: period of the clock :func:`start_clock_and_reset` starts
+CLOCK_PERIOD_NS = 10
+
+
+def edge_index() -> int:
+    """Index of the clock edge just awaited (edges at 0, 10, 20, ... ns count 0, 1, 2, ...)."""
+    return int(get_sim_time(unit="ns")) // CLOCK_PERIOD_NS
 
 
 def stream_ports(dut, prefix: str):
@@ -36,13 +50,18 @@ def stream_ports(dut, prefix: str):
 
 
 class StreamSource:
-    """Offers words on a stream, one per cycle unless the stall pattern idles."""
+    """Offers words on a stream, one per cycle unless the stall pattern idles.
 
-    def __init__(self, dut, prefix: str, clk, stall: StallPattern) -> None:
+    With ``record`` the :func:`edge_index` of every transfer is appended to ``accepted_at``.
+    """
+
+    def __init__(self, dut, prefix: str, clk, stall: StallPattern, *, record: bool = False) -> None:
         self.valid, self.ready, self.payload = stream_ports(dut, prefix)
         self.clk = clk
         self.stall = stall
         self.sent = 0
+        self.record = record
+        self.accepted_at: list[int] = []
         self.valid.value = 0
 
     async def send(self, words: Sequence[int]) -> None:
@@ -60,16 +79,26 @@ class StreamSource:
                 if ready.value:
                     break
             self.sent += 1
+            if self.record:
+                self.accepted_at.append(edge_index())
         valid.value = 0
 
 
 class StreamSink:
-    """Accepts words from a stream, refusing (ready low) as the stall pattern says."""
+    """Accepts words from a stream, refusing (ready low) as the stall pattern says.
 
-    def __init__(self, dut, prefix: str, clk, stall: StallPattern) -> None:
+    With ``record``, while :meth:`recv` runs, the :func:`edge_index` of every edge at which it
+    refused a valid word is appended to ``stalled_at`` and that of the latest transfer is kept in
+    ``last_at``.
+    """
+
+    def __init__(self, dut, prefix: str, clk, stall: StallPattern, *, record: bool = False) -> None:
         self.valid, self.ready, self.payload = stream_ports(dut, prefix)
         self.clk = clk
         self.stall = stall
+        self.record = record
+        self.stalled_at: list[int] = []
+        self.last_at: int | None = None
         self.ready.value = 0
 
     async def recv(self, count: int, timeout_cycles: int) -> list[int]:
@@ -89,6 +118,10 @@ class StreamSink:
             await RisingEdge(clk)
             if r and valid.value:
                 out.append(payload.value.to_unsigned())
+                if self.record:
+                    self.last_at = edge_index()
+            elif self.record and valid.value:
+                self.stalled_at.append(edge_index())
             cycles += 1
             if cycles > timeout_cycles:
                 raise TimeoutError(f"sink timed out after {timeout_cycles} cycles with {len(out)}/{count} words")

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from golden.errors import UserValueError
-from sim.gemm_bench import GemmConfig, GemmJob, check_result, make_stimulus
+from hw.gemm import GemmSpec
+from sim.gemm_bench import (
+    GemmJob,
+    check_result,
+    check_timing,
+    job_timings,
+    make_stimulus,
+)
 from sim.verilator import build, run_cocotb, to_verilog
 
 __all__ = ["gemm_build", "run_gemm_verilator", "cosim_gemm", "engine_config_for"]
@@ -24,20 +31,25 @@ def _progress(msg: str) -> None:
     print(f"[fmforge] {msg}", file=sys.stderr, flush=True)
 
 
-def gemm_build(cfg: GemmConfig, *, waves: bool = False, progress=_progress):
+def gemm_build(cfg: GemmSpec, *, waves: bool = False, progress=_progress):
     """The (cached) Verilator build of engine ``cfg``."""
     name = "gemm"
-    return build(to_verilog(cfg.engine(), name), name, waves=waves, progress=progress)
+    return build(to_verilog(cfg.build(), name), name, waves=waves, progress=progress)
 
 
-def run_gemm_verilator(cfg: GemmConfig, jobs: Sequence[GemmJob], *, stall: str = "none", seed: int = 0,
+def run_gemm_verilator(cfg: GemmSpec, jobs: Sequence[GemmJob], *, stall: str = "none", seed: int = 0,
                        waves: bool = False, monitor: bool = False, test_dir: Path | None = None,
                        progress=_progress) -> list[dict]:
     """Run ``jobs`` back to back on engine ``cfg`` in cocotb + Verilator and check them.
 
     Returns one dict per job with ``job``, ``match``, ``mismatches``, ``cycles`` (the engine's
-    counter), ``predicted_cycles``, ``sim_seconds`` (wall time from the job's first load word to
-    its last row), ``cycles_per_second``, ``macs_per_second`` and ``utilization``.
+    counter), ``predicted_cycles``, the testbench's own edge counts ``tb_cycles`` (end to end,
+    loads included), ``tb_load_cycles``, ``tb_stall_cycles``, ``tb_after_load_cycles`` with
+    their check against the models (:func:`sim.gemm_bench.check_timing`:
+    ``predicted_total_cycles``, ``predicted_after_load_cycles``, ``timing_ok``,
+    ``timing_mismatches``), ``utilization`` (end to end, ``M*K*N / (tb_cycles*R*C)``),
+    ``compute_utilization`` (``M*K*N / (cycles*R*C)``), ``sim_seconds`` (wall time from the end
+    of the previous job to this job's last row), ``cycles_per_second`` and ``macs_per_second``.
     """
     b = gemm_build(cfg, waves=waves, progress=progress)
     stims = [make_stimulus(cfg, j) for j in jobs]
@@ -58,15 +70,19 @@ def run_gemm_verilator(cfg: GemmConfig, jobs: Sequence[GemmJob], *, stall: str =
                      test_dir=tdir, waves=waves, seed=seed)
     if res["failed"] or not (tdir / "out.json").exists():
         raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
-    raw = json.loads((tdir / "out.json").read_text())["results"]
+    doc = json.loads((tdir / "out.json").read_text())
+    raw = doc["results"]
+    timings = job_timings(doc["edges"]["load"], doc["edges"]["stall"], [r["final_edge"] for r in raw])
     out = []
-    for job, st, r in zip(jobs, stims, raw, strict=True):
+    for job, st, r, t in zip(jobs, stims, raw, timings, strict=True):
         chk = check_result(cfg, job, st, r["words"])
         secs = max(r["sim_seconds"], 1e-9)
         out.append({
             "job": job.describe(), "match": chk["match"], "mismatches": chk["mismatches"],
             "cycles": r["cycles"], "predicted_cycles": st.predicted_cycles,
-            "utilization": job.macs / (r["cycles"] * cfg.rows * cfg.cols),
+            **t, **check_timing(cfg, job, st, t, stall),
+            "utilization": job.macs / (t["tb_cycles"] * cfg.rows * cfg.cols),
+            "compute_utilization": job.macs / (r["cycles"] * cfg.rows * cfg.cols),
             "sim_seconds": secs, "cycles_per_second": r["cycles"] / secs,
             "macs_per_second": job.macs / secs,
         })
@@ -85,7 +101,7 @@ def _pow2_at_least(v: int, floor: int) -> int:
 
 
 def engine_config_for(rows: int, cols: int, dataflow: str, m: int, k: int, n: int,
-                      requant: bool = True) -> GemmConfig:
+                      requant: bool = True) -> GemmSpec:
     """An engine configuration whose buffers take an M x K x N GEMM.
 
     Buffer limits are rounded up to powers of two (at least 128) so that nearby shapes share one
@@ -96,7 +112,7 @@ def engine_config_for(rows: int, cols: int, dataflow: str, m: int, k: int, n: in
     for name, v in (("m", m), ("k", k), ("n", n)):
         if isinstance(v, int) and v > _MAX_DIM:
             raise UserValueError(f"{name}={v} is larger than the engine supports ({_MAX_DIM})")
-    cfg = GemmConfig(rows=rows, cols=cols, dataflow=dataflow, max_m=_pow2_at_least(m, 128),
+    cfg = GemmSpec(rows=rows, cols=cols, dataflow=dataflow, max_m=_pow2_at_least(m, 128),
                      max_k=_pow2_at_least(k, 128), max_n=_pow2_at_least(n, 128), requant=requant)
     check_gemm_shape(m, k, n, max_m=cfg.max_m, max_k=cfg.max_k, max_n=cfg.max_n)
     return cfg
@@ -117,7 +133,8 @@ def cosim_gemm(*, rows: int, cols: int, dataflow: str, m: int, k: int, n: int, s
         from sim.pysim import run_gemm_pysim
 
         r = run_gemm_pysim(cfg, [job], stall=stall, seed=seed)[0]
-        r["utilization"] = job.macs / (r["cycles"] * rows * cols)
+        r["utilization"] = job.macs / (r["tb_cycles"] * rows * cols)
+        r["compute_utilization"] = job.macs / (r["cycles"] * rows * cols)
         r["cycles_per_second"] = r["cycles"] / r["sim_seconds"]
         r["macs_per_second"] = job.macs / r["sim_seconds"]
     else:

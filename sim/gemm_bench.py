@@ -7,7 +7,9 @@ and hand the received rows back to :func:`check_result`.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,35 +17,24 @@ import torch
 from golden.errors import UserValueError
 from golden.gemm import gemm_int
 from golden.requant import quantize_multiplier
-from hw.gemm import gemm_cycles, load_words, pack_operands, unpack_result
+from hw.gemm import (
+    LOAD_COMPUTE_GAP,
+    GemmSpec,
+    gemm_cycles,
+    gemm_total_cycles,
+    load_words,
+    pack_operands,
+    unpack_result,
+)
 from sim.streams import pack_lanes, unpack_lanes
 
-__all__ = ["GemmConfig", "GemmJob", "GemmStimulus", "make_stimulus", "check_result", "EXTREMES"]
+__all__ = [
+    "GemmJob", "GemmStimulus", "make_stimulus", "check_result", "EXTREMES",
+    "job_timings", "check_timing",
+]
 
 #: operand value patterns: random int8, or every value at an int8 edge
 EXTREMES = ("random", "min", "max", "minmax")
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    """Elaboration parameters of a GemmEngine (what one Verilog build is keyed on)."""
-
-    rows: int
-    cols: int
-    dataflow: str = "os"
-    max_m: int = 128
-    max_k: int = 128
-    max_n: int = 128
-    requant: bool = True
-
-    def engine(self):
-        from hw.gemm import GemmEngine
-
-        return GemmEngine(**dataclasses.asdict(self))
-
-    @property
-    def tag(self) -> str:
-        return f"gemm_{self.dataflow}_{self.rows}x{self.cols}_m{self.max_m}k{self.max_k}n{self.max_n}_rq{int(self.requant)}"
 
 
 @dataclass(frozen=True)
@@ -128,7 +119,7 @@ def _channels(job: GemmJob) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return bias, mult, shift
 
 
-def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
+def make_stimulus(cfg: GemmSpec, job: GemmJob) -> GemmStimulus:
     """Operands, stream words and the golden result for ``job`` on engine ``cfg``."""
     for dim, lim in (("m", cfg.max_m), ("k", cfg.max_k), ("n", cfg.max_n)):
         v = getattr(job, dim)
@@ -185,7 +176,7 @@ def make_stimulus(cfg: GemmConfig, job: GemmJob) -> GemmStimulus:
     )
 
 
-def _expected_rows(cfg: GemmConfig, job: GemmJob, res: torch.Tensor) -> list[list[int]]:
+def _expected_rows(cfg: GemmSpec, job: GemmJob, res: torch.Tensor) -> list[list[int]]:
     R, C = cfg.rows, cfg.cols
     nb = -(-job.n // C)
     padded = torch.zeros(job.m, nb * C, dtype=torch.int64)
@@ -203,12 +194,12 @@ def _expected_rows(cfg: GemmConfig, job: GemmJob, res: torch.Tensor) -> list[lis
     return rows
 
 
-def decode_row(cfg: GemmConfig, word: int) -> tuple[list[int], bool]:
+def decode_row(cfg: GemmSpec, word: int) -> tuple[list[int], bool]:
     """Split an ``o_c`` payload word into its C int32 lanes and the ``last`` flag."""
     return unpack_lanes(word, 32, cfg.cols), bool((word >> (32 * cfg.cols)) & 1)
 
 
-def check_result(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, words: list[int]) -> dict:
+def check_result(cfg: GemmSpec, job: GemmJob, stim: GemmStimulus, words: list[int]) -> dict:
     """Compare received ``o_c`` words with the golden result.
 
     Returns ``{"match", "mismatches", "last_ok", "result"}``; lanes beyond N are ignored.
@@ -235,3 +226,62 @@ def check_result(cfg: GemmConfig, job: GemmJob, stim: GemmStimulus, words: list[
     if not last_ok:
         mismatches.append("the 'last' flag is not set on exactly the final row")
     return {"match": not mismatches, "mismatches": mismatches, "last_ok": last_ok, "result": result}
+
+
+def job_timings(load_edges: Sequence[int], stall_edges: Sequence[int],
+                final_edges: Sequence[int]) -> list[dict[str, int]]:
+    """The testbench's own cycle counts per job, from the clock edges at which handshakes happened.
+
+    ``load_edges``: the edge index of every operand word's transfer (valid & ready on ``i_a``,
+    ``i_b`` or ``i_chan``); ``stall_edges``: every edge at which ``o_c`` was valid and not
+    ready; ``final_edges``: the edge of each job's final ``o_c`` transfer, in job order. Job
+    ``j`` owns the edges after job ``j-1``'s final transfer up to its own (the engine takes a
+    job's operands only after the previous job has finished). Per job:
+
+    ``tb_cycles``             first operand transfer to the final row's transfer, inclusive
+    ``tb_load_cycles``        first to last operand transfer, inclusive
+    ``tb_stall_cycles``       refused ``o_c`` edges within ``tb_cycles``
+    ``tb_after_load_cycles``  edges after the last operand transfer up to the final row's,
+                              inclusive, less the refused ones
+    """
+    loads, stalls = sorted(load_edges), sorted(stall_edges)
+    out: list[dict[str, int]] = []
+    prev = None
+    for fin in final_edges:
+        lo = 0 if prev is None else bisect.bisect_right(loads, prev)
+        hi = bisect.bisect_right(loads, fin)
+        if hi <= lo:
+            raise ValueError(f"no operand transfer before the final row at edge {fin}")
+        first, last = loads[lo], loads[hi - 1]
+        n_stall = bisect.bisect_right(stalls, fin) - bisect.bisect_left(stalls, first)
+        n_after = bisect.bisect_right(stalls, fin) - bisect.bisect_right(stalls, last)
+        out.append({"tb_cycles": fin - first + 1, "tb_load_cycles": last - first + 1,
+                    "tb_stall_cycles": n_stall, "tb_after_load_cycles": fin - last - n_after})
+        prev = fin
+    return out
+
+
+def check_timing(cfg: GemmSpec, job: GemmJob, stim: GemmStimulus, timing: dict[str, int],
+                 stall: str) -> dict:
+    """Compare the testbench's edge counts (:func:`job_timings`) with the exact models.
+
+    Always: ``tb_after_load_cycles == LOAD_COMPUTE_GAP + gemm_cycles`` (a cycle added or removed
+    between LOAD and COMPUTE, or anywhere in compute, breaks it). When no source idles (stall
+    ``none`` or ``backpressure``) also ``tb_cycles - tb_stall_cycles ==``
+    :func:`hw.gemm.gemm_total_cycles`; with ``none`` that is ``tb_cycles`` itself. Returns
+    ``{"predicted_total_cycles", "predicted_after_load_cycles", "timing_ok",
+    "timing_mismatches"}``.
+    """
+    total = gemm_total_cycles(cfg.rows, cfg.cols, cfg.dataflow, job.m, job.k, job.n, bool(stim.chan))
+    after = LOAD_COMPUTE_GAP + stim.predicted_cycles
+    bad = []
+    if timing["tb_after_load_cycles"] != after:
+        bad.append(f"testbench counted {timing['tb_after_load_cycles']} unrefused cycles after the last "
+                   f"load word, model {after}")
+    if stall in ("none", "backpressure") and timing["tb_cycles"] - timing["tb_stall_cycles"] != total:
+        bad.append(f"testbench counted {timing['tb_cycles']} cycles end to end "
+                   f"({timing['tb_stall_cycles']} refused), model {total}")
+    if stall == "none" and timing["tb_stall_cycles"]:
+        bad.append(f"{timing['tb_stall_cycles']} refused cycles with stall=none")
+    return {"predicted_total_cycles": total, "predicted_after_load_cycles": after,
+            "timing_ok": not bad, "timing_mismatches": bad}

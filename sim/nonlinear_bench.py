@@ -199,10 +199,14 @@ class RequantConfig:
     channels: int
     name = "requant"
 
-    def unit(self):
-        from hw.requant import Requantizer
+    def spec(self):
+        """The registry spec of the unit under test."""
+        from hw.requant import RequantSpec
 
-        return Requantizer(lanes=self.lanes, channels=self.channels)
+        return RequantSpec(lanes=self.lanes, channels=self.channels)
+
+    def unit(self):
+        return self.spec().build()
 
     @property
     def tag(self) -> str:
@@ -262,13 +266,15 @@ class GeluConfig:
             return gelu_params(self.in_scale, self.out_scale)
         return quantize_multiplier(self.in_scale / self.out_scale)
 
-    def unit(self):
-        from hw.gelu import Gelu
+    def spec(self):
+        """The registry spec of the unit under test."""
+        from hw.gelu import GeluSpec
 
-        if self.mode == "gelu":
-            return Gelu(lanes=self.lanes, params=self.params())
-        mult, shift = self.params()
-        return Gelu(lanes=self.lanes, mode="relu", relu_mult=mult, relu_shift=shift)
+        return GeluSpec(lanes=self.lanes, in_scale=self.in_scale, out_scale=self.out_scale,
+                        mode=self.mode)
+
+    def unit(self):
+        return self.spec().build()
 
     @property
     def tag(self) -> str:
@@ -315,10 +321,14 @@ class SoftmaxConfig:
 
         return softmax_params(self.scale)
 
-    def unit(self):
-        from hw.softmax import Softmax
+    def spec(self):
+        """The registry spec of the unit under test."""
+        from hw.softmax import SoftmaxSpec
 
-        return Softmax(lanes=self.lanes, max_length=self.max_length, params=self.params())
+        return SoftmaxSpec(lanes=self.lanes, max_length=self.max_length, scale=self.scale)
+
+    def unit(self):
+        return self.spec().build()
 
     def stimulus(self, job: Job, length: int) -> Stimulus:
         from golden.softmax import softmax_float, softmax_int
@@ -392,10 +402,14 @@ class LayerNormConfig:
         prm = layernorm_params(self.length, in_scale, gamma, beta, 0.05, eps=self.eps, in_bits=self.in_bits)
         return prm, gamma, beta, in_scale
 
-    def unit(self):
-        from hw.layernorm import LayerNorm
+    def spec(self):
+        """The registry spec of the unit under test (this configuration's gamma/beta/eps)."""
+        from hw.layernorm import LayerNormSpec
 
-        return LayerNorm(lanes=self.lanes, params=self.params()[0])
+        return LayerNormSpec.from_params(self.params()[0], self.lanes)
+
+    def unit(self):
+        return self.spec().build()
 
     def stimulus(self, job: Job, length: int | None = None) -> Stimulus:
         from golden.layernorm import layernorm_float, layernorm_int

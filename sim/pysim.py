@@ -12,10 +12,17 @@ from collections.abc import Sequence
 
 from amaranth.sim import Simulator
 
-from sim.gemm_bench import GemmConfig, GemmJob, check_result, make_stimulus
+from hw.gemm import GemmSpec
+from sim.gemm_bench import (
+    GemmJob,
+    check_result,
+    check_timing,
+    job_timings,
+    make_stimulus,
+)
 from sim.streams import StallPattern, stall_pattern
 
-__all__ = ["stream_source", "stream_sink", "run_gemm_pysim"]
+__all__ = ["stream_source", "stream_sink", "handshake_monitor", "run_gemm_pysim"]
 
 
 async def stream_source(ctx, strm, words: Sequence[int], stall: StallPattern) -> None:
@@ -46,16 +53,42 @@ async def stream_sink(ctx, strm, count: int, stall: StallPattern, out: list[int]
     ctx.set(strm.ready, 0)
 
 
-def run_gemm_pysim(cfg: GemmConfig, jobs: Sequence[GemmJob], stall: str = "none", seed: int = 0,
+async def handshake_monitor(ctx, inputs, out, load_edges: list[int], stall_edges: list[int],
+                            final_edges: list[int]) -> None:
+    """Count clock edges and record, by edge index, every transfer on the ``inputs`` streams, every
+    edge at which ``out`` is valid but not ready, and every transfer of ``out`` with ``last`` set.
+
+    Values are sampled at each edge (what the design saw), so a transfer is valid & ready there.
+    """
+    sigs = []
+    for strm in inputs:
+        sigs += [strm.valid, strm.ready]
+    sigs += [out.valid, out.ready, out.payload.last]
+    edge = 0
+    async for _clk, _rst, *v in ctx.tick().sample(*sigs):
+        if any(v[i] and v[i + 1] for i in range(0, 2 * len(inputs), 2)):
+            load_edges.append(edge)
+        ov, orr, ol = v[-3:]
+        if ov and not orr:
+            stall_edges.append(edge)
+        elif ov and orr and ol:
+            final_edges.append(edge)
+        edge += 1
+
+
+def run_gemm_pysim(cfg: GemmSpec, jobs: Sequence[GemmJob], stall: str = "none", seed: int = 0,
                    vcd: str | None = None) -> list[dict]:
     """Run ``jobs`` back to back on one engine in the Amaranth simulator.
 
     One background source per input stream carries every job's words in order (the engine takes
-    each job's words only while it loads that job); the sink splits the output by job. Returns
-    one dict per job: ``job``, ``match``, ``mismatches``, ``cycles`` (the engine's counter),
-    ``predicted_cycles``, ``sim_seconds``.
+    each job's words only while it loads that job); the sink splits the output by job. A monitor
+    counts clock edges itself (:func:`handshake_monitor`, :func:`sim.gemm_bench.job_timings`).
+    Returns one dict per job: ``job``, ``match``, ``mismatches``, ``cycles`` (the engine's
+    counter), ``predicted_cycles``, ``sim_seconds``, the testbench counts ``tb_cycles``,
+    ``tb_load_cycles``, ``tb_stall_cycles``, ``tb_after_load_cycles`` and their check
+    (:func:`sim.gemm_bench.check_timing`: ``predicted_total_cycles``, ``timing_ok``, ...).
     """
-    dut = cfg.engine()
+    dut = cfg.build()
     stims = [make_stimulus(cfg, j) for j in jobs]
     pattern = stall_pattern(stall, seed)
     results: list[dict] = []
@@ -86,14 +119,25 @@ def run_gemm_pysim(cfg: GemmConfig, jobs: Sequence[GemmJob], stall: str = "none"
                 "sim_seconds": time.perf_counter() - t0,
             })
 
+    loads: list[int] = []
+    stalls: list[int] = []
+    finals: list[int] = []
+
+    async def monitor(ctx):
+        await handshake_monitor(ctx, [dut.i_a, dut.i_b, dut.i_chan], dut.o_c, loads, stalls, finals)
+
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     for salt, (strm, words) in enumerate(streams.values()):
         sim.add_testbench(source(strm, words, salt), background=True)
+    sim.add_testbench(monitor, background=True)
     sim.add_testbench(bench)
     if vcd:
         with sim.write_vcd(vcd):
             sim.run()
     else:
         sim.run()
+    for job, st, r, t in zip(jobs, stims, results, job_timings(loads, stalls, finals), strict=True):
+        r.update(t)
+        r.update(check_timing(cfg, job, st, t, stall))
     return results

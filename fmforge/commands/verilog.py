@@ -79,12 +79,10 @@ def _layernorm_args(p: argparse.ArgumentParser) -> None:
 
 
 def _layernorm_spec(args: argparse.Namespace):
-    from hw.layernorm import LayerNormSpec
     from sim.nonlinear_bench import LayerNormConfig
 
-    prm = LayerNormConfig(lanes=args.lanes, length=args.length, in_bits=args.in_bits,
-                          seed=args.seed).params()[0]  # seeded example gamma/beta
-    return LayerNormSpec.from_params(prm, args.lanes)
+    return LayerNormConfig(lanes=args.lanes, length=args.length, in_bits=args.in_bits,
+                           seed=args.seed).spec()  # seeded example gamma/beta
 
 
 #: registry unit kind -> (CLI flags, spec from the parsed flags); help comes from the spec class

@@ -147,5 +147,7 @@ def test_dsp_rule_matches_measured_builds():
     assert gemm_dsps("ulx3s-25f", rows=5, cols=5, requant=False) == 26
     assert gemm_dsps("ulx3s-25f", rows=4, cols=7, requant=False) == 29
     assert gemm_dsps("ulx3s-85f", rows=8, cols=8, requant=False) == 64
+    # 8x8 with the shared pipelined requantizer (four 16x16 partial products per column): 96
+    assert gemm_dsps("ulx3s-85f", rows=8, cols=8, requant=True) == 96
     assert largest_gemm("ulx3s-25f", requant=False) == (5, 5)
     assert largest_gemm("icebreaker", requant=False, square=False) == (2, 4)

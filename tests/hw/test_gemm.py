@@ -7,14 +7,18 @@ import torch
 
 from golden.gemm import gemm_int
 from hw.gemm import (
+    LOAD_COMPUTE_GAP,
     GemmEngine,
+    GemmSpec,
     gemm_cycles,
+    gemm_load_cycles,
+    gemm_total_cycles,
     load_words,
     pack_operands,
     scalesim_cycles,
     unpack_result,
 )
-from sim.gemm_bench import GemmConfig, GemmJob
+from sim.gemm_bench import GemmJob
 from sim.pysim import run_gemm_pysim
 from sim.streams import STALL_MODES
 
@@ -97,7 +101,7 @@ def test_overlap_beats_scalesim_no_overlap():
     assert ours < scalesim_cycles(16, 16, "os", m, k, n)
     # fill/drain paid once: the gap to the ideal is a constant, not a per-tile cost
     ideal = (m // 16) * (n // 16) * k
-    assert ours - ideal == 16 + 16 + 5 + 9  # C + R_last + pipeline + epilogue
+    assert ours - ideal == 16 + 16 + 6 + 10  # C + R_last + pipeline + epilogue
 
 
 @pytest.mark.parametrize("dataflow", ["os", "ws"])
@@ -167,17 +171,48 @@ def _shapes(r: int) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("dataflow", ["os", "ws"])
 @pytest.mark.parametrize("size", [2, 4])
 def test_pysim_bit_exact_and_cycle_exact(size, dataflow, stall):
-    cfg = GemmConfig(rows=size, cols=size, dataflow=dataflow, max_m=8, max_k=8, max_n=8)
+    cfg = GemmSpec(rows=size, cols=size, dataflow=dataflow, max_m=8, max_k=8, max_n=8)
     jobs = [GemmJob(m, k, n, seed=i, bias=i % 2 == 0, requant=i % 3 == 0,
                     values=("random", "minmax", "min", "max")[i % 4])
             for i, (m, k, n) in enumerate(_shapes(size))]
     for r in run_gemm_pysim(cfg, jobs, stall=stall, seed=size):
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], r["job"]
+        assert r["timing_ok"], f"{r['job']} ({stall}): {r['timing_mismatches']}"
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+@pytest.mark.parametrize("dataflow", ["os", "ws"])
+def test_pysim_testbench_counted_edges_equal_end_to_end_model(dataflow, stall):
+    # the testbench counts clock edges itself, independently of the engine's `cycles` register:
+    # a cycle inserted between LOAD and COMPUTE (or dropped) leaves `cycles` unchanged but moves
+    # tb_after_load_cycles off LOAD_COMPUTE_GAP + gemm_cycles
+    cfg = GemmSpec(rows=2, cols=3, dataflow=dataflow, max_m=8, max_k=8, max_n=8)
+    jobs = [GemmJob(5, 7, 4, seed=1, bias=True, requant=True), GemmJob(1, 1, 1),
+            GemmJob(8, 3, 7, seed=2, requant=True)]
+    for job, r in zip(jobs, run_gemm_pysim(cfg, jobs, stall=stall, seed=5), strict=True):
+        g = gemm_cycles(2, 3, dataflow, job.m, job.k, job.n)
+        assert r["tb_after_load_cycles"] == LOAD_COMPUTE_GAP + g, r["job"]
+        if stall in ("none", "backpressure"):  # sources never idle: the load time is exact
+            load = gemm_load_cycles(2, 3, dataflow, job.m, job.k, job.n, job.bias or job.requant)
+            assert r["tb_load_cycles"] == load, r["job"]
+            assert r["tb_cycles"] - r["tb_stall_cycles"] == load + LOAD_COMPUTE_GAP + g, r["job"]
+        if stall == "none":
+            assert r["tb_stall_cycles"] == 0
+            assert r["tb_cycles"] == r["predicted_total_cycles"], r["job"]
+        assert r["timing_ok"], r["timing_mismatches"]
+
+
+def test_end_to_end_model_minilm_projection():
+    # 8x8 OS on 128x384x384: B (48 column blocks x 384 words) is the longest load stream
+    assert load_words(8, 8, "os", 128, 384, 384, True) == {"a": 16 * 384, "b": 48 * 384, "chan": 48}
+    assert gemm_load_cycles(8, 8, "os", 128, 384, 384, True) == 18_432
+    assert gemm_cycles(8, 8, "os", 128, 384, 384) == 294_944
+    assert gemm_total_cycles(8, 8, "os", 128, 384, 384, True) == 18_432 + 1 + 294_944
 
 
 def test_pysim_nonsquare_and_requant_disabled():
-    cfg = GemmConfig(rows=3, cols=2, dataflow="os", max_m=8, max_k=8, max_n=8, requant=False)
+    cfg = GemmSpec(rows=3, cols=2, dataflow="os", max_m=8, max_k=8, max_n=8, requant=False)
     jobs = [GemmJob(7, 5, 5, seed=3, bias=True, requant=True)]
     (r,) = run_gemm_pysim(cfg, jobs)
     # without the requantizer the engine returns the int32 (biased) result

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
+from hw.gemm import LOAD_COMPUTE_GAP, GemmSpec
 from sim.cosim import run_gemm_verilator
-from sim.gemm_bench import GemmConfig, GemmJob
+from sim.gemm_bench import GemmJob, check_timing, job_timings, make_stimulus
 from sim.streams import STALL_MODES
 
-CONFIGS = [GemmConfig(rows=r, cols=r, dataflow=df) for r in (4, 8) for df in ("os", "ws")]
+CONFIGS = [GemmSpec(rows=r, cols=r, dataflow=df) for r in (4, 8) for df in ("os", "ws")]
 
 
 def _jobs(r: int, stall: str) -> list[GemmJob]:
@@ -44,3 +45,30 @@ def test_gemm_cosim(cfg, stall, tmp_path):
     for job, r in zip(jobs, results, strict=True):
         assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
         assert r["cycles"] == r["predicted_cycles"], f"{job.describe()}: {r['cycles']} != {r['predicted_cycles']}"
+        # the testbench's own edge counts (independent of the engine's counter)
+        assert r["timing_ok"], f"{job.describe()} ({stall}): {r['timing_mismatches']}"
+        assert r["tb_after_load_cycles"] == LOAD_COMPUTE_GAP + r["predicted_cycles"]
+        if stall == "none":
+            assert r["tb_cycles"] == r["predicted_total_cycles"], job.describe()
+
+
+def test_job_timings_splits_jobs_and_discounts_refused_edges():
+    # job 0: loads at 3..7, refused at 12 and 13, final at 20; job 1: loads 25, 26, final 40
+    t = job_timings([3, 4, 5, 6, 7, 25, 26], [12, 13], [20, 40])
+    assert t[0] == {"tb_cycles": 18, "tb_load_cycles": 5, "tb_stall_cycles": 2, "tb_after_load_cycles": 11}
+    assert t[1] == {"tb_cycles": 16, "tb_load_cycles": 2, "tb_stall_cycles": 0, "tb_after_load_cycles": 14}
+    with pytest.raises(ValueError, match="no operand transfer"):
+        job_timings([3], [], [20, 40])
+
+
+def test_check_timing_catches_an_extra_cycle():
+    cfg = GemmSpec(rows=2, cols=2, max_m=8, max_k=8, max_n=8)
+    job = GemmJob(3, 4, 5)
+    st = make_stimulus(cfg, job)
+    load = max(len(st.a), len(st.b), len(st.chan))
+    good = {"tb_cycles": load + LOAD_COMPUTE_GAP + st.predicted_cycles, "tb_load_cycles": load,
+            "tb_stall_cycles": 0, "tb_after_load_cycles": LOAD_COMPUTE_GAP + st.predicted_cycles}
+    assert check_timing(cfg, job, st, good, "none")["timing_ok"]
+    late = {**good, "tb_cycles": good["tb_cycles"] + 1, "tb_after_load_cycles": good["tb_after_load_cycles"] + 1}
+    for stall in ("none", "idle", "backpressure", "both"):
+        assert not check_timing(cfg, job, st, late, stall)["timing_ok"]
