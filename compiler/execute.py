@@ -297,20 +297,25 @@ def plan_inputs(lm: Any, index: int = 0) -> tuple[torch.Tensor, ...]:
                  if t.is_floating_point() else t for t in lm.example_inputs)
 
 
-def capture_operands(plan: dict[str, Any], op: str, index: int = 0) -> dict[str, Any]:
-    """Run the plan on input ``index`` and return the integer operands and result of ``op``
-    (see :func:`make_impl`'s ``capture``); ``ValueError`` if it is not an integer accelerator op."""
+def capture_operands(plan: dict[str, Any], ops: str | Sequence[str],
+                     index: int = 0) -> dict[str, Any]:
+    """Run the plan once on input ``index`` and return the integer operands and result of each
+    op in ``ops`` (one name, or several: then a dict name -> record; see :func:`make_impl`'s
+    ``capture``). ``UserValueError`` for an unknown op or one without an integer unit."""
     names = {o["name"]: o for o in plan["ops"]}
-    if op not in names:
-        raise UserValueError(f"plan has no op {op!r} (field ops)")
+    wanted = [ops] if isinstance(ops, str) else list(ops)
+    for op in wanted:
+        if op not in names:
+            raise UserValueError(f"plan has no op {op!r} (field ops)")
     graph, lm = rebuild_graph(plan)
     cap: dict[str, dict[str, Any]] = {}
     run_graph(graph, plan_inputs(lm, index), impl=make_impl(graph, plan, capture=cap))
-    if op not in cap:
-        o = names[op]
-        raise UserValueError(f"op {op!r} ({o['op']}) runs on {o['device']} without an integer unit: "
-                         "nothing to co-simulate")
-    return cap[op]
+    for op in wanted:
+        if op not in cap:
+            o = names[op]
+            raise UserValueError(f"op {op!r} ({o['op']}) runs on {o['device']} without an "
+                                 "integer unit: nothing to co-simulate")
+    return cap[wanted[0]] if isinstance(ops, str) else {op: cap[op] for op in wanted}
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

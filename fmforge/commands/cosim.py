@@ -8,7 +8,7 @@ from typing import Any
 from fmforge.commands._args import add_json, positive_int
 from golden.errors import UserValueError
 
-__all__ = ["register", "UNITS", "replay_plan_op"]
+__all__ = ["register", "UNITS", "replay_plan_op", "replay_plan_ops"]
 
 
 def _gemm_args(p: argparse.ArgumentParser) -> None:
@@ -169,28 +169,45 @@ def _plan_runner(args: argparse.Namespace) -> dict:
 def replay_plan_op(plan_path: str, op: str, *, sentence: int = 0, stall: str = "none",
                    seed: int = 0, simulator: str = "verilator") -> dict:
     """Record ``op``'s integer operands in the executor and run them through its unit."""
+    return replay_plan_ops(plan_path, [op], sentence=sentence, stall=stall, seed=seed,
+                           simulator=simulator)[0]
+
+
+def replay_plan_ops(plan_path: str, ops: list[str], *, sentence: int = 0, stall: str = "none",
+                    seed: int = 0, simulator: str | dict[str, str] = "verilator") -> list[dict]:
+    """:func:`replay_plan_op` for several ops, recorded in one executor run. ``simulator`` may
+    map unit kinds to simulators (``{"gemm": "verilator", "layernorm": "amaranth"}``)."""
     from compiler.execute import capture_operands
     from compiler.plan import load_plan
+    from golden.errors import UserValueError
     from hw.registry import spec_from_json
     from sim.replay import replay_gemm, replay_stream
 
     plan = load_plan(plan_path)
-    o = next((x for x in plan["ops"] if x["name"] == op), None)
-    if o is None:
-        raise UserValueError(f"plan {plan_path} has no op {op!r}")
-    dev = next(d for d in plan["devices"] if d["name"] == o["device"])
-    u = next((x for x in dev["hardware"]["units"] if x["id"] == o["lowering"].get("unit")), None)
-    if u is None:
-        raise UserValueError(f"op {op!r} ({o['op']}) runs on {dev['name']} ({dev['kind']}), which "
-                         "builds no unit for it: nothing to co-simulate")
-    spec = spec_from_json(u["unit"], u["params"])
-    rec = capture_operands(plan, op, sentence)
-    if "gemms" in rec:
-        r = replay_gemm(spec, rec["gemms"], stall=stall, seed=seed, simulator=simulator)
-    else:
-        r = replay_stream(spec, rec["x"], rec["y"], stall=stall, seed=seed, simulator=simulator)
-    r.update({"op": op, "kind": o["op"], "unit": u["id"], "unit_kind": u["unit"],
-              "device": dev["name"], "sentence": sentence, "plan_cycles": o["cycles"],
-              "stall": stall, "seed": seed, "simulator": simulator,
-              "match": bool(r["match"])})
-    return r
+    by_name = {x["name"]: x for x in plan["ops"]}
+    jobs = []
+    for op in ops:
+        o = by_name.get(op)
+        if o is None:
+            raise UserValueError(f"plan {plan_path} has no op {op!r}")
+        dev = next(d for d in plan["devices"] if d["name"] == o["device"])
+        u = next((x for x in dev["hardware"]["units"] if x["id"] == o["lowering"].get("unit")),
+                 None)
+        if u is None:
+            raise UserValueError(f"op {op!r} ({o['op']}) runs on {dev['name']} ({dev['kind']}), "
+                                 "which builds no unit for it: nothing to co-simulate")
+        jobs.append((o, dev, u, spec_from_json(u["unit"], u["params"])))
+    recs = capture_operands(plan, list(ops), sentence)
+    out = []
+    for o, dev, u, spec in jobs:
+        rec = recs[o["name"]]
+        sim = simulator if isinstance(simulator, str) else simulator.get(u["unit"], "verilator")
+        if "gemms" in rec:
+            r = replay_gemm(spec, rec["gemms"], stall=stall, seed=seed, simulator=sim)
+        else:
+            r = replay_stream(spec, rec["x"], rec["y"], stall=stall, seed=seed, simulator=sim)
+        r.update({"op": o["name"], "kind": o["op"], "unit": u["id"], "unit_kind": u["unit"],
+                  "device": dev["name"], "sentence": sentence, "plan_cycles": o["cycles"],
+                  "stall": stall, "seed": seed, "simulator": sim, "match": bool(r["match"])})
+        out.append(r)
+    return out

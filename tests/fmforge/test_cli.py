@@ -64,7 +64,10 @@ def test_cosim_gemm_json_keys_amaranth_simulator(capsys):
     assert r["cycles"] == r["predicted_cycles"]
     for key in ("utilization", "sim_seconds", "cycles_per_second", "macs_per_second"):
         assert r[key] > 0
-    assert r["utilization"] == pytest.approx(3 * 5 * 3 / (r["cycles"] * 4))
+    # end to end (loads and stalls included, counted by the testbench) beside compute only
+    assert r["utilization"] == pytest.approx(3 * 5 * 3 / (r["tb_cycles"] * 4))
+    assert r["compute_utilization"] == pytest.approx(3 * 5 * 3 / (r["cycles"] * 4))
+    assert r["timing_ok"] and r["tb_cycles"] > r["cycles"]
 
 
 @pytest.mark.parametrize("unit", ["requant", "gelu", "softmax", "layernorm"])

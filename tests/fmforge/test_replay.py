@@ -13,7 +13,7 @@ import pytest
 from compiler.driver import compile_model
 from compiler.plan import dumps_plan, load_plan
 from fmforge.cli import main
-from fmforge.commands.cosim import replay_plan_op
+from fmforge.commands.cosim import replay_plan_op, replay_plan_ops
 from hw.registry import spec_from_json
 
 BLOCK = f"{Path(__file__).parents[1] / 'compiler' / 'attn_block.py'}:block"
@@ -27,6 +27,16 @@ def block_plan(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("replay") / "block.json"
     p.write_text(dumps_plan(c.plan))
     return p
+
+
+def _timing_exact(r, name):
+    """The testbench's own clock-edge counts against the unit's end-to-end model."""
+    if r["unit_kind"] == "gemm":
+        assert r["timing_ok"], name  # every stall mode: compute window exact (sim.gemm_bench)
+        if r["stall"] == "none":  # no stalls: first operand word to last row, loads included
+            assert r["tb_cycles"] == r["predicted_total_cycles"] == r["plan_cycles"], name
+    else:
+        assert r["tb_cycles"] == r["tb_predicted_cycles"], name
 
 
 def _accel_ops(plan):
@@ -49,9 +59,12 @@ def test_block_places_every_unit_kind(block_plan):
 @pytest.mark.parametrize("stall", ["none", "both"])
 def test_every_accelerator_op_replays_bit_exact(block_plan, stall):
     plan = load_plan(block_plan)
-    for o in _accel_ops(plan):
-        r = replay_plan_op(str(block_plan), o["name"], stall=stall, seed=3, simulator="amaranth")
+    ops = _accel_ops(plan)
+    res = replay_plan_ops(str(block_plan), [o["name"] for o in ops], stall=stall, seed=3,
+                          simulator="amaranth")
+    for o, r in zip(ops, res, strict=True):
         assert r["match"], (o["name"], r["mismatches"])
+        _timing_exact(r, o["name"])
         assert r["golden_matches_executor"]
         assert r["cycles"] == r["predicted_cycles"], o["name"]
         # the plan prices the op by the same unit model: compute, plus loads for GEMMs
@@ -123,9 +136,10 @@ def test_minilm_layer_replays_bit_exact(minilm_plan):
     ops = {o["name"]: o for o in plan["ops"]}
     assert all(ops[n]["device"] == MINILM_DEVICE for n in LAYER0)
     assert ops["linear_5"]["quant"]["in_bits"] == 16  # the two-pass FFN down-projection
-    for name in LAYER0:
-        sim = "amaranth" if ops[name]["op"] == "layer_norm" else "verilator"
-        r = replay_plan_op(str(minilm_plan), name, sentence=5, simulator=sim)
+    res = replay_plan_ops(str(minilm_plan), LAYER0, sentence=5,
+                          simulator={"gemm": "verilator", "layernorm": "amaranth"})
+    for name, r in zip(LAYER0, res, strict=True):
         assert r["match"] and r["golden_matches_executor"], (name, r["mismatches"])
         assert r["cycles"] == r["predicted_cycles"], name
+        _timing_exact(r, name)
         assert r["predicted_cycles"] + r.get("load_cycles", 0) == ops[name]["cycles"], name
