@@ -29,16 +29,14 @@ from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
 from golden.gelu import GeluParams, gelu_params, relu_params
-from hw.requant import (
-    NONLINEAR_QOR_COMMAND,
-    REQUANT_STAGES,
+from hw.lib import (
     FrameControl,
     check_lanes_divide,
     check_positive,
     check_stalls,
     elementwise_cycles,
-    requant_stages,
 )
+from hw.requant import NONLINEAR_QOR_COMMAND, REQUANT_STAGES, requant_stages
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles", "gelu_edges"]

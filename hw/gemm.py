@@ -68,8 +68,9 @@ from amaranth.utils import bits_for
 
 from golden.errors import UserValueError
 from hw.dsp import is_ecp5, registered_product
-from hw.requant import REQUANT_STAGES, requant_stages, saturate_bits
-from hw.requant import check_positive as _check_positive
+from hw.lib import check_positive as _check_positive
+from hw.lib import saturate_bits
+from hw.requant import REQUANT_STAGES, requant_stages
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int
 
 __all__ = [

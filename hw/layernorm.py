@@ -46,8 +46,7 @@ from golden.layernorm import (
     SQRT_BITS,
     LayerNormParams,
 )
-from hw.requant import (
-    NONLINEAR_QOR_COMMAND,
+from hw.lib import (
     check_lanes_divide,
     check_positive,
     check_stalls,
@@ -55,6 +54,7 @@ from hw.requant import (
     row_unit_bookkeeping,
     saturate_bits,
 )
+from hw.requant import NONLINEAR_QOR_COMMAND
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_edges",

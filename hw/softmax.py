@@ -36,14 +36,14 @@ from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
 from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_params
-from hw.requant import (
-    NONLINEAR_QOR_COMMAND,
+from hw.lib import (
     check_lanes_divide,
     check_positive,
     check_stalls,
     round_half_up_const,
     row_unit_bookkeeping,
 )
+from hw.requant import NONLINEAR_QOR_COMMAND
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = ["Softmax", "SoftmaxSpec", "softmax_cycles", "softmax_edges", "softmax_words",
