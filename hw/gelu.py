@@ -28,7 +28,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
-from golden.gelu import GeluParams, gelu_params, relu_params
+from golden.gelu import GeluParams, gelu_int, gelu_params, relu_int, relu_params
 from hw.lib import (
     FrameControl,
     check_lanes_divide,
@@ -233,6 +233,11 @@ class GeluSpec(UnitSpec):
             return Gelu(lanes=self.lanes, params=gelu_params(self.in_scale, self.out_scale))
         mult, shift = relu_params(self.in_scale, self.out_scale)
         return Gelu(lanes=self.lanes, mode="relu", relu_mult=mult, relu_shift=shift)
+
+    def reference(self, x: Any) -> Any:  # type: ignore[override]
+        if self.mode == "gelu":
+            return gelu_int(x, gelu_params(self.in_scale, self.out_scale))
+        return relu_int(x, *relu_params(self.in_scale, self.out_scale))
 
     def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
         return gelu_cycles(rows, length, self.lanes)

@@ -67,6 +67,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import bits_for
 
 from golden.errors import UserValueError
+from golden.gemm import gemm_int
 from hw.dsp import is_ecp5, registered_product
 from hw.lib import check_positive as _check_positive
 from hw.lib import saturate_bits
@@ -90,6 +91,7 @@ __all__ = [
     "channel_layout",
     "GemmSpec",
     "REQUANT_DSPS_PER_COLUMN",
+    "buffer_depths",
     "gemm_buffer_bits",
     "gemm_dsps",
 ]
@@ -364,22 +366,24 @@ class GemmEngine(wiring.Component):
     max_n = property(lambda self: self._max_n)
     requant = property(lambda self: self._requant)
 
+    def _depths(self) -> tuple[int, int, int]:
+        return buffer_depths(self._rows, self._cols, self._dataflow, self._max_m, self._max_k,
+                             self._max_n)
+
     @property
     def a_depth(self) -> int:
         """Words in the A buffer."""
-        if self._dataflow == "os":
-            return _ceil_div(self._max_m, self._rows) * self._max_k
-        return _ceil_div(self._max_k, self._rows) * self._max_m
+        return self._depths()[0]
 
     @property
     def b_depth(self) -> int:
         """Words in the B buffer."""
-        return _ceil_div(self._max_n, self._cols) * self._max_k
+        return self._depths()[1]
 
     @property
     def chan_depth(self) -> int:
         """Words in the per-channel parameter table."""
-        return _ceil_div(self._max_n, self._cols)
+        return self._depths()[2]
 
     def check_shape(self, m: int, k: int, n: int) -> None:
         """Raise ``ValueError`` naming the dimension if an M x K x N GEMM does not fit the buffers."""
@@ -904,15 +908,19 @@ class GemmEngine(wiring.Component):
 REQUANT_DSPS_PER_COLUMN = {"ecp5": 4, "ice40": 4, "asic": 4}
 
 
+def buffer_depths(rows: int, cols: int, dataflow: str, max_m: int, max_k: int,
+                  max_n: int) -> tuple[int, int, int]:
+    """Words of the A buffer (R bytes each), the B buffer (C bytes) and the channel table."""
+    a = _ceil_div(max_m, rows) * max_k if dataflow == "os" else _ceil_div(max_k, rows) * max_m
+    return a, _ceil_div(max_n, cols) * max_k, _ceil_div(max_n, cols)
+
+
 def gemm_buffer_bits(rows: int, cols: int, dataflow: str, max_m: int, max_k: int, max_n: int) -> int:
     """On-chip buffer bits of an engine: A, B, the channel table (bias 32 + mult 32 + shift 6
     bits per lane) and, for WS, the partial-sum buffer (``max_m`` words of C int32)."""
-    a = _ceil_div(max_m, rows) * max_k * rows * 8 if dataflow == "os" else \
-        _ceil_div(max_k, rows) * max_m * rows * 8
-    b = _ceil_div(max_n, cols) * max_k * cols * 8
-    chan = _ceil_div(max_n, cols) * cols * 70
+    a, b, chan = buffer_depths(rows, cols, dataflow, max_m, max_k, max_n)
     psum = max_m * cols * 32 if dataflow == "ws" else 0
-    return a + b + chan + psum
+    return a * rows * 8 + b * cols * 8 + chan * cols * 70 + psum
 
 
 def gemm_dsps(rows: int, cols: int, requant: bool, family: str) -> int:
@@ -977,6 +985,13 @@ class GemmSpec(UnitSpec):
     def cycles(self, *, m: int, k: int, n: int) -> int:  # type: ignore[override]
         self.check_shape(m, k, n)
         return gemm_cycles(self.rows, self.cols, self.dataflow, m, k, n)
+
+    def reference(self, a: Any, b: Any, bias: Any = None, mult: Any = None,  # type: ignore[override]
+                  shift: Any = None) -> Any:
+        """:func:`golden.gemm.gemm_int` (the requantizer only when this engine has one)."""
+        if not self.requant:
+            mult = shift = None
+        return gemm_int(a, b, bias, mult, shift)
 
     def load_cycles(self, *, m: int, k: int, n: int, channels: bool = True) -> int:
         """Cycles from one command's first load word to its first compute cycle."""

@@ -45,6 +45,7 @@ from golden.layernorm import (
     RECIP_K,
     SQRT_BITS,
     LayerNormParams,
+    layernorm_int,
 )
 from hw.lib import (
     check_lanes_divide,
@@ -456,6 +457,9 @@ class LayerNormSpec(UnitSpec):
 
     def build(self) -> LayerNorm:
         return LayerNorm(lanes=self.lanes, params=self.params())
+
+    def reference(self, x: Any) -> Any:  # type: ignore[override]
+        return layernorm_int(x, self.params())
 
     def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
         if length != self.n:

@@ -35,7 +35,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
-from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_params
+from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_int, softmax_params
 from hw.lib import (
     check_lanes_divide,
     check_positive,
@@ -377,6 +377,9 @@ class SoftmaxSpec(UnitSpec):
 
     def build(self) -> Softmax:
         return Softmax(lanes=self.lanes, max_length=self.max_length, params=self.params())
+
+    def reference(self, x: Any, mask: Any = None) -> Any:  # type: ignore[override]
+        return softmax_int(x, self.params(), mask)
 
     def cycles(self, *, rows: int, length: int) -> int:  # type: ignore[override]
         check_row_length(length, self.max_length)

@@ -111,6 +111,11 @@ class UnitSpec:
         """Exact cycles of one job of the given shape (see each unit's cycle model)."""
         raise NotImplementedError
 
+    def reference(self, *operands: Any) -> Any:  # pragma: no cover - abstract
+        """The golden function (``golden``) on ``operands`` with these parameters: what the
+        unit must output."""
+        raise NotImplementedError
+
     def resources(self, family: str) -> dict[str, Any]:  # pragma: no cover - abstract
         """Resources on an FPGA ``family`` (``ecp5``, ``ice40``) or an ASIC (``asic``).
 

@@ -48,6 +48,9 @@ __all__ = [
     "SoftmaxConfig",
     "LayerNormConfig",
     "check",
+    "job_data_words",
+    "row_data_words",
+    "softmax_data_words",
     "EdgeLog",
     "result_problems",
     "run_verilator",
@@ -153,11 +156,45 @@ def _values(shape: tuple[int, int], pattern: str, lo: int, hi: int, g: torch.Gen
     raise UserValueError(f"values must be one of {', '.join(VALUE_PATTERNS)}, not {pattern!r}")
 
 
-def _data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
+def job_data_words(x: torch.Tensor, lanes: int, width: int) -> list[int]:
+    """Element-wise units' input words: ``lanes`` values of ``width`` bits, ``last`` on the job's
+    final word."""
     flat = x.reshape(-1, lanes).tolist()
     words = [pack_lanes(w, width) for w in flat]
     words[-1] |= 1 << (lanes * width)  # last
     return words
+
+
+def row_data_words(x: torch.Tensor, lanes: int, width: int = 32) -> list[int]:
+    """Row units' (layer norm) input words: each row of ``x`` as ``lanes``-value words, ``last``
+    on the final word of every row (``lanes`` divides the row length)."""
+    words = [pack_lanes(w, width) for w in x.reshape(-1, lanes).tolist()]
+    w = x.shape[-1] // lanes
+    for r in range(len(words) // w):
+        words[r * w + w - 1] |= 1 << (width * lanes)
+    return words
+
+
+def softmax_data_words(x: torch.Tensor, mask: torch.Tensor, y: torch.Tensor,
+                       lanes: int) -> tuple[list[int], list[list[int]], int]:
+    """The softmax unit's input words for rows ``x`` (int32 logits) with ``mask``, and the output
+    lanes ``y`` must come back as: ``(words, expected lanes per output word, words per row)``.
+    Rows are padded to whole words with masked-off lanes (their probability is 0)."""
+    rows, length = x.shape
+    w = -(-length // lanes)
+    xp = torch.zeros(rows, w * lanes, dtype=torch.int64)
+    kp = torch.zeros(rows, w * lanes, dtype=torch.int64)
+    yp = torch.zeros(rows, w * lanes, dtype=torch.int64)
+    xp[:, :length], kp[:, :length], yp[:, :length] = x, mask.to(torch.int64), y
+    words = []
+    for r in range(rows):
+        for j in range(w):
+            sl = slice(j * lanes, j * lanes + lanes)
+            wd = pack_lanes(xp[r, sl].tolist(), 32) | (pack_lanes(kp[r, sl].tolist(), 1) << (32 * lanes))
+            if j == w - 1:
+                wd |= 1 << (33 * lanes)
+            words.append(wd)
+    return words, yp.reshape(-1, lanes).tolist(), w
 
 
 #: (mult, shift) per channel for the requantizer's ``int8`` and ``rounding`` patterns, cycled over
@@ -245,7 +282,7 @@ class RequantConfig:
         ref = requantize_float(x, mult.double() / torch.pow(2.0, shift.double()))
         params = [pack_lanes([(int(mult[c]) & 0xFFFFFFFF) | (int(shift[c]) << 32)
                               for c in range(gi * p, gi * p + p)], 38) for gi in range(n // p)]
-        return Stimulus(param=params, data=_data_words(x, p, 32), expected=y.reshape(-1, p).tolist(),
+        return Stimulus(param=params, data=job_data_words(x, p, 32), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=requant_cycles(job.rows, n, p),
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
                         edge_model=lambda stalls: requant_edges(job.rows, n, p, stalls))
@@ -294,7 +331,7 @@ class GeluConfig:
             y = relu_int(x, mult, shift)
             ref = relu_float(x * self.in_scale) / self.out_scale
         ref = ref.clamp(-128, 127)  # the int8 output range saturates; that is not an error
-        return Stimulus(param=[], data=_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
+        return Stimulus(param=[], data=job_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=gelu_cycles(job.rows, length, p),
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
                         edge_model=lambda stalls: gelu_edges(job.rows, length, p, stalls))
@@ -355,20 +392,9 @@ class SoftmaxConfig:
             mask = torch.ones(shape, dtype=torch.bool)
         y = softmax_int(x, self.params(), mask)
         ref = softmax_float(x, self.scale, mask) * 256
-        xp = torch.zeros(job.rows, w * p, dtype=torch.int64)
-        kp = torch.zeros(job.rows, w * p, dtype=torch.int64)
-        yp = torch.zeros(job.rows, w * p, dtype=torch.int64)
-        xp[:, :length], kp[:, :length], yp[:, :length] = x, mask.to(torch.int64), y
-        words = []
-        for r in range(job.rows):
-            for j in range(w):
-                sl = slice(j * p, j * p + p)
-                wd = pack_lanes(xp[r, sl].tolist(), 32) | (pack_lanes(kp[r, sl].tolist(), 1) << (32 * p))
-                if j == w - 1:
-                    wd |= 1 << (33 * p)
-                words.append(wd)
+        words, expected, w = softmax_data_words(x, mask, y, p)
         err = float((y.double() - ref.clamp(max=255)).abs().max())
-        return Stimulus(param=[], data=words, expected=yp.reshape(-1, p).tolist(),
+        return Stimulus(param=[], data=words, expected=expected,
                         predicted_cycles=softmax_cycles(job.rows, length, p), max_abs_err_lsb=err,
                         out_bits=8, lanes=p, row_words=w, out_signed=False,
                         edge_model=lambda stalls: softmax_edges(job.rows, length, p, stalls))
@@ -427,10 +453,8 @@ class LayerNormConfig:
             x = _values((job.rows, n), job.values, -128, 127, g)
         y = layernorm_int(x, prm)
         ref = (layernorm_float(x * in_scale, gamma, beta, eps=self.eps) / 0.05).clamp(-128, 127)
-        words = [pack_lanes(w, 32) for w in x.reshape(-1, p).tolist()]
+        words = row_data_words(x, p)
         w = n // p
-        for r in range(job.rows):
-            words[r * w + w - 1] |= 1 << (32 * p)
         return Stimulus(param=[], data=words, expected=y.reshape(-1, p).tolist(),
                         predicted_cycles=layernorm_cycles(job.rows, n, p),
                         max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,

@@ -24,14 +24,20 @@ from typing import Any
 import torch
 
 from golden.errors import UserValueError
-from golden.gemm import gemm_int
 from hw.gemm import GemmSpec
 from hw.spec import UnitSpec
 from sim.gemm_bench import GemmJob
-from sim.nonlinear_bench import Job, Stimulus, run_pysim, run_verilator
-from sim.streams import pack_lanes
+from sim.nonlinear_bench import (
+    Job,
+    Stimulus,
+    job_data_words,
+    row_data_words,
+    run_pysim,
+    run_verilator,
+    softmax_data_words,
+)
 
-__all__ = ["StreamReplay", "replay_gemm", "replay_stream"]
+__all__ = ["StreamReplay", "replay_gemm", "replay_gemm_ops", "replay_stream"]
 
 
 def _sl(t: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
@@ -41,13 +47,18 @@ def _sl(t: torch.Tensor | None, a: int, b: int) -> torch.Tensor | None:
 def replay_gemm(spec: GemmSpec, gemms: Sequence[tuple], *, stall: str = "none", seed: int = 0,
                 simulator: str = "verilator") -> dict[str, Any]:
     """Run recorded GEMMs ``(a, b, bias, mult, shift, y)`` through the engine ``spec``."""
-    cfg = spec
+    return replay_gemm_ops(spec, [gemms], stall=stall, seed=seed, simulator=simulator)[0]
+
+
+def _commands(spec: GemmSpec, gemms: Sequence[tuple]) -> tuple[list[GemmJob], bool]:
+    """The engine commands of recorded GEMMs (at most ``max_m x max_n``, K whole), and whether
+    the golden model on their operands equals the recorded results."""
     jobs: list[GemmJob] = []
     golden_ok = True
     for a, b, bias, mult, shift, y in gemms:
         m, k = a.shape
         n = b.shape[1]
-        if not torch.equal(gemm_int(a, b, bias, mult, shift), y):
+        if not torch.equal(spec.reference(a, b, bias, mult, shift), y):
             golden_ok = False
         for m0 in range(0, m, spec.max_m):
             mi = min(spec.max_m, m - m0)
@@ -57,29 +68,43 @@ def replay_gemm(spec: GemmSpec, gemms: Sequence[tuple], *, stall: str = "none", 
                        _sl(mult, n0, n0 + ni), _sl(shift, n0, n0 + ni))
                 jobs.append(GemmJob(mi, k, ni, bias=bias is not None, requant=mult is not None,
                                     operands=ops))
+    return jobs, golden_ok
+
+
+def replay_gemm_ops(spec: GemmSpec, ops: Sequence[Sequence[tuple]], *, stall: str = "none",
+                    seed: int = 0, simulator: str = "verilator") -> list[dict[str, Any]]:
+    """:func:`replay_gemm` for several ops on one engine: all their commands run back to back
+    in one simulation; one result per op."""
+    per_op = [_commands(spec, gemms) for gemms in ops]
+    jobs = [j for js, _ in per_op for j in js]
     if simulator == "verilator":
         from sim.cosim import run_gemm_verilator
 
-        res = run_gemm_verilator(cfg, jobs, stall=stall, seed=seed)
+        res = run_gemm_verilator(spec, jobs, stall=stall, seed=seed)
     elif simulator == "amaranth":
         from sim.pysim import run_gemm_pysim
 
-        res = run_gemm_pysim(cfg, jobs, stall=stall, seed=seed)
+        res = run_gemm_pysim(spec, jobs, stall=stall, seed=seed)
     else:
         raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
-    out = {"match": golden_ok and all(r["match"] for r in res), "golden_matches_executor": golden_ok,
-           "commands": len(jobs), "cycles": sum(r["cycles"] for r in res),
-           "predicted_cycles": sum(r["predicted_cycles"] for r in res),
-           "load_cycles": sum(spec.load_cycles(m=j.m, k=j.k, n=j.n, channels=j.bias or j.requant)
-                              for j in jobs),
-           "mismatches": [m for r in res for m in r["mismatches"]][:5],
-           "sim_seconds": sum(r["sim_seconds"] for r in res)}
-    # the testbench's own edge counts against the end-to-end model (hw.gemm.gemm_total_cycles)
-    out["timing_ok"] = all(bool(r.get("timing_ok", False)) for r in res)
-    for key in ("tb_cycles", "predicted_total_cycles"):
-        if all(key in r for r in res):
-            out[key] = sum(r[key] for r in res)
-    return out
+    outs, at = [], 0
+    for js, golden_ok in per_op:
+        rs, at = res[at:at + len(js)], at + len(js)
+        out = {"match": golden_ok and all(r["match"] for r in rs),
+               "golden_matches_executor": golden_ok, "commands": len(js),
+               "cycles": sum(r["cycles"] for r in rs),
+               "predicted_cycles": sum(r["predicted_cycles"] for r in rs),
+               "load_cycles": sum(spec.load_cycles(m=j.m, k=j.k, n=j.n,
+                                                   channels=j.bias or j.requant) for j in js),
+               "mismatches": [m for r in rs for m in r["mismatches"]][:5],
+               "sim_seconds": sum(r["sim_seconds"] for r in rs),
+               # the testbench's own edge counts against the end-to-end model
+               "timing_ok": all(bool(r.get("timing_ok", False)) for r in rs)}
+        for key in ("tb_cycles", "predicted_total_cycles"):
+            if all(key in r for r in rs):
+                out[key] = sum(r[key] for r in rs)
+        outs.append(out)
+    return outs
 
 
 @dataclass(frozen=True)
@@ -106,36 +131,25 @@ class StreamReplay:
         x, y = self.x.to(torch.int64), self.y.to(torch.int64)
         rows, n = x.shape
         p = self.spec.lanes  # type: ignore[attr-defined]
-        w = -(-n // p)
         kind = self.spec.kind
-        width = {"gelu": 8, "softmax": 32, "layernorm": 32}[kind]
-        xp = torch.zeros(rows, w * p, dtype=torch.int64)
-        yp = torch.zeros(rows, w * p, dtype=torch.int64)
-        xp[:, :n], yp[:, :n] = x, y
-        keep = torch.zeros(rows, w * p, dtype=torch.int64)
-        keep[:, :n] = 1
-        words = []
-        for r in range(rows):
-            for j in range(w):
-                sl = slice(j * p, j * p + p)
-                wd = pack_lanes(xp[r, sl].tolist(), width)
-                end = j == w - 1 and (kind != "gelu" or r == rows - 1)
-                if kind == "softmax":
-                    wd |= pack_lanes(keep[r, sl].tolist(), 1) << (32 * p)
-                    wd |= int(end) << (33 * p)
-                else:
-                    wd |= int(end) << (width * p)
-                words.append(wd)
-        return Stimulus(param=[], data=words, expected=yp.reshape(-1, p).tolist(),
+        row_words = None
+        if kind == "softmax":
+            data, expected, row_words = softmax_data_words(x, torch.ones_like(x, dtype=torch.bool),
+                                                           y, p)
+        elif kind == "layernorm":
+            data, expected, row_words = row_data_words(x, p), y.reshape(-1, p).tolist(), n // p
+        else:
+            data, expected = job_data_words(x, p, 8), y.reshape(-1, p).tolist()
+        return Stimulus(param=[], data=data, expected=expected,
                         predicted_cycles=self.spec.cycles(rows=rows, length=n),
-                        max_abs_err_lsb=0.0, out_bits=8, lanes=p,
-                        row_words=None if kind == "gelu" else w, out_signed=kind != "softmax")
+                        max_abs_err_lsb=0.0, out_bits=8, lanes=p, row_words=row_words,
+                        out_signed=kind != "softmax")
 
 
 def replay_stream(spec: UnitSpec, x: torch.Tensor, y: torch.Tensor, *, stall: str = "none",
                   seed: int = 0, simulator: str = "verilator") -> dict[str, Any]:
     """Run recorded rows through a streaming unit ``spec``; the executor's ``y`` must come out."""
-    golden_ok = _golden_matches(spec, x, y)
+    golden_ok = bool(torch.equal(spec.reference(x), y.to(torch.int64)))
     cfg = StreamReplay(spec, x, y)
     jobs = [Job(int(x.shape[0]), "replay", seed)]
     if simulator == "verilator":
@@ -147,26 +161,3 @@ def replay_stream(spec: UnitSpec, x: torch.Tensor, y: torch.Tensor, *, stall: st
     r["golden_matches_executor"] = golden_ok
     r["match"] = bool(r["match"]) and golden_ok
     return r
-
-
-def _golden_matches(spec: UnitSpec, x: torch.Tensor, y: torch.Tensor) -> bool:
-    """The unit's golden function on ``x`` with the spec's own constants equals ``y``."""
-    kind = spec.kind
-    if kind == "softmax":
-        from golden.softmax import softmax_int
-
-        g = softmax_int(x, spec.params())  # type: ignore[attr-defined]
-    elif kind == "layernorm":
-        from golden.layernorm import layernorm_int
-
-        g = layernorm_int(x, spec.params())  # type: ignore[attr-defined]
-    elif kind == "gelu":
-        from golden.gelu import gelu_int, gelu_params, relu_int, relu_params
-
-        if spec.mode == "gelu":  # type: ignore[attr-defined]
-            g = gelu_int(x, gelu_params(spec.in_scale, spec.out_scale))  # type: ignore[attr-defined]
-        else:
-            g = relu_int(x, *relu_params(spec.in_scale, spec.out_scale))  # type: ignore[attr-defined]
-    else:
-        raise UserValueError(f"no stream replay for unit {kind!r}")
-    return bool(torch.equal(g, y.to(g.dtype)))

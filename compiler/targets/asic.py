@@ -24,10 +24,9 @@ from compiler.targets.gemm_common import (
     accel_lowering,
     fit_buffers,
     gemm_shape,
-    host_combine_seconds,
+    host_combine_cost,
     is_linear16,
     op_cycles,
-    rows_length,
 )
 from golden.errors import UserValueError
 from hw.gemm import GemmSpec
@@ -110,14 +109,9 @@ class AsicTarget(Target):
             op_bytes = s.batch * (s.m * s.k + s.k * s.n + s.m * s.n)
             e = s.batch * s.m * s.k * s.n * E_MAC_J + op_bytes * E_SRAM_J_PER_B + \
                 wbytes * E_DRAM_J_PER_B
-            if is_linear16(node):  # int32 halves to the host, combined there
-                host_s, nbytes = host_combine_seconds(node)
-                t += self.link.seconds(nbytes) + host_s
-                e += self.link.energy(nbytes)
-            return OpCost(t, e, cycles)
-        spec = self.units.spec_of(node)
-        assert spec is not None
-        cycles = spec.cycles(**dict(zip(("rows", "length"), rows_length(node), strict=True)))
+            host_t, host_e = host_combine_cost(node, self.link)
+            return OpCost(t + host_t, e + host_e, cycles)
+        cycles = self.units.nonlinear_cycles(node)
         el = node.out[0].numel
         return OpCost(cycles / (self.mhz * 1e6), 2 * el * E_SRAM_J_PER_B, cycles)
 

@@ -39,10 +39,9 @@ from compiler.targets.gemm_common import (
     accel_lowering,
     choose_config,
     gemm_shape,
-    host_combine_seconds,
+    host_combine_cost,
     is_linear16,
     op_cycles,
-    rows_length,
 )
 from hw.gemm import GemmSpec, gemm_dsps
 from hw.spec import UnitSpec
@@ -177,16 +176,12 @@ class FpgaTarget(Target):
             wb = self._weight_bytes(node)
             if wb and self.weight_bw:
                 t += wb / self.weight_bw
-            e = t * self.power_w
-            if is_linear16(node):  # int32 halves to the host, combined there
-                host_s, nbytes = host_combine_seconds(node)
-                t += self.link.seconds(nbytes) + host_s
-                e += self.link.energy(nbytes)
+            host_t, host_e = host_combine_cost(node, self.link)
             res = {"weight_bytes": wb} if wb else {}
-            return OpCost(t, e, cycles, res)
+            return OpCost(t + host_t, t * self.power_w + host_e, cycles, res)
         spec = self.units.spec_of(node)
         assert spec is not None
-        cycles = spec.cycles(**dict(zip(("rows", "length"), rows_length(node), strict=True)))
+        cycles = self.units.nonlinear_cycles(node)
         t = cycles / (self.mhz * 1e6)
         return OpCost(t, t * self.power_w, cycles,
                       {"dsps": spec.resources(self.board.family)["dsps"]})

@@ -33,7 +33,7 @@ from hw.registry import unit_for_op
 from hw.spec import UnitSpec
 
 __all__ = ["GEMM_OPS", "NONLINEAR_OPS", "NONLINEAR_LANES", "GemmShape", "UnitTable",
-           "accel_lowering", "choose_config", "gemm_shape", "host_combine_seconds",
+           "accel_lowering", "choose_config", "gemm_shape", "host_combine_cost", "host_combine_seconds",
            "nonlinear_spec", "op_cycles", "fit_buffers", "rows_length"]
 
 #: IR ops that run on the GEMM engine
@@ -208,6 +208,15 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
     raise UserValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
 
 
+def host_combine_cost(node: Node, link: Any) -> tuple[float, float]:
+    """``(seconds, joules)`` a 16-bit linear adds beyond the engine's passes (0 for any other
+    op): its two int32 results cross ``link`` and the host combines them."""
+    if not is_linear16(node):
+        return 0.0, 0.0
+    host_s, nbytes = host_combine_seconds(node)
+    return link.seconds(nbytes) + host_s, link.energy(nbytes)
+
+
 def host_combine_seconds(node: Node) -> tuple[float, int]:
     """Host work and link bytes of a 16-bit linear's combine: ``(seconds, bytes)``.
 
@@ -250,6 +259,13 @@ class UnitTable:
         if node.op in GEMM_OPS:
             return UnitTable.GEMM_ID
         return f"{node.op}.{node.name}"
+
+    def nonlinear_cycles(self, node: Node) -> int:
+        """Cycles of nonlinear ``node`` on its instance (its unit's exact cycle model)."""
+        spec = self.spec_of(node)
+        assert spec is not None, node.name
+        rows, length = rows_length(node)
+        return spec.cycles(rows=rows, length=length)
 
     def spec_of(self, node: Node) -> UnitSpec | None:
         if node.op in GEMM_OPS:

@@ -181,7 +181,7 @@ def replay_plan_ops(plan_path: str, ops: list[str], *, sentence: int = 0, stall:
     from compiler.plan import load_plan
     from golden.errors import UserValueError
     from hw.registry import spec_from_json
-    from sim.replay import replay_gemm, replay_stream
+    from sim.replay import replay_gemm_ops, replay_stream
 
     plan = load_plan(plan_path)
     by_name = {x["name"]: x for x in plan["ops"]}
@@ -198,14 +198,27 @@ def replay_plan_ops(plan_path: str, ops: list[str], *, sentence: int = 0, stall:
                                  "which builds no unit for it: nothing to co-simulate")
         jobs.append((o, dev, u, spec_from_json(u["unit"], u["params"])))
     recs = capture_operands(plan, list(ops), sentence)
+
+    def sim_of(u: dict) -> str:
+        return simulator if isinstance(simulator, str) else simulator.get(u["unit"], "verilator")
+
+    # the GEMM ops of one engine run in one simulation (one launch, one build)
+    results: dict[str, dict] = {}
+    engines: dict[tuple[str, str], list] = {}
+    for o, dev, u, spec in jobs:
+        if "gemms" in recs[o["name"]]:
+            engines.setdefault((dev["name"], u["id"]), []).append((o, u, spec))
+    for group in engines.values():
+        spec, u = group[0][2], group[0][1]
+        rs = replay_gemm_ops(spec, [recs[o["name"]]["gemms"] for o, _, _ in group], stall=stall,
+                             seed=seed, simulator=sim_of(u))
+        results.update({o["name"]: r for (o, _, _), r in zip(group, rs, strict=True)})
     out = []
     for o, dev, u, spec in jobs:
         rec = recs[o["name"]]
-        sim = simulator if isinstance(simulator, str) else simulator.get(u["unit"], "verilator")
-        if "gemms" in rec:
-            r = replay_gemm(spec, rec["gemms"], stall=stall, seed=seed, simulator=sim)
-        else:
-            r = replay_stream(spec, rec["x"], rec["y"], stall=stall, seed=seed, simulator=sim)
+        sim = sim_of(u)
+        r = results.get(o["name"]) or replay_stream(spec, rec["x"], rec["y"], stall=stall,
+                                                    seed=seed, simulator=sim)
         r.update({"op": o["name"], "kind": o["op"], "unit": u["id"], "unit_kind": u["unit"],
                   "device": dev["name"], "sentence": sentence, "plan_cycles": o["cycles"],
                   "stall": stall, "seed": seed, "simulator": sim, "match": bool(r["match"])})
