@@ -253,8 +253,8 @@ class RequantSpec(UnitSpec):
     golden: ClassVar[str] = "golden.requant.requantize"
     component: ClassVar[str] = "hw.requant.Requantizer"
     measured: ClassVar[tuple[Measured, ...]] = (
-        Measured("ecp5", {"lanes": 4, "channels": 384}, luts=3602, ffs=2891, dsps=16, brams=5,
-                 fmax_mhz=119.8, command=NONLINEAR_QOR_COMMAND),
+        Measured("ecp5", {"lanes": 4, "channels": 384}, luts=3562, ffs=2383, dsps=16, brams=5,
+                 fmax_mhz=128.5, command=NONLINEAR_QOR_COMMAND),
     )
 
     def __post_init__(self) -> None:
