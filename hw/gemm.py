@@ -963,6 +963,10 @@ class GemmSpec(UnitSpec):
                           "max_n": 64, "requant": True},
                  luts=13269, ffs=15670, dsps=96, brams=4, fmax_mhz=113.7,
                  command="fmforge build gemm --board ulx3s-85f --rows 8 --cols 8"),
+        Measured("ecp5", {"rows": 8, "cols": 8, "dataflow": "os", "max_m": 64, "max_k": 64,
+                          "max_n": 64, "requant": False},
+                 luts=6295, ffs=12047, dsps=64, brams=4, fmax_mhz=123.1,
+                 command="fmforge build gemm --board ulx3s-85f --rows 8 --cols 8 --no-requant"),
     )
 
     def __post_init__(self) -> None:
