@@ -22,7 +22,8 @@ from golden.errors import UserError
 __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
 
 #: command modules under fmforge.commands, in the order they appear in --help
-COMMAND_MODULES = ("demo", "compile", "execute", "devices", "verilog", "cosim", "build", "boards", "sparsity")
+COMMAND_MODULES = ("demo", "compile", "execute", "run", "devices", "verilog", "cosim", "build", "boards",
+                   "sparsity", "sweep", "schema")
 
 
 #: exception types whose message is shown to the user as a one-line error
