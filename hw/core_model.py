@@ -1,0 +1,168 @@
+"""The fmforge core's exact timing model: cycles of a program, instruction by instruction.
+
+The core (docs/isa.md, :mod:`golden.core`) dispatches instructions from its instruction memory
+in program order, one per cycle, into three queues (D: DMA, M: matrix, S: special functions) of
+``queue_depth`` entries; each queue runs its instructions in order, one at a time, and the queues
+run concurrently, ordered only by dependency tokens. The model (:func:`program_timing`):
+
+* dispatch: instruction ``i`` is dispatched in cycle
+  ``disp[i] = max(disp[i-1] + 1, start[j] + 1)`` where ``j`` is the instruction ``queue_depth``
+  places earlier in the same queue (its FIFO slot frees when ``j`` starts); ``disp[0] = 0``;
+* start: ``start[i] = max(disp[i] + 1, end[prev in queue], avail of each waited token)``; the
+  ``n``-th token on a channel (source queue -> destination queue) is available from the ``end``
+  cycle of the ``n``-th instruction that signals it;
+* end: ``end[i] = start[i] + instr_cycles(i)``; the program's cycle count is the largest ``end``
+  (the ``done`` flag rises then), counted from the ``start`` command.
+
+Instruction durations (:func:`instr_cycles`), with memory latency ``L`` (cycles from a burst
+request to its first data beat) and ``B`` bytes per beat:
+
+* ``LOAD``/``STORE``: ``DMA_SETUP + rows * (L + beats)`` with ``beats = ceil(cols * esz / B)``
+  when the scratchpad side is contiguous (``sp_cs == esz``), else
+  ``max(ceil(cols * esz / B), cols)`` (one scattered/gathered element per cycle);
+* ``GEMM``: ``GEMM_SETUP + hw.gemm.gemm_total_cycles`` (operands stream from the scratchpad into
+  the engine, results back; ``channels`` when bias or requant is on);
+* ``ADD``/``GELU``: ``SFU_SETUP + elements + SFU_PIPE`` (one element per cycle);
+* ``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + hw.layernorm.layernorm_cycles`` /
+  ``hw.softmax.softmax_cycles`` with one lane.
+
+The SFU figures are those of the units the core is to compose; they become exact timing once
+the core's SFU RTL is co-simulated (the DMA/matrix subset and the token/dispatch model are the
+ones the RTL implements first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from golden.core import QUEUES, CoreError, Instr, schedule
+from hw.gemm import gemm_total_cycles
+from hw.layernorm import layernorm_cycles
+from hw.softmax import softmax_cycles
+
+__all__ = ["CoreConfig", "DMA_SETUP", "GEMM_SETUP", "SFU_PIPE", "SFU_SETUP", "Timing",
+           "instr_cycles", "program_timing"]
+
+DMA_SETUP = 2
+GEMM_SETUP = 2
+SFU_SETUP = 2
+SFU_PIPE = 4
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Parameters of one core: array ``rows`` x ``cols``, ``dataflow``, memory ``latency``
+    (cycles) and ``bytes_per_cycle``, ``queue_depth``, scratchpad and instruction-memory sizes."""
+
+    rows: int = 8
+    cols: int = 8
+    dataflow: str = "os"
+    latency: int = 8
+    bytes_per_cycle: int = 4
+    queue_depth: int = 4
+    sp_bytes: int = 256 * 1024
+    imem_instrs: int = 4096
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cols", "latency", "bytes_per_cycle", "queue_depth", "sp_bytes",
+                     "imem_instrs"):
+            v = getattr(self, name)
+            lo = 0 if name == "latency" else 1
+            if not (isinstance(v, int) and v >= lo):
+                raise CoreError(f"core {name} must be an integer >= {lo}, not {v!r}")
+        if self.dataflow not in ("os", "ws"):
+            raise CoreError(f"core dataflow must be os or ws, not {self.dataflow!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
+    """Cycles one instruction occupies its queue (module docstring)."""
+    op = ins.op
+    if op in ("LOAD", "STORE"):
+        esz = {0: 1, 1: 2, 2: 4}[ins["esz"]]
+        cols = ins["cols"]
+        beats = _ceil(cols * esz, cfg.bytes_per_cycle)
+        if ins["sp_cs"] != esz:
+            beats = max(beats, cols)
+        return DMA_SETUP + ins["rows"] * (cfg.latency + beats)
+    if op == "GEMM":
+        ch = bool(ins["bias"] or ins["requant"])
+        return GEMM_SETUP + gemm_total_cycles(cfg.rows, cfg.cols, cfg.dataflow, ins["m"],
+                                              ins["k"], ins["n"], ch)
+    if op == "ADD":
+        return SFU_SETUP + ins["rows"] * ins["cols"] + SFU_PIPE
+    if op == "GELU":
+        return SFU_SETUP + ins["count"] + SFU_PIPE
+    if op == "LAYERNORM":
+        return SFU_SETUP + layernorm_cycles(ins["rows"], ins["cols"], 1)
+    if op == "SOFTMAX":
+        return SFU_SETUP + softmax_cycles(ins["rows"], ins["cols"], 1)
+    return 0
+
+
+@dataclass
+class Timing:
+    """Per-instruction ``dispatch``, ``start``, ``end`` cycles, the total ``cycles`` and the
+    busy cycles per queue and per opcode."""
+
+    dispatch: list[int]
+    start: list[int]
+    end: list[int]
+    cycles: int
+    busy: dict[str, int] = field(default_factory=dict)
+    busy_by_op: dict[str, int] = field(default_factory=dict)
+
+
+def program_timing(prog: Sequence[Instr], cfg: CoreConfig) -> Timing:
+    """Exact cycles of ``prog`` (module docstring). ``CoreError`` on a deadlock."""
+    schedule(prog)  # rejects deadlocking programs with the stuck heads named
+    n = next(i for i, ins in enumerate(prog) if ins.op == "HALT")
+    disp = [0] * n
+    start = [0] * n
+    end = [0] * n
+    last: dict[str, int] = {}
+    inq: dict[str, list[int]] = {q: [] for q in QUEUES}
+    sent: dict[tuple[str, str], list[int]] = {}
+    used: dict[tuple[str, str], int] = {}
+    # processed in program order: a waited token must be signalled by an instruction earlier in
+    # program order (the compiler emits producers first; docs/isa.md)
+    for i in range(n):
+        ins = prog[i]
+        q = ins.queue
+        assert q is not None
+        d = 0 if i == 0 else disp[i - 1] + 1
+        qlist = inq[q]
+        if len(qlist) >= cfg.queue_depth:
+            d = max(d, start[qlist[-cfg.queue_depth]] + 1)
+        disp[i] = d
+        s = max(d + 1, end[last[q]] if q in last else 0)
+        for w in ins.wait:
+            ch = (w, q)
+            k = used.get(ch, 0)
+            avail = sent.get(ch, [])
+            if k >= len(avail):
+                raise CoreError(f"pc {i}: waits for token {k + 1} from {w} but only "
+                                f"{len(avail)} are signalled before it in program order")
+            s = max(s, avail[k])
+            used[ch] = k + 1
+        start[i] = s
+        end[i] = s + instr_cycles(ins, cfg)
+        for t in ins.signal:
+            sent.setdefault((q, t), []).append(end[i])
+        last[q] = i
+        qlist.append(i)
+    busy = dict.fromkeys(QUEUES, 0)
+    by_op: dict[str, int] = {}
+    for i in range(n):
+        c = end[i] - start[i]
+        busy[prog[i].queue] += c  # type: ignore[index]
+        by_op[prog[i].op] = by_op.get(prog[i].op, 0) + c
+    return Timing(disp, start, end, max(end, default=0), busy, by_op)
