@@ -26,6 +26,8 @@ from compiler.passes.base import Pass
 from compiler.passes.sparsify import sparsify_from_spec
 from compiler.plan import PLAN_FORMAT, PLAN_VERSION, check_plan
 from compiler.targets import Target, parse_devices
+from compiler.zoo import MODELS
+from golden.errors import UserValueError
 
 __all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "EVAL_SENTENCES", "calibration_samples",
            "compile_model", "prepare_graph"]
@@ -102,7 +104,14 @@ def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = Fa
                                                    ffn_down="float" if float_ffn_down else ffn_down)]
     if sparse:
         passes.append(sparsify_from_spec(sparse))
-    run_passes(g, passes)
+    try:
+        run_passes(g, passes)
+    except RuntimeError as e:  # torch failing inside a user model on a calibration input
+        if model.name in MODELS:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise UserValueError(f"model {model.name} failed on a calibration input: "
+                             f"{type(e).__name__}: {first}") from None
     t2 = time.perf_counter()
     return g, {"export_s": t1 - t0, "passes_s": t2 - t1}
 

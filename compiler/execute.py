@@ -318,6 +318,18 @@ def capture_operands(plan: dict[str, Any], ops: str | Sequence[str],
     return cap[wanted[0]] if isinstance(ops, str) else {op: cap[op] for op in wanted}
 
 
+def _check_lengths(tok: Any, sentences: Sequence[str], seq_len: int) -> None:
+    """Refuse a sentence longer than the plan's sequence length (it would be truncated)."""
+    lengths = [len(ids) for ids in tok(list(sentences), truncation=False)["input_ids"]]
+    long = [(i, n) for i, n in enumerate(lengths) if n > seq_len]
+    if long:
+        i, n = long[0]
+        raise UserValueError(
+            f"sentence {i + 1} has {n} tokens, more than the plan's sequence length {seq_len} "
+            f"(allowed 1..{seq_len} tokens, [CLS] and [SEP] included; {len(long)} sentence(s) too "
+            "long): shorten or split it")
+
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double().flatten()[None],
                                                        b.double().flatten()[None])[0])
@@ -346,6 +358,7 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
         if limit:
             sents = sents[:limit]
         model, tok = _minilm()
+        _check_lengths(tok, sents, lm.seq_len or 32)
         ref = embed(model, tok, sents)
         ids, am, tt = tokenize(sents, lm.seq_len or 32)
         for i in range(len(sents)):
@@ -356,6 +369,9 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
             cos.append(_cos(e, ref[i]))
             err = max(err, float((e - ref[i]).abs().max()))
     else:
+        if sentences is not None:
+            raise UserValueError(f"sentences apply to MiniLM plans only; this plan's model "
+                                 f"{lm.name!r} runs its example inputs (leave out --sentences)")
         inputs = [tuple(lm.example_inputs)]
         g = torch.Generator().manual_seed(1234)
         for _ in range(max(0, (limit or n_random) - 1)):

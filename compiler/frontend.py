@@ -22,7 +22,8 @@ from compiler.ir import Graph, Node, Param, Ref, TensorType
 from compiler.zoo import DEFAULT_SEQ_LEN, MODELS
 from golden.errors import UserFileNotFoundError, UserLookupError, UserValueError
 
-__all__ = ["LoadedModel", "export_graph", "load_model", "resolve_target", "KEEP_WHOLE"]
+__all__ = ["LoadedModel", "export_graph", "load_model", "resolve_target", "KEEP_WHOLE",
+           "MAX_SEQ_LEN", "ModelFactoryError"]
 
 #: ATen ops kept whole through the decompositions (the units our hardware implements)
 KEEP_WHOLE = ("linear", "layer_norm", "scaled_dot_product_attention", "gelu", "matmul",
@@ -39,6 +40,24 @@ class LoadedModel:
     seq_len: int | None = None
 
 
+class ModelFactoryError(UserValueError, TypeError):
+    """A model factory returned something other than ``(module, example_inputs)``."""
+
+
+#: longest sequence a model is exported at (BERT-style position tables hold 512)
+MAX_SEQ_LEN = 512
+
+
+def _one_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of a user code exception (at most 300 characters)."""
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _describe(inputs: Any) -> str:
+    return ", ".join(f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}" for t in inputs)
+
+
 def _load_factory_file(spec: str) -> tuple[Any, str]:
     path_s, sep, fn = spec.rpartition(":")
     if not sep or not path_s.endswith(".py") or not fn:
@@ -53,8 +72,10 @@ def _load_factory_file(spec: str) -> tuple[Any, str]:
     mod = importlib.util.module_from_spec(mod_spec)
     try:
         mod_spec.loader.exec_module(mod)
+    except SystemExit as e:  # user code calling sys.exit(): its failure, not ours
+        raise UserValueError(f"model file {path_s} called sys.exit({e.code!r}) while importing") from None
     except Exception as e:  # user code: report it as one line
-        raise UserValueError(f"model file {path_s} failed to import: {type(e).__name__}: {e}") from None
+        raise UserValueError(f"model file {path_s} failed to import: {_one_line(e)}") from None
     factory = getattr(mod, fn, None)
     if not callable(factory):
         raise UserLookupError(f"model file {path_s} has no callable {fn!r}")
@@ -68,6 +89,10 @@ def load_model(spec: str = "minilm", seq_len: int | None = None) -> LoadedModel:
     TypeError when a factory does not return ``(module, example_inputs)``.
     """
     spec = str(spec).strip()
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int)
+                                or not 1 <= seq_len <= MAX_SEQ_LEN):
+        raise UserValueError(f"sequence length must be an integer in 1..{MAX_SEQ_LEN}, "
+                             f"not {seq_len!r}")
     if spec in MODELS:
         kw: dict[str, Any] = {}
         if seq_len is not None and spec != "encoder-tiny":
@@ -80,21 +105,33 @@ def load_model(spec: str = "minilm", seq_len: int | None = None) -> LoadedModel:
         factory, name = _load_factory_file(spec)
         try:
             result = factory()
+        except SystemExit as e:
+            raise UserValueError(f"model factory {name} called sys.exit({e.code!r})") from None
         except Exception as e:
-            raise UserValueError(f"model factory {name} raised {type(e).__name__}: {e}") from None
+            raise UserValueError(f"model factory {name} raised {_one_line(e)}") from None
     else:
         raise UserLookupError(f"unknown model {spec!r}; built-in models: {', '.join(MODELS)}, or "
                           "path/to/file.py:factory")
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], torch.nn.Module)):
-        raise TypeError(f"model factory {name} must return (torch.nn.Module, example_inputs), "
+        raise ModelFactoryError(f"model factory {name} must return (torch.nn.Module, example_inputs), "
                         f"not {type(result).__name__}")
     module, inputs = result
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
     if not (isinstance(inputs, (tuple, list)) and inputs
             and all(isinstance(t, torch.Tensor) for t in inputs)):
-        raise TypeError(f"model factory {name}: example_inputs must be a tensor or a non-empty "
-                        "tuple of tensors")
+        raise ModelFactoryError(f"model factory {name}: example_inputs must be a tensor or a "
+                             "non-empty tuple of tensors")
+    if spec not in MODELS:  # user code: its module must run on its own example inputs
+        try:
+            with torch.no_grad():
+                module.eval()(*inputs)
+        except SystemExit as e:
+            raise UserValueError(f"model {name} called sys.exit({e.code!r}) on its example "
+                                 "inputs") from None
+        except Exception as e:
+            raise UserValueError(f"model {name} fails on its own example inputs "
+                                 f"({_describe(inputs)}): {_one_line(e)}") from None
     return LoadedModel(name=name, module=module.eval(), example_inputs=tuple(inputs),
                        seq_len=seq_len)
 

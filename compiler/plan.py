@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from compiler.frontend import MAX_SEQ_LEN
+from compiler.ir import OP_KINDS
 from compiler.schema import SchemaError, validate
 from golden.errors import UserFileNotFoundError, UserValueError
 
@@ -23,7 +25,11 @@ __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "UNIT_KINDS", "check_pl
 PLAN_FORMAT = "fmforge-plan"
 PLAN_VERSION = 2
 
-_NUM = "number"
+_NUM = {"range": "number", "min": 0, "max": 1e12}  # seconds, joules: never negative
+#: the largest MAC count of one op a plan may state (far above any model we compile)
+MAX_MACS = 2**53
+_MACS = {"range": "integer", "min": 0, "max": MAX_MACS}
+_SCALE = {"range": "number", "min": 1e-30, "max": 1e30}
 _TENSOR = {"object": {"shape": {"array": "integer"}, "dtype": "string"}}
 _LINK = {"object": {"name": "string", "bandwidth_bytes_s": ("number", "null"),
                     "latency_s": "number", "power_w": "number"}}
@@ -31,7 +37,9 @@ _RES = {"object": {}, "extra": ("integer", "number", "null")}
 PLAN_SCHEMA: dict[str, Any] = {"object": {
     "format": {"enum": [PLAN_FORMAT]},
     "version": {"enum": [PLAN_VERSION]},
-    "model": {"object": {"source": "string", "seq_len": ("integer", "null"),
+    "model": {"object": {"source": "string",
+                         "seq_len": {"nullable": {"range": "integer", "min": 1,
+                                                  "max": MAX_SEQ_LEN}},
                          "graph_fingerprint": "string",
                          "inputs": {"array": {"object": {"name": "string", "shape": {"array": "integer"},
                                                          "dtype": "string"}}},
@@ -49,13 +57,13 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
             "optional": {"clock_mhz": "number", "model": "any"}},
         "spec": "string"}}, "min": 1},
     "ops": {"array": {"object": {
-        "name": "string", "op": "string", "target": "string", "module": "string",
+        "name": "string", "op": {"enum": list(OP_KINDS)}, "target": "string", "module": "string",
         "device": "string", "inputs": {"array": "string"}, "out": {"array": _TENSOR},
-        "macs": "integer", "cycles": ("integer", "null"), "seconds": _NUM, "energy_j": _NUM,
+        "macs": _MACS, "cycles": {"nullable": _MACS}, "seconds": _NUM, "energy_j": _NUM,
         "lowering": {"object": {"unit": "string", "impl": "string"}},
-        "quant": {"nullable": {"object": {"in_scales": {"array": _NUM, "min": 1},
-                                           "out_scale": _NUM},
-                               "optional": {"out_scales": {"array": _NUM, "min": 1},
+        "quant": {"nullable": {"object": {"in_scales": {"array": _SCALE, "min": 1},
+                                           "out_scale": _SCALE},
+                               "optional": {"out_scales": {"array": _SCALE, "min": 1},
                                             "in_bits": {"enum": [8, 16]},
                                             "out_bits": {"enum": [8, 32]}}}},
         "sparse_filter": {"nullable": {"object": {"name": "string"}, "extra": "any"}}}}},
@@ -63,7 +71,7 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
                                       "start_s": _NUM, "end_s": _NUM, "energy_j": _NUM}}},
     "totals": {"object": {"latency_s": _NUM, "energy_j": _NUM,
                           "per_device": {"object": {}, "extra": {"object": {
-                              "ops": "integer", "macs": "integer", "seconds": _NUM,
+                              "ops": "integer", "macs": _MACS, "seconds": _NUM,
                               "energy_j": _NUM}}}}},
     "partition": {"object": {"algorithm": "string", "exact": "boolean", "states": "integer",
                              "greedy_objective": _NUM, "objective_value": _NUM}},

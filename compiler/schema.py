@@ -6,7 +6,8 @@ Schemas are plain Python values:
 * ``{"enum": [...]}``; ``{"nullable": schema}`` (null or the schema);
 * ``{"object": {key: schema}, "optional": {key: schema}, "extra": schema | None}`` (``extra``
   types additional keys; without it unknown keys are errors);
-* ``{"array": schema, "min": n}``.
+* ``{"array": schema, "min": n}``;
+* ``{"range": "number" | "integer", "min": lo, "max": hi}`` (bounds included, either may be None).
 
 :func:`validate` raises :class:`SchemaError` whose message names the field path
 (``ops[3].device``).
@@ -59,6 +60,13 @@ def validate(doc: Any, schema: Any, path: str = "") -> None:
     if isinstance(schema, tuple):
         if not any(_type_ok(t, doc) for t in schema):
             raise SchemaError(path, f"expected {' or '.join(schema)}, got {_name(doc)}")
+        return
+    if "range" in schema:  # {"range": "number"|"integer", "min": lo, "max": hi}
+        validate(doc, schema["range"], path)
+        lo, hi = schema.get("min"), schema.get("max")
+        if (lo is not None and doc < lo) or (hi is not None and doc > hi):
+            raise SchemaError(path, f"{doc!r} is out of range: expected "
+                                    f"{schema['range']} in [{lo}, {hi}]")
         return
     if "nullable" in schema:
         if doc is not None:

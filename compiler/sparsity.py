@@ -70,6 +70,10 @@ def parse_methods(spec: str | Sequence[str] | None) -> list[str]:
     for n in names:
         if n not in FILTERS:
             raise UserValueError(f"unknown sparse-attention method {n!r}; valid: {', '.join(available_filters())}")
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise UserValueError(f"sparse-attention method {', '.join(map(repr, dups))} given more than "
+                             "once; give each method once")
     return names
 
 

@@ -17,6 +17,7 @@ import json
 import sys
 
 from fmforge import __version__
+from fmforge.commands._args import annotate_ranges
 from golden.errors import UserError
 
 __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not part of this build
             raise
         mod.register(sub)
+    annotate_ranges(parser)
     return parser
 
 

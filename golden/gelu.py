@@ -65,6 +65,7 @@ __all__ = [
     "IBERT_A",
     "IBERT_B",
     "K_BITS",
+    "MAX_IN_SCALE",
     "GeluParams",
     "gelu_params",
     "gelu_int",
@@ -82,6 +83,8 @@ IBERT_B = 1.769
 K_BITS = 22
 """``K`` is normalized below ``2**K_BITS`` (and must be below ``2**23``)."""
 _FS_MAX = 16
+#: the coarsest input scale compiled (K keeps about 15 bits there)
+MAX_IN_SCALE = 1000.0
 _SQRT2 = math.sqrt(2.0)
 
 
@@ -111,6 +114,9 @@ def gelu_params(in_scale: float, out_scale: float) -> GeluParams:
     """Compile real input/output scales into :class:`GeluParams` (see the module docstring)."""
     in_scale = _positive("gelu in_scale", in_scale)
     out_scale = _positive("gelu out_scale", out_scale)
+    if in_scale > MAX_IN_SCALE:  # K would round towards 0 (and to 0 above ~2.4e5)
+        raise UserValueError(f"gelu in_scale {in_scale!r} is too coarse: it must lie in "
+                             f"[9.1e-4, {MAX_IN_SCALE:g}]")
     se = in_scale / _SQRT2
     base = 1.0 / (IBERT_A * se * se)
     fs = 0

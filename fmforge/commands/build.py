@@ -15,7 +15,7 @@ from typing import Any
 from boards.build import build_unit
 from boards.catalog import board_names, get_board
 from boards.units import DEFAULT_GEMM_BUFFER, check_gemm_fits, gemm_engine
-from fmforge.commands._args import positive_int
+from fmforge.commands._args import float_range, int_range
 
 __all__ = ["register", "run_gemm"]
 
@@ -35,19 +35,19 @@ def register(subparsers: Any) -> None:
                     "reported Fmax is the engine's own.")
     g.add_argument("--board", required=True, metavar="BOARD",
                    help=f"target board: {', '.join(board_names())}")
-    g.add_argument("--rows", required=True, type=positive_int, help="array rows R")
-    g.add_argument("--cols", required=True, type=positive_int, help="array columns C")
+    g.add_argument("--rows", required=True, type=int_range(1, 64), help="array rows R")
+    g.add_argument("--cols", required=True, type=int_range(1, 64), help="array columns C")
     g.add_argument("--dataflow", choices=("os", "ws"), default="os",
                    help="output- or weight-stationary (default: os)")
     for dim in ("m", "k", "n"):
-        g.add_argument(f"--max-{dim}", type=positive_int, default=DEFAULT_GEMM_BUFFER,
+        g.add_argument(f"--max-{dim}", type=int_range(1, 2**16), default=DEFAULT_GEMM_BUFFER,
                        help=f"largest {dim.upper()} the on-chip buffers take "
                             f"(default: {DEFAULT_GEMM_BUFFER})")
     g.add_argument("--requant", action=argparse.BooleanOptionalAction, default=True,
                    help="build the int8 requantizer epilogue (default: on)")
-    g.add_argument("--target-mhz", type=float, default=None,
+    g.add_argument("--target-mhz", type=float_range(1, 1000), default=None,
                    help="place-and-route clock target (default: the board's)")
-    g.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default: 1)")
+    g.add_argument("--seed", type=int_range(0, 2**31 - 1), default=1, help="nextpnr placement seed (default: 1)")
     g.add_argument("-o", "--output", metavar="DIR", default=None,
                    help="directory for the bitstream and nextpnr log (default: the build cache)")
     g.add_argument("--no-cache", action="store_true", help="rebuild even if cached")

@@ -5,25 +5,33 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fmforge.commands._args import add_json, positive_int
+from fmforge.commands._args import SEED, add_json, int_range
 from golden.errors import UserValueError
 
 __all__ = ["register", "UNITS", "replay_plan_op", "replay_plan_ops"]
 
 
 def _gemm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rows", type=positive_int, required=True, help="array rows R")
-    p.add_argument("--cols", type=positive_int, required=True, help="array columns C")
+    p.add_argument("--rows", type=int_range(1, 64), required=True, help="array rows R")
+    p.add_argument("--cols", type=int_range(1, 64), required=True, help="array columns C")
     p.add_argument("--dataflow", default="os", help="os or ws")
-    p.add_argument("--m", type=positive_int, required=True, help="rows of A and C")
-    p.add_argument("--k", type=positive_int, required=True, help="reduction length")
-    p.add_argument("--n", type=positive_int, required=True, help="columns of B and C")
+    p.add_argument("--m", type=int_range(1, 2**16), required=True, help="rows of A and C")
+    p.add_argument("--k", type=int_range(1, 2**16), required=True, help="reduction length")
+    p.add_argument("--n", type=int_range(1, 2**16), required=True, help="columns of B and C")
     p.add_argument("--requant", action="store_true", help="requantize the output to int8")
     p.add_argument("--bias", action="store_true", help="add a per-channel int32 bias")
 
 
+def _check_waves(args: argparse.Namespace) -> None:
+    if args.waves and args.simulator != "verilator":
+        raise UserValueError(f"--waves needs --simulator verilator (the {args.simulator} "
+                             "simulator writes no VCD here)")
+
+
 def _gemm_run(args: argparse.Namespace) -> dict:
     from sim.cosim import cosim_gemm
+
+    _check_waves(args)
 
     return cosim_gemm(rows=args.rows, cols=args.cols, dataflow=args.dataflow, m=args.m, k=args.k,
                       n=args.n, seed=args.seed, stall=args.stall, requant=args.requant,
@@ -55,9 +63,9 @@ def _gemm_report(r: dict) -> None:
 
 
 def _nl_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--len", type=positive_int, required=True, help="row length L")
-    p.add_argument("--rows", type=positive_int, required=True, help="number of rows")
-    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--len", type=int_range(1, 2**16), required=True, help="row length L")
+    p.add_argument("--rows", type=int_range(1, 2**16), required=True, help="number of rows")
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="elements per cycle P (default 1)")
 
 
 def _nl_run(unit: str):
@@ -65,7 +73,8 @@ def _nl_run(unit: str):
         from sim.nonlinear_bench import cosim_unit
 
         if args.waves:
-            raise UserValueError(f"--waves is not supported for {unit}")
+            raise UserValueError(f"--waves is not supported for {unit} (only for gemm with "
+                                 "--simulator verilator)")
         return cosim_unit(unit, length=args.len, rows=args.rows, lanes=args.lanes, seed=args.seed,
                           stall=args.stall, simulator=args.simulator)
     return run
@@ -102,10 +111,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--plan", metavar="PLAN", help="replay an op of a compiled plan on its unit's RTL "
                    "(with --op; instead of UNIT)")
     p.add_argument("--op", metavar="NAME", help="the plan op to replay (with --plan)")
-    p.add_argument("--sentence", type=int, default=0, metavar="I",
+    p.add_argument("--sentence", type=int_range(0, 2**20), default=0, metavar="I",
                    help="input to record the op's operands on: shipped sentence I for MiniLM, "
                         "else example input / seeded variant I (default 0)")
-    p.add_argument("--seed", type=int, default=0, help="stall seed (with --plan; default 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="stall seed (with --plan; default 0)")
     p.add_argument("--stall", default="none", choices=("none", "idle", "backpressure", "both"),
                    help="who inserts bubbles (with --plan)")
     p.add_argument("--simulator", default="verilator", choices=("verilator", "amaranth"),
@@ -117,7 +126,7 @@ def register(subparsers: Any) -> None:
     for name, (help_, add_args, run, report) in UNITS.items():
         u = units.add_parser(name, help=help_, description=help_)
         add_args(u)
-        u.add_argument("--seed", type=int, default=0, help="stimulus and stall seed (default 0)")
+        u.add_argument("--seed", type=SEED, default=0, help="stimulus and stall seed (default 0)")
         u.add_argument("--stall", default="none", choices=("none", "idle", "backpressure", "both"),
                        help="who inserts bubbles: the source (idle), the sink (backpressure), both")
         u.add_argument("--waves", action="store_true", help="write a VCD of the run")

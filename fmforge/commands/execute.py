@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fmforge.commands._args import add_json, positive_int
+from fmforge.commands._args import add_json, int_range
 
 __all__ = ["register", "run"]
 
@@ -19,7 +19,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("plan", help="plan JSON written by 'fmforge compile'")
     p.add_argument("--sentences", help="text file, one sentence per line (MiniLM plans; default: "
                    "the shipped set)")
-    p.add_argument("--limit", type=positive_int, help="run at most this many inputs")
+    p.add_argument("--limit", type=int_range(1, 2**20), help="run at most this many inputs")
     add_json(p)
     p.set_defaults(func=run)
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from fmforge.commands._args import positive_int
+from fmforge.commands._args import MAX_THREADS, int_range
 
 __all__ = ["register", "run"]
 
@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
                    help="text file, one sentence per line (default: the shipped 240 sentences)")
     p.add_argument("--float", dest="integer", action="store_false",
                    help="use the float twins instead of the bit-accurate integer filters")
-    p.add_argument("--threads", type=positive_int, default=1,
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=1,
                    help="torch CPU threads (default 1: on a shared 2-core machine one thread "
                         "measured 2-3x faster than two)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

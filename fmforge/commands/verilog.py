@@ -7,18 +7,18 @@ import hashlib
 import sys
 from typing import Any
 
-from fmforge.commands._args import add_json, positive_int, write_atomic
+from fmforge.commands._args import SEED, add_json, float_range, int_range, write_atomic
 
 __all__ = ["register", "UNITS", "CLI_UNITS", "add_gemm_args", "gemm_from_args", "gemm_spec_from_args"]
 
 
 def add_gemm_args(p: argparse.ArgumentParser, *, buffers: int = 128) -> None:
     """Elaboration arguments of the GEMM engine."""
-    p.add_argument("--rows", type=positive_int, required=True, help="array rows R")
-    p.add_argument("--cols", type=positive_int, required=True, help="array columns C")
+    p.add_argument("--rows", type=int_range(1, 64), required=True, help="array rows R")
+    p.add_argument("--cols", type=int_range(1, 64), required=True, help="array columns C")
     p.add_argument("--dataflow", default="os", help="os (output-stationary) or ws (weight-stationary)")
     for dim in ("m", "k", "n"):
-        p.add_argument(f"--max-{dim}", type=positive_int, default=buffers,
+        p.add_argument(f"--max-{dim}", type=int_range(1, 2**16), default=buffers,
                        help=f"largest {dim.upper()} the on-chip buffers take (default {buffers})")
     p.add_argument("--requant", action=argparse.BooleanOptionalAction, default=True,
                    help="include the int8 requantizer (default: yes)")
@@ -36,8 +36,8 @@ def gemm_spec_from_args(args: argparse.Namespace):
 
 
 def _requant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
-    p.add_argument("--channels", type=positive_int, required=True, help="row length N (P must divide it)")
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--channels", type=int_range(1, 2**16), required=True, help="row length N (P must divide it)")
 
 
 def _requant_spec(args: argparse.Namespace):
@@ -47,10 +47,10 @@ def _requant_spec(args: argparse.Namespace):
 
 
 def _gelu_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=positive_int, default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="elements per cycle P (default 1)")
     p.add_argument("--mode", default="gelu", choices=("gelu", "relu"), help="I-BERT GELU or ReLU")
-    p.add_argument("--in-scale", type=float, default=0.05, help="real scale of the int8 input")
-    p.add_argument("--out-scale", type=float, default=0.03, help="real scale of the int8 output")
+    p.add_argument("--in-scale", type=float_range(1e-3, 100), default=0.05, help="real scale of the int8 input")
+    p.add_argument("--out-scale", type=float_range(1e-4, 100), default=0.03, help="real scale of the int8 output")
 
 
 def _gelu_spec(args: argparse.Namespace):
@@ -60,9 +60,9 @@ def _gelu_spec(args: argparse.Namespace):
 
 
 def _softmax_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=positive_int, default=1, help="logits per word P (default 1)")
-    p.add_argument("--max-length", type=positive_int, required=True, help="longest row the buffers take")
-    p.add_argument("--scale", type=float, default=1 / 16, help="real scale of the logits (default 1/16)")
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="logits per word P (default 1)")
+    p.add_argument("--max-length", type=int_range(1, 2**16), required=True, help="longest row the buffers take")
+    p.add_argument("--scale", type=float_range(1e-6, 100), default=1 / 16, help="real scale of the logits (default 1/16)")
 
 
 def _softmax_spec(args: argparse.Namespace):
@@ -72,10 +72,10 @@ def _softmax_spec(args: argparse.Namespace):
 
 
 def _layernorm_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=positive_int, default=1, help="values per word P (default 1)")
-    p.add_argument("--length", type=positive_int, required=True, help="row length N (P must divide it)")
-    p.add_argument("--in-bits", type=positive_int, default=8, help="significant input bits (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the example gamma/beta (default 0)")
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="values per word P (default 1)")
+    p.add_argument("--length", type=int_range(1, 4096), required=True, help="row length N (P must divide it)")
+    p.add_argument("--in-bits", type=int_range(2, 32), default=8, help="significant input bits (default 8)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the example gamma/beta (default 0)")
 
 
 def _layernorm_spec(args: argparse.Namespace):

@@ -30,12 +30,12 @@ def test_verilog_gemm_is_deterministic_and_written_atomically(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["verilog", "gemm", "--rows", "0", "--cols", "2"], "expected a positive integer, not 0"),
+        (["verilog", "gemm", "--rows", "0", "--cols", "2"], "0 is out of range: expected an integer in 1..64"),
         (["verilog", "gemm", "--rows", "2", "--cols", "2", "--dataflow", "xs"],
          "dataflow must be one of os, ws, not 'xs'"),
-        (["verilog", "gemm", "--rows", "65", "--cols", "2"], "rows must be at most 64, not 65"),
+        (["verilog", "gemm", "--rows", "65", "--cols", "2"], "65 is out of range: expected an integer in 1..64"),
         (["cosim", "gemm", "--rows", "4", "--cols", "4", "--m", "70000", "--k", "3", "--n", "3"],
-         "m=70000 is larger than the engine supports (65536)"),
+         "70000 is out of range: expected an integer in 1..65536"),
         (["cosim", "gemm", "--rows", "4", "--cols", "4", "--m", "3", "--k", "3", "--n", "3",
           "--stall", "sometimes"], "invalid choice: 'sometimes'"),
         (["cosim", "layernorm", "--len", "10", "--rows", "2", "--lanes", "4"], "must divide"),

@@ -1,0 +1,171 @@
+"""Bad input a new user gives the CLI: one line ``fmforge: error: ...``, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+from fmforge.cli import build_parser, main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run the CLI in this process; returns (exit status, stdout, stderr)."""
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(capsys, *argv: str) -> str:
+    rc, out, err = _run(capsys, *argv)
+    lines = err.strip().splitlines()
+    assert rc == 2, err
+    assert len(lines) == 1 and lines[0].startswith("fmforge: error: "), err
+    assert out == ""
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def enc_plan(tmp_path_factory):
+    """A small valid plan (encoder-tiny on asic + a roofline CPU: no timing cache)."""
+    from compiler.driver import compile_model
+
+    plan = compile_model("encoder-tiny", "asic,cpu:mode=roofline").plan
+    return plan
+
+
+def _write(tmp_path, plan, name="p.json"):
+    p = tmp_path / name
+    p.write_text(json.dumps(plan))
+    return str(p)
+
+
+@pytest.mark.parametrize(("argv", "value", "allowed"), [
+    (["verilog", "gelu", "--in-scale", "1e30"], "1e30", "0.001..100"),
+    (["verilog", "gelu", "--out-scale", "nan"], "nan", "0.0001..100"),
+    (["verilog", "softmax", "--max-length", "-3"], "-3", "1..65536"),
+    (["verilog", "gemm", "--rows", "65", "--cols", "2"], "65", "1..64"),
+    (["cosim", "gemm", "--rows", "4", "--cols", "4", "--m", "70000", "--k", "3", "--n", "3"],
+     "70000", "1..65536"),
+    (["cosim", "gemm", "--rows", "4", "--cols", "4", "--m", "3", "--k", "3", "--n", "3",
+      "--seed", "-1"], "-1", "0..4294967295"),
+    (["sparsity", "--threads", "100000"], "100000", "1.."),
+    (["execute", "p.json", "--limit", "0"], "0", "1..1048576"),
+    (["build", "gemm", "--board", "ulx3s-85f", "--rows", "2", "--cols", "2",
+      "--target-mhz", "1e9"], "1e9", "1..1000"),
+])
+def test_numeric_options_are_bounded(capsys, argv, value, allowed):
+    line = _one_line_error(capsys, *argv)
+    assert value in line and allowed in line
+
+
+def test_every_numeric_option_shows_its_range_in_help():
+    import argparse
+
+    from fmforge.commands._args import Bounded
+
+    def walk(parser, where):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from walk(sub, f"{where} {name}")
+            elif a.option_strings and a.type in (int, float):
+                yield f"{where} {a.option_strings[-1]}: unbounded {a.type.__name__}"
+            elif isinstance(a.type, Bounded):
+                assert a.type.range_text in a.help, (where, a.option_strings)
+
+    assert list(walk(build_parser(), "fmforge")) == []
+
+
+def test_gelu_scale_too_coarse_is_a_user_error():
+    from golden.errors import UserError
+    from golden.gelu import gelu_params
+
+    with pytest.raises(UserError, match=r"1e\+30 is too coarse.*1000"):
+        gelu_params(1e30, 0.03)
+
+
+FACTORIES = '''
+import sys
+import torch
+
+def wrong_dtype():
+    return torch.nn.Linear(4, 4), (torch.ones(1, 4, dtype=torch.int64),)
+
+def leaves():
+    sys.exit(3)
+
+def not_a_pair():
+    return 42
+'''
+
+
+@pytest.mark.parametrize(("fn", "message"), [
+    ("wrong_dtype", "fails on its own example inputs (int64[1, 4]): RuntimeError: mat1 and mat2"),
+    ("leaves", "called sys.exit(3)"),
+    ("not_a_pair", "must return (torch.nn.Module, example_inputs), not int"),
+])
+def test_factory_failures_are_the_factory_s(capsys, tmp_path, fn, message):
+    f = tmp_path / "m.py"
+    f.write_text(FACTORIES)
+    line = _one_line_error(capsys, "compile", "--model", f"{f}:{fn}", "-o", str(tmp_path / "p.json"))
+    assert message in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.py"]  # nothing written
+
+
+def test_duplicate_sparsity_methods(capsys):
+    assert "'sanger' given more than once" in _one_line_error(
+        capsys, "sparsity", "--methods", "sanger,a3,sanger")
+
+
+def test_waves_need_verilator(capsys):
+    line = _one_line_error(capsys, "cosim", "gemm", "--rows", "2", "--cols", "2", "--m", "2",
+                           "--k", "2", "--n", "2", "--waves", "--simulator", "amaranth")
+    assert "--waves needs --simulator verilator" in line
+
+
+@pytest.mark.parametrize(("edit", "field"), [
+    (lambda p: p["ops"][2].update(seconds=-1.0), "ops[2].seconds"),
+    (lambda p: p["ops"][2].update(macs=10**30), "ops[2].macs"),
+    (lambda p: p["ops"][2].update(macs=1e30), "ops[2].macs"),
+    (lambda p: p["ops"][2].update(op="frobnicate"), "ops[2].op"),
+    (lambda p: p["model"].update(seq_len=-5), "model.seq_len"),
+    (lambda p: p["totals"].update(energy_j=float("nan")), "totals.energy_j"),
+])
+def test_plan_values_out_of_range_name_the_field(capsys, tmp_path, enc_plan, edit, field):
+    bad = copy.deepcopy(enc_plan)
+    edit(bad)
+    line = _one_line_error(capsys, "execute", _write(tmp_path, bad), "--limit", "1")
+    assert f"field {field}:" in line
+
+
+def test_sentences_for_a_factory_plan_are_refused(capsys, tmp_path, enc_plan):
+    s = tmp_path / "s.txt"
+    s.write_text("hello\n")
+    line = _one_line_error(capsys, "execute", _write(tmp_path, enc_plan), "--sentences", str(s))
+    assert "sentences apply to MiniLM plans only" in line and "encoder-tiny" in line
+
+
+def test_sentence_longer_than_the_sequence_is_refused():
+    """MiniLM plans run at 32 tokens: a longer sentence is an error, not a silent truncation."""
+    from compiler.execute import _check_lengths
+    from compiler.zoo import _minilm
+    from golden.errors import UserError
+
+    _, tok = _minilm()
+    _check_lengths(tok, ["a short one"], 32)
+    with pytest.raises(UserError, match=r"sentence 2 has \d+ tokens, more than the plan's "
+                                        r"sequence length 32 \(allowed 1..32"):
+        _check_lengths(tok, ["fine", " ".join(["word"] * 40)], 32)
+
+
+def test_negative_sequence_length_is_a_user_error():
+    from compiler.frontend import load_model
+    from golden.errors import UserError
+
+    with pytest.raises(UserError, match=r"sequence length must be an integer in 1..512, not -4"):
+        load_model("minilm", -4)
