@@ -414,16 +414,18 @@ def _cosim_ops(plan: dict[str, Any], dev: dict[str, Any], which: Any) -> list[st
 
 
 def _warm(model: str) -> float:
-    """Import the compile path and load ``model`` on a worker (once per process)."""
+    """Import the compile path and load a built-in ``model`` on a worker (its weights stay
+    cached in the process); a model file is left to the tasks (its code runs there only)."""
     t0 = time.perf_counter()
     import torch
 
     torch.set_num_threads(1)
-    from compiler.frontend import load_model
-    try:
-        load_model(model)
-    except Exception:  # noqa: BLE001 - the task itself reports the error
-        pass
+    from compiler.frontend import MODELS, load_model
+    if model in MODELS:
+        try:
+            load_model(model)
+        except Exception:  # noqa: BLE001 - the task itself reports the error
+            pass
     return time.perf_counter() - t0
 
 
