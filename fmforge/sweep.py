@@ -111,6 +111,8 @@ class SweepResult:
     startup_seconds: float
     wall_seconds: float
     cached: int
+    #: seconds from the first submission to the last result (0 when nothing ran)
+    run_seconds: float = 0.0
     files: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -437,6 +439,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
+    c0 = time.process_time()
     rec: dict[str, Any] = {"status": "ok", "reason": None, "stage": None}
     try:
         from compiler.driver import compile_model
@@ -468,6 +471,7 @@ def run_point(task: dict[str, Any]) -> dict[str, Any]:
     except UserError as e:
         rec.update(status="error", reason=f"{rec['stage']}: {e}")
     rec["task_seconds"] = time.perf_counter() - t0
+    rec["task_cpu_seconds"] = time.process_time() - c0  # below task_seconds: the CPU was shared
     return rec
 
 
@@ -638,6 +642,7 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
     n_workers = 0
     address = scheduler or "local"
     startup = 0.0
+    run_seconds = 0.0
     try:
         if todo:
             t0 = time.perf_counter()
@@ -689,6 +694,7 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
                              time.perf_counter() - t_run)
                 if on_result:
                     on_result(client, p, records[p.index])
+            run_seconds = time.perf_counter() - t_run
     finally:
         if client is not None:
             client.close()
@@ -699,7 +705,7 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
     for i, r in enumerate(ordered):
         r["pareto"] = i in front
     result = SweepResult(spec, points, ordered, front, n_workers, address, startup,
-                         time.perf_counter() - t_start, n_cached)
+                         time.perf_counter() - t_start, n_cached, run_seconds)
     if out_dir is not None:
         Path(out_dir).mkdir(exist_ok=True)
         assert plans_dir is not None
@@ -933,7 +939,7 @@ def write_outputs(result: SweepResult, out: Path) -> dict[str, str]:
            "points": len(recs), "ok": result.ok, "cached": result.cached,
            "failed": sum(r["status"] != "ok" for r in recs), "workers": result.workers,
            "scheduler": result.scheduler, "startup_seconds": result.startup_seconds,
-           "wall_seconds": result.wall_seconds,
+           "run_seconds": result.run_seconds, "wall_seconds": result.wall_seconds,
            "pareto": [recs[i]["id"] for i in result.front], "results": recs,
            "files": {k: str(v) for k, v in files.items()}}
     _write_atomic(files["json"], json.dumps(doc, indent=1, sort_keys=True, default=_json_default))

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": res.ok, "spec": spec.path, "name": spec.name, "points": len(res.records),
             "cached": res.cached, "failed": sum(r["status"] != "ok" for r in res.records),
             "workers": res.workers, "scheduler": res.scheduler,
-            "startup_seconds": res.startup_seconds, "wall_seconds": res.wall_seconds,
+            "startup_seconds": res.startup_seconds, "run_seconds": res.run_seconds,
+            "wall_seconds": res.wall_seconds,
             "pareto": [res.records[i]["id"] for i in res.front], "results": res.records,
             "files": res.files}
