@@ -39,6 +39,7 @@ from amaranth.lib import wiring
 from boards.catalog import Board, get_board
 from boards.top import BoardTop
 from golden.errors import UserError, UserValueError
+from golden.outputs import check_output_dir, check_output_file, write_atomic
 
 __all__ = [
     "BuildError",
@@ -358,10 +359,8 @@ def _stderr_progress(msg: str) -> None:
 
 
 def _atomic_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    dst.parent.mkdir(exist_ok=True)
+    write_atomic(dst, src.read_bytes())
 
 
 def _run_plan(plan: Any, root: Path, env: dict[str, str], name: str, family: str,
@@ -471,6 +470,11 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
     target = float(target_mhz if target_mhz is not None else b.target_mhz)
     if not 1.0 <= target <= 1000.0:
         raise UserValueError(f"target_mhz must be between 1 and 1000, not {target_mhz!r}")
+    if build_dir is not None:  # refuse a bad output before minutes of work
+        out_dir = check_output_dir(build_dir)
+        if out_dir.is_dir():
+            for f in (f"{name}.{_BITSTREAM_EXT[b.family]}", f"{name}.nextpnr.log"):
+                check_output_file(out_dir / f)
     say = progress if progress is not None else _stderr_progress
     env = toolchain_env(b.family, optional=b.optional_tools)
     for tool, var in b.optional_tools:

@@ -18,6 +18,7 @@ from compiler.frontend import MAX_SEQ_LEN
 from compiler.ir import OP_KINDS
 from compiler.schema import SchemaError, validate
 from golden.errors import UserFileNotFoundError, UserValueError
+from golden.outputs import write_atomic
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "UNIT_KINDS", "check_plan", "dumps_plan", "load_plan",
            "write_timeline"]
@@ -173,8 +174,7 @@ def load_plan(path: str | Path) -> dict[str, Any]:
 
 def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
     """Plot the schedule (one lane per device, transfers hatched) to a PNG, atomically."""
-    import os
-    import tempfile
+    import io
 
     import matplotlib
     matplotlib.use("Agg")
@@ -202,13 +202,9 @@ def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     ax.legend(handles, list(colors), loc="upper right", fontsize=7, ncol=4)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=100, metadata={"Software": None})
-        os.replace(tmp, path)
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return write_atomic(path, buf.getvalue())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from fmforge.commands._args import add_json, write_atomic
-from golden.errors import UserFileNotFoundError
+from fmforge.commands._args import add_json, check_output_file, write_atomic
+from golden.errors import UserValueError
 
 __all__ = ["register", "run", "report"]
 
@@ -65,15 +64,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from compiler.driver import compile_model
     from compiler.plan import dumps_plan, write_timeline
 
-    out = Path(args.output)
-    if not out.parent.exists():
-        raise UserFileNotFoundError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_output_file(args.output, "plan file")  # refused before any work
+    png = check_output_file(out.with_suffix(".png"), "timeline")
+    if png.resolve() == out.resolve():
+        raise UserValueError(f"plan file {str(out)!r} would be overwritten by its PNG timeline "
+                             f"({png.name}): give the plan a .json name")
     torch.set_num_threads(1)
     c = compile_model(args.model, args.devices, args.objective,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
                       sparse=args.sparse)
     text = dumps_plan(c.plan)
-    png = out.with_suffix(".png")
     write_timeline(c.plan, png)
     write_atomic(out, text)
     result = summarize(c.plan, str(out), c.compile_seconds)

@@ -71,6 +71,10 @@ def _say(args, text: str) -> None:
 def run(args: argparse.Namespace) -> dict:
     out: dict[str, Any] = {}
     ok = True
+    if not args.skip_build:  # an unknown board is refused before minutes of work
+        from boards.catalog import get_board
+
+        get_board(args.board)
     _say(args, "== 1. compile all-MiniLM-L6-v2 and execute the plan bit-accurately")
     out["compile"] = run_compile(verbose=not args.json)
     from sim.cosim import cosim_gemm

@@ -7,7 +7,15 @@ import hashlib
 import sys
 from typing import Any
 
-from fmforge.commands._args import SEED, add_json, float_range, int_range, write_atomic
+from fmforge.commands._args import (
+    SEED,
+    add_json,
+    check_output_dir,
+    check_output_file,
+    float_range,
+    int_range,
+    write_atomic,
+)
 
 __all__ = ["register", "UNITS", "CLI_UNITS", "add_gemm_args", "gemm_from_args", "gemm_spec_from_args"]
 
@@ -135,6 +143,8 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> dict:
     from amaranth.back import verilog
 
+    if args.output:  # refused before elaboration
+        check_output_file(args.output, "Verilog output")
     component = args.make(args)
     text = verilog.convert(component, name=args.unit_name, emit_src=False)
     out = {"unit": args.unit_name, "bytes": len(text.encode()),
@@ -150,7 +160,6 @@ def _run(args: argparse.Namespace) -> dict:
 
 def _run_plan(args: argparse.Namespace) -> dict:
     """``fmforge verilog --plan PLAN --device NAME -o DIR``: one ``<unit id>.v`` per unit."""
-    from pathlib import Path
 
     from compiler.plan import load_plan
     from golden.errors import UserValueError
@@ -158,6 +167,7 @@ def _run_plan(args: argparse.Namespace) -> dict:
 
     if not (args.plan and args.device and args.plan_output):
         raise UserValueError("verilog needs a UNIT, or --plan PLAN --device NAME -o DIR")
+    out = check_output_dir(args.plan_output)
     plan = load_plan(args.plan)
     dev = next((d for d in plan["devices"] if d["name"] == args.device), None)
     if dev is None:
@@ -171,8 +181,10 @@ def _run_plan(args: argparse.Namespace) -> dict:
         spec = spec_from_json(u["unit"], u["params"])
         name = u["id"].replace(".", "_")
         texts.append((u, name, spec.verilog(name)))
-    out = Path(args.plan_output)
-    out.mkdir(parents=True, exist_ok=True)
+    for _, name, _ in texts:
+        if out.is_dir():
+            check_output_file(out / f"{name}.v", "Verilog output")
+    out.mkdir(exist_ok=True)
     files = []
     for u, name, text in texts:
         path = write_atomic(out / f"{name}.v", text)

@@ -169,3 +169,94 @@ def test_negative_sequence_length_is_a_user_error():
 
     with pytest.raises(UserError, match=r"sequence length must be an integer in 1..512, not -4"):
         load_model("minilm", -4)
+
+
+# -- output files -------------------------------------------------------------------------------
+
+def _special(tmp_path, kind):
+    import os
+
+    if kind == "device":
+        return "/dev/null"
+    p = tmp_path / f"out.{kind}"
+    if kind == "symlink":
+        (tmp_path / "target.json").write_text("keep me\n")
+        p.symlink_to(tmp_path / "target.json")
+    elif kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "directory":
+        p.mkdir()
+    return str(p)
+
+
+@pytest.mark.parametrize("kind", ["device", "symlink", "fifo", "directory"])
+@pytest.mark.parametrize("command", [
+    ["compile", "--model", "encoder-tiny", "--devices", "asic,cpu:mode=roofline"],
+    ["verilog", "gemm", "--rows", "2", "--cols", "2"],
+])
+def test_special_outputs_are_refused_before_any_work(capsys, tmp_path, kind, command):
+    import stat
+
+    out = _special(tmp_path, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    line = _one_line_error(capsys, *command, "-o", out)
+    assert out in line and ("is a" in line)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind
+    if kind == "symlink":
+        assert (tmp_path / "target.json").read_text() == "keep me\n"
+    if kind == "fifo":
+        assert stat.S_ISFIFO((tmp_path / "out.fifo").lstat().st_mode)
+
+
+def test_compile_refuses_a_plan_named_like_its_timeline(capsys, tmp_path):
+    line = _one_line_error(capsys, "compile", "--model", "encoder-tiny", "-o",
+                           str(tmp_path / "plan.png"))
+    assert "would be overwritten by its PNG timeline" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_compile_writes_plan_and_timeline_with_the_umask(capsys, tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        rc, out, err = _run(capsys, "compile", "--model", "encoder-tiny", "--devices",
+                            "asic,cpu:mode=roofline", "-o", str(tmp_path / "p.json"), "--json")
+    finally:
+        os.umask(old)
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.png"]
+    for name in ("p.json", "p.png"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
+
+
+def test_write_errors_name_the_target_not_the_temporary(tmp_path, monkeypatch):
+    import os
+
+    from golden.errors import UserError
+    from golden.outputs import write_atomic
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(UserError) as e:
+        write_atomic(tmp_path / "x.v", "data")
+    assert str(e.value) == f"cannot write {str(tmp_path / 'x.v')!r}: No space left on device"
+    assert list(tmp_path.iterdir()) == []  # the temporary is gone
+
+
+def test_build_output_checked_before_any_tool(capsys, tmp_path):
+    f = tmp_path / "not_a_dir"
+    f.write_text("x")
+    line = _one_line_error(capsys, "build", "gemm", "--board", "ulx3s-85f", "--rows", "2",
+                           "--cols", "2", "-o", str(f))
+    assert "exists and is not a directory" in line
+    line = _one_line_error(capsys, "build", "gemm", "--board", "ulx3s-85f", "--rows", "2",
+                           "--cols", "2", "-o", str(tmp_path / "no" / "deeper"))
+    assert "does not exist" in line
+
+
+def test_demo_board_checked_first(capsys):
+    line = _one_line_error(capsys, "demo", "--board", "nope")
+    assert "nope" in line
