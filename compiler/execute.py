@@ -320,7 +320,10 @@ def capture_operands(plan: dict[str, Any], ops: str | Sequence[str],
 
 def _check_lengths(tok: Any, sentences: Sequence[str], seq_len: int) -> None:
     """Refuse a sentence longer than the plan's sequence length (it would be truncated)."""
-    lengths = [len(ids) for ids in tok(list(sentences), truncation=False)["input_ids"]]
+    from compiler.quiet import quiet_transformers
+
+    with quiet_transformers():  # no note about inputs longer than the model's 512
+        lengths = [len(ids) for ids in tok(list(sentences), truncation=False)["input_ids"]]
     long = [(i, n) for i, n in enumerate(lengths) if n > seq_len]
     if long:
         i, n = long[0]

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from compiler.ir import Graph, Node, Param, Ref, TensorType
+from compiler.quiet import quiet_export
 from compiler.zoo import DEFAULT_SEQ_LEN, MODELS
 from golden.errors import UserFileNotFoundError, UserLookupError, UserValueError
 
@@ -185,13 +186,14 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
     cannot export it.
     """
     try:
-        ep = torch.export.export(module.eval(), tuple(inputs))
-        table = torch.export.default_decompositions()
-        for name in KEEP_WHOLE:
-            packet = getattr(torch.ops.aten, name)
-            for ov in packet.overloads():
-                table.pop(getattr(packet, ov), None)
-        ep = ep.run_decompositions(table)
+        with quiet_export():
+            ep = torch.export.export(module.eval(), tuple(inputs))
+            table = torch.export.default_decompositions()
+            for name in KEEP_WHOLE:
+                packet = getattr(torch.ops.aten, name)
+                for ov in packet.overloads():
+                    table.pop(getattr(packet, ov), None)
+            ep = ep.run_decompositions(table)
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserValueError(f"torch.export cannot export model {source or type(module).__name__}: "

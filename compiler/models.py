@@ -66,8 +66,11 @@ def load_minilm() -> tuple[Any, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
 
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    model = transformers.AutoModel.from_pretrained(path)
+    from compiler.quiet import quiet_transformers
+
+    with quiet_transformers():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+        model = transformers.AutoModel.from_pretrained(path)
     model.eval()
     return model, tokenizer
 

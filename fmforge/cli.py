@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import sys
 
 from fmforge import __version__
-from fmforge.commands._args import annotate_ranges
+from fmforge.commands._args import add_verbose, annotate_ranges
 from golden.errors import UserError
 
 __all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
@@ -55,12 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         mod.register(sub)
     annotate_ranges(parser)
+    add_verbose(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    log = logging.getLogger("fmforge")
+    level = log.level
+    if getattr(args, "verbose", False):  # compiler.quiet reads this level
+        log.setLevel(logging.DEBUG)
     try:
         result = args.func(args)
     except USER_ERRORS as e:
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fmforge: interrupted", file=sys.stderr)
         return 130
+    finally:
+        log.setLevel(level)
     if getattr(args, "json", False):
         print(json.dumps(result, sort_keys=True))
     ok = result.get("ok", True) if isinstance(result, dict) else True

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["Bounded", "int_range", "float_range", "positive_int", "annotate_ranges", "add_json",
+__all__ = ["Bounded", "int_range", "float_range", "positive_int", "annotate_ranges", "add_verbose", "add_json",
            "write_atomic", "check_output_file", "check_output_dir", "SEED", "MAX_THREADS"]
 
 
@@ -81,6 +81,18 @@ def annotate_ranges(parser: argparse.ArgumentParser) -> None:
             note = f"[allowed {action.type.range_text}]"
             if note not in (action.help or ""):
                 action.help = f"{action.help} {note}" if action.help else note
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every subcommand parser a ``--verbose`` flag (third-party warnings,
+    progress bars and logs shown; see :mod:`compiler.quiet`). Absent means not verbose."""
+    if "--verbose" not in parser._option_string_actions:
+        parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                            help="also show third-party warnings, progress bars and logs")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in dict.fromkeys(action.choices.values()):
+                add_verbose(sub)
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:

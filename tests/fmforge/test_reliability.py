@@ -260,3 +260,40 @@ def test_build_output_checked_before_any_tool(capsys, tmp_path):
 def test_demo_board_checked_first(capsys):
     line = _one_line_error(capsys, "demo", "--board", "nope")
     assert "nope" in line
+
+
+# -- quiet output -------------------------------------------------------------------------------
+
+def _fmforge(*argv: str, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "fmforge", *argv], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+def test_compile_is_quiet_and_verbose_shows_third_party_output(tmp_path):
+    """No "Loading weights" bar or torch FutureWarning on stderr; --verbose brings them back."""
+    p = _fmforge("compile", "--devices", "asic,cpu:mode=roofline", "-o",
+                 str(tmp_path / "p.json"), "--json")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert set(json.loads(p.stdout)) >= {"plan", "predicted_latency_s"}
+    p = _fmforge("compile", "--model", "encoder-tiny", "--devices", "asic,cpu:mode=roofline",
+                 "-o", str(tmp_path / "e.json"), "--json", "--verbose")
+    assert p.returncode == 0, p.stderr
+    assert "FutureWarning" in p.stderr and "LeafSpec" in p.stderr
+
+
+def test_quiet_filters_only_the_known_warning():
+    import warnings
+
+    from compiler.quiet import quiet_export
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_export():
+            warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning,
+                          stacklevel=1)
+            warnings.warn("something else", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["something else"]
