@@ -100,7 +100,7 @@ OPCODES: dict[str, _Op] = {
     "GEMM": _Op(0x03, "M", (("bias", 16, 1), ("requant", 17, 1), ("acc", 18, 1),
                             ("acc_shift", 20, 5)),
                 ("a", "b", "c", "m|k", "n", "bias_addr", "qp")),
-    "ADD": _Op(0x04, "S", (("a32", 16, 1), ("shift", 20, 6)),
+    "ADD": _Op(0x04, "S", (("a32", 16, 1), ("out32", 17, 1), ("shift", 20, 6)),
                ("a", "b", "y", "rows|cols", "mp")),
     "LAYERNORM": _Op(0x05, "S", (("x32", 16, 1),), ("x", "y", "rows|cols", "pp")),
     "SOFTMAX": _Op(0x06, "S", (("x32", 16, 1), ("mask", 17, 1), ("half", 18, 1)),
@@ -393,8 +393,11 @@ def _exec_add(mem: CoreMemory, ins: Instr) -> None:
     mp = _read(mem, "sp", ins["mp"], (2, cols), 4, "ADD mp")
     if int(mp.abs().max()) >= 1 << (ADD_MULT_BITS - 1):
         raise CoreError(f"ADD: multipliers must be below 2**{ADD_MULT_BITS - 1} in magnitude")
-    y = saturate(round_shift_right(a * mp[0] + b * mp[1], ins["shift"]), INT8_MIN, INT8_MAX)
-    _write(mem, "sp", ins["y"], y, 1, "ADD y")
+    y = round_shift_right(a * mp[0] + b * mp[1], ins["shift"])
+    if ins["out32"]:  # a wide sum for a consumer that reads int32 (layer norm)
+        _write(mem, "sp", ins["y"], saturate(y, INT32_MIN, INT32_MAX), 4, "ADD y")
+    else:
+        _write(mem, "sp", ins["y"], saturate(y, INT8_MIN, INT8_MAX), 1, "ADD y")
 
 
 def _exec_layernorm(mem: CoreMemory, ins: Instr) -> None:
@@ -542,7 +545,7 @@ def _ranges(ins: Instr) -> tuple[list[tuple[str, int, int]], list[tuple[str, int
         rc = ins["rows"] * ins["cols"]
         return ([("sp", ins["a"], ins["a"] + rc * (4 if ins["a32"] else 1)),
                  ("sp", ins["b"], ins["b"] + rc), ("sp", ins["mp"], ins["mp"] + 8 * ins["cols"])],
-                [("sp", ins["y"], ins["y"] + rc)])
+                [("sp", ins["y"], ins["y"] + rc * (4 if ins["out32"] else 1))])
     if op == "LAYERNORM":
         rc, n = ins["rows"] * ins["cols"], ins["cols"]
         return ([("sp", ins["x"], ins["x"] + rc * (4 if ins["x32"] else 1)),
