@@ -14,21 +14,25 @@ run concurrently, ordered only by dependency tokens. The model (:func:`program_t
 * end: ``end[i] = start[i] + instr_cycles(i)``; the program's cycle count is the largest ``end``
   (the ``done`` flag rises then), counted from the ``start`` command.
 
-Instruction durations (:func:`instr_cycles`), with memory latency ``L`` (cycles from a burst
-request to its first data beat) and ``B`` bytes per beat:
+Instruction durations (:func:`instr_cycles`): the RTL of :class:`hw.core.Core` (its docstring
+has the cycle account), with memory latency ``L`` (cycles from a burst request's transfer to its
+first data beat; ``L' = max(L, 1)``) and a one-byte-wide scratchpad:
 
-* ``LOAD``/``STORE``: ``DMA_SETUP + rows * (L + beats)`` with ``beats = ceil(cols * esz / B)``
-  when the scratchpad side is contiguous (``sp_cs == esz``), else
-  ``max(ceil(cols * esz / B), cols)`` (one scattered/gathered element per cycle);
-* ``GEMM``: ``GEMM_SETUP + hw.gemm.gemm_total_cycles`` (operands stream from the scratchpad into
-  the engine, results back; ``channels`` when bias or requant is on);
+* ``LOAD``: ``DMA_SETUP + rows * (L' + cols * esz)`` (per row: the request, ``L'`` cycles to the
+  first beat, then one byte a cycle into the scratchpad at any element stride);
+* ``STORE``: ``DMA_SETUP + rows * (cols * esz + 2)`` (per row: the request, one scratchpad byte
+  a cycle, one cycle for the last beat); both are ``DMA_SETUP`` alone when ``rows * cols == 0``;
+* ``GEMM``: ``GEMM_SETUP + X + hw.gemm.gemm_cycles + M * N * esz_out`` where ``X`` =
+  :func:`gemm_stream_bytes` (the A, B and channel operands stream from the scratchpad a byte a
+  cycle each, in parallel, padding lanes included), ``esz_out`` is 1 with requant, else 4
+  (results written back a byte a cycle);
 * ``ADD``/``GELU``: ``SFU_SETUP + elements + SFU_PIPE`` (one element per cycle);
 * ``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + hw.layernorm.layernorm_cycles`` /
   ``hw.softmax.softmax_cycles`` with one lane.
 
 The SFU figures are those of the units the core is to compose; they become exact timing once
-the core's SFU RTL is co-simulated (the DMA/matrix subset and the token/dispatch model are the
-ones the RTL implements first).
+the core's SFU RTL is co-simulated. The DMA/matrix figures and the token/dispatch model are the
+RTL's (``tests/hw/test_core.py`` asserts them exactly).
 """
 
 from __future__ import annotations
@@ -38,15 +42,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from golden.core import QUEUES, CoreError, Instr, schedule
-from hw.gemm import gemm_total_cycles
+from hw.gemm import gemm_cycles
 from hw.layernorm import layernorm_cycles
 from hw.softmax import softmax_cycles
 
 __all__ = ["CoreConfig", "DMA_SETUP", "GEMM_SETUP", "SFU_PIPE", "SFU_SETUP", "Timing",
-           "instr_cycles", "program_timing"]
+           "gemm_stream_bytes", "instr_cycles", "program_timing"]
 
-DMA_SETUP = 2
-GEMM_SETUP = 2
+#: the executor's start cycle (it takes the queue head and its tokens)
+DMA_SETUP = 1
+#: start, engine command, first-read and word-register cycles, the engine's load-to-compute
+#: cycle, the first result-buffer read
+GEMM_SETUP = 6
 SFU_SETUP = 2
 SFU_PIPE = 4
 
@@ -83,20 +90,33 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def gemm_stream_bytes(cfg: CoreConfig, m: int, k: int, n: int, channels: bool) -> int:
+    """Scratchpad bytes of the longest GEMM operand stream (engine word order, padding lanes
+    read too): A ``ceil(M/R)*K*R`` (OS) or ``ceil(K/R)*M*R`` (WS), B ``ceil(N/C)*K*C``,
+    channels ``ceil(N/C)*C*9`` (4 bias, 4 multiplier, 1 shift byte per lane) when on."""
+    r, c = cfg.rows, cfg.cols
+    a = _ceil(m, r) * k * r if cfg.dataflow == "os" else _ceil(k, r) * m * r
+    b = _ceil(n, c) * k * c
+    ch = _ceil(n, c) * c * 9 if channels else 0
+    return max(a, b, ch)
+
+
 def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
     """Cycles one instruction occupies its queue (module docstring)."""
     op = ins.op
     if op in ("LOAD", "STORE"):
         esz = {0: 1, 1: 2, 2: 4}[ins["esz"]]
-        cols = ins["cols"]
-        beats = _ceil(cols * esz, cfg.bytes_per_cycle)
-        if ins["sp_cs"] != esz:
-            beats = max(beats, cols)
-        return DMA_SETUP + ins["rows"] * (cfg.latency + beats)
+        nbytes = ins["cols"] * esz
+        if ins["rows"] == 0 or nbytes == 0:
+            return DMA_SETUP
+        per_row = max(cfg.latency, 1) + nbytes if op == "LOAD" else nbytes + 2
+        return DMA_SETUP + ins["rows"] * per_row
     if op == "GEMM":
+        m, k, n = ins["m"], ins["k"], ins["n"]
         ch = bool(ins["bias"] or ins["requant"])
-        return GEMM_SETUP + gemm_total_cycles(cfg.rows, cfg.cols, cfg.dataflow, ins["m"],
-                                              ins["k"], ins["n"], ch)
+        out = m * n * (1 if ins["requant"] else 4)
+        return (GEMM_SETUP + gemm_stream_bytes(cfg, m, k, n, ch)
+                + gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow, m, k, n) + out)
     if op == "ADD":
         return SFU_SETUP + ins["rows"] * ins["cols"] + SFU_PIPE
     if op == "GELU":
