@@ -8,6 +8,7 @@ comma-separated; names must be unique (``asic#2`` style suffixes are not support
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from boards.catalog import board_names
@@ -59,6 +60,15 @@ def parse_devices(text: str) -> list[Target]:
     return devs
 
 
+def _summary(doc: str | None) -> str:
+    """First docstring line without its pointers to the source (``(see the module docstring)``,
+    reST markup)."""
+    first = (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
+    first = re.sub(r"\s*\(see the module docstring\)", "", first)
+    first = re.sub(r";?\s*``gpu`` is ``gpu-a100`` unless CUDA is present", "", first)
+    return first.replace("``", "").strip()
+
+
 def device_types() -> list[dict[str, Any]]:
     """Every device type with its default parameters (what ``fmforge devices`` prints)."""
     out: list[dict[str, Any]] = []
@@ -67,5 +77,5 @@ def device_types() -> list[dict[str, Any]]:
         out.append({"name": name, "kind": d.kind, "params": d.params(),
                     "capacity": dict(d.capacity), "link": d.link.to_json()
                     if d.link.bandwidth_bytes_s != float("inf") else None,
-                    "description": (type(d).__doc__ or "").strip().splitlines()[0]})
+                    "description": _summary(type(d).__doc__)})
     return out

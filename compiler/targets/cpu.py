@@ -2,7 +2,7 @@
 
 ``mode=measured`` (default): each distinct op (ATen target, argument shapes and dtypes) is timed
 on this machine (one warm-up, then the minimum of 5 runs) and cached in
-``$FMFORGE_CACHE_DIR/cpu_op_times.json`` (default ``~/.cache/fmforge``), keyed also by the torch
+``$FMFORGE_CACHE/cpu_op_times.json`` (default ``~/.cache/fmforge``), keyed also by the torch
 version, the machine and the thread count, so the same inputs give the same plan.
 ``mode=roofline``: ``max(flops / 50 GFLOP/s, bytes / 10 GB/s) + 3 us`` (deterministic everywhere).
 Energy: busy time times an assumed 15 W (two busy cores).
@@ -40,7 +40,9 @@ def roofline_seconds(flops: float, nbytes: float) -> float:
 
 def cache_path() -> Path:
     """Where measured CPU op times are cached."""
-    base = os.environ.get("FMFORGE_CACHE_DIR") or str(Path.home() / ".cache" / "fmforge")
+    # FMFORGE_CACHE like every other fmforge cache; FMFORGE_CACHE_DIR, its old name, still works
+    base = (os.environ.get("FMFORGE_CACHE") or os.environ.get("FMFORGE_CACHE_DIR")
+            or str(Path.home() / ".cache" / "fmforge"))
     return Path(base) / "cpu_op_times.json"
 
 

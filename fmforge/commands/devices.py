@@ -19,6 +19,29 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}={_fmt(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _param_lines(d: dict[str, Any], width: int = 96) -> list[str]:
+    """The device's parameters (``--devices NAME:key=value`` overrides them) and capacity,
+    wrapped to ``width`` columns."""
+    items = [f"{k}={_fmt(v)}" for k, v in d["params"].items()]
+    items += [f"capacity.{k}={_fmt(v)}" for k, v in d["capacity"].items()]
+    lines, cur = [], ""
+    for it in items:
+        if cur and len(cur) + 2 + len(it) > width:
+            lines.append(cur)
+            cur = it
+        else:
+            cur = f"{cur}, {it}" if cur else it
+    return [*lines, cur] if cur else lines
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Return ``{"devices": [...]}``; print a table unless ``--json``."""
     from compiler.targets import device_types
@@ -28,4 +51,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for d in devs:
             link = d["link"]["name"] if d["link"] else "host"
             print(f"{d['name']:<16}{d['kind']:<6}{link:<34}{d['description']}")
+            for line in _param_lines(d):
+                print(f"    {line}")
     return {"devices": devs}

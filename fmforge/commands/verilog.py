@@ -69,7 +69,8 @@ def _gelu_spec(args: argparse.Namespace):
 
 def _softmax_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int_range(1, 64), default=1, help="logits per word P (default 1)")
-    p.add_argument("--max-length", type=int_range(1, 2**16), required=True, help="longest row the buffers take")
+    p.add_argument("--max-length", type=int_range(1, 2**16), default=128,
+                   help="longest row the buffers take (default 128)")
     p.add_argument("--scale", type=float_range(1e-6, 100), default=1 / 16, help="real scale of the logits (default 1/16)")
 
 

@@ -9,7 +9,7 @@ def _one_thread(tmp_path_factory: pytest.TempPathFactory):
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
-    mp.setenv("FMFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("fmcache")))
+    mp.setenv("FMFORGE_CACHE", str(tmp_path_factory.mktemp("fmcache")))
     yield
     mp.undo()
     torch.set_num_threads(n)

@@ -297,3 +297,36 @@ def test_quiet_filters_only_the_known_warning():
                           stacklevel=1)
             warnings.warn("something else", FutureWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["something else"]
+
+
+# -- docs ---------------------------------------------------------------------------------------
+
+def _readme_commands():
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "README.md").read_text()
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = line.split("#")[0].strip()
+            if line.startswith("fmforge "):
+                argv = [a for a in shlex.split(line)[1:] if not a.startswith("[")
+                        and not a.endswith("]")]
+                yield argv
+
+
+def test_every_readme_command_line_parses():
+    parser = build_parser()
+    seen = []
+    for argv in _readme_commands():
+        parser.parse_args(argv[:argv.index("&&")] if "&&" in argv else argv)
+        seen.append(argv[0])
+    assert {"compile", "execute", "verilog", "cosim", "build", "sparsity"} <= set(seen)
+
+
+def test_devices_print_their_parameters(capsys):
+    rc, out, _ = _run(capsys, "devices")
+    assert rc == 0
+    assert "see the module docstring" not in out
+    assert "rows=32, cols=32" in out and "dsps=156" in out
