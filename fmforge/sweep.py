@@ -667,7 +667,10 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
             if n_workers == 0:
                 client.wait_for_workers(1, timeout=60)
                 n_workers = len(client.scheduler_info()["workers"])
-            client.run(_warm, spec.model)
+            try:
+                client.run(_warm, spec.model)
+            except Exception:  # noqa: BLE001 - a worker that cannot warm up fails its tasks,
+                pass  # which report the reason point by point
             startup = time.perf_counter() - t0
             t_run = time.perf_counter()
             futs = {client.submit(run_point, p.task, key=f"fmforge-sweep-{p.key}", pure=False,
@@ -864,8 +867,12 @@ def _scatter(ax: Any, pts: list[tuple[float, float, str, bool]], xlabel: str, yl
             ax.scatter([p[0] for p in fs], [p[1] for p in fs], c="tab:red", s=60, marker="*",
                        label="Pareto front", zorder=3)
             ax.plot([p[0] for p in fs], [p[1] for p in fs], c="tab:red", lw=0.8, ls="--")
-        for x, y, name, _ in pts:
-            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        at: dict[tuple[str, str], list[str]] = {}
+        for x, y, name, _ in pts:  # points that coincide share one label
+            at.setdefault((f"{x:.4g}", f"{y:.4g}"), []).append(name)
+        for (x, y), names in at.items():
+            ax.annotate(",".join(names), (float(x), float(y)), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
         ax.legend(fontsize=7)
         if logx and all(p[0] > 0 for p in pts):
             ax.set_xscale("log")
