@@ -9,7 +9,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import pytest
-import torch
 from amaranth.sim import Simulator
 
 from golden.core import CoreMemory, Instr, check_races, encode, run_program
@@ -169,3 +168,221 @@ def test_dma_only_program_cycle_exact():
     ]
     run, t = _check(cfg, prog, ext)
     assert run.cycles == t.cycles
+
+
+def _i32(vals):
+    return b"".join(struct.pack("<i", v) for v in vals)
+
+
+def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int,
+                   ext_bytes: int = 8192):
+    """Tiles of GEMM (random shape, bias/requant, int8/int32 out) fed by LOADs (dense or
+    transposed A, column-slice B), results STOREd (dense or transposed), plus independent
+    strided DMA traffic; loads of tile t+1 overlap GEMM t (tokens D->M and M->D)."""
+    ext = bytearray(rng.randrange(256) for _ in range(ext_bytes))
+    sp_next = [0]
+    ext_next = [ext_bytes // 2]  # outputs in the upper half
+
+    def sp_alloc(n):
+        a = sp_next[0]
+        sp_next[0] += n + rng.randrange(3)
+        assert sp_next[0] <= cfg.sp_bytes
+        return a
+
+    def ext_out(n):
+        a = ext_next[0]
+        ext_next[0] += n + rng.randrange(5)
+        assert ext_next[0] <= ext_bytes
+        return a
+
+    ext_in = [16]
+
+    def ext_put(data: bytes):
+        a = ext_in[0]
+        ext[a:a + len(data)] = data
+        ext_in[0] += len(data) + rng.randrange(4)
+        assert ext_in[0] <= ext_bytes // 2
+        return a
+
+    def edge_i8(n):
+        return bytes(rng.choice([0x80, 0x7F, rng.randrange(256)]) for _ in range(n))
+
+    def loads(t):
+        mm, kk, nn = (rng.randint(1, max_dim) for _ in range(3))
+        bias, rq = rng.random() < 0.6, rng.random() < 0.6
+        out = []
+        sa = sp_alloc(mm * kk)
+        if rng.random() < 0.5:  # A dense [M, K] rows at a padded ext row stride
+            rs = kk + rng.randrange(3)
+            a = ext_put(edge_i8(rs * mm))
+            out.append(_dma("LOAD", a, sa, mm, kk, rs, kk, 1))
+        else:  # ext holds A^T [K, M]: a transposing load
+            a = ext_put(edge_i8(kk * mm))
+            out.append(_dma("LOAD", a, sa, kk, mm, mm, 1, kk))
+        sb = sp_alloc(kk * nn)
+        wide = nn + rng.randrange(4)  # B is a column slice of a wider matrix
+        b = ext_put(edge_i8(kk * wide))
+        out.append(_dma("LOAD", b, sb, kk, nn, wide, nn, 1))
+        sbias = sqp = 0
+        if bias:
+            sbias = sp_alloc(4 * nn)
+            v = [rng.choice([-2**31, 2**31 - 1]) if rng.random() < 0.15 else rng.randrange(-5000, 5000)
+                 for _ in range(nn)]
+            out.append(_dma("LOAD", ext_put(_i32(v)), sbias, 1, nn, 4 * nn, 4 * nn, 4, esz=2))
+        if rq:
+            sqp = sp_alloc(8 * nn)
+            if rng.random() < 0.3:  # anything, mostly saturating
+                mult = [rng.randrange(-2**31, 2**31) for _ in range(nn)]
+                shift = [rng.randrange(0, 64) for _ in range(nn)]
+            else:  # realistic scales
+                mult = [rng.randrange(2**14, 2**15) for _ in range(nn)]
+                shift = [rng.randrange(16, 28) for _ in range(nn)]
+            out.append(_dma("LOAD", ext_put(_i32(mult + shift)), sqp, 2, nn, 4 * nn, 4 * nn, 4,
+                            esz=2))
+        last = out[-1]
+        out[-1] = Instr(last.op, last.wait, frozenset("M"), last.f)
+        sc = sp_alloc(mm * nn * (1 if rq else 4))
+        f = {"a": sa, "b": sb, "c": sc, "m": mm, "k": kk, "n": nn, "bias": int(bias),
+             "requant": int(rq), "bias_addr": sbias, "qp": sqp}
+        gemm = Instr("GEMM", frozenset("D"), frozenset("D"), f)
+        return out, gemm, (sc, mm, nn, 1 if rq else 4)
+
+    def store(c):
+        sc, mm, nn, esz = c
+        code = 0 if esz == 1 else 2
+        if rng.random() < 0.5:
+            return _dma("STORE", ext_out(mm * nn * esz), sc, mm, nn, nn * esz, nn * esz, esz,
+                        esz=code, wait="M")
+        return _dma("STORE", ext_out(mm * nn * esz), sc, nn, mm, mm * esz, esz, nn * esz,
+                    esz=code, wait="M")
+
+    def extra():  # independent D traffic: random element size and strides
+        code = rng.randrange(3)
+        esz = 1 << code
+        rows, cols = rng.randint(1, 3), rng.randint(1, 4)
+        cs = esz * rng.randint(1, 3)
+        rs = cols * cs + rng.randrange(3)
+        s = sp_alloc(rows * rs + cols * cs)
+        e = ext_put(bytes(rng.randrange(256) for _ in range(rows * cols * esz)))
+        ld = _dma("LOAD", e, s, rows, cols, cols * esz, rs, cs, esz=code)
+        st = _dma("STORE", ext_out(rows * cols * esz), s, rows, cols, cols * esz, rs, cs,
+                  esz=code)
+        return [ld, st]
+
+    prog: list[Instr] = []
+    pending = None
+    for t in range(tiles):
+        ld, gemm, c = loads(t)
+        prog += ld
+        if rng.random() < 0.4:
+            prog += extra()
+        if pending is not None:
+            prog.append(store(pending))
+        prog.append(gemm)
+        pending = c
+    prog.append(store(pending))
+    prog.append(HALT)
+    return prog, bytes(ext)
+
+
+@pytest.mark.parametrize(("rows", "cols", "dataflow", "latency", "bpc", "depth", "dim", "seed"), [
+    (2, 2, "os", 4, 4, 2, 6, 1),
+    (2, 3, "ws", 1, 1, 1, 6, 2),
+    (4, 4, "os", 6, 8, 4, 6, 3),
+    (4, 4, "ws", 0, 3, 2, 9, 4),
+    (3, 2, "os", 2, 2, 1, 9, 5),
+    (2, 2, "ws", 8, 16, 3, 5, 6),
+])
+def test_random_gemm_programs_bit_and_cycle_exact(rows, cols, dataflow, latency, bpc, depth, dim,
+                                                  seed):
+    cfg = CoreConfig(rows=rows, cols=cols, dataflow=dataflow, latency=latency,
+                     bytes_per_cycle=bpc, queue_depth=depth, sp_bytes=8192, imem_instrs=64)
+    rng = random.Random(seed)
+    prog, ext = random_program(rng, cfg, tiles=4, max_dim=dim)
+    run, t = _check(cfg, prog, ext, max_dim=dim)
+    assert run.cycles == t.cycles, (seed, run.cycles, t.cycles)
+    assert run.cnt_cycles == t.cycles
+    assert run.busy == t.busy
+
+
+def _load_stall_cycles(prog, cfg):
+    return sum(i["rows"] * (max(cfg.latency, 1) - 1) for i in prog
+               if i.op == "LOAD" and i["rows"] * i["cols"])
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_memory_stalls_add_exactly_their_cycles_to_the_dma(seed):
+    """Random idle beats and refused requests/write beats: the result is unchanged and the D
+    queue's busy cycles grow by exactly the extra memory-stall cycles; M is untouched."""
+    cfg = CoreConfig(rows=2, cols=2, latency=3, bytes_per_cycle=2, queue_depth=2, sp_bytes=4096,
+                     imem_instrs=64)
+    prog, ext = random_program(random.Random(seed), cfg, tiles=3, max_dim=5)
+    base, t = _check(cfg, prog, ext, max_dim=8)
+    assert base.cycles == t.cycles
+    assert base.mem_stall == _load_stall_cycles(prog, cfg)
+    run, _ = _check(cfg, prog, ext, max_dim=8, stall=0.3, seed=seed)
+    extra = run.mem_stall - base.mem_stall
+    assert extra > 0
+    assert run.busy["D"] - base.busy["D"] == extra
+    assert run.busy["M"] == base.busy["M"]
+    assert run.cycles >= base.cycles
+
+
+def test_halt_only_program_is_done_in_cycle_zero():
+    cfg = CoreConfig(rows=2, cols=2, sp_bytes=64, imem_instrs=4)
+    run = run_core(cfg, [encode(HALT)], bytes(64))
+    assert run.cycles == 0 == program_timing([HALT], cfg).cycles
+    assert run.error == 0
+
+
+def _raw(word0: int, *words: int) -> bytes:
+    return struct.pack("<8I", word0, *words, *([0] * (7 - len(words))))
+
+
+@pytest.mark.parametrize(("bad", "why"), [
+    (_raw(0x09), "unknown opcode"),
+    (_raw(0x01 | 1 << 11, 0, 0, 1 | 1 << 16, 1, 1, 1), "reserved bit 11 of a LOAD"),
+    (_raw(0x01 | 1 << 30, 0, 0, 1 | 1 << 16, 1, 1, 1), "reserved high bits of a LOAD"),
+    (_raw(0x02 | 1 << 8, 0, 0, 1 | 1 << 16, 1, 1, 1), "a STORE waiting for its own queue"),
+    (_raw(0x01 | 3 << 16, 0, 0, 1 | 1 << 16, 1, 1, 1), "reserved esz code 3"),
+    (_raw(0x00 | 1 << 13), "HALT with a signal"),
+    (_raw(0x03 | 1 << 19, 0, 0, 64, 1 | 1 << 16, 1), "reserved bit 19 of a GEMM"),
+    (_raw(0x03 | 1 << 18, 0, 0, 64, 1 | 1 << 16, 1), "GEMM acc (not in this slice)"),
+    (_raw(0x03, 0, 0, 64, 1 | 0 << 16, 1), "GEMM with k = 0"),
+    (_raw(0x04), "ADD (S queue, not in this slice)"),
+])
+def test_illegal_instruction_sets_sticky_error_and_pc(bad, why):
+    cfg = CoreConfig(rows=2, cols=2, latency=2, bytes_per_cycle=4, sp_bytes=256, imem_instrs=8)
+    ext = bytes(range(256)) * 2
+    ok = [_dma("LOAD", 8, 0, 2, 4, 4, 4, 1), _dma("STORE", 300, 0, 2, 4, 4, 4, 1)]
+    after = _dma("LOAD", 40, 100, 1, 4, 4, 4, 1)
+    raw = [encode(i) for i in ok] + [bad, encode(after), encode(HALT)]
+    run = run_core(cfg, raw, ext)
+    assert (run.error, run.error_pc) == (1, 2), why
+    g_ext, g_sp = _golden([*ok, HALT], ext, cfg.sp_bytes)  # nothing after the fault ran
+    assert run.ext == g_ext and run.sp == g_sp
+    assert run.cycles == program_timing([*ok, HALT], cfg).cycles
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rows": 0, "cols": 2}, "rows must be a positive integer, not 0"),
+    ({"rows": 2, "cols": 2, "dataflow": "is"}, "dataflow must be one of os, ws"),
+    ({"rows": 2, "cols": 2, "queue_depth": 0}, "queue_depth must be a positive integer, not 0"),
+    ({"rows": 2, "cols": 2, "bytes_per_cycle": 65}, "bytes_per_cycle must be at most 64"),
+])
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_invalid_parameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Core(**kwargs)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_ports_and_properties():
+    core = Core(rows=2, cols=3, bytes_per_cycle=8, sp_bytes=1024, imem_instrs=32, max_m=4,
+                max_n=7)
+    assert (core.rows, core.cols, core.bytes_per_cycle, core.sp_bytes) == (2, 3, 8, 1024)
+    assert core.result_depth == 4 * 3
+    assert len(core.i_rsp.payload) == 64 and len(core.o_wdata.payload) == 64
+    assert len(core.imem_w_data) == 256
+    with pytest.raises(AttributeError):
+        core.rows = 4

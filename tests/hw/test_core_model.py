@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from golden.core import CoreError, Instr
-from hw.core_model import CoreConfig, instr_cycles, program_timing
-from hw.gemm import gemm_total_cycles
+from hw.core_model import CoreConfig, gemm_stream_bytes, instr_cycles, program_timing
+from hw.gemm import gemm_cycles
 
 HALT = Instr("HALT")
 
@@ -17,10 +17,25 @@ def _load(sig=(), wait=(), rows=2, cols=8, sp_cs=1):
                   "sp_rs": cols, "sp_cs": sp_cs})
 
 
-def test_dma_cycles_burst_and_scatter():
+def test_dma_cycles_one_byte_a_cycle_at_any_stride():
     cfg = CoreConfig(latency=8, bytes_per_cycle=4)
-    assert instr_cycles(_load(), cfg) == 2 + 2 * (8 + 2)
-    assert instr_cycles(_load(sp_cs=2), cfg) == 2 + 2 * (8 + 8)  # one element a cycle
+    assert instr_cycles(_load(), cfg) == 1 + 2 * (8 + 8)
+    assert instr_cycles(_load(sp_cs=2), cfg) == 1 + 2 * (8 + 8)  # the stride costs nothing
+    store = Instr("STORE", f={"rows": 3, "cols": 5, "esz": 2, "sp_cs": 4})
+    assert instr_cycles(store, cfg) == 1 + 3 * (5 * 4 + 2)
+    assert instr_cycles(_load(rows=0), cfg) == 1
+    assert instr_cycles(_load(), CoreConfig(latency=0)) == 1 + 2 * (1 + 8)  # L' = max(L, 1)
+
+
+def test_gemm_cycles_stream_compute_writeback():
+    cfg = CoreConfig(rows=4, cols=4)
+    g = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "requant": 1})
+    # A: 2 row blocks * K * R = 24 bytes, B: 2 column blocks * K * C = 24, channels 2 * 4 * 9
+    assert gemm_stream_bytes(cfg, 5, 3, 6, True) == 72
+    assert gemm_stream_bytes(cfg, 5, 3, 6, False) == 24
+    assert instr_cycles(g, cfg) == 6 + 72 + gemm_cycles(4, 4, "os", 5, 3, 6) + 5 * 6
+    g32 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6})
+    assert instr_cycles(g32, cfg) == 6 + 24 + gemm_cycles(4, 4, "os", 5, 3, 6) + 5 * 6 * 4
 
 
 def test_program_timing_tokens_and_overlap():
@@ -29,19 +44,20 @@ def test_program_timing_tokens_and_overlap():
                  {"a": 0, "b": 0, "c": 64, "m": 2, "k": 8, "n": 4})
     prog = [_load(sig="M"), gemm, _load(), HALT]
     t = program_timing(prog, cfg)
-    g = 2 + gemm_total_cycles(4, 4, "os", 2, 8, 4, False)
+    g = 6 + 32 + gemm_cycles(4, 4, "os", 2, 8, 4) + 2 * 4 * 4
+    ld = 1 + 2 * (8 + 8)
     assert t.dispatch == [0, 1, 2]
-    assert t.start == [1, 23, 23]  # the second load overlaps the GEMM
-    assert t.end == [23, 23 + g, 45]
-    assert t.cycles == max(23 + g, 45)
-    assert t.busy == {"D": 44, "M": g, "S": 0}
+    assert t.start == [1, 1 + ld, 1 + ld]  # the second load overlaps the GEMM
+    assert t.end == [1 + ld, 1 + ld + g, 1 + 2 * ld]
+    assert t.cycles == max(1 + ld + g, 1 + 2 * ld)
+    assert t.busy == {"D": 2 * ld, "M": g, "S": 0}
 
 
 def test_queue_depth_stalls_dispatch():
     cfg = CoreConfig(latency=0, bytes_per_cycle=8, queue_depth=1)
     prog = [_load(rows=1), _load(rows=1), _load(rows=1), HALT]
     t = program_timing(prog, cfg)
-    d = 2 + 1  # one row, one beat
+    d = 1 + 1 + 8  # start, first beat (L' = 1), eight bytes
     assert t.start == [1, 1 + d, 1 + 2 * d]
     assert t.dispatch == [0, 2, 2 + d]  # a slot frees when the previous one starts
 
