@@ -192,3 +192,25 @@ def test_a_point_that_kills_its_worker_is_retried_once_then_reported(tmp_path, c
     assert count.read_text().count("x") == 2  # the first try and one retry
     assert not list((tmp_path / "cache").glob("*.json"))  # failures are not cached
     assert "failed" in (out / "table.txt").read_text()
+
+
+def test_a_point_cosimulates_its_units_and_a_build_that_cannot_fit_is_an_error():
+    """One point in this process: the first op of each unit kind replayed on the Amaranth
+    simulator (bit-exact, cycles = plan), then a GEMM build refused before any tool runs."""
+    from fmforge.sweep import run_point
+
+    task = {"model": "encoder-tiny", "devices": "asic:rows=4:cols=4,cpu:mode=roofline",
+            "objective": "energy", "sparse": None, "accuracy": 0, "build": False, "board": None,
+            "target_mhz": None, "cosim": True, "cosim_simulator": "amaranth",
+            "cosim_ops": "first", "cosim_stall": "none"}
+    r = run_point(task)
+    assert r["status"] == "ok", r["reason"]
+    kinds = [c["unit_kind"] for c in r["cosim"]]
+    assert "gemm" in kinds and len(kinds) == len(set(kinds))
+    assert all(c["match"] and c["cycles"] == c["plan_cycles"] for c in r["cosim"])
+    assert r["cosim_match"] and r["measured_latency_s"] == r["predicted_latency_s"]
+
+    task.update(cosim=False, build=True, board="icebreaker", target_mhz=30.0)
+    r = run_point(task)
+    assert r["status"] == "error" and r["reason"].startswith("build: ")
+    assert "DSP" in r["reason"] and "icebreaker" in r["reason"]
