@@ -16,11 +16,12 @@ from typing import Any
 
 from compiler.frontend import MAX_SEQ_LEN
 from compiler.ir import OP_KINDS
-from compiler.schema import SchemaError, validate
+from compiler.schema import SchemaError, to_json_schema, validate_json_schema
 from golden.errors import UserFileNotFoundError, UserValueError
 from golden.outputs import write_atomic
 
-__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "UNIT_KINDS", "check_plan", "dumps_plan", "load_plan",
+__all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "PLAN_JSON_SCHEMA_PATH", "UNIT_KINDS",
+           "check_plan", "dumps_plan", "load_plan", "plan_json_schema", "shipped_plan_schema",
            "write_timeline"]
 
 PLAN_FORMAT = "fmforge-plan"
@@ -82,6 +83,31 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
 }}
 
 
+#: the plan format as a JSON Schema document, shipped with the package (``fmforge schema plan``)
+PLAN_JSON_SCHEMA_PATH = Path(__file__).parent / "data" / "plan.schema.json"
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of :data:`PLAN_SCHEMA` (what the shipped file holds)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "title": f"{PLAN_FORMAT} version {PLAN_VERSION}",
+            "description": "A compiled fmforge plan: model, devices and the hardware each builds, "
+                           "placed and lowered ops with quantization and cost, schedule, totals. "
+                           "Beyond this schema, loading checks cross references (op devices, "
+                           "unit ids) and that every unit's params build it.",
+            **to_json_schema(PLAN_SCHEMA)}
+
+
+_SHIPPED: dict[str, Any] = {}
+
+
+def shipped_plan_schema() -> dict[str, Any]:
+    """The shipped JSON Schema document (read once)."""
+    if not _SHIPPED:
+        _SHIPPED.update(json.loads(PLAN_JSON_SCHEMA_PATH.read_text(encoding="utf-8")))
+    return _SHIPPED
+
+
 #: device kinds whose ops run on units of hw/ (each such op names its unit id)
 UNIT_KINDS = ("fpga", "asic")
 
@@ -124,7 +150,7 @@ def check_plan(plan: Any) -> dict[str, Any]:
     """
     from hw.registry import UNITS
 
-    validate(plan, PLAN_SCHEMA)
+    validate_json_schema(plan, shipped_plan_schema())
     names = {d["name"] for d in plan["devices"]}
     kinds = {d["name"]: d["kind"] for d in plan["devices"]}
     units = _check_units(plan)
@@ -166,6 +192,10 @@ def load_plan(path: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except ValueError as e:
         raise UserValueError(f"plan {p} is not JSON: {e}") from None
+    except RecursionError:
+        raise UserValueError(f"plan {p} is nested too deeply to be a plan") from None
+    except OSError as e:
+        raise UserValueError(f"plan {p} cannot be read: {e.strerror or e}") from None
     try:
         return check_plan(doc)
     except SchemaError as e:

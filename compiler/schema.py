@@ -1,4 +1,10 @@
-"""A small JSON-schema-like validator (no dependency): types, required/optional keys, items, enums.
+"""Document schemas: a compact Python notation, its JSON Schema translation, and validation.
+
+The compact notation below is the one source of truth; :func:`to_json_schema` translates it into
+a JSON Schema (draft 2020-12) document that is shipped with the package (other tools validate
+plans with it, ``fmforge schema plan`` prints it), and :func:`validate_json_schema` checks a
+document with the ``jsonschema`` library, raising :class:`SchemaError` with the field path.
+:func:`validate` is the original dependency-free checker of the same notation.
 
 Schemas are plain Python values:
 
@@ -20,7 +26,7 @@ from typing import Any
 
 from golden.errors import UserValueError
 
-__all__ = ["SchemaError", "validate"]
+__all__ = ["SchemaError", "validate", "to_json_schema", "validate_json_schema", "field_path"]
 
 
 class SchemaError(UserValueError):
@@ -104,3 +110,107 @@ def validate(doc: Any, schema: Any, path: str = "") -> None:
                 raise SchemaError(p, "unknown field")
         return
     raise UserValueError(f"bad schema {schema!r}")
+
+
+_JSON_TYPES = {"string": "string", "number": "number", "integer": "integer",
+               "boolean": "boolean", "null": "null"}
+
+
+def _json_type(t: str) -> dict[str, Any]:
+    return {} if t == "any" else {"type": _JSON_TYPES[t]}
+
+
+def to_json_schema(schema: Any) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) equivalent of a compact ``schema``."""
+    if isinstance(schema, str):
+        return _json_type(schema)
+    if isinstance(schema, tuple):
+        if "any" in schema:
+            return {}
+        return {"type": [_JSON_TYPES[t] for t in schema]}
+    if "range" in schema:
+        out = _json_type(schema["range"])
+        if schema.get("min") is not None:
+            out["minimum"] = schema["min"]
+        if schema.get("max") is not None:
+            out["maximum"] = schema["max"]
+        return out
+    if "nullable" in schema:
+        return {"anyOf": [{"type": "null"}, to_json_schema(schema["nullable"])]}
+    if "enum" in schema:
+        return {"enum": list(schema["enum"])}
+    if "array" in schema:
+        out = {"type": "array", "items": to_json_schema(schema["array"])}
+        if schema.get("min"):
+            out["minItems"] = schema["min"]
+        return out
+    if "object" in schema:
+        req, opt, extra = schema["object"], schema.get("optional", {}), schema.get("extra")
+        props = {k: to_json_schema(v) for k, v in {**req, **opt}.items()}
+        out = {"type": "object", "properties": props, "required": list(req)}
+        out["additionalProperties"] = False if extra is None else to_json_schema(extra)
+        return out
+    raise UserValueError(f"bad schema {schema!r}")
+
+
+def field_path(parts: Any) -> str:
+    """``ops[3].device`` from a sequence of keys and indices."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _non_finite(doc: Any, path: tuple = ()) -> tuple | None:
+    """Path of the first NaN or infinity in ``doc`` (JSON has neither), or None."""
+    stack = [(doc, path)]
+    while stack:
+        v, p = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return p
+        if isinstance(v, dict):
+            stack.extend((x, (*p, k)) for k, x in reversed(list(v.items())))
+        elif isinstance(v, list):
+            stack.extend((x, (*p, i)) for i, x in reversed(list(enumerate(v))))
+    return None
+
+
+def validate_json_schema(doc: Any, schema: dict[str, Any]) -> None:
+    """Check ``doc`` against a JSON Schema with ``jsonschema``; :class:`SchemaError` names the
+    field of the most relevant error. NaN and infinities are refused as well."""
+    import jsonschema
+
+    bad = _non_finite(doc)
+    if bad is not None:
+        raise SchemaError(field_path(bad), "expected a finite number, got "
+                                           f"{_lookup(doc, bad)!r}")
+    validator = jsonschema.Draft202012Validator(schema)
+    try:
+        err = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    except RecursionError:
+        raise SchemaError("", "document nested too deeply") from None
+    if err is None:
+        return
+    parts = list(err.absolute_path)
+    msg = err.message
+    if err.validator == "required":  # name the missing field itself
+        missing = [k for k in err.validator_value if isinstance(err.instance, dict)
+                   and k not in err.instance]
+        if missing:
+            parts.append(missing[0])
+            msg = "missing"
+    elif err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = err.schema.get("properties", {})
+        extra = [k for k in err.instance if k not in known]
+        if extra:
+            parts.append(extra[0])
+            msg = "unknown field"
+    if len(msg) > 300:
+        msg = msg[:300] + "..."
+    raise SchemaError(field_path(parts), msg)
+
+
+def _lookup(doc: Any, path: tuple) -> Any:
+    for p in path:
+        doc = doc[p]
+    return doc

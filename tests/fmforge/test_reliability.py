@@ -330,3 +330,43 @@ def test_devices_print_their_parameters(capsys):
     assert rc == 0
     assert "see the module docstring" not in out
     assert "rows=32, cols=32" in out and "dsps=156" in out
+
+
+# -- published schema ---------------------------------------------------------------------------
+
+def test_shipped_plan_schema_is_the_generated_one():
+    from compiler.plan import PLAN_JSON_SCHEMA_PATH, plan_json_schema
+
+    assert json.loads(PLAN_JSON_SCHEMA_PATH.read_text()) == plan_json_schema(), (
+        "regenerate compiler/data/plan.schema.json from compiler.plan.plan_json_schema()")
+
+
+def test_schema_command_prints_a_schema_other_tools_validate_plans_with(capsys, enc_plan):
+    import jsonschema
+
+    rc, out, _ = _run(capsys, "schema", "plan")
+    assert rc == 0
+    schema = json.loads(out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    jsonschema.validate(enc_plan, schema)  # a real plan passes
+    bad = copy.deepcopy(enc_plan)
+    bad["ops"][0]["seconds"] = -1.0
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda p: p["ops"][2].pop("seconds"), "field ops[2].seconds: missing"),
+    (lambda p: p["ops"][2].update(colour="red"), "field ops[2].colour: unknown field"),
+    (lambda p: p["devices"][0].update(kind=3), "field devices[0].kind: 3 is not one of"),
+    (lambda p: p["totals"].update(latency_s="fast"), "field totals.latency_s: 'fast' is not of type"),
+])
+def test_schema_errors_name_the_field(enc_plan, edit, message):
+    from compiler.plan import check_plan
+    from compiler.schema import SchemaError
+
+    bad = copy.deepcopy(enc_plan)
+    edit(bad)
+    with pytest.raises(SchemaError) as e:
+        check_plan(bad)
+    assert str(e.value).startswith(message)
