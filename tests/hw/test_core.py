@@ -386,3 +386,34 @@ def test_ports_and_properties():
     assert len(core.imem_w_data) == 256
     with pytest.raises(AttributeError):
         core.rows = 4
+
+
+def test_8x8_projection_tile_bit_and_cycle_exact():
+    """A realistic array (8x8 OS) on a 16x96x24 GEMM with bias and requant fed by four LOADs and
+    drained by a STORE: the slice of a MiniLM projection the Amaranth simulator affords."""
+    cfg = CoreConfig(rows=8, cols=8, latency=8, bytes_per_cycle=4, queue_depth=4,
+                     sp_bytes=16384, imem_instrs=16)
+    rng = random.Random(7)
+    m, k, n = 16, 96, 24
+    ext = bytearray(rng.randrange(256) for _ in range(16384))
+    ext[8192:8192 + 12 * n] = _i32([rng.randrange(-3000, 3000) for _ in range(n)]
+                                   + [rng.randrange(2**14, 2**15) for _ in range(n)]
+                                   + [rng.randrange(16, 24) for _ in range(n)])
+    sa, sb = 0, m * k
+    sbias = sb + k * n
+    sqp, sc = sbias + 4 * n, sbias + 12 * n
+    prog = [
+        _dma("LOAD", 0, sa, m, k, k, k, 1),
+        _dma("LOAD", 4096, sb, k, n, n, n, 1),
+        _dma("LOAD", 8192, sbias, 1, n, 4 * n, 4 * n, 4, esz=2),
+        _dma("LOAD", 8192 + 4 * n, sqp, 2, n, 4 * n, 4 * n, 4, esz=2, sig="M"),
+        Instr("GEMM", frozenset("D"), frozenset("D"),
+              {"a": sa, "b": sb, "c": sc, "m": m, "k": k, "n": n, "bias": 1, "requant": 1,
+               "bias_addr": sbias, "qp": sqp}),
+        _dma("STORE", 12288, sc, m, n, n, n, 1, wait="M"),
+        HALT,
+    ]
+    run, t = _check(cfg, prog, bytes(ext), max_dim=96)
+    assert run.cycles == t.cycles == 8772
+    assert run.busy == t.busy
+    assert run.mem_stall == _load_stall_cycles(prog, cfg)
