@@ -554,16 +554,20 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
             )
             # publish into the cache: fill a sibling temp dir, then rename it into place
             staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}-", dir=entry.parent))
-            shutil.copyfile(bit, staging / bit.name)
-            shutil.copyfile(root / f"{name}.tim", staging / f"{name}.nextpnr.log")
-            if (root / f"{name}.rpt").exists():
-                shutil.copyfile(root / f"{name}.rpt", staging / f"{name}.yosys.log")
-            (staging / "result.json").write_text(json.dumps(result.to_dict(), sort_keys=True))
-            shutil.rmtree(entry, ignore_errors=True)
             try:
-                os.replace(staging, entry)
-            except OSError:  # a concurrent build published the same key first
+                shutil.copyfile(bit, staging / bit.name)
+                shutil.copyfile(root / f"{name}.tim", staging / f"{name}.nextpnr.log")
+                if (root / f"{name}.rpt").exists():
+                    shutil.copyfile(root / f"{name}.rpt", staging / f"{name}.yosys.log")
+                (staging / "result.json").write_text(json.dumps(result.to_dict(), sort_keys=True))
+                shutil.rmtree(entry, ignore_errors=True)
+                try:
+                    os.replace(staging, entry)
+                except OSError:  # a concurrent build published the same key first
+                    shutil.rmtree(staging, ignore_errors=True)
+            except BaseException:  # interrupted: no half-filled entry left in the cache
                 shutil.rmtree(staging, ignore_errors=True)
+                raise
 
     bit_src = entry / f"{name}.{ext}"
     log_src = entry / f"{name}.nextpnr.log"

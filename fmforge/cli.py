@@ -15,7 +15,10 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
+from typing import Any
 
 from fmforge import __version__
 from fmforge.commands._args import add_verbose, annotate_ranges
@@ -37,6 +40,31 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"fmforge: error: {message} (see '{self.prog} --help')\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: unwinds like Ctrl-C, so every ``finally`` and cleanup handler runs
+    (temporary files and directories removed, child tool processes stopped)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _on_sigterm() -> Any:
+    """Turn SIGTERM into :class:`Terminated` (main thread only); returns the old handler."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log = logging.getLogger("fmforge")
     level = log.level
+    old_term = _on_sigterm()
     if getattr(args, "verbose", False):  # compiler.quiet reads this level
         log.setLevel(logging.DEBUG)
     try:
@@ -73,13 +102,25 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e)
         print(f"fmforge: error: {msg}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("fmforge: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fmforge: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`fmforge ... | head`): stop quietly
+        _silence_stdout()
+        return 1
     finally:
         log.setLevel(level)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     if getattr(args, "json", False):
-        print(json.dumps(result, sort_keys=True))
+        try:
+            print(json.dumps(result, sort_keys=True), flush=True)
+        except BrokenPipeError:
+            _silence_stdout()
+            return 1
     ok = result.get("ok", True) if isinstance(result, dict) else True
     return 0 if ok else 1
 

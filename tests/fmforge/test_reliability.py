@@ -370,3 +370,82 @@ def test_schema_errors_name_the_field(enc_plan, edit, message):
     with pytest.raises(SchemaError) as e:
         check_plan(bad)
     assert str(e.value).startswith(message)
+
+
+# -- interrupts -----------------------------------------------------------------------------------
+
+def _wait_for(cond, timeout=60.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_sigterm_during_compile_leaves_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom fmforge.cli import main\n"
+                          "import compiler.driver as d\n"
+                          "real = d.prepare_graph\n"
+                          "def slow(*a, **k):\n    print('ready', flush=True)\n"
+                          "    time.sleep(30)\n    return real(*a, **k)\n"
+                          "d.prepare_graph = slow\nsys.exit(main(sys.argv[1:]))",
+                          "compile", "--model", "encoder-tiny", "-o", str(tmp_path / "p.json")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and err.strip().splitlines() == ["fmforge: terminated"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_a_tool_run_stops_the_tool_and_removes_its_directory(tmp_path):
+    """The build script (nextpnr stand-in: a shell running a long sleep) is stopped with its
+    whole process group, and the temporary build directory is removed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = f'''
+import os, sys, tempfile, time
+from pathlib import Path
+from fmforge.cli import _on_sigterm, Terminated
+from boards.build import _run_plan
+
+class Plan:
+    script = "build"
+    def extract(self, root):
+        Path(root, "build.sh").write_text("sleep 120 & echo $! > {tmp_path}/child.pid; wait")
+
+_on_sigterm()
+try:
+    with tempfile.TemporaryDirectory(prefix="fmforge-build-", dir="{tmp_path}") as tmp:
+        print("ready", flush=True)
+        _run_plan(Plan(), Path(tmp), dict(os.environ), "top", "ecp5", lambda m: None)
+except Terminated:
+    sys.exit(143)
+'''
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    pid_file = tmp_path / "child.pid"
+    assert _wait_for(lambda: pid_file.exists() and pid_file.read_text().strip())
+    child = int(pid_file.read_text())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 143
+
+    def gone():
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert _wait_for(gone, 10), "the tool process outlived the build"
+    assert [x.name for x in tmp_path.iterdir()] == ["child.pid"]  # build directory removed
