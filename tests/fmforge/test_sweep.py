@@ -114,11 +114,25 @@ def test_pareto_front_is_exact():
 
 # --------------------------------------------------------------------------- on a LocalCluster
 
-def test_sweep_on_two_workers_then_the_rerun_hits_the_cache(tmp_path):
+def test_an_interrupted_sweep_continues_and_a_rerun_hits_the_cache(tmp_path):
     spec = load_spec(_spec(tmp_path, TINY.replace("[grid]", "accuracy = 2\n[grid]")))
     cache = tmp_path / "cache"
+    seen: list[str] = []
+
+    def interrupt_after_two(client, point, rec):
+        seen.append(point.id)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(spec, workers=2, out_dir=tmp_path / "out", cache=cache, progress=None,
+                  on_result=interrupt_after_two)
+    assert len(list(cache.glob("*.plan.json"))) == 2
+
+    # the restart runs only the two points that are missing
     res = run_sweep(spec, workers=2, out_dir=tmp_path / "out", cache=cache, progress=None)
-    assert res.workers == 2 and res.cached == 0
+    assert res.workers == 2 and res.cached == 2
+    assert sorted(r["id"] for r in res.records if r["cached"]) == sorted(seen)
     assert [r["status"] for r in res.records] == ["ok"] * 4, [r["reason"] for r in res.records]
     # every result is the compiler's own for that point
     from compiler.driver import compile_model
@@ -126,6 +140,8 @@ def test_sweep_on_two_workers_then_the_rerun_hits_the_cache(tmp_path):
     c = compile_model("encoder-tiny", res.points[3].task["devices"], "latency")
     assert res.records[3]["predicted_latency_s"] == c.plan["totals"]["latency_s"]
     assert res.records[3]["gemm"]["rows"] == 8 and res.records[3]["gemm"]["dataflow"] == "ws"
+    assert all(r["accuracy_inputs"] == 2 and 0.9 < r["cosine_mean"] <= 1.0 + 1e-9
+               for r in res.records)
     assert res.front and all(res.records[i]["pareto"] for i in res.front)
     rows = list(csv.DictReader(open(res.files["csv"])))
     assert [x["id"] for x in rows] == ["p000", "p001", "p002", "p003"]
