@@ -24,7 +24,7 @@ from fmforge import __version__
 from fmforge.commands._args import add_verbose, annotate_ranges
 from golden.errors import UserError
 
-__all__ = ["main", "build_parser", "UserError", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "one_line", "UserError", "COMMAND_MODULES"]
 
 #: command modules under fmforge.commands, in the order they appear in --help
 COMMAND_MODULES = ("demo", "compile", "execute", "run", "devices", "verilog", "cosim", "build", "boards",
@@ -35,11 +35,16 @@ COMMAND_MODULES = ("demo", "compile", "execute", "run", "devices", "verilog", "c
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError,)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one printable line: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (subcommand parsers inherit it)."""
 
     def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"fmforge: error: {message} (see '{self.prog} --help')\n")
+        self.exit(2, f"fmforge: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
 class Terminated(KeyboardInterrupt):
@@ -99,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args.func(args)
     except USER_ERRORS as e:
-        msg = str(e)
-        print(f"fmforge: error: {msg}", file=sys.stderr)
+        print(f"fmforge: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Terminated:
         print("fmforge: terminated", file=sys.stderr)
