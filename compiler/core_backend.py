@@ -75,13 +75,15 @@ class CoreLoweringError(UserValueError):
 class CoreValue:
     """A tensor in external memory: ``addr`` (int64 tensor of byte addresses, the value's shape),
     element size ``esz``, ``fmt`` (``i8``, ``i32``, ``s16``), ``scale`` (float, or a per-channel
-    tensor for ``i32``) and, for ``s16``, ``addr_lo`` (the low plane)."""
+    tensor for ``i32``), for ``s16`` ``addr_lo`` (the low plane), and ``wide``: an int16 twin
+    (256 times finer) a layer norm writes beside its int8 output for the residual adds."""
 
     addr: torch.Tensor
     esz: int
     fmt: str
     scale: Any
     addr_lo: torch.Tensor | None = None
+    wide: CoreValue | None = None
 
 
 class Program:
@@ -373,7 +375,9 @@ class _Lowering:
         lo = None if v.addr_lo is None else apply(v.addr_lo)
         if not torch.is_tensor(a) or a.dtype != torch.int64:
             raise CoreLoweringError(f"{who}: {n.target} is not a pure layout op")
-        self.vals[n.name] = CoreValue(a, v.esz, v.fmt, v.scale, lo)
+        w = None if v.wide is None else CoreValue(apply(v.wide.addr), v.wide.esz, v.wide.fmt,
+                                                  v.wide.scale)
+        self.vals[n.name] = CoreValue(a, v.esz, v.fmt, v.scale, lo, w)
 
     def op_linear(self, n: Node, who: str) -> None:
         ql = linear_qparams(self.g, n)
@@ -511,6 +515,10 @@ class _Lowering:
             a, b = b, a
         if b.fmt != "i8" or a.fmt not in ("i8", "i32"):
             raise CoreLoweringError(f"{who}: operands {a.fmt} + {b.fmt} are not lowered")
+        if b.wide is None and a.wide is not None:
+            a, b = b, a
+        if b.wide is not None:  # the residual stream at 16 bits
+            b = b.wide
         if tuple(a.addr.shape) != tuple(b.addr.shape):
             raise CoreLoweringError(f"{who}: broadcasting add is not lowered")
         s_out = self.consumer_scale(n.name, who)
@@ -525,9 +533,10 @@ class _Lowering:
         mp_at = self.blob(mults.to(torch.int32).numpy().tobytes())
         out = self.new_value(n.out[0].shape, 4 if wide else 1, "i32" if wide else "i8", s_out)
         self.vals[n.name] = out
-        self._rowwise(n, who, [a, b], out, lambda sp_in, y, rows, mp: self.p.emit(
-            "ADD", a=sp_in[0], b=sp_in[1], y=y, rows=rows, cols=cols, mp=mp,
-            a32=1 if a.esz == 4 else 0, out32=1 if wide else 0, shift=shift), mp_at, 8 * cols)
+        self._rowwise(n, who, [a, b], [out], lambda sp_in, y, rows, mp: self.p.emit(
+            "ADD", a=sp_in[0], b=sp_in[1], y=y[0], rows=rows, cols=cols, mp=mp,
+            a32=1 if a.esz == 4 else 0, b16=1 if b.esz == 2 else 0, out32=1 if wide else 0,
+            shift=shift), mp_at, 8 * cols)
 
     def op_layer_norm(self, n: Node, who: str) -> None:
         x = self.value(n.args[0], who)
@@ -544,10 +553,16 @@ class _Lowering:
         blk = layernorm_block(p)
         pp_at = self.blob(blk)
         out = self.new_value(n.out[0].shape, 1, "i8", float(q["out_scale"]))
+        outs = [out]
+        if self.feeds(n.name, "add") or any(
+                self.nodes[u].op == "add" for u in self._through_layouts(n.name)):
+            out.wide = self.new_value(n.out[0].shape, 2, "i16", float(q["out_scale"]) / 256)
+            outs.append(out.wide)
         self.vals[n.name] = out
-        self._rowwise(n, who, [x], out, lambda sp_in, y, rows, pp: self.p.emit(
-            "LAYERNORM", x=sp_in[0], y=y, rows=rows, cols=cols, pp=pp,
-            x32=1 if x.esz == 4 else 0), pp_at, len(blk))
+        self._rowwise(n, who, [x], outs, lambda sp_in, y, rows, pp: self.p.emit(
+            "LAYERNORM", x=sp_in[0], y=y[0], rows=rows, cols=cols, pp=pp,
+            x32=1 if x.esz == 4 else 0, out16=1 if len(y) > 1 else 0,
+            y16=y[1] if len(y) > 1 else 0), pp_at, len(blk))
 
     def op_gelu(self, n: Node, who: str) -> None:
         x = self.value(n.args[0], who)
@@ -558,23 +573,28 @@ class _Lowering:
             s16 = float(wide.attrs["quant"]["in_scales"][0])
             p = gelu_params(float(x.scale), s16)
             out = self.new_value(n.out[0].shape, 1, "s16", s16, lo=True)
+            assert out.addr_lo is not None
+            outs = [out, CoreValue(out.addr_lo, 1, "i8", s16)]
         else:
             p = gelu_params(float(x.scale), float(n.attrs["quant"]["out_scale"]))
             out = self.new_value(n.out[0].shape, 1, "i8", float(n.attrs["quant"]["out_scale"]))
+            outs = [out]
         self.vals[n.name] = out
         cols = x.addr.shape[-1]
         pp_at = self.blob(gelu_block(p))
-        self._rowwise(n, who, [x], out, lambda sp_in, y, rows, pp: self.p.emit(
-            "GELU", x=sp_in[0], y=y, count=rows * cols, pp=pp, split16=1 if wide else 0,
-            y_lo=y + rows * cols if wide else 0), pp_at, 20, planes=2 if wide else 1)
+        self._rowwise(n, who, [x], outs, lambda sp_in, y, rows, pp: self.p.emit(
+            "GELU", x=sp_in[0], y=y[0], count=rows * cols, pp=pp, split16=1 if wide else 0,
+            y_lo=y[1] if wide else 0), pp_at, 20)
 
     # ---- shared row-tiled element-wise lowering ------------------------------------------------
-    def _rowwise(self, n: Node, who: str, ins: list[CoreValue], out: CoreValue, emit: Any,
-                 pp_at: int, pp_len: int, planes: int = 1) -> None:
-        cols = out.addr.shape[-1]
-        rows_all = out.addr.numel() // cols
-        per_row = cols * (sum(v.esz for v in ins) + planes * out.esz)
-        budget = self.cfg.sp_bytes - pp_len - 512
+    def _rowwise(self, n: Node, who: str, ins: list[CoreValue], outs: list[CoreValue],
+                 emit: Any, pp_at: int, pp_len: int) -> None:
+        """Row tiles of an element-wise/row-wise op: parameters loaded once, input and output
+        tiles in two alternating buffer sets; ``emit(sp_ins, sp_outs, rows, sp_params)``."""
+        cols = outs[0].addr.shape[-1]
+        rows_all = outs[0].addr.numel() // cols
+        per_row = cols * (sum(v.esz for v in ins) + sum(o.esz for o in outs))
+        budget = self.cfg.sp_bytes - pp_len - 1024
         rt = min(rows_all, max(0, budget // (2 * per_row)))
         if rt <= 0:
             raise CoreLoweringError(f"{who}: scratchpad overflow: a row needs {per_row} B twice "
@@ -585,18 +605,22 @@ class _Lowering:
         self.p.emit("LOAD", ext=pp_at, sp=pp_sp, rows=1, cols=pp_len, ext_rs=pp_len,
                     sp_rs=pp_len, sp_cs=1)
         bufs = [([sa.take(rt * cols * v.esz, who) for v in ins],
-                 sa.take(rt * cols * planes * out.esz, who)) for _ in range(2)]
-        o2 = out.addr.reshape(rows_all, cols)
-        lo2 = None if out.addr_lo is None else out.addr_lo.reshape(rows_all, cols)
+                 [sa.take(rt * cols * o.esz, who) for o in outs]) for _ in range(2)]
         for j, r0 in enumerate(range(0, rows_all, rt)):
             r = min(rt, rows_all - r0)
-            sp_in, y = bufs[j % 2]
+            sp_in, ys = bufs[j % 2]
             for v, a in zip(ins, sp_in, strict=True):
                 self.p.dma("LOAD", v.addr.reshape(rows_all, cols)[r0:r0 + r], a, v.esz)
-            emit(sp_in, y, r, pp_sp)
-            self.p.dma("STORE", o2[r0:r0 + r], y, out.esz)
-            if lo2 is not None:
-                self.p.dma("STORE", lo2[r0:r0 + r], y + r * cols, 1)
+            emit(sp_in, ys, r, pp_sp)
+            for o, y in zip(outs, ys, strict=True):
+                self.p.dma("STORE", o.addr.reshape(rows_all, cols)[r0:r0 + r], y, o.esz)
+
+    def _through_layouts(self, v: str) -> list[str]:
+        """Consumers of ``v``, looking through layout ops."""
+        out = []
+        for u in self.users.get(v, []):
+            out += self._through_layouts(u) if self.nodes[u].op == "layout" else [u]
+        return out
 
     def _param(self, r: Any) -> Any:
         if r is None:

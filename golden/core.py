@@ -39,7 +39,7 @@ import torch
 
 from golden.errors import UserValueError
 from golden.gelu import GeluParams, gelu_int
-from golden.layernorm import LayerNormParams, layernorm_int
+from golden.layernorm import LayerNormParams, layernorm_acc
 from golden.requant import INT8_MAX, INT8_MIN, INT32_MAX, INT32_MIN, round_shift_right, saturate
 from golden.softmax import DEFAULT_FRAC_BITS, SoftmaxParams, exp2_table, softmax_int
 
@@ -100,9 +100,10 @@ OPCODES: dict[str, _Op] = {
     "GEMM": _Op(0x03, "M", (("bias", 16, 1), ("requant", 17, 1), ("acc", 18, 1),
                             ("acc_shift", 20, 5)),
                 ("a", "b", "c", "m|k", "n", "bias_addr", "qp")),
-    "ADD": _Op(0x04, "S", (("a32", 16, 1), ("out32", 17, 1), ("shift", 20, 6)),
+    "ADD": _Op(0x04, "S", (("a32", 16, 1), ("out32", 17, 1), ("b16", 18, 1), ("shift", 20, 6)),
                ("a", "b", "y", "rows|cols", "mp")),
-    "LAYERNORM": _Op(0x05, "S", (("x32", 16, 1),), ("x", "y", "rows|cols", "pp")),
+    "LAYERNORM": _Op(0x05, "S", (("x32", 16, 1), ("out16", 17, 1)),
+                     ("x", "y", "rows|cols", "pp", "y16")),
     "SOFTMAX": _Op(0x06, "S", (("x32", 16, 1), ("mask", 17, 1), ("half", 18, 1)),
                    ("x", "y", "rows|cols", "km", "pp")),
     "GELU": _Op(0x07, "S", (("split16", 16, 1),), ("x", "y", "count", "pp", "y_lo")),
@@ -389,7 +390,7 @@ def _exec_gemm(mem: CoreMemory, ins: Instr) -> None:
 def _exec_add(mem: CoreMemory, ins: Instr) -> None:
     rows, cols = ins["rows"], ins["cols"]
     a = _read(mem, "sp", ins["a"], (rows, cols), 4 if ins["a32"] else 1, "ADD a")
-    b = _read(mem, "sp", ins["b"], (rows, cols), 1, "ADD b")
+    b = _read(mem, "sp", ins["b"], (rows, cols), 2 if ins["b16"] else 1, "ADD b")
     mp = _read(mem, "sp", ins["mp"], (2, cols), 4, "ADD mp")
     if int(mp.abs().max()) >= 1 << (ADD_MULT_BITS - 1):
         raise CoreError(f"ADD: multipliers must be below 2**{ADD_MULT_BITS - 1} in magnitude")
@@ -410,7 +411,12 @@ def _exec_layernorm(mem: CoreMemory, ins: Instr) -> None:
     beta = _read(mem, "sp", ins["pp"] + 20 + 4 * n, (n,), 8, "LAYERNORM pp")
     p = LayerNormParams(n, int(head[1]), int(eps[0]), int(head[2]), gamma, beta)
     x = _read(mem, "sp", ins["x"], (rows, n), 4 if ins["x32"] else 1, "LAYERNORM x")
-    _write(mem, "sp", ins["y"], layernorm_int(x, p), 1, "LAYERNORM y")
+    acc = layernorm_acc(x, p)
+    _write(mem, "sp", ins["y"], saturate(round_shift_right(acc, p.out_shift), INT8_MIN, INT8_MAX),
+           1, "LAYERNORM y")
+    if ins["out16"]:  # the same rows 256 times finer, int16: the residual stream
+        y16 = saturate(round_shift_right(acc, p.out_shift - 8), -(1 << 15), (1 << 15) - 1)
+        _write(mem, "sp", ins["y16"], y16, 2, "LAYERNORM y16")
 
 
 _TABLE = exp2_table(DEFAULT_FRAC_BITS)
@@ -544,12 +550,16 @@ def _ranges(ins: Instr) -> tuple[list[tuple[str, int, int]], list[tuple[str, int
     if op == "ADD":
         rc = ins["rows"] * ins["cols"]
         return ([("sp", ins["a"], ins["a"] + rc * (4 if ins["a32"] else 1)),
-                 ("sp", ins["b"], ins["b"] + rc), ("sp", ins["mp"], ins["mp"] + 8 * ins["cols"])],
+                 ("sp", ins["b"], ins["b"] + rc * (2 if ins["b16"] else 1)),
+                 ("sp", ins["mp"], ins["mp"] + 8 * ins["cols"])],
                 [("sp", ins["y"], ins["y"] + rc * (4 if ins["out32"] else 1))])
     if op == "LAYERNORM":
         rc, n = ins["rows"] * ins["cols"], ins["cols"]
+        w = [("sp", ins["y"], ins["y"] + rc)]
+        if ins["out16"]:
+            w.append(("sp", ins["y16"], ins["y16"] + 2 * rc))
         return ([("sp", ins["x"], ins["x"] + rc * (4 if ins["x32"] else 1)),
-                 ("sp", ins["pp"], ins["pp"] + 20 + 12 * n)], [("sp", ins["y"], ins["y"] + rc)])
+                 ("sp", ins["pp"], ins["pp"] + 20 + 12 * n)], w)
     if op == "SOFTMAX":
         rc, n = ins["rows"] * ins["cols"], ins["cols"]
         r = [("sp", ins["x"], ins["x"] + rc * (4 if ins["x32"] else 1)),

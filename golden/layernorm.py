@@ -101,6 +101,7 @@ __all__ = [
     "EPS_FRAC_BITS",
     "LayerNormParams",
     "layernorm_params",
+    "layernorm_acc",
     "layernorm_int",
     "layernorm_float",
 ]
@@ -216,8 +217,9 @@ def layernorm_params(
     return LayerNormParams(n, in_shift, eps_int, g_shift, g_int, b_int.to(torch.int64))
 
 
-def layernorm_int(x: torch.Tensor, params: LayerNormParams) -> torch.Tensor:
-    """Bit-exact integer layer norm over the last dimension; returns int8 values as int64."""
+def layernorm_acc(x: torch.Tensor, params: LayerNormParams) -> torch.Tensor:
+    """The accumulator ``acc = y * G + B`` of :func:`layernorm_int` (int64, before its final
+    rounding by ``out_shift``)."""
     x = torch.as_tensor(x)
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise UserValueError(f"layernorm input must be an integer tensor, not {x.dtype}")
@@ -241,8 +243,13 @@ def layernorm_int(x: torch.Tensor, params: LayerNormParams) -> torch.Tensor:
     r = reciprocal_floor(s, RECIP_K)
     c = n * q - s1
     y = round_shift_right(c * r, RECIP_K - Y_FRAC - EPS_FRAC_BITS // 2 - k)
-    acc = y * params.gamma_int + params.beta_int
-    return saturate(round_shift_right(acc, params.out_shift), INT8_MIN, INT8_MAX)
+    return y * params.gamma_int + params.beta_int
+
+
+def layernorm_int(x: torch.Tensor, params: LayerNormParams) -> torch.Tensor:
+    """Bit-exact integer layer norm over the last dimension; returns int8 values as int64."""
+    return saturate(round_shift_right(layernorm_acc(x, params), params.out_shift), INT8_MIN,
+                    INT8_MAX)
 
 
 def layernorm_float(

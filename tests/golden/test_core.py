@@ -241,3 +241,28 @@ def test_race_check():
     # a later load into the GEMM's operand, not ordered after the GEMM: write-after-read race
     with pytest.raises(CoreError, match="race"):
         check_races([*ok[:2], load, HALT])
+
+
+def test_layernorm_wide_twin_and_add_int16():
+    g = torch.Generator().manual_seed(9)
+    n, rows = 16, 2
+    p = layernorm_params(n, 0.05, torch.rand(n, generator=g) + 0.5, torch.randn(n, generator=g),
+                         0.03, 1e-5)
+    x = _i8(g, rows, n)
+    mem = CoreMemory(64, 4096)
+    mem.write("sp", 0, x.to(torch.int8))
+    mem.write("sp", 512, layernorm_block(p))
+    mem.write("sp", 1536, torch.tensor([[3] * n, [-5] * n], dtype=torch.int32))
+    prog = [Instr("LAYERNORM", f={"x": 0, "y": 256, "rows": rows, "cols": n, "pp": 512,
+                                  "out16": 1, "y16": 1024}),
+            Instr("ADD", f={"a": 0, "b": 1024, "y": 2048, "rows": rows, "cols": n, "mp": 1536,
+                            "b16": 1, "out32": 1, "shift": 2}), HALT]
+    run_program(prog, mem)
+    y8 = mem.tensor("sp", 256, (rows, n))
+    y16 = mem.tensor("sp", 1024, (rows, n), 2)
+    assert torch.equal(y8, layernorm_int(x, p))
+    # the twin is the same accumulator rounded 8 bits later: y8 is y16 rounded by 256
+    assert int((torch.floor(y16.double() / 256 + 0.5) - y8).abs().max()) <= 1
+    assert int((y16 - 256 * y8).abs().max()) <= 128
+    want = torch.floor((3 * x - 5 * y16).double() / 4 + 0.5).long()
+    assert torch.equal(mem.tensor("sp", 2048, (rows, n), 4), want)
