@@ -61,7 +61,8 @@ SFU_PIPE = 4
 @dataclass(frozen=True)
 class CoreConfig:
     """Parameters of one core: array ``rows`` x ``cols``, ``dataflow``, memory ``latency``
-    (cycles) and ``bytes_per_cycle``, ``queue_depth``, scratchpad and instruction-memory sizes."""
+    (cycles) and ``bytes_per_cycle``, ``queue_depth``, scratchpad and instruction-memory sizes,
+    and the largest GEMM the engine's buffers take (``max_m`` x ``max_k`` x ``max_n``)."""
 
     rows: int = 8
     cols: int = 8
@@ -71,10 +72,13 @@ class CoreConfig:
     queue_depth: int = 4
     sp_bytes: int = 256 * 1024
     imem_instrs: int = 4096
+    max_m: int = 128
+    max_k: int = 1536
+    max_n: int = 64
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "latency", "bytes_per_cycle", "queue_depth", "sp_bytes",
-                     "imem_instrs"):
+                     "imem_instrs", "max_m", "max_k", "max_n"):
             v = getattr(self, name)
             lo = 0 if name == "latency" else 1
             if not (isinstance(v, int) and v >= lo):
