@@ -9,14 +9,15 @@ cycle-level account of where they come from is in :class:`Core`).
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.core import INSTR_BYTES, OPCODES
 from hw.gemm import GemmEngine, _check_dataflow
-from hw.lib import check_positive
+from hw.lib import check_positive, saturate_bits
+from hw.requant import requant_stages
 
 __all__ = ["Core", "INSTR_BITS", "mem_request_layout"]
 
@@ -172,7 +173,7 @@ class Core(wiring.Component):
         m.submodules.sp = sp = memory.Memory(shape=unsigned(8), depth=self._sp, init=[])
         self.scratchpad = sp  # the last elaboration's scratchpad, for testbenches to read
         d_wr, m_wr = sp.write_port(), sp.write_port()
-        d_rd, a_rd, b_rd, c_rd = (sp.read_port() for _ in range(4))
+        d_rd, a_rd, b_rd, c_rd, q_rd = (sp.read_port() for _ in range(5))
 
         m.submodules.gemm = eng = GemmEngine(rows=R, cols=C, dataflow=self._dataflow,
                                              max_m=self._max_m, max_k=self._max_k,
@@ -228,7 +229,6 @@ class Core(wiring.Component):
                                | (w0[16:18] == 3))
         with m.Elif(is_gemm):
             m.d.comb += bad.eq(w0[11] | w0[15] | w0[19] | (w0[25:] != 0) | wait[_Q_M] | sig[_Q_M]
-                               | w0[18]  # acc: not in this slice
                                | (g_m == 0) | (g_k == 0) | (g_n == 0) | (g_m > self._max_m)
                                | (g_k > self._max_k) | (g_n > self._max_n))
         with m.Else():
@@ -401,13 +401,15 @@ class Core(wiring.Component):
         g_ins = Signal(INSTR_BITS)
         ga, gb, gc = _w(g_ins, 1), _w(g_ins, 2), _w(g_ins, 3)
         gm, gk, gn = g_ins[128:144], g_ins[144:160], _w(g_ins, 5)[:17]
-        gbias, grq = g_ins[16], g_ins[17]
+        gbias, grq, gacc, gsh = g_ins[16], g_ins[17], g_ins[18], g_ins[20:25]
         g_bias_addr, g_qp = _w(g_ins, 6), _w(g_ins, 7)
         m_busy = Signal()
         gen_go = Signal()
+        # with acc the engine runs raw (A @ B, exact int32): bias, C_old << acc_shift,
+        # saturation and requant are done in the write-back path
         m.d.comb += [eng.i_cmd.payload.m.eq(gm), eng.i_cmd.payload.k.eq(gk),
-                     eng.i_cmd.payload.n.eq(gn), eng.i_cmd.payload.bias.eq(gbias),
-                     eng.i_cmd.payload.requant.eq(grq)]
+                     eng.i_cmd.payload.n.eq(gn), eng.i_cmd.payload.bias.eq(gbias & ~gacc),
+                     eng.i_cmd.payload.requant.eq(grq & ~gacc)]
 
         def operand_gen(name, port, strm, nl, base, so, si, sl, n_i, limit):
             """Words of ``nl`` byte lanes: for each outer block (``obase`` += nl while below
@@ -468,7 +470,7 @@ class Core(wiring.Component):
                      ch_dmask.eq((ch_nb + ch_l < gn) & ((ch_q >= 4) | gbias)),
                      ch_dlast.eq((ch_l == C - 1) & (ch_q == 8)), ch_ov.eq(ch_dv & ch_dlast)]
         with m.If(gen_go):
-            m.d.sync += [ch_act.eq(gbias | grq), ch_l.eq(0), ch_q.eq(0), ch_nb.eq(0),
+            m.d.sync += [ch_act.eq((gbias | grq) & ~gacc), ch_l.eq(0), ch_q.eq(0), ch_nb.eq(0),
                          ch_n4.eq(0), ch_idx.eq(0)]
         with m.Elif(ch_act):
             with m.If(ch_q == 8):
@@ -531,7 +533,7 @@ class Core(wiring.Component):
         m.d.comb += [r_rd.addr.eq(wb_jb + wb_mi), m_wr.addr.eq(wb_addr[:spa]),
                      m_wr.data.eq(r_rd.data.word_select(wb_sel, 8)), m_wr.en.eq(wb_dv)]
         last_b = Signal()
-        m.d.comb += last_b.eq(grq | (wb_b == 3))
+        m.d.comb += last_b.eq((grq & ~gacc) | (wb_b == 3))
         m.d.sync += [wb_dv.eq(wb_act), wb_sel.eq(Cat(wb_b, wb_l)),
                      wb_dlast.eq(last_b & (wb_ni == gn - 1) & (wb_mi == gm - 1))]
         with m.If(wb_dv):
@@ -549,6 +551,73 @@ class Core(wiring.Component):
                     m.d.sync += [wb_l.eq(wb_l + 1), wb_ni.eq(wb_ni + 1)]
             with m.Else():
                 m.d.sync += wb_b.eq(wb_b + 1)
+
+        # accumulate-on-top write-back (acc): element e = mi*n + ni takes four slot cycles
+        # p = wb_b; in slot p the ports read byte p of C_old (at c + 4e + p), of bias[ni] and of
+        # mult[ni] (and, in slot 0, the shift byte); one cycle later the bytes shift into
+        # registers, then sum = A@B + bias + (C_old << acc_shift) (one stage), sat32 (one stage)
+        # and, with requant, hw.requant.requant_stages (six stages). Bytes are written in order
+        # from c: int32 byte p seven cycles after its slot, the int8 result 13 cycles after
+        # slot 0; an element's C_old bytes are always read before anything overlapping them
+        # is written.
+        ac_on = Signal()
+        m.d.comb += ac_on.eq(wb_act & gacc)
+        ac_ca = Signal(32)  # c + 4e + p
+        with m.If(ac_on):
+            m.d.comb += [a_rd.addr.eq(ac_ca[:spa]),
+                         b_rd.addr.eq((g_bias_addr + Cat(wb_b, wb_ni))[:spa]),
+                         c_rd.addr.eq((g_qp + Cat(wb_b, wb_ni))[:spa])]
+        m.d.comb += q_rd.addr.eq((g_qp + n4 + Cat(Const(0, 2), wb_ni))[:spa])
+        with m.If(gen_go):
+            m.d.sync += ac_ca.eq(gc)
+        with m.Elif(ac_on):
+            m.d.sync += ac_ca.eq(ac_ca + 1)
+        ac_dv, ac_dp, ac_dl, ac_dlast = Signal(), Signal(2), Signal.like(wb_l), Signal()
+        m.d.sync += [ac_dv.eq(ac_on), ac_dp.eq(wb_b), ac_dl.eq(wb_l),
+                     ac_dlast.eq((wb_ni == gn - 1) & (wb_mi == gm - 1))]
+        cold, cbias, cmult = Signal(32), Signal(32), Signal(32)
+        cab, csh = Signal(signed(32)), Signal(6)
+        with m.If(ac_dv):
+            m.d.sync += [cold.eq(Cat(cold[8:], a_rd.data)), cbias.eq(Cat(cbias[8:], b_rd.data)),
+                         cmult.eq(Cat(cmult[8:], c_rd.data))]
+            with m.If(ac_dp == 0):
+                m.d.sync += [cab.eq(r_rd.data.word_select(ac_dl, 32)), csh.eq(q_rd.data[:6])]
+        s0v = Signal()
+        m.d.sync += s0v.eq(ac_dv & (ac_dp == 3))
+        sum1 = Signal(signed(66))
+        y32 = Signal(signed(32))
+        m1, m2 = Signal(signed(32)), Signal(signed(32))
+        sh1, sh2 = Signal(6), Signal(6)
+        with m.If(s0v):
+            m.d.sync += [sum1.eq(cab + Mux(gbias, cbias.as_signed(), 0)
+                                 + (cold.as_signed() << gsh)),
+                         m1.eq(cmult), sh1.eq(csh)]
+        m.d.sync += [y32.eq(saturate_bits(sum1, 32)), m2.eq(m1), sh2.eq(sh1)]
+        (y8,) = requant_stages(m, Const(1), [y32], [m2], [sh2], "acrq", platform=platform)
+        # delay line of the slots: (valid, p, last element)
+        chain = [(Signal(name=f"acv{t}"), Signal(2, name=f"acp{t}"), Signal(name=f"acl{t}"))
+                 for t in range(14)]
+        m.d.comb += [chain[0][0].eq(ac_on), chain[0][1].eq(wb_b),
+                     chain[0][2].eq((wb_ni == gn - 1) & (wb_mi == gm - 1))]
+        for t in range(1, 14):
+            m.d.sync += [chain[t][0].eq(chain[t - 1][0]), chain[t][1].eq(chain[t - 1][1]),
+                         chain[t][2].eq(chain[t - 1][2])]
+        ac_we, ac_wd, ac_done = Signal(), Signal(8), Signal()
+        v7, p7, l7 = chain[7]
+        v13, p13, l13 = chain[13]
+        with m.If(grq):
+            m.d.comb += [ac_we.eq(v13 & (p13 == 0)), ac_wd.eq(y8.as_unsigned()),
+                         ac_done.eq(v13 & (p13 == 0) & l13)]
+        with m.Else():
+            m.d.comb += [ac_we.eq(v7), ac_wd.eq(y32.as_unsigned().word_select(p7, 8)),
+                         ac_done.eq(v7 & (p7 == 3) & l7)]
+        ac_wa = Signal(32)
+        with m.If(gen_go):
+            m.d.sync += ac_wa.eq(gc)
+        with m.Elif(ac_we):
+            m.d.sync += ac_wa.eq(ac_wa + 1)
+        with m.If(gacc):
+            m.d.comb += [m_wr.addr.eq(ac_wa[:spa]), m_wr.data.eq(ac_wd), m_wr.en.eq(ac_we)]
 
         with m.FSM(name="mfsm"):
             with m.State("IDLE"):
@@ -572,7 +641,7 @@ class Core(wiring.Component):
                     m.next = "WB"
             with m.State("WB"):
                 m.d.comb += m_busy.eq(1)
-                with m.If(wb_dv & wb_dlast):
+                with m.If(Mux(gacc, ac_done, wb_dv & wb_dlast)):
                     finish(g_ins, _Q_M)
                     m.next = "IDLE"
         with m.If(running & m_busy):

@@ -25,7 +25,10 @@ first data beat; ``L' = max(L, 1)``) and a one-byte-wide scratchpad:
 * ``GEMM``: ``GEMM_SETUP + X + hw.gemm.gemm_cycles + M * N * esz_out`` where ``X`` =
   :func:`gemm_stream_bytes` (the A, B and channel operands stream from the scratchpad a byte a
   cycle each, in parallel, padding lanes included), ``esz_out`` is 1 with requant, else 4
-  (results written back a byte a cycle);
+  (results written back a byte a cycle); with ``acc`` the engine runs raw (no channel
+  stream) and the write-back takes four cycles per element (C_old, bias and multiplier read
+  a byte a cycle each, in parallel), ``GEMM_SETUP + X + gemm_cycles + 4 * M * N + tail`` with
+  ``tail`` 6 (int32 out) or 9 (requant, int8 out);
 * ``ADD``/``GELU``: ``SFU_SETUP + elements + SFU_PIPE`` (one element per cycle);
 * ``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + hw.layernorm.layernorm_cycles`` /
   ``hw.softmax.softmax_cycles`` with one lane.
@@ -46,14 +49,19 @@ from hw.gemm import gemm_cycles
 from hw.layernorm import layernorm_cycles
 from hw.softmax import softmax_cycles
 
-__all__ = ["CoreConfig", "DMA_SETUP", "GEMM_SETUP", "SFU_PIPE", "SFU_SETUP", "Timing",
-           "gemm_stream_bytes", "instr_cycles", "program_timing"]
+__all__ = ["CoreConfig", "DMA_SETUP", "GEMM_ACC_TAIL_INT32", "GEMM_ACC_TAIL_INT8", "GEMM_SETUP",
+           "SFU_PIPE", "SFU_SETUP", "Timing", "gemm_stream_bytes", "instr_cycles",
+           "program_timing"]
 
 #: the executor's start cycle (it takes the queue head and its tokens)
 DMA_SETUP = 1
 #: start, engine command, first-read and word-register cycles, the engine's load-to-compute
 #: cycle, the first result-buffer read
 GEMM_SETUP = 6
+#: accumulate-on-top write-back: cycles past ``4 * M * N`` slot cycles until the last byte,
+#: int32 out (byte registers, sum, saturation) and int8 out (plus the requantizer's stages)
+GEMM_ACC_TAIL_INT32 = 6
+GEMM_ACC_TAIL_INT8 = 9
 SFU_SETUP = 2
 SFU_PIPE = 4
 
@@ -117,10 +125,13 @@ def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
         return DMA_SETUP + ins["rows"] * per_row
     if op == "GEMM":
         m, k, n = ins["m"], ins["k"], ins["n"]
+        core = GEMM_SETUP + gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow, m, k, n)
+        if ins["acc"]:  # raw engine; bias, C_old, saturation, requant in the write-back
+            tail = GEMM_ACC_TAIL_INT8 if ins["requant"] else GEMM_ACC_TAIL_INT32
+            return core + gemm_stream_bytes(cfg, m, k, n, False) + 4 * m * n + tail
         ch = bool(ins["bias"] or ins["requant"])
         out = m * n * (1 if ins["requant"] else 4)
-        return (GEMM_SETUP + gemm_stream_bytes(cfg, m, k, n, ch)
-                + gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow, m, k, n) + out)
+        return core + gemm_stream_bytes(cfg, m, k, n, ch) + out
     if op == "ADD":
         return SFU_SETUP + ins["rows"] * ins["cols"] + SFU_PIPE
     if op == "GELU":

@@ -175,7 +175,7 @@ def _i32(vals):
 
 
 def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int,
-                   ext_bytes: int = 8192):
+                   ext_bytes: int = 8192, acc_prob: float = 0.3):
     """Tiles of GEMM (random shape, bias/requant, int8/int32 out) fed by LOADs (dense or
     transposed A, column-slice B), results STOREd (dense or transposed), plus independent
     strided DMA traffic; loads of tile t+1 overlap GEMM t (tokens D->M and M->D)."""
@@ -239,11 +239,19 @@ def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int
                 shift = [rng.randrange(16, 28) for _ in range(nn)]
             out.append(_dma("LOAD", ext_put(_i32(mult + shift)), sqp, 2, nn, 4 * nn, 4 * nn, 4,
                             esz=2))
+        acc = rng.random() < acc_prob
+        sc = sp_alloc(mm * nn * (4 if acc or not rq else 1))
+        shift = 0
+        if acc:  # accumulate on top of an int32 C_old loaded into c (extremes included)
+            old = [rng.choice([-2**31, 2**31 - 1, 0]) if rng.random() < 0.15
+                   else rng.randrange(-2**20, 2**20) for _ in range(mm * nn)]
+            out.append(_dma("LOAD", ext_put(_i32(old)), sc, mm, nn, 4 * nn, 4 * nn, 4, esz=2))
+            shift = rng.choice([0, 8, 8, rng.randrange(32)])
         last = out[-1]
         out[-1] = Instr(last.op, last.wait, frozenset("M"), last.f)
-        sc = sp_alloc(mm * nn * (1 if rq else 4))
         f = {"a": sa, "b": sb, "c": sc, "m": mm, "k": kk, "n": nn, "bias": int(bias),
-             "requant": int(rq), "bias_addr": sbias, "qp": sqp}
+             "requant": int(rq), "bias_addr": sbias, "qp": sqp, "acc": int(acc),
+             "acc_shift": shift}
         gemm = Instr("GEMM", frozenset("D"), frozenset("D"), f)
         return out, gemm, (sc, mm, nn, 1 if rq else 4)
 
@@ -347,7 +355,7 @@ def _raw(word0: int, *words: int) -> bytes:
     (_raw(0x01 | 3 << 16, 0, 0, 1 | 1 << 16, 1, 1, 1), "reserved esz code 3"),
     (_raw(0x00 | 1 << 13), "HALT with a signal"),
     (_raw(0x03 | 1 << 19, 0, 0, 64, 1 | 1 << 16, 1), "reserved bit 19 of a GEMM"),
-    (_raw(0x03 | 1 << 18, 0, 0, 64, 1 | 1 << 16, 1), "GEMM acc (not in this slice)"),
+    (_raw(0x03 | 1 << 25, 0, 0, 64, 1 | 1 << 16, 1), "reserved bit 25 of a GEMM"),
     (_raw(0x03, 0, 0, 64, 1 | 0 << 16, 1), "GEMM with k = 0"),
     (_raw(0x04), "ADD (S queue, not in this slice)"),
 ])

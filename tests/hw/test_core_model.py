@@ -67,3 +67,13 @@ def test_wait_on_later_token_is_refused():
                                                        "n": 1})
     with pytest.raises(CoreError, match="signalled before it in program order"):
         program_timing([gemm, _load(sig="M"), HALT], CoreConfig())
+
+
+def test_gemm_acc_cycles_raw_engine_and_four_cycle_write_back():
+    cfg = CoreConfig(rows=4, cols=4)
+    base = 6 + gemm_cycles(4, 4, "os", 5, 3, 6)
+    acc32 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "acc": 1, "acc_shift": 8, "bias": 1})
+    # the engine runs raw: no channel stream, whatever bias/requant say
+    assert instr_cycles(acc32, cfg) == base + 24 + 4 * 30 + 6
+    acc8 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "acc": 1, "requant": 1})
+    assert instr_cycles(acc8, cfg) == base + 24 + 4 * 30 + 9
