@@ -171,6 +171,9 @@ class Graph:
     source: str = ""
     #: the output is a tuple (True) or a single tensor
     multi_output: bool = False
+    #: results of analyses over the graph, cached by the code that computes them (e.g.
+    #: compiler.accuracy's measured cost of integer placement); not part of the structure
+    analyses: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def node(self, name: str) -> Node:
         """The node called ``name`` (KeyError naming it otherwise)."""

@@ -18,20 +18,30 @@ search would keep the best ones and report ``exact: False``; no model we compile
 :func:`partition_greedy` is the baseline (each op on the device cheapest for it given what has
 been placed), :func:`partition_brute` enumerates every placement (small graphs, for tests), and
 :func:`evaluate` prices a given placement with the same model.
+
+Accuracy budget. A problem may carry, per op and device, the accuracy *group* the op joins when
+placed there (``acc_group``; integer devices only, see :mod:`compiler.accuracy`), each group's
+measured cosine drop (``acc_drop``) and a floor ``min_cosine``. A placement's estimated cosine
+is ``1 - sum(drop)`` over the groups it uses (:func:`expected_cosine`); placements below the
+floor are not allowed. :func:`partition_dp` stays exact under the budget: a placement is allowed
+exactly when the set of groups it uses fits, so it runs the DP once per *maximal* set of groups
+that fits (the other groups' integer placements removed) and keeps the best result; every allowed
+placement is a candidate of one of those runs. Groups are op kinds, a handful, so there are few
+such sets (one or two on MiniLM).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compiler.ir import Graph
 from compiler.targets.base import LinkSpec, Target
 from golden.errors import UserValueError
 
-__all__ = ["Problem", "Result", "build_problem", "evaluate", "partition_brute", "partition_dp",
-           "partition_greedy", "NoDeviceError"]
+__all__ = ["Problem", "Result", "build_problem", "evaluate", "expected_cosine", "groups_used",
+           "partition_brute", "partition_dp", "partition_greedy", "NoDeviceError"]
 
 
 class NoDeviceError(UserValueError):
@@ -58,6 +68,12 @@ class Problem:
     sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
     host: int = -1  # index of the host location (== len(devices) when no host device is listed)
     objective: str = "latency"
+    #: op -> per device the accuracy group the op joins there (None: no accuracy cost)
+    acc_group: dict[str, list[str | None]] = field(default_factory=dict)
+    #: accuracy group -> its estimated output cosine drop (0 or more)
+    acc_drop: dict[str, float] = field(default_factory=dict)
+    #: the lowest estimated cosine a placement may have (None: no budget)
+    min_cosine: float | None = None
 
     @property
     def nloc(self) -> int:
@@ -104,6 +120,8 @@ class Result:
     energy_j: float
     exact: bool = True
     states: int = 0
+    #: estimated output cosine (None when the problem has no accuracy data)
+    expected_cosine: float | None = None
 
 
 def build_problem(graph: Graph, devices: list[Target], objective: str = "latency") -> Problem:
@@ -221,6 +239,37 @@ def evaluate(p: Problem, placement: dict[str, str]) -> tuple[float, float, list[
     return t_now, e_tot, sched
 
 
+def groups_used(p: Problem, placement: dict[str, str]) -> set[str]:
+    """The accuracy groups a placement puts at least one op into."""
+    idx = {d: i for i, d in enumerate(p.devices)}
+    out = set()
+    for op, dev in placement.items():
+        row = p.acc_group.get(op)
+        if row and row[idx[dev]] is not None:
+            out.add(row[idx[dev]])
+    return out
+
+
+def _cosine_of(p: Problem, groups: set[str] | frozenset[str]) -> float:
+    return max(-1.0, 1.0 - sum(p.acc_drop.get(g, 0.0) for g in groups))
+
+
+def expected_cosine(p: Problem, placement: dict[str, str]) -> float | None:
+    """Estimated output cosine of a placement: ``1 - sum(drop)`` over the groups it uses
+    (floored at -1); None when the problem carries no accuracy data."""
+    if not p.acc_group:
+        return None
+    return _cosine_of(p, groups_used(p, placement))
+
+
+def _fits(p: Problem, groups: set[str] | frozenset[str]) -> bool:
+    return p.min_cosine is None or _cosine_of(p, groups) >= p.min_cosine - 1e-12
+
+
+def _budgeted(p: Problem) -> bool:
+    return p.min_cosine is not None and bool(p.acc_group)
+
+
 def _via_host(mask: int, host: int) -> bool:
     """A copy between two non-host devices passes through the host (which keeps it)."""
     return not mask >> host & 1
@@ -238,11 +287,14 @@ def partition_brute(p: Problem) -> Result:
         r = evaluate(p, pl)
         if r is None:
             continue
+        if _budgeted(p) and not _fits(p, groups_used(p, pl)):
+            continue
         val = r[0] if p.objective == "latency" else r[1]
         if best is None or val < best.objective_value - 1e-15:
-            best = Result(pl, val, r[0], r[1])
+            best = Result(pl, val, r[0], r[1], expected_cosine=expected_cosine(p, pl))
     if best is None:
-        raise NoDeviceError("no placement satisfies the device capacities")
+        raise NoDeviceError("no placement satisfies the device capacities"
+                            + (" and the accuracy budget" if _budgeted(p) else ""))
     return best
 
 
@@ -257,8 +309,77 @@ def _tracked(p: Problem) -> list[tuple[int, str]]:
     return out
 
 
+def _maximal_sets(p: Problem) -> list[frozenset[str]]:
+    """Every set of accuracy groups that fits the budget and to which no further group can be
+    added (a depth-first search; when all remaining groups fit, they are taken at once)."""
+    names = sorted(p.acc_drop, key=lambda g: (p.acc_drop[g], g))
+    found: list[frozenset[str]] = []
+
+    def walk(i: int, chosen: frozenset[str]) -> None:
+        if i == len(names):
+            if all(g in chosen or not _fits(p, chosen | {g}) for g in names):
+                found.append(chosen)
+            return
+        rest = frozenset(names[i:])
+        if _fits(p, chosen | rest):
+            walk(len(names), chosen | rest)
+            return
+        if _fits(p, chosen | {names[i]}):
+            walk(i + 1, chosen | {names[i]})
+        walk(i + 1, chosen)
+
+    walk(0, frozenset())
+    return found
+
+
+def _restrict(p: Problem, allowed: frozenset[str]) -> Problem:
+    """The problem without the integer placements of groups outside ``allowed`` (no budget)."""
+    cost = {}
+    for op, row in p.cost.items():
+        groups = p.acc_group.get(op) or [None] * len(row)
+        cost[op] = [c if g is None or g in allowed else None
+                    for c, g in zip(row, groups, strict=True)]
+    return replace(p, cost=cost, min_cosine=None)
+
+
+def _budget_error(p: Problem, why: str) -> NoDeviceError:
+    costs = ", ".join(f"{g} {1 - d:.4f}" for g, d in sorted(p.acc_drop.items(),
+                                                             key=lambda kv: -kv[1]))
+    return NoDeviceError(f"no placement keeps the estimated output cosine >= {p.min_cosine:g} "
+                         f"({why}); measured cosine with only that group in integer: {costs}; "
+                         "add a float device (cpu) or lower --min-cosine")
+
+
 def partition_dp(p: Problem, max_states: int = 50000) -> Result:
-    """Exact placement by dynamic programming (see the module docstring)."""
+    """Exact placement by dynamic programming (see the module docstring), within the accuracy
+    budget when the problem has one."""
+    if not _budgeted(p):
+        r = _dp(p, max_states)
+        r.expected_cosine = expected_cosine(p, r.placement)
+        return r
+    best: Result | None = None
+    states = 0
+    exact = True
+    last_err: NoDeviceError | None = None
+    for allowed in _maximal_sets(p):
+        try:
+            r = _dp(_restrict(p, allowed), max_states)
+        except NoDeviceError as e:
+            last_err = e
+            continue
+        states += r.states
+        exact = exact and r.exact
+        if best is None or r.objective_value < best.objective_value:
+            best = r
+    if best is None:
+        raise _budget_error(p, str(last_err) if last_err else "no set of groups fits")
+    best.states, best.exact = states, exact
+    best.expected_cosine = expected_cosine(p, best.placement)
+    return best
+
+
+def _dp(p: Problem, max_states: int) -> Result:
+    """The dynamic program itself (no accuracy budget)."""
     last = _last_use(p)
     tracked = _tracked(p)
     caps = [p.capacity[d][r] for d, r in tracked]
@@ -375,11 +496,15 @@ def partition_greedy(p: Problem) -> Result:
     where: dict[str, int] = {v: 1 << p.host for v in p.graph_inputs}
     usage: list[dict[str, int]] = [dict() for _ in p.devices]
     placement: dict[str, str] = {}
+    used: set[str] = set()  # accuracy groups spent so far (a group breaking the budget is skipped)
     for op in p.ops:
         best: tuple[float, int] | None = None
         for d in range(len(p.devices)):
             c = p.cost[op][d]
             if c is None:
+                continue
+            grp = (p.acc_group.get(op) or [None] * len(p.devices))[d]
+            if _budgeted(p) and grp is not None and not _fits(p, used | {grp}):
                 continue
             if any(usage[d].get(r, 0) + u > p.capacity[d].get(r, float("inf"))
                    for r, u in p.use[op][d].items()):
@@ -394,8 +519,12 @@ def partition_greedy(p: Problem) -> Result:
             if best is None or val < best[0]:
                 best = (val, d)
         if best is None:
-            raise NoDeviceError(f"greedy: no device has room for op {op}")
+            raise NoDeviceError(f"greedy: no device has room for op {op}"
+                                + (" within the accuracy budget" if _budgeted(p) else ""))
         d = best[1]
+        grp = (p.acc_group.get(op) or [None] * len(p.devices))[d]
+        if grp is not None:
+            used.add(grp)
         for r, u in p.use[op][d].items():
             usage[d][r] = usage[d].get(r, 0) + u
         for v in p.reads[op]:
@@ -406,4 +535,5 @@ def partition_greedy(p: Problem) -> Result:
         placement[op] = p.devices[d]
     r = evaluate(p, placement)
     assert r is not None
-    return Result(placement, r[0] if p.objective == "latency" else r[1], r[0], r[1])
+    return Result(placement, r[0] if p.objective == "latency" else r[1], r[0], r[1],
+                  expected_cosine=expected_cosine(p, placement))

@@ -96,3 +96,52 @@ def test_dp_equals_brute_force_and_beats_greedy(seed, objective):
     assert ev is not None
     assert (ev[0] if objective == "latency" else ev[1]) == pytest.approx(dp.objective_value, rel=1e-9)
     assert dp.objective_value <= gr.objective_value * (1 + 1e-12)
+
+
+def with_budget(p, seed, min_cosine):
+    """Give every integer placement of ``p`` one of three accuracy groups (by op) and drops."""
+    rng = random.Random(1000 + seed)
+    kinds = {op: rng.choice(["k0", "k1", "k2"]) for op in p.ops}
+    p.acc_group = {op: [kinds[op] if p.integer[d] and p.cost[op][d] is not None else None
+                        for d in range(len(p.devices))] for op in p.ops}
+    p.acc_drop = {"k0": rng.uniform(0, 0.02), "k1": rng.uniform(0, 0.02), "k2": 0.3}
+    p.min_cosine = min_cosine
+    return p
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("objective", ["latency", "energy"])
+def test_dp_exact_under_accuracy_budget(seed, objective):
+    from compiler.partition import expected_cosine, groups_used
+
+    p = with_budget(random_dag(seed, n=6 + seed % 3, objective=objective), seed, 0.985)
+    dp, bf = partition_dp(p), partition_brute(p)
+    assert dp.objective_value == pytest.approx(bf.objective_value, rel=1e-9, abs=1e-15)
+    for r in (dp, bf):
+        assert r.expected_cosine == expected_cosine(p, r.placement) >= 0.985 - 1e-12
+        assert "k2" not in groups_used(p, r.placement)  # its drop alone breaks the budget
+    try:
+        gr = partition_greedy(p)
+    except NoDeviceError:
+        return
+    assert gr.expected_cosine >= 0.985 - 1e-12
+    assert dp.objective_value <= gr.objective_value * (1 + 1e-12)
+
+
+def test_budget_keeps_costly_kind_off_the_accelerator():
+    # three ops the accelerator runs 1000x faster; o1 is a "layer norm" that costs 0.25 cosine
+    p = chain([[(1e-6, 0), (1e-3, 0)]] * 3)
+    p.acc_group = {"o0": ["lin", None], "o1": ["ln", None], "o2": ["lin", None]}
+    p.acc_drop = {"lin": 0.008, "ln": 0.25}
+    assert partition_dp(p).placement == {"o0": "acc", "o1": "acc", "o2": "acc"}  # no budget
+    assert partition_dp(p).expected_cosine == pytest.approx(1 - 0.258)
+    p.min_cosine = 0.99
+    r = partition_dp(p)
+    assert r.placement == {"o0": "acc", "o1": "cpu", "o2": "acc"}
+    assert r.expected_cosine == pytest.approx(0.992)
+    p.min_cosine = 0.995  # not even the linears fit
+    assert set(partition_dp(p).placement.values()) == {"cpu"}
+    assert partition_dp(p).expected_cosine == 1.0
+    p.cost["o1"] = [(1e-6, 0), None]  # the layer norm runs only on the accelerator
+    with pytest.raises(NoDeviceError, match="cosine >= 0.995"):
+        partition_dp(p)
