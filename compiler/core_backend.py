@@ -45,6 +45,8 @@ from compiler.ir import Graph, Node, Ref
 from compiler.passes.quantize import linear_qparams
 from golden.core import (
     ADD_MULT_BITS,
+    INT16_MAX,
+    INT16_MIN,
     CoreMemory,
     Instr,
     _ranges,
@@ -217,14 +219,28 @@ class CoreProgram:
                 if not bool((q == q[..., :1, :]).all()):
                     raise CoreLoweringError(f"attention mask {name!r} differs between query "
                                             "rows: the core's SOFTMAX masks keys only")
+            elif v.fmt == "s16":  # split int16: the high plane at addr, the low one at addr_lo
+                q16 = torch.clamp(torch.round(t.to(torch.float64) / v.scale), INT16_MIN,
+                                  INT16_MAX).to(torch.int64)
+                lo = torch.remainder(q16 + 128, 256) - 128
+                assert v.addr_lo is not None
+                _scatter(mem, v.addr_lo, lo, 1)
+                q = (q16 - lo) // 256
+            elif v.fmt == "i32":
+                q = torch.clamp(torch.round(t.to(torch.float64) / v.scale), -32767, 32767)
             else:
                 q = torch.clamp(torch.round(t.to(torch.float64) / v.scale), -128, 127)
             _scatter(mem, v.addr, q.to(torch.int64), v.esz)
+            if v.wide is not None:
+                w = torch.clamp(torch.round(t.to(torch.float64) / v.wide.scale), -2**15,
+                                2**15 - 1)
+                _scatter(mem, v.wide.addr, w.to(torch.int64), 2)
         return mem
 
     def read(self, mem: CoreMemory, name: str) -> torch.Tensor:
         """Real value (float32) of an output from the memory after the run."""
         v = self.outputs[name]
+        v = v.wide if v.wide is not None else v  # the finer copy when there is one
         return _dequant(v, _gather(mem, v.addr, v.esz),
                         None if v.addr_lo is None else _gather(mem, v.addr_lo, 1))
 
@@ -292,6 +308,15 @@ class _Lowering:
         self.blobs.append((a, data))
         return a
 
+    def producer_scale(self, v: str) -> float | None:
+        """The calibrated per-tensor scale of the op that made ``v`` (through layouts), if any."""
+        while v in self.nodes and self.nodes[v].op == "layout" and self.nodes[v].inputs:
+            v = self.nodes[v].inputs[0]
+        q = self.nodes[v].attrs.get("quant") if v in self.nodes else None
+        # a per-channel or int32 linear output arriving from the host: per tensor at its
+        # calibrated largest channel scale
+        return float(q["out_scale"]) if q else None
+
     def consumer_scale(self, v: str, who: str) -> float:
         """The in_scale the (first quantized) consumer of ``v`` reads it with, through layouts."""
         todo = [v]
@@ -338,15 +363,25 @@ class _Lowering:
             addr_lo = b + torch.arange(n, dtype=torch.int64).reshape(addr.shape)
         return CoreValue(addr, esz, fmt, scale, addr_lo)
 
-    def value(self, r: Any, who: str, scale: float | None = None) -> CoreValue:
+    def value(self, r: Any, who: str, scale: float | None = None, fmt: str = "i8") -> CoreValue:
         if not isinstance(r, Ref):
             raise CoreLoweringError(f"{who}: operand {r!r} is not a tensor value")
         if r.name in self.vals:
             return self.vals[r.name]
         # a region input: written by the host, int8 with the reading op's scale
         t = self.g.value_type(r.name)[0]
-        s = scale if scale is not None else self.consumer_scale(r.name, who)
-        v = self.new_value(t.shape, 1, "i8", s)
+        s = scale if scale is not None else self.producer_scale(r.name)
+        if s is None:
+            s = self.consumer_scale(r.name, who)
+        if fmt == "i8" and scale is None and self.feeds(r.name, "layer_norm"):
+            # a layer norm's input from the host: 16 significant bits in int32, like a residual sum
+            v = self.new_value(t.shape, 4, "i32", self.consumer_scale(r.name, who) * 127 / 32767)
+            self.vals[r.name] = v
+            self.inputs[r.name] = v
+            return v
+        v = self.new_value(t.shape, 1, fmt, s, lo=fmt == "s16")
+        if fmt == "i8" and any(self.nodes[u].op == "add" for u in self._through_layouts(r.name)):
+            v.wide = self.new_value(t.shape, 2, "i16", s / 256)  # for residual adds
         self.vals[r.name] = v
         self.inputs[r.name] = v
         return v
@@ -382,11 +417,12 @@ class _Lowering:
     def op_linear(self, n: Node, who: str) -> None:
         ql = linear_qparams(self.g, n)
         q = n.attrs["quant"]
-        x = self.value(n.args[n.attrs.get("x_arg", 0)], who, ql.in_scale)
+        wide = q.get("in_bits") == 16
+        x = self.value(n.args[n.attrs.get("x_arg", 0)], who, ql.in_scale,
+                       "s16" if wide else "i8")
         k, nn = ql.wq.shape
         xa = x.addr.reshape(-1, k)
         m = xa.shape[0]
-        wide = q.get("in_bits") == 16
         if wide and x.fmt != "s16":
             raise CoreLoweringError(f"{who}: a 16-bit-input linear needs its input in split int16 "
                                     "(from a GELU on the core)")
@@ -405,47 +441,56 @@ class _Lowering:
         self.vals[n.name] = out
         oa = out.addr.reshape(m, nn)
         osz = 4 if out32 else 1
-        sp = self.cfg.sp_bytes
-        # budget: A (and A_lo) resident, two weight tiles, two output tiles, bias + qp tiles
-        a_bytes = m * k * (2 if wide else 1)
-        per_col = 2 * (k + m * osz + 12)
+        cfg = self.cfg
+        if k > cfg.max_k:
+            raise CoreLoweringError(f"{who}: K = {k} exceeds the GEMM engine's max_k "
+                                    f"{cfg.max_k}")
+        sp = cfg.sp_bytes
+        mt = min(m, cfg.max_m)
+        # budget: an A row tile (and A_lo) resident, two weight, output, bias and qp tiles
+        a_bytes = mt * k * (2 if wide else 1)
+        per_col = 2 * (k + mt * osz + 12)
         avail = sp - a_bytes - 256
-        nt = min(nn, avail // per_col if avail > 0 else 0)
+        nt = min(nn, cfg.max_n, avail // per_col if avail > 0 else 0)
         if nt >= 8:
             nt -= nt % 8
         if nt <= 0:
-            raise CoreLoweringError(f"{who}: scratchpad overflow: A is {m}x{k} ({a_bytes} B), "
+            raise CoreLoweringError(f"{who}: scratchpad overflow: A is {mt}x{k} ({a_bytes} B), "
                                     f"a weight column needs {per_col} B, scratchpad "
-                                    f"{sp} B (tile M or enlarge sp_bytes)")
+                                    f"{sp} B (enlarge sp_bytes)")
         sa = _Alloc(0, sp, "scratchpad")
-        a_sp = sa.take(m * k, who)
-        lo_sp = sa.take(m * k, who) if wide else None
+        a_sp = sa.take(mt * k, who)
+        lo_sp = sa.take(mt * k, who) if wide else None
         wbuf = [sa.take(k * nt, who) for _ in range(2)]
-        obuf = [sa.take(m * nt * osz, who) for _ in range(2)]
+        obuf = [sa.take(mt * nt * osz, who) for _ in range(2)]
         bbuf = [sa.take(nt * 4, who) for _ in range(2)]
         qbuf = [sa.take(nt * 8, who) for _ in range(2)]
-        self.p.dma("LOAD", xa, a_sp, 1)
-        if wide:
-            assert x.addr_lo is not None
-            self.p.dma("LOAD", x.addr_lo.reshape(-1, k), lo_sp, 1)
-        for j, n0 in enumerate(range(0, nn, nt)):
-            w = min(nt, nn - n0)
-            s = j % 2
-            self.p.emit("LOAD", ext=w_at + n0, sp=wbuf[s], rows=k, cols=w, ext_rs=nn,
-                        sp_rs=w, sp_cs=1)
-            self.p.emit("LOAD", esz=2, ext=b_at + 4 * n0, sp=bbuf[s], rows=1, cols=w,
-                        ext_rs=4 * w, sp_rs=4 * w, sp_cs=4)
-            if not out32:
-                self.p.emit("LOAD", esz=2, ext=qp_at + 4 * n0, sp=qbuf[s], rows=2, cols=w,
-                            ext_rs=4 * nn, sp_rs=4 * w, sp_cs=4)
+        j = 0
+        for m0 in range(0, m, mt):
+            mr = min(mt, m - m0)
+            self.p.dma("LOAD", xa[m0:m0 + mr], a_sp, 1)
             if wide:
-                self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=m, k=k, n=w)
-                self.p.emit("GEMM", a=lo_sp, b=wbuf[s], c=obuf[s], m=m, k=k, n=w, acc=1,
-                            acc_shift=8, bias=1, bias_addr=bbuf[s])
-            else:
-                self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=m, k=k, n=w, bias=1,
-                            bias_addr=bbuf[s], requant=0 if out32 else 1, qp=qbuf[s])
-            self.p.dma("STORE", oa[:, n0:n0 + w], obuf[s], osz)
+                assert x.addr_lo is not None
+                self.p.dma("LOAD", x.addr_lo.reshape(-1, k)[m0:m0 + mr], lo_sp, 1)
+            for n0 in range(0, nn, nt):
+                w = min(nt, nn - n0)
+                s = j % 2
+                j += 1
+                self.p.emit("LOAD", ext=w_at + n0, sp=wbuf[s], rows=k, cols=w, ext_rs=nn,
+                            sp_rs=w, sp_cs=1)
+                self.p.emit("LOAD", esz=2, ext=b_at + 4 * n0, sp=bbuf[s], rows=1, cols=w,
+                            ext_rs=4 * w, sp_rs=4 * w, sp_cs=4)
+                if not out32:
+                    self.p.emit("LOAD", esz=2, ext=qp_at + 4 * n0, sp=qbuf[s], rows=2, cols=w,
+                                ext_rs=4 * nn, sp_rs=4 * w, sp_cs=4)
+                if wide:
+                    self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w)
+                    self.p.emit("GEMM", a=lo_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w, acc=1,
+                                acc_shift=8, bias=1, bias_addr=bbuf[s])
+                else:
+                    self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w, bias=1,
+                                bias_addr=bbuf[s], requant=0 if out32 else 1, qp=qbuf[s])
+                self.p.dma("STORE", oa[m0:m0 + mr, n0:n0 + w], obuf[s], osz)
 
     def op_attention(self, n: Node, who: str) -> None:
         qn, kn, vn = n.args[0], n.args[1], n.args[2]
@@ -475,6 +520,12 @@ class _Lowering:
             # one key mask per batch row: the core's SOFTMAX masks keys (rows all alike)
             km_addr = mv.addr.expand(*batch, s_q, s_k).reshape(-1, s_q, s_k)
             km_at = km_addr
+        for what, v_, lim in (("queries", s_q, self.cfg.max_m), ("keys", s_k, self.cfg.max_n),
+                              ("keys", s_k, self.cfg.max_k), ("head dim", d, self.cfg.max_k),
+                              ("head dim", d, self.cfg.max_n)):
+            if v_ > lim:
+                raise CoreLoweringError(f"{who}: {v_} {what} exceed the GEMM engine's limit "
+                                        f"{lim} (max_m/max_k/max_n)")
         att_scale = n.kwargs.get("scale")
         att_scale = 1 / math.sqrt(d) if att_scale is None else float(att_scale)
         sm = softmax_params(q.scale * k.scale * att_scale)

@@ -22,7 +22,8 @@ from compiler.interp import float_impl, run_graph
 from compiler.ir import Graph
 from hw.core_model import CoreConfig, program_timing
 
-__all__ = ["encoder_region", "lower_plan", "run_on_core"]
+__all__ = ["attach_programs", "core_impl", "core_regions", "encoder_region", "lower_plan",
+           "plan_programs", "run_on_core", "write_program_files"]
 
 
 def encoder_region(graph: Graph) -> list[str]:
@@ -41,6 +42,128 @@ def encoder_region(graph: Graph) -> list[str]:
             raise CoreLoweringError(f"op {nm} ({n.op}, {n.target}) inside the encoder body has "
                                     f"no core instruction (core ops: {', '.join(CORE_OPS)})")
     return region
+
+
+def core_regions(plan: dict[str, Any], graph: Graph) -> list[tuple[dict[str, Any], list[str]]]:
+    """(core device entry, op names) of every run of consecutive graph-order ops the plan places
+    on a core device: each run is convex, so one program computes it."""
+    devs = {d["name"]: d for d in plan["devices"]}
+    place = {o["name"]: o["device"] for o in plan["ops"]}
+    out: list[tuple[dict[str, Any], list[str]]] = []
+    run: list[str] = []
+    cur = None
+    for n in graph.nodes:
+        d = devs[place[n.name]]
+        if d["kind"] == "core" and (cur is None or cur == d["name"]):
+            run.append(n.name)
+            cur = d["name"]
+            continue
+        if run:
+            out.append((devs[cur], run))  # type: ignore[index]
+        run, cur = ([n.name], d["name"]) if d["kind"] == "core" else ([], None)
+    if run:
+        out.append((devs[cur], run))  # type: ignore[index]
+    return out
+
+
+def _device_config(dev: dict[str, Any]) -> CoreConfig:
+    from hw.core_spec import CoreSpec
+    p = dev["params"]
+    spec = CoreSpec(**{k: p[k] for k in CoreSpec.__dataclass_fields__ if k in p})
+    return spec.config()
+
+
+def plan_programs(plan: dict[str, Any], graph: Graph) -> list[tuple[str, CoreProgram]]:
+    """(device name, program) of every core region of the plan, lowered from ``graph``."""
+    return [(dev["name"], lower_region(graph, names, _device_config(dev)))
+            for dev, names in core_regions(plan, graph)]
+
+
+def _entry(prog: CoreProgram) -> dict[str, Any]:
+    import hashlib
+
+    from hw.core_model import program_timing
+    t = program_timing(prog.instrs, prog.cfg)
+
+    def vmap(vals: dict[str, Any]) -> dict[str, Any]:
+        return {k: {"fmt": v.fmt, "first_byte": int(v.addr.min()), "shape": list(v.addr.shape),
+                    "scale": v.scale if isinstance(v.scale, float) else None}
+                for k, v in vals.items()}
+
+    return {"ops": list(prog.ops), "instructions": len(prog.instrs),
+            "predicted_cycles": t.cycles, "busy_cycles": t.busy,
+            "program_sha256": hashlib.sha256(prog.program_bytes()).hexdigest(),
+            "image_sha256": hashlib.sha256(prog.image).hexdigest(),
+            "image_bytes": len(prog.image), "ext_bytes": prog.ext_bytes,
+            "inputs": vmap(prog.inputs), "outputs": vmap(prog.outputs)}
+
+
+def attach_programs(plan: dict[str, Any], graph: Graph) -> list[tuple[str, CoreProgram]]:
+    """Lower the plan's core regions and record each program in its device's
+    ``hardware.programs`` (content hashes, memory map, exact predicted cycles)."""
+    progs = plan_programs(plan, graph)
+    for d in plan["devices"]:
+        if d["kind"] == "core":
+            d["hardware"]["programs"] = [_entry(p) for name, p in progs if name == d["name"]]
+    return progs
+
+
+def write_program_files(plan_path: Any, progs: list[tuple[str, CoreProgram]]) -> list[str]:
+    """Write ``<plan>.<device>.<i>.program.bin`` / ``.image.bin`` beside the plan (atomically)."""
+    from pathlib import Path
+
+    from golden.outputs import write_atomic
+    base = Path(plan_path)
+    out = []
+    for i, (dev, p) in enumerate(progs):
+        for kind, data in (("program", p.program_bytes()), ("image", p.image)):
+            f = base.with_name(f"{base.stem}.{dev}.{i}.{kind}.bin")
+            write_atomic(f, data)
+            out.append(str(f))
+    return out
+
+
+def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
+    """A node implementation for :func:`compiler.interp.run_graph`: the plan's core regions run
+    on the golden core (each region's program once per input, on its first op), every other op
+    through ``base``. ``CoreLoweringError`` when a program differs from the one the plan records
+    (content hash)."""
+    progs = plan_programs(plan, graph)
+    want = [p for d in plan["devices"] if d["kind"] == "core"
+            for p in d["hardware"].get("programs", [])]
+    if len(want) != len(progs) or any(
+            w["program_sha256"] != _entry(p)["program_sha256"] or
+            w["image_sha256"] != _entry(p)["image_sha256"] for w, (_, p) in zip(
+                want, progs, strict=False)):
+        raise CoreLoweringError("the plan's core programs do not match what its model lowers to "
+                                "(field devices[].hardware.programs: content hash differs; "
+                                "recompile the plan)")
+    owner = {nm: i for i, (_, p) in enumerate(progs) for nm in p.ops}
+    state: dict[str, Any] = {}
+    runs: dict[int, dict[str, Any]] = {}
+
+    def impl(node: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        i = owner.get(node.name)
+        if i is None:
+            v = base(node, args, kwargs)
+        else:  # the region's program runs once, on its first op; inner values are not read back
+            if i not in runs:
+                prog = progs[i][1]
+                runs[i] = prog.run({k: state[k] for k in prog.inputs})[0]
+            v = runs[i].get(node.name)
+        if v is not None:
+            state[node.name] = v
+        return v
+
+    def start(inputs: Any) -> None:
+        """Call before each input: forget the previous input's values and program runs."""
+        state.clear()
+        runs.clear()
+        for (name, _), t in zip(graph.inputs, inputs, strict=True):
+            state[name] = t
+
+    impl.start = start  # type: ignore[attr-defined]
+    return impl
 
 
 def lower_plan(plan: dict[str, Any], cfg: CoreConfig | None = None

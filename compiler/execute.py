@@ -352,6 +352,10 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     graph, lm = rebuild_graph(plan)
     stats: dict[str, int] = {}
     impl = make_impl(graph, plan, stats)
+    if any(d["kind"] == "core" for d in plan["devices"]):  # core regions on the golden core
+        from compiler.core_run import core_impl
+        impl = core_impl(plan, graph, impl)
+    start = getattr(impl, "start", lambda inputs: None)
     cos: list[float] = []
     err = 0.0
     if lm.name == "minilm":
@@ -365,7 +369,9 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
         ref = embed(model, tok, sents)
         ids, am, tt = tokenize(sents, lm.seq_len or 32)
         for i in range(len(sents)):
-            out = run_graph(graph, (ids[i:i + 1], am[i:i + 1], tt[i:i + 1]), impl=impl)[0]
+            inp = (ids[i:i + 1], am[i:i + 1], tt[i:i + 1])
+            start(inp)
+            out = run_graph(graph, inp, impl=impl)[0]
             msk = am[i:i + 1].unsqueeze(-1).to(out.dtype)
             pooled = (out * msk).sum(1) / msk.sum(1).clamp_min(1e-9)
             e = torch.nn.functional.normalize(pooled, p=2, dim=-1)[0]
@@ -383,6 +389,7 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                 else torch.randint(0, int(t.max()) + 1, t.shape, generator=g).to(t.dtype)
                 for t in lm.example_inputs))
         for inp in inputs:
+            start(inp)
             out = run_graph(graph, inp, impl=impl)
             with torch.no_grad():
                 ref = lm.module(*inp)

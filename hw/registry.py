@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hw.core_spec import CoreSpec
 from hw.gelu import GeluSpec
 from hw.gemm import GemmSpec
 from hw.layernorm import LayerNormSpec
@@ -20,7 +21,8 @@ __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
 
 #: unit kind -> parameter class
 UNITS: dict[str, type[UnitSpec]] = {
-    cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec)
+    cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec,
+                              CoreSpec)
 }
 
 
@@ -38,8 +40,9 @@ def spec_from_json(kind: str, params: Any, where: str = "params") -> UnitSpec:
 
 
 def unit_for_op(op: str) -> type[UnitSpec] | None:
-    """The unit class that computes IR op ``op``, or None when hw/ has none."""
+    """The (single-function) unit class that computes IR op ``op``, or None when hw/ has none;
+    composite units (the core) are not looked up per op."""
     for cls in UNITS.values():
-        if op in cls.ops:
+        if op in cls.ops and not cls.composite:
             return cls
     return None

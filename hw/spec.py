@@ -61,6 +61,9 @@ class UnitSpec:
     component: ClassVar[str] = ""
     #: real builds of this unit (see :class:`Measured`)
     measured: ClassVar[tuple[Measured, ...]] = ()
+    #: True for a unit composed of others that runs programs (the core): per-op unit lookup
+    #: (:func:`hw.registry.unit_for_op`) skips it; a core device uses it whole
+    composite: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- JSON
 

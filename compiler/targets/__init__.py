@@ -1,7 +1,7 @@
 """Compiler targets, one module each: fpga, asic, imc, cpu, gpu (see :mod:`compiler.targets.base`).
 
 Device specs: a board name from :mod:`boards.catalog` (``ulx3s-85f``), ``cpu``,
-``gpu``/``gpu-a100``/``gpu-h100``, ``asic``, ``imc``; parameters follow after colons
+``gpu``/``gpu-a100``/``gpu-h100``, ``asic``, ``imc``, ``core`` (the fmforge core); parameters follow after colons
 (``asic:rows=16:cols=16``, ``imc:adc_bits=6``, ``cpu:mode=roofline``). A device list is
 comma-separated; names must be unique (``asic#2`` style suffixes are not supported).
 """
@@ -14,13 +14,14 @@ from typing import Any
 from boards.catalog import board_names
 from compiler.targets.asic import AsicTarget
 from compiler.targets.base import LinkSpec, OpCost, Support, Target
+from compiler.targets.core import CoreTarget
 from compiler.targets.cpu import CpuTarget
 from compiler.targets.fpga import FpgaTarget
 from compiler.targets.gpu import GPUS, GpuTarget
 from compiler.targets.imc import ImcTarget
 from golden.errors import UserLookupError, UserValueError
 
-__all__ = ["AsicTarget", "CpuTarget", "FpgaTarget", "GpuTarget", "ImcTarget", "LinkSpec",
+__all__ = ["AsicTarget", "CoreTarget", "CpuTarget", "FpgaTarget", "GpuTarget", "ImcTarget", "LinkSpec",
            "OpCost", "Support", "Target", "device_types", "make_device", "parse_devices"]
 
 
@@ -38,11 +39,13 @@ def make_device(spec: str) -> Target:
         return AsicTarget(spec, params)
     if key == "imc":
         return ImcTarget(spec, params)
+    if key == "core":
+        return CoreTarget(spec, params)
     if key in board_names():
         if params:
             raise UserValueError(f"device {spec!r}: boards take no parameters")
         return FpgaTarget(key)
-    known = ["cpu", "gpu", *(f"gpu-{g}" for g in GPUS), "asic", "imc", *board_names()]
+    known = ["cpu", "gpu", *(f"gpu-{g}" for g in GPUS), "asic", "imc", "core", *board_names()]
     raise UserLookupError(f"unknown device {base!r}; devices: {', '.join(known)}")
 
 
@@ -72,7 +75,7 @@ def _summary(doc: str | None) -> str:
 def device_types() -> list[dict[str, Any]]:
     """Every device type with its default parameters (what ``fmforge devices`` prints)."""
     out: list[dict[str, Any]] = []
-    for name in ["cpu", "gpu-a100", "gpu-h100", "asic", "imc", *board_names()]:
+    for name in ["cpu", "gpu-a100", "gpu-h100", "asic", "imc", "core", *board_names()]:
         d = make_device(name)
         out.append({"name": name, "kind": d.kind, "params": d.params(),
                     "capacity": dict(d.capacity), "link": d.link.to_json()

@@ -94,6 +94,28 @@ def _layernorm_spec(args: argparse.Namespace):
                            seed=args.seed).spec()  # seeded example gamma/beta
 
 
+def _core_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int_range(1, 64), default=8, help="array rows (default 8)")
+    p.add_argument("--cols", type=int_range(1, 64), default=8, help="array columns (default 8)")
+    p.add_argument("--dataflow", choices=("os", "ws"), default="os", help="GEMM dataflow")
+    p.add_argument("--bytes-per-cycle", type=int_range(1, 64), default=4,
+                   help="external-memory bytes per beat (default 4)")
+    p.add_argument("--queue-depth", type=int_range(1, 1024), default=4,
+                   help="instruction queue entries (default 4)")
+    p.add_argument("--sp-kb", type=int_range(1, 16384), default=256,
+                   help="scratchpad KiB (default 256)")
+    p.add_argument("--imem-instrs", type=int_range(1, 65536), default=4096,
+                   help="instruction memory entries (default 4096)")
+
+
+def _core_spec(args: argparse.Namespace):
+    from hw.core_spec import CoreSpec
+
+    return CoreSpec(rows=args.rows, cols=args.cols, dataflow=args.dataflow,
+                    bytes_per_cycle=args.bytes_per_cycle, queue_depth=args.queue_depth,
+                    sp_bytes=1024 * args.sp_kb, imem_instrs=args.imem_instrs)
+
+
 #: registry unit kind -> (CLI flags, spec from the parsed flags); help comes from the spec class
 CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "gemm": (add_gemm_args, gemm_spec_from_args),
@@ -101,6 +123,7 @@ CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "gelu": (_gelu_args, _gelu_spec),
     "softmax": (_softmax_args, _softmax_spec),
     "layernorm": (_layernorm_args, _layernorm_spec),
+    "core": (_core_args, _core_spec),
 }
 
 
