@@ -1,10 +1,11 @@
-"""The fmforge core, first RTL slice: instruction fetch/dispatch, token-synchronised D and M
-queues, a strided DMA engine on an external-memory port and GEMM on :class:`hw.gemm.GemmEngine`.
+"""The fmforge core: instruction fetch/dispatch, token-synchronised D, M and S queues, a
+strided DMA engine on an external-memory port, GEMM on :class:`hw.gemm.GemmEngine` and the
+special-function units (:class:`hw.gelu.Gelu`, :class:`hw.layernorm.LayerNorm`,
+:class:`hw.softmax.Softmax` with run-time parameters, and an ADD pipeline).
 
-It runs programs of the ISA subset ``LOAD``, ``STORE``, ``GEMM`` (bias, requant, int32 or int8
-out; not ``acc``) and ``HALT`` exactly as :func:`golden.core.run_program` does, in exactly the
-cycles :func:`hw.core_model.program_timing` gives (its module docstring has the formulas; the
-cycle-level account of where they come from is in :class:`Core`).
+It runs every instruction of docs/isa.md exactly as :func:`golden.core.run_program` does, in
+exactly the cycles :func:`hw.core_model.program_timing` gives (its module docstring has the
+formulas; the cycle-level account of where they come from is in :class:`Core`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.core import INSTR_BYTES, OPCODES
+from hw.gelu import Gelu
 from hw.gemm import GemmEngine, _check_dataflow
+from hw.layernorm import LayerNorm
 from hw.lib import check_positive, saturate_bits
 from hw.requant import requant_stages
+from hw.softmax import Softmax
 
 __all__ = ["Core", "INSTR_BITS", "mem_request_layout"]
 
@@ -36,7 +40,7 @@ def _w(raw: Value, i: int) -> Value:
 
 
 class Core(wiring.Component):
-    """The fmforge core (slice: D and M queues; ``LOAD``/``STORE``/``GEMM``/``HALT``).
+    """The fmforge core (D, M and S queues; every instruction of docs/isa.md).
 
     Parameters (keyword-only)
     -------------------------
@@ -46,6 +50,8 @@ class Core(wiring.Component):
     sp_bytes : int   scratchpad size (bytes).
     imem_instrs : int   instruction-memory entries (256-bit instructions).
     max_m, max_k, max_n : int   the largest GEMM (the engine's buffers and the result buffer).
+    max_row : int   the longest S-queue row (ADD ``cols``, LAYERNORM/SOFTMAX ``cols``): the
+      units' row buffers and the ADD multiplier tables.
 
     Interface
     ---------
@@ -58,9 +64,12 @@ class Core(wiring.Component):
       ``done`` (Out): rises in the cycle in which ``HALT`` (or an error) has stopped dispatch and
       every queue is empty and idle; it stays high until the next ``start``.
       ``error`` (Out): sticky; an illegal instruction (unknown opcode, reserved word-0 bits,
-      tokens on ``HALT``, a queue waiting for/signalling itself, reserved ``esz``) or one this
-      slice does not run (ADD/LAYERNORM/SOFTMAX/GELU, ``GEMM`` with ``acc``, a GEMM dimension 0 or
-      above ``max_*``) stops dispatch at that instruction; ``error_pc`` holds its pc.
+      tokens on ``HALT``, a queue waiting for/signalling itself, reserved ``esz``) or one the
+      RTL does not take (a GEMM dimension 0 or above ``max_*``; an S instruction with no
+      elements or a row above ``max_row``) stops dispatch at that instruction; ``error_pc``
+      holds its pc. Not checked: a LAYERNORM block's ``n`` (the RTL uses ``cols``), parameter
+      values outside the units' ranges (gamma beyond int16, beta beyond int48, a softmax
+      ``mult`` beyond 16 bits: the compiler never writes them).
       Counters (Out, 32 bits, valid while and after running): ``cnt_cycles`` (cycles from cycle 0
       to ``done``; equals the cycle index in which ``done`` rises), ``cnt_busy_d/m/s`` (cycles each
       queue's executor is busy: the start cycle of an instruction and every cycle until its end,
@@ -105,12 +114,22 @@ class Core(wiring.Component):
       each, in parallel; the engine computes (:func:`hw.gemm.gemm_cycles`); its result rows go
       into a result buffer; then ``M * N * esz_out`` bytes are written back, one a cycle:
       ``6 + X + gemm_cycles + M * N * esz_out`` with ``X`` the largest of the A, B, channel
-      byte counts (:func:`hw.core_model.gemm_stream_bytes`).
+      byte counts (:func:`hw.core_model.gemm_stream_bytes`). With ``acc`` the engine runs raw
+      and the write-back reads C_old, bias and multiplier bytes in parallel, four cycles per
+      element: ``... + 4 * M * N + 6`` (int32) or ``+ 9`` (requant).
+    * S queue: a start cycle, the parameter block read one 32-bit word a cycle (four byte ports)
+      into registers, the ADD multiplier tables or the layer norm's gamma/beta RAMs, one cycle
+      for the last word, then the elements stream from the scratchpad one a cycle (x/a through
+      four byte ports, b through two, the key mask through one) into the unit, which holds
+      them back while it works on a row (layer norm, softmax); every output element is written
+      in its cycle through four byte write ports (int8, int16 twin, split-int16 planes or
+      int32): ``3 + W + U`` (:func:`hw.core_model.sfu_param_words`,
+      :func:`hw.core_model.sfu_unit_cycles`).
     """
 
     def __init__(self, *, rows: int, cols: int, dataflow: str = "os", bytes_per_cycle: int = 4,
                  queue_depth: int = 4, sp_bytes: int = 4096, imem_instrs: int = 256,
-                 max_m: int = 64, max_k: int = 64, max_n: int = 64) -> None:
+                 max_m: int = 64, max_k: int = 64, max_n: int = 64, max_row: int = 512) -> None:
         self._rows = check_positive("rows", rows, 64)
         self._cols = check_positive("cols", cols, 64)
         self._dataflow = _check_dataflow(dataflow)
@@ -121,6 +140,7 @@ class Core(wiring.Component):
         self._max_m = check_positive("max_m", max_m, 1 << 16)
         self._max_k = check_positive("max_k", max_k, 1 << 16)
         self._max_n = check_positive("max_n", max_n, 1 << 16)
+        self._max_row = check_positive("max_row", max_row, 4096)
         beat = unsigned(8 * bytes_per_cycle)
         super().__init__({
             "imem_w_en": In(1),
@@ -150,6 +170,7 @@ class Core(wiring.Component):
     max_m = property(lambda self: self._max_m)
     max_k = property(lambda self: self._max_k)
     max_n = property(lambda self: self._max_n)
+    max_row = property(lambda self: self._max_row)
 
     @property
     def result_depth(self) -> int:
@@ -184,6 +205,7 @@ class Core(wiring.Component):
 
         m.submodules.dq = dq = fifo.SyncFIFO(width=INSTR_BITS, depth=self._qd)
         m.submodules.mq = mq = fifo.SyncFIFO(width=INSTR_BITS, depth=self._qd)
+        m.submodules.sq = sq = fifo.SyncFIFO(width=INSTR_BITS, depth=self._qd)
 
         # ---- run state and counters
         running = Signal()
@@ -192,11 +214,11 @@ class Core(wiring.Component):
         err_pc = Signal(16)
         done_r = Signal()
         pc = Signal(16)
-        cnt_cycles, cnt_bd, cnt_bm, cnt_stall = (Signal(32, name=n) for n in
-                                                 ("cnt_cyc", "cnt_bd", "cnt_bm", "cnt_stall"))
+        cnt_cycles, cnt_bd, cnt_bm, cnt_bs, cnt_stall = (
+            Signal(32, name=n) for n in ("cnt_cyc", "cnt_bd", "cnt_bm", "cnt_bs", "cnt_stall"))
         m.d.comb += [self.error.eq(err), self.error_pc.eq(err_pc), self.cnt_cycles.eq(cnt_cycles),
                      self.cnt_busy_d.eq(cnt_bd), self.cnt_busy_m.eq(cnt_bm),
-                     self.cnt_busy_s.eq(0), self.cnt_mem_stall.eq(cnt_stall)]
+                     self.cnt_busy_s.eq(cnt_bs), self.cnt_mem_stall.eq(cnt_stall)]
         go = Signal()
         m.d.comb += go.eq(self.start & ~running)
 
@@ -221,6 +243,8 @@ class Core(wiring.Component):
         is_dma = (opc == _OP["LOAD"]) | (opc == _OP["STORE"])
         is_gemm = opc == _OP["GEMM"]
         bad = Signal()
+        s_bad = w0[11] | w0[15] | wait[_Q_S] | sig[_Q_S]
+        is_sfu = (opc >= _OP["ADD"]) & (opc <= _OP["GELU"])
         g_m, g_k, g_n = ins[128:144], ins[144:160], _w(ins, 5)
         with m.If(opc == _OP["HALT"]):
             m.d.comb += bad.eq(w0[8:] != 0)
@@ -231,11 +255,20 @@ class Core(wiring.Component):
             m.d.comb += bad.eq(w0[11] | w0[15] | w0[19] | (w0[25:] != 0) | wait[_Q_M] | sig[_Q_M]
                                | (g_m == 0) | (g_k == 0) | (g_n == 0) | (g_m > self._max_m)
                                | (g_k > self._max_k) | (g_n > self._max_n))
+        with m.Elif(opc == _OP["ADD"]):
+            m.d.comb += bad.eq(s_bad | w0[19] | (w0[26:] != 0) | (ins[128:144] == 0)
+                               | (ins[144:160] == 0) | (ins[144:160] > self._max_row))
+        with m.Elif((opc == _OP["LAYERNORM"]) | (opc == _OP["SOFTMAX"])):
+            m.d.comb += bad.eq(s_bad | Mux(opc == _OP["SOFTMAX"], w0[19:] != 0, w0[18:] != 0)
+                               | (ins[96:112] == 0) | (ins[112:128] == 0)
+                               | (ins[112:128] > self._max_row))
+        with m.Elif(opc == _OP["GELU"]):
+            m.d.comb += bad.eq(s_bad | (w0[17:] != 0) | (_w(ins, 3) == 0))
         with m.Else():
-            m.d.comb += bad.eq(1)  # unknown opcode, or an S-queue one (not in this slice)
+            m.d.comb += bad.eq(1)  # unknown opcode
         dispatching = Signal()
         stop_now = Signal()
-        m.d.comb += [dq.w_data.eq(ins), mq.w_data.eq(ins)]
+        m.d.comb += [dq.w_data.eq(ins), mq.w_data.eq(ins), sq.w_data.eq(ins)]
         with m.If(running & ~stop):
             with m.If(bad):
                 m.d.comb += stop_now.eq(1)
@@ -245,20 +278,22 @@ class Core(wiring.Component):
                 m.d.sync += halted.eq(1)
             with m.Elif(is_dma):
                 m.d.comb += [dq.w_en.eq(1), dispatching.eq(dq.w_rdy)]
+            with m.Elif(is_sfu):
+                m.d.comb += [sq.w_en.eq(1), dispatching.eq(sq.w_rdy)]
             with m.Else():
                 m.d.comb += [mq.w_en.eq(1), dispatching.eq(mq.w_rdy)]
         with m.If(dispatching):
             m.d.sync += pc.eq(pc + 1)
         m.d.comb += ir.addr.eq(Mux(running, Mux(dispatching, pc + 1, pc), 0))
 
-        d_idle, m_idle = Signal(), Signal()
+        d_idle, m_idle, s_idle = Signal(), Signal(), Signal()
         done_now = Signal()
-        m.d.comb += done_now.eq(running & (stop | stop_now) & ~dq.r_rdy & ~mq.r_rdy
-                                & d_idle & m_idle)
+        m.d.comb += done_now.eq(running & (stop | stop_now) & ~dq.r_rdy & ~mq.r_rdy & ~sq.r_rdy
+                                & d_idle & m_idle & s_idle)
         m.d.comb += self.done.eq(done_r | done_now)
         with m.If(go):
             m.d.sync += [running.eq(1), halted.eq(0), err.eq(0), err_pc.eq(0), done_r.eq(0),
-                         pc.eq(0), cnt_cycles.eq(0), cnt_bd.eq(0), cnt_bm.eq(0),
+                         pc.eq(0), cnt_cycles.eq(0), cnt_bd.eq(0), cnt_bm.eq(0), cnt_bs.eq(0),
                          cnt_stall.eq(0)]
         with m.Elif(done_now):
             m.d.sync += [running.eq(0), done_r.eq(1)]
@@ -646,5 +681,217 @@ class Core(wiring.Component):
                     m.next = "IDLE"
         with m.If(running & m_busy):
             m.d.sync += cnt_bm.eq(cnt_bm + 1)
+
+        self._elab_sfu(m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish, spa)
+        return m
+
+    def _elab_sfu(self, m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish, spa):
+        """The S executor: ADD, GELU, LAYERNORM, SOFTMAX (see the class docstring)."""
+        R = self._max_row
+        xr = [sp.read_port() for _ in range(4)]    # x / a elements and parameter words
+        br = [sp.read_port() for _ in range(2)]    # b elements (ADD)
+        kr = sp.read_port()                        # key-mask bytes (SOFTMAX)
+        wp = [sp.write_port() for _ in range(4)]   # one output element a cycle
+        m.submodules.gelu = gelu = Gelu(lanes=1, runtime=True)
+        m.submodules.lnorm = ln = LayerNorm(lanes=1, runtime=True, max_n=R)
+        m.submodules.smax = sm = Softmax(lanes=1, max_length=R, runtime=True)
+        m.submodules.ma_t = ma_t = memory.Memory(shape=signed(24), depth=R, init=[])
+        m.submodules.mb_t = mb_t = memory.Memory(shape=signed(24), depth=R, init=[])
+        ma_w, mb_w, ma_r, mb_r = ma_t.write_port(), mb_t.write_port(), ma_t.read_port(), \
+            mb_t.read_port()
+
+        s_ins = Signal(INSTR_BITS)
+        op = s_ins[:8]
+        is_add, is_ln = op == _OP["ADD"], op == _OP["LAYERNORM"]
+        is_sm, is_ge = op == _OP["SOFTMAX"], op == _OP["GELU"]
+        x32 = s_ins[16] & ~is_ge
+        add_out32, add_b16, add_shift = s_ins[17], s_ins[18], s_ins[20:26]
+        ln_out16, sm_mask, sm_half, ge_split = s_ins[17], s_ins[17], s_ins[18], s_ins[16]
+        s_rows, s_cols = Signal(16), Signal(16)
+        n_el = Signal(32)       # elements
+        n_par = Signal(18)      # parameter words
+        base_km = Signal(32)
+
+        s_busy = Signal()
+        # parameter phase
+        pa = Signal(32)
+        pi = Signal(18)
+        pv, pidx = Signal(), Signal(18)
+        # stream phase: reader
+        xa, ba = Signal(32), Signal(32)
+        re = Signal(32)
+        rcol = Signal(16)
+        r1v, r1_rowlast, r1_last = Signal(), Signal(), Signal()
+        cons_ready = Signal()
+        adv_r = Signal()
+        # writer
+        ya, y2a = Signal(32), Signal(32)
+        wo = Signal(32)
+
+        def head_fields(h):
+            hop = h[:8]
+            return hop == _OP["ADD"], hop == _OP["GELU"], hop == _OP["LAYERNORM"]
+
+        wd = Cat(*(p.data for p in xr))  # the parameter word read last cycle
+        in_param, in_stream, s_out_v = Signal(), Signal(), Signal()
+        with m.FSM(name="sfsm"):
+            with m.State("IDLE"):
+                m.d.comb += s_idle.eq(1)
+                head = sq.r_data
+                with m.If(sq.r_rdy & can_start(head, _Q_S)):
+                    m.d.comb += [sq.r_en.eq(1), s_busy.eq(1)]
+                    take(head, _Q_S)
+                    h_add, h_ge, h_ln = head_fields(head)
+                    rows = Mux(h_add, head[128:144], head[96:112])
+                    cols = Mux(h_add, head[144:160], head[112:128])
+                    m.d.sync += [s_ins.eq(head), pa.eq(Mux(h_add | (head[:8] == _OP["SOFTMAX"]),
+                                                          _w(head, 5), _w(head, 4))),
+                                 s_rows.eq(Mux(h_ge, 1, rows)), s_cols.eq(Mux(h_ge, 1, cols)),
+                                 n_el.eq(Mux(h_ge, _w(head, 3), rows * cols)),
+                                 n_par.eq(Mux(h_add, cols << 1, Mux(h_ge, 5, Mux(
+                                     h_ln, 5 + cols * 3, 2)))),
+                                 base_km.eq(_w(head, 4)), pi.eq(0),
+                                 xa.eq(_w(head, 1)), ba.eq(_w(head, 2)),
+                                 ya.eq(Mux(h_add, _w(head, 3), _w(head, 2))), y2a.eq(_w(head, 5)),
+                                 re.eq(0), rcol.eq(0), wo.eq(0)]
+                    m.next = "PARAM"
+            with m.State("PARAM"):
+                m.d.comb += [s_busy.eq(1), in_param.eq(1)]
+                m.d.comb += [p.addr.eq((pa + j)[:spa]) for j, p in enumerate(xr)]
+                m.d.sync += [pa.eq(pa + 4), pi.eq(pi + 1)]
+                with m.If(pi == n_par - 1):
+                    m.next = "PWAIT"
+            with m.State("PWAIT"):
+                m.d.comb += s_busy.eq(1)
+                m.next = "STREAM"
+            with m.State("STREAM"):
+                m.d.comb += [s_busy.eq(1), in_stream.eq(1)]
+                last_out = Signal()
+                m.d.comb += last_out.eq(wo == n_el - 1)
+                with m.If(s_out_v & last_out):
+                    finish(s_ins, _Q_S)
+                    m.next = "IDLE"
+        m.d.sync += [pv.eq(in_param), pidx.eq(pi)]
+
+        # parameter words -> registers and tables
+        g_prm, l_prm, s_prm = gelu.prm, ln.prm, sm.prm
+        eps_lo = Signal(32)
+        m.d.comb += [ma_w.addr.eq(pidx), mb_w.addr.eq(pidx - s_cols),
+                     ma_w.data.eq(wd[:24]), mb_w.data.eq(wd[:24]),
+                     ln.gb_wg.eq(wd[:16]), ln.gb_wb.eq(Cat(eps_lo, wd)[:48]),
+                     ln.gb_waddr.eq(Mux(pidx < 5 + s_cols, pidx - 5,
+                                        (pidx - 5 - s_cols) >> 1)),
+                     l_prm.n.eq(s_cols)]
+        with m.If(pv):
+            with m.If(is_add):
+                m.d.comb += [ma_w.en.eq(pidx < s_cols), mb_w.en.eq(pidx >= s_cols)]
+            with m.If(is_ge):
+                with m.Switch(pidx):
+                    for j, fld in enumerate(("fs", "k", "b", "mult", "shift")):
+                        with m.Case(j):
+                            sh = getattr(g_prm, fld)
+                            m.d.sync += sh.eq(wd[:len(sh)])
+            with m.If(is_sm):
+                with m.If(pidx == 0):
+                    m.d.sync += s_prm.mult.eq(wd[:16])
+                with m.If(pidx == 1):
+                    m.d.sync += s_prm.shift.eq(wd[:6])
+            with m.If(is_ln):
+                with m.If(pidx == 1):
+                    m.d.sync += l_prm.in_shift.eq(wd[:6])
+                with m.If(pidx == 2):
+                    m.d.sync += l_prm.g_shift.eq(wd[:6])
+                with m.If(pidx == 4):
+                    m.d.sync += l_prm.eps.eq(Cat(eps_lo, wd)[:62])
+                with m.If((pidx >= 5) & (pidx < 5 + s_cols)):
+                    m.d.comb += ln.gb_we_g.eq(1)
+                with m.If((pidx >= 5 + s_cols) & (pidx - 5 - s_cols)[0]):
+                    m.d.comb += ln.gb_we_b.eq(1)
+                m.d.sync += eps_lo.eq(wd)
+
+        # reader: element re at x + re*esz (and b, km + column), one a cycle; a stalled element
+        # waits in the port registers (enable low)
+        m.d.comb += adv_r.eq(~r1v | cons_ready)
+        issue = Signal()
+        m.d.comb += issue.eq(in_stream & adv_r & (re != n_el))
+        with m.If(in_stream):
+            m.d.comb += [p.addr.eq((xa + j)[:spa]) for j, p in enumerate(xr)]
+            m.d.comb += [p.en.eq(adv_r) for p in xr]
+        m.d.comb += [br[j].addr.eq((ba + j)[:spa]) for j in range(2)]
+        m.d.comb += [p.en.eq(adv_r) for p in br] + [kr.en.eq(adv_r), ma_r.en.eq(adv_r),
+                                                     mb_r.en.eq(adv_r)]
+        m.d.comb += [kr.addr.eq((base_km + rcol)[:spa]), ma_r.addr.eq(rcol), mb_r.addr.eq(rcol)]
+        with m.If(adv_r):
+            m.d.sync += r1v.eq(issue)
+        with m.If(issue):
+            m.d.sync += [re.eq(re + 1), xa.eq(xa + Mux(x32, 4, 1)), ba.eq(ba + Mux(add_b16, 2, 1)),
+                         rcol.eq(Mux(rcol == s_cols - 1, 0, rcol + 1)),
+                         r1_rowlast.eq(rcol == s_cols - 1), r1_last.eq(re == n_el - 1)]
+        xval = Signal(signed(32))
+        bval = Signal(signed(16))
+        m.d.comb += [xval.eq(Mux(x32, Cat(*(p.data for p in xr)).as_signed(),
+                                 xr[0].data.as_signed())),
+                     bval.eq(Mux(add_b16, Cat(br[0].data, br[1].data).as_signed(),
+                                 br[0].data.as_signed()))]
+        take_el = Signal()
+        m.d.comb += take_el.eq(r1v & cons_ready)
+        # the units: one element a cycle in, outputs always taken
+        m.d.comb += [gelu.i_data.valid.eq(r1v & is_ge), gelu.i_data.payload.data[0].eq(xr[0].data),
+                     gelu.i_data.payload.last.eq(r1_last), gelu.o_data.ready.eq(1),
+                     ln.i_data.valid.eq(r1v & is_ln), ln.i_data.payload.data[0].eq(xval),
+                     ln.i_data.payload.last.eq(r1_rowlast), ln.o_data.ready.eq(1),
+                     sm.i_data.valid.eq(r1v & is_sm), sm.i_data.payload.data[0].eq(xval),
+                     sm.i_data.payload.keep[0].eq(~sm_mask | (kr.data != 0)),
+                     sm.i_data.payload.last.eq(r1_rowlast), sm.o_data.ready.eq(1)]
+        m.d.comb += cons_ready.eq(Mux(is_ge, gelu.i_data.ready, Mux(
+            is_ln, ln.i_data.ready, Mux(is_sm, sm.i_data.ready, 1))))
+
+        # ADD: a*ma + b*mb, round_shift_right by shift, saturate (int8 or int32): 4 stages
+        av = [Signal(name=f"addv{t}") for t in range(5)]
+        pa1, pb1 = Signal(signed(56)), Signal(signed(40))
+        sum2 = Signal(signed(57))
+        t3 = Signal(signed(58))
+        y4 = Signal(signed(32))
+        u3 = Signal(signed(59))
+        m.d.comb += [av[0].eq(take_el & is_add), u3.eq(t3 + 1)]
+        m.d.sync += [av[t + 1].eq(av[t]) for t in range(4)]
+        m.d.sync += [pa1.eq(xval * ma_r.data), pb1.eq(bval * mb_r.data), sum2.eq(pa1 + pb1),
+                     t3.eq(Cat(Const(0, 1), sum2).as_signed() >> add_shift),
+                     y4.eq(Mux(add_out32, saturate_bits(u3[1:], 32), saturate_bits(u3[1:], 8)))]
+
+        # writer: one output element a cycle, bytes in order from y (and y16 / y_lo)
+        o8 = Signal(8)
+        o16 = Signal(16)
+        half = Signal(8)
+        p8 = sm.o_data.payload.data[0]
+        m.d.comb += half.eq(Mux(p8 >= 253, 127, (p8 + 1) >> 1))
+        with m.If(is_add):
+            m.d.comb += [s_out_v.eq(av[4]), o8.eq(y4[:8])]
+        with m.Elif(is_ge):
+            m.d.comb += [s_out_v.eq(gelu.o_data.valid)]
+            w16 = gelu.o_data.payload.wide[0]
+            lo = w16[:8]
+            # hi = (v - lo) / 256 with lo the signed low byte: v[8:16] plus the low byte's sign
+            m.d.comb += [o8.eq(Mux(ge_split, w16[8:16] + w16[7], gelu.o_data.payload.data[0])),
+                         o16.eq(lo)]
+        with m.Elif(is_ln):
+            m.d.comb += [s_out_v.eq(ln.o_data.valid), o8.eq(ln.o_data.payload.data[0]),
+                         o16.eq(ln.o_data.payload.wide[0])]
+        with m.Else():
+            m.d.comb += [s_out_v.eq(sm.o_data.valid), o8.eq(Mux(sm_half, half, p8))]
+        wide32 = is_add & add_out32
+        m.d.comb += [wp[0].addr.eq(ya[:spa]), wp[0].data.eq(o8),
+                     wp[1].addr.eq(Mux(wide32, ya + 1, y2a)[:spa]),
+                     wp[1].data.eq(Mux(wide32, y4[8:16], o16[:8])),
+                     wp[2].addr.eq(Mux(wide32, ya + 2, y2a + 1)[:spa]),
+                     wp[2].data.eq(Mux(wide32, y4[16:24], o16[8:16])),
+                     wp[3].addr.eq((ya + 3)[:spa]), wp[3].data.eq(y4[24:32])]
+        with m.If(s_out_v & in_stream):
+            m.d.comb += [wp[0].en.eq(1), wp[1].en.eq(wide32 | (is_ge & ge_split) | (is_ln & ln_out16)),
+                         wp[2].en.eq(wide32 | (is_ln & ln_out16)), wp[3].en.eq(wide32)]
+            m.d.sync += [wo.eq(wo + 1), ya.eq(ya + Mux(wide32, 4, 1)),
+                         y2a.eq(y2a + Mux(is_ln, 2, 1))]
+        with m.If(running & s_busy):
+            m.d.sync += cnt_bs.eq(cnt_bs + 1)
         return m
 

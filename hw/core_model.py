@@ -29,13 +29,15 @@ first data beat; ``L' = max(L, 1)``) and a one-byte-wide scratchpad:
   stream) and the write-back takes four cycles per element (C_old, bias and multiplier read
   a byte a cycle each, in parallel), ``GEMM_SETUP + X + gemm_cycles + 4 * M * N + tail`` with
   ``tail`` 6 (int32 out) or 9 (requant, int8 out);
-* ``ADD``/``GELU``: ``SFU_SETUP + elements + SFU_PIPE`` (one element per cycle);
-* ``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + hw.layernorm.layernorm_cycles`` /
-  ``hw.softmax.softmax_cycles`` with one lane.
+* ``ADD``/``GELU``/``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + W + U`` where ``W`` =
+  :func:`sfu_param_words` (the parameter block read a 32-bit word a cycle: ADD ``2 * cols``,
+  GELU 5, SOFTMAX 2, LAYERNORM ``5 + 3 * cols``) and ``U`` = :func:`sfu_unit_cycles`, the unit's
+  cycle model with one lane fed one element a cycle: ADD ``rows * cols + ADD_PIPE``,
+  ``hw.gelu.gelu_cycles(1, count, 1)``, ``hw.layernorm.layernorm_cycles(rows, cols, 1)``,
+  ``hw.softmax.softmax_cycles(rows, cols, 1)``.
 
-The SFU figures are those of the units the core is to compose; they become exact timing once
-the core's SFU RTL is co-simulated. The DMA/matrix figures and the token/dispatch model are the
-RTL's (``tests/hw/test_core.py`` asserts them exactly).
+All figures and the token/dispatch model are the RTL's (``tests/hw/test_core.py`` asserts them
+exactly).
 """
 
 from __future__ import annotations
@@ -45,12 +47,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from golden.core import QUEUES, CoreError, Instr, schedule
+from hw.gelu import gelu_cycles
 from hw.gemm import gemm_cycles
 from hw.layernorm import layernorm_cycles
 from hw.softmax import softmax_cycles
 
 __all__ = ["CoreConfig", "DMA_SETUP", "GEMM_ACC_TAIL_INT32", "GEMM_ACC_TAIL_INT8", "GEMM_SETUP",
-           "SFU_PIPE", "SFU_SETUP", "Timing", "gemm_stream_bytes", "instr_cycles",
+           "ADD_PIPE", "SFU_OPS", "SFU_SETUP", "sfu_param_words", "sfu_unit_cycles", "Timing", "gemm_stream_bytes", "instr_cycles",
            "program_timing"]
 
 #: the executor's start cycle (it takes the queue head and its tokens)
@@ -62,8 +65,11 @@ GEMM_SETUP = 6
 #: int32 out (byte registers, sum, saturation) and int8 out (plus the requantizer's stages)
 GEMM_ACC_TAIL_INT32 = 6
 GEMM_ACC_TAIL_INT8 = 9
-SFU_SETUP = 2
-SFU_PIPE = 4
+#: S executor: the start cycle, the parameter read's last-word cycle, the first element read
+SFU_SETUP = 3
+#: ADD's pipeline: products, sum, shift, round and saturate (the output register)
+ADD_PIPE = 4
+SFU_OPS = ("ADD", "GELU", "LAYERNORM", "SOFTMAX")
 
 
 @dataclass(frozen=True)
@@ -132,15 +138,30 @@ def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
         ch = bool(ins["bias"] or ins["requant"])
         out = m * n * (1 if ins["requant"] else 4)
         return core + gemm_stream_bytes(cfg, m, k, n, ch) + out
-    if op == "ADD":
-        return SFU_SETUP + ins["rows"] * ins["cols"] + SFU_PIPE
-    if op == "GELU":
-        return SFU_SETUP + ins["count"] + SFU_PIPE
-    if op == "LAYERNORM":
-        return SFU_SETUP + layernorm_cycles(ins["rows"], ins["cols"], 1)
-    if op == "SOFTMAX":
-        return SFU_SETUP + softmax_cycles(ins["rows"], ins["cols"], 1)
+    if op in SFU_OPS:
+        return SFU_SETUP + sfu_param_words(ins) + sfu_unit_cycles(ins)
     return 0
+
+
+def sfu_param_words(ins: Instr) -> int:
+    """Parameter words (int32) the S executor reads before streaming: ADD ``2 * cols``
+    (multipliers), GELU 5, SOFTMAX 2, LAYERNORM ``5 + 3 * cols`` (header, eps, gamma, beta)."""
+    return {"ADD": 2 * ins["cols"], "GELU": 5, "SOFTMAX": 2,
+            "LAYERNORM": 5 + 3 * ins["cols"]}[ins.op]
+
+
+def sfu_unit_cycles(ins: Instr) -> int:
+    """Cycles from the first element's transfer into the unit to the last output's write:
+    the unit's own cycle model with one lane, fed one element a cycle (ADD: ``elements +
+    ADD_PIPE``)."""
+    op = ins.op
+    if op == "ADD":
+        return ins["rows"] * ins["cols"] + ADD_PIPE
+    if op == "GELU":
+        return gelu_cycles(1, ins["count"], 1)
+    if op == "LAYERNORM":
+        return layernorm_cycles(ins["rows"], ins["cols"], 1)
+    return softmax_cycles(ins["rows"], ins["cols"], 1)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import dataclasses
 import math
 from typing import Any, ClassVar
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -39,7 +39,8 @@ from hw.lib import (
 from hw.requant import NONLINEAR_QOR_COMMAND, REQUANT_STAGES, requant_stages
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
-__all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles", "gelu_edges"]
+__all__ = ["GELU_LATENCY", "MODES", "Gelu", "GeluSpec", "gelu_cycles", "gelu_edges",
+           "gelu_param_layout"]
 
 #: registers from the input to the output register inclusive: t, t*t, h, q*h partial products,
 #: g, then the requantizer's :data:`hw.requant.REQUANT_STAGES` (6)
@@ -69,6 +70,13 @@ def gelu_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
     return gelu_cycles(rows, length, lanes) + check_stalls(stalls)
 
 
+def gelu_param_layout() -> data.StructLayout:
+    """Run-time GELU parameters (:class:`golden.gelu.GeluParams`): ``fs`` (0..16), ``k``
+    (``K < 2**23``), ``b`` (``Bq < 2**12``), ``mult`` int32, ``shift`` (0..63)."""
+    return data.StructLayout({"fs": unsigned(5), "k": unsigned(23), "b": unsigned(12),
+                              "mult": signed(32), "shift": unsigned(6)})
+
+
 class Gelu(wiring.Component):
     """P-lane streaming I-BERT integer GELU (or ReLU), int8 -> int8.
 
@@ -81,6 +89,11 @@ class Gelu(wiring.Component):
         Compiled constants (:func:`golden.gelu.gelu_params`); required in GELU mode.
     relu_mult, relu_shift : int or None
         Optional ReLU requantization (:func:`golden.gelu.relu_params`); both or neither.
+    runtime : bool
+        GELU mode with run-time parameters: ``params`` is not used; the ``prm`` input
+        (:func:`gelu_param_layout`) supplies them and must be held while a job is in flight;
+        ``o_data`` then also carries ``wide``, the same polynomial requantized to the
+        split-int16 range ``[-32640, 32639]`` (the core's ``GELU split16``).
 
     Interface
     ---------
@@ -97,12 +110,20 @@ class Gelu(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, mode: str = "gelu", params: GeluParams | None = None,
-                 relu_mult: int | None = None, relu_shift: int | None = None) -> None:
+                 relu_mult: int | None = None, relu_shift: int | None = None,
+                 runtime: bool = False) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
         if mode not in MODES:
             raise UserValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not isinstance(runtime, bool):
+            raise UserValueError(f"runtime must be a bool, not {runtime!r}")
+        if runtime and mode != "gelu":
+            raise UserValueError("runtime parameters are for gelu mode only")
         self._mode = mode
-        if mode == "gelu":
+        self._runtime = runtime
+        if runtime:
+            mult, shift = 0, 0
+        elif mode == "gelu":
             if not isinstance(params, GeluParams):
                 raise UserValueError("gelu mode needs params=golden.gelu.gelu_params(in_scale, out_scale)")
             if not (0 <= params.fs <= 16 and 0 < params.k < 2**23 and 0 <= params.b < 2**12):
@@ -114,18 +135,25 @@ class Gelu(wiring.Component):
             mult, shift = (1, 0) if relu_mult is None else (relu_mult, relu_shift)
         if not (-(2**31) <= mult < 2**31 and 0 <= shift <= 63):
             raise UserValueError(f"requant mult must be int32 and shift in [0, 63], not ({mult}, {shift})")
-        self._params = params if mode == "gelu" else None
+        self._params = params if mode == "gelu" and not runtime else None
         self._mult, self._shift = mult, shift
         io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
-        super().__init__({
+        ports = {
             "i_data": In(stream.Signature(io)),
             "o_data": Out(stream.Signature(io)),
             "busy": Out(1),
             "cycles": Out(32),
             "error": Out(1),
-        })
+        }
+        if runtime:
+            ports["o_data"] = Out(stream.Signature(data.StructLayout({
+                "data": data.ArrayLayout(signed(8), lanes),
+                "wide": data.ArrayLayout(signed(16), lanes), "last": unsigned(1)})))
+            ports["prm"] = In(gelu_param_layout())
+        super().__init__(ports)
 
     lanes = property(lambda self: self._lanes, doc="Elements per cycle P.")
+    runtime = property(lambda self: self._runtime, doc="Parameters from the ``prm`` port.")
     mode = property(lambda self: self._mode, doc="'gelu' or 'relu'.")
     params = property(lambda self: self._params, doc="GeluParams (GELU mode) or None.")
     mult = property(lambda self: self._mult, doc="Output requantizer multiplier.")
@@ -151,11 +179,14 @@ class Gelu(wiring.Component):
             ghi4 = Signal(signed(21), name=f"ghi4_{c}")
             g5 = Signal(signed(32), name=f"g5_{c}")
             if self._mode == "gelu":
-                p = self._params
-                bq = Const(p.b, unsigned(12))
+                if self._runtime:
+                    bq, fs, two_k = self.prm.b, self.prm.fs, Cat(Const(0, 1), self.prm.k)
+                else:
+                    p = self._params
+                    bq, fs = Const(p.b, unsigned(12)), p.fs
+                    two_k = Const(2 * p.k, unsigned(24))
                 v = Signal(unsigned(25), name=f"v{c}")
-                m.d.comb += v.eq(Mux(q < 0, -q, q).as_unsigned()[0:8 + 1] << p.fs)
-                two_k = Const(2 * p.k, unsigned(24))
+                m.d.comb += v.eq(Mux(q < 0, -q, q).as_unsigned()[0:8 + 1] << fs)
                 with m.If(fc.adv):
                     m.d.sync += [
                         # 1: t = Bq - min(|q| << fs, Bq)
@@ -179,10 +210,16 @@ class Gelu(wiring.Component):
                     m.d.sync += [qs[j].eq(qs[j - 1]) for j in range(1, 4)]
                     m.d.sync += g5.eq(qs[3])
             gs.append(g5)
-        mult = Const(self._mult, signed(32))
-        shift = Const(self._shift, unsigned(6))
-        ys = requant_stages(m, fc.adv, gs, [mult] * P, [shift] * P, "rq")
+        if self._runtime:
+            mult, shift = self.prm.mult, self.prm.shift
+        else:
+            mult = Const(self._mult, signed(32))
+            shift = Const(self._shift, unsigned(6))
+        wide: list[Signal] | None = [] if self._runtime else None
+        ys = requant_stages(m, fc.adv, gs, [mult] * P, [shift] * P, "rq", wide_out=wide)
         m.d.comb += [self.o_data.payload.data[c].eq(ys[c]) for c in range(P)]
+        if wide is not None:
+            m.d.comb += [self.o_data.payload.wide[c].eq(wide[c]) for c in range(P)]
         return m
 
 

@@ -52,6 +52,7 @@ from hw.lib import (
     check_positive,
     check_stalls,
     round_half_up_const,
+    round_half_up_var,
     row_unit_bookkeeping,
     saturate_bits,
 )
@@ -59,7 +60,7 @@ from hw.requant import NONLINEAR_QOR_COMMAND
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_edges",
-           "layernorm_row_overhead"]
+           "layernorm_param_layout", "layernorm_row_overhead"]
 
 _STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
 _NORM_STAGES = 15
@@ -106,6 +107,14 @@ def layernorm_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
     return layernorm_cycles(rows, length, lanes) + check_stalls(stalls)
 
 
+def layernorm_param_layout() -> data.StructLayout:
+    """Run-time layer-norm parameters (:class:`golden.layernorm.LayerNormParams` less gamma and
+    beta): row length ``n`` (1..4096), ``in_shift`` (0..32), ``g_shift`` (0..48), ``eps``
+    (``eps_int < 2**62``)."""
+    return data.StructLayout({"n": unsigned(13), "in_shift": unsigned(6),
+                              "g_shift": unsigned(6), "eps": unsigned(62)})
+
+
 class LayerNorm(wiring.Component):
     """P-lane streaming integer layer norm over rows of N = ``params.n`` values.
 
@@ -115,6 +124,14 @@ class LayerNorm(wiring.Component):
         P, values per word (1..64); P must divide N.
     params : LayerNormParams
         :func:`golden.layernorm.layernorm_params` (N <= 4096).
+    runtime : bool, max_n : int
+        One lane with run-time parameters instead of ``params``: ``prm``
+        (:func:`layernorm_param_layout`, held while a row is in flight) gives ``n`` (rows of
+        ``n <= max_n`` values), ``in_shift``, ``g_shift`` and ``eps``; gamma (int16) and beta
+        (int48) are written into RAMs of ``max_n`` entries through ``gb_waddr`` with ``gb_wg`` /
+        ``gb_we_g`` and ``gb_wb`` / ``gb_we_b`` while no row is in flight; ``o_data`` also
+        carries ``wide``, the int16 twin ``sat16(rhu(acc, out_shift - 8))`` (the core's
+        ``LAYERNORM out16``). Same datapath and cycle model.
 
     Interface
     ---------
@@ -130,35 +147,68 @@ class LayerNorm(wiring.Component):
     :func:`golden.layernorm.layernorm_int`.
     """
 
-    def __init__(self, *, lanes: int, params: LayerNormParams) -> None:
+    def __init__(self, *, lanes: int, params: LayerNormParams | None = None,
+                 runtime: bool = False, max_n: int = MAX_N) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
-        if not isinstance(params, LayerNormParams):
-            raise UserValueError("params must be golden.layernorm.layernorm_params(...)")
-        check_lanes_divide(lanes, params.n, "n")
-        self._params = params
+        if not isinstance(runtime, bool):
+            raise UserValueError(f"runtime must be a bool, not {runtime!r}")
+        self._runtime = runtime
+        if runtime:
+            if lanes != 1:
+                raise UserValueError(f"a run-time layer norm has one lane, not {lanes}")
+            self._max_n = check_positive("max_n", max_n, MAX_N)
+            self._params = None
+        else:
+            if not isinstance(params, LayerNormParams):
+                raise UserValueError("params must be golden.layernorm.layernorm_params(...)")
+            check_lanes_divide(lanes, params.n, "n")
+            self._params = params
+            self._max_n = params.n
         io_in = data.StructLayout({"data": data.ArrayLayout(signed(32), lanes), "last": unsigned(1)})
-        io_out = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
+        out = {"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)}
+        ports = {}
+        if runtime:
+            out["wide"] = data.ArrayLayout(signed(16), lanes)
+            ports = {"prm": In(layernorm_param_layout()), "gb_we_g": In(1), "gb_we_b": In(1),
+                     "gb_waddr": In(range(self._max_n)), "gb_wg": In(signed(16)),
+                     "gb_wb": In(signed(48))}
         super().__init__({
             "i_data": In(stream.Signature(io_in)),
-            "o_data": Out(stream.Signature(io_out)),
+            "o_data": Out(stream.Signature(data.StructLayout(out))),
             "busy": Out(1),
             "cycles": Out(32),
             "error": Out(1),
+            **ports,
         })
 
     lanes = property(lambda self: self._lanes, doc="Values per word P.")
-    params = property(lambda self: self._params, doc="The compiled LayerNormParams.")
+    params = property(lambda self: self._params, doc="The compiled LayerNormParams (None at run time).")
+    runtime = property(lambda self: self._runtime, doc="Parameters from the ``prm``/``gb_*`` ports.")
+    max_n = property(lambda self: self._max_n, doc="The longest row (buffer depth).")
 
     @property
     def words(self) -> int:
-        """Words per row, ``N / P``."""
-        return self._params.n // self._lanes
+        """Words per row, ``N / P`` (the buffer depth ``max_n`` at run time)."""
+        return self._max_n // self._lanes
 
     def elaborate(self, platform) -> Module:
         m = Module()
         P, W, prm = self._lanes, self.words, self._params
-        N = prm.n
+        rt = self._runtime
         i, o = self.i_data, self.o_data
+        depth = max(W, 2)
+        if rt:  # row length, shifts and eps from the prm port (P = 1: a word is a value)
+            N = Wv = self.prm.n
+            in_shift, eps_int = self.prm.in_shift, self.prm.eps
+            out_shift = Signal(7, name="out_shift")
+            wide_shift = Signal(7, name="wide_shift")
+            m.d.comb += [out_shift.eq(self.prm.g_shift + 14), wide_shift.eq(self.prm.g_shift + 6)]
+        else:
+            N, Wv = prm.n, W
+            in_shift, eps_int, out_shift = prm.in_shift, prm.eps_int, prm.out_shift
+
+        def rhu(v, sh):
+            return round_half_up_var(v, sh) if rt else round_half_up_const(v, sh)
 
         adv = Signal(name="adv")
         m.d.comb += adv.eq(~(o.valid & ~o.ready))
@@ -168,13 +218,27 @@ class LayerNorm(wiring.Component):
         accept = row_unit_bookkeeping(m, adv, phase == LOAD, i, o, self.cycles, self.busy)
 
         m.submodules.qbuf = qbuf = memory.Memory(shape=data.ArrayLayout(signed(16), P),
-                                                 depth=max(W, 2), init=[])
-        gb_shape = data.ArrayLayout(data.StructLayout({"g": signed(16), "b": signed(48)}), P)
-        gb_init = [[{"g": int(prm.gamma_int[j * P + c]), "b": int(prm.beta_int[j * P + c])}
-                    for c in range(P)] for j in range(W)]
-        m.submodules.gbrom = gbrom = memory.Memory(shape=gb_shape, depth=max(W, 2), init=gb_init)
-        qw, qr, gbr = qbuf.write_port(), qbuf.read_port(), gbrom.read_port()
-        aw = range(max(W, 2))
+                                                 depth=depth, init=[])
+        qw, qr = qbuf.write_port(), qbuf.read_port()
+        if rt:  # gamma and beta RAMs, written through the gb_* ports while idle
+            m.submodules.gram = gram = memory.Memory(shape=signed(16), depth=depth, init=[])
+            m.submodules.bram = bram = memory.Memory(shape=signed(48), depth=depth, init=[])
+            gwp, bwp = gram.write_port(), bram.write_port()
+            grp, brp = gram.read_port(), bram.read_port()
+            m.d.comb += [gwp.en.eq(self.gb_we_g), gwp.addr.eq(self.gb_waddr),
+                         gwp.data.eq(self.gb_wg), bwp.en.eq(self.gb_we_b),
+                         bwp.addr.eq(self.gb_waddr), bwp.data.eq(self.gb_wb)]
+            gb_rd = [(grp.data, brp.data)]
+            gb_ports = (grp, brp)
+        else:
+            gb_shape = data.ArrayLayout(data.StructLayout({"g": signed(16), "b": signed(48)}), P)
+            gb_init = [[{"g": int(prm.gamma_int[j * P + c]), "b": int(prm.beta_int[j * P + c])}
+                        for c in range(P)] for j in range(W)]
+            m.submodules.gbrom = gbrom = memory.Memory(shape=gb_shape, depth=depth, init=gb_init)
+            gbr = gbrom.read_port()
+            gb_rd = [(gbr.data[c].g, gbr.data[c].b) for c in range(P)]
+            gb_ports = (gbr,)
+        aw = range(depth)
 
         # ---------------------------------------------------------------- LOAD pipeline
         # 1 rhu(x, in_shift), 2 saturate to int16 (stored), 3 q*q, lane-sum tree, accumulate
@@ -191,7 +255,7 @@ class LayerNorm(wiring.Component):
                          lv[3].eq(lv[2]), lf[3].eq(lf[2])]
             for c in range(P):
                 m.d.sync += [
-                    rv1[c].eq(round_half_up_const(i.payload.data[c], prm.in_shift)),
+                    rv1[c].eq(rhu(i.payload.data[c], in_shift)),
                     q2[c].eq(saturate_bits(rv1[c], CORE_BITS)),
                     q3[c].eq(q2[c]),
                     sq3[c].eq((q2[c] * q2[c]).as_unsigned()[0:32]),
@@ -272,11 +336,12 @@ class LayerNorm(wiring.Component):
         # 9 >> (22-k-1), 10 round, 11 y*G partial products, 12 y*G, 13 + B,
         # 14 rhu(., out_shift), 15 saturate into the output register
         # (signal names below carry the stage number they had before the N*q stage)
-        m.d.comb += [qr.addr.eq(k), qr.en.eq(adv), gbr.addr.eq(k), gbr.en.eq(adv)]
+        m.d.comb += [qr.addr.eq(k), qr.en.eq(adv)]
+        m.d.comb += [p.addr.eq(k) for p in gb_ports] + [p.en.eq(adv) for p in gb_ports]
         nv = [Signal(name=f"nv{t}") for t in range(_NORM_STAGES)]
         nl = [Signal(name=f"nl{t}") for t in range(_NORM_STAGES)]
         with m.If(adv):
-            m.d.sync += [nv[1].eq((phase == NORM) & (k < W)), nl[1].eq(k == W - 1)]
+            m.d.sync += [nv[1].eq((phase == NORM) & (k < Wv)), nl[1].eq(k == Wv - 1)]
             m.d.sync += [nv[t + 1].eq(nv[t]) for t in range(1, _NORM_STAGES - 1)]
             m.d.sync += nl[2].eq(nv[1] & nl[1])
             m.d.sync += [nl[t + 1].eq(nl[t]) for t in range(2, _NORM_STAGES - 1)]
@@ -306,7 +371,7 @@ class LayerNorm(wiring.Component):
             u9 = sig("u9", signed(26))
             m.d.comb += u9.eq(t8 + 1)
             with m.If(adv):
-                m.d.sync += [gs[2].eq(gbr.data[c].g), bs[2].eq(gbr.data[c].b)]
+                m.d.sync += [gs[2].eq(gb_rd[c][0]), bs[2].eq(gb_rd[c][1])]
                 m.d.sync += [gs[t + 1].eq(gs[t]) for t in range(2, 11)]
                 m.d.sync += [bs[t + 1].eq(bs[t]) for t in range(2, 12)]
                 m.d.sync += [
@@ -324,16 +389,21 @@ class LayerNorm(wiring.Component):
                     yh10.eq(y9[12:24].as_signed() * gs[10]),
                     m11.eq(yl10 + (yh10 << 12)),
                     acc12.eq(m11 + bs[12]),
-                    ro13.eq(round_half_up_const(acc12, prm.out_shift)),
+                    ro13.eq(rhu(acc12, out_shift)),
                     o.payload.data[c].eq(saturate_bits(ro13, 8)),
                 ]
+            if rt:  # the out16 twin: the same accumulator rounded 8 bits later, int16
+                rw13 = sig("rw13", signed(67))
+                with m.If(adv):
+                    m.d.sync += [rw13.eq(rhu(acc12, wide_shift)),
+                                 o.payload.wide[c].eq(saturate_bits(rw13, 16))]
 
         # ---------------------------------------------------------------- control
         with m.If(adv):
             with m.Switch(phase):
                 with m.Case(LOAD):
                     with m.If(accept):
-                        with m.If(k == W - 1):
+                        with m.If(k == Wv - 1):
                             m.d.sync += [phase.eq(STAT), k.eq(0)]
                             with m.If(~i.payload.last):
                                 m.d.sync += self.error.eq(1)
@@ -360,7 +430,7 @@ class LayerNorm(wiring.Component):
                     with m.If(k == k0 + 4):
                         m.d.sync += diff.eq(ns2b - sq)
                     with m.If(k == k0 + 5):
-                        m.d.sync += dd.eq((diff << 8) + prm.eps_int)
+                        m.d.sync += dd.eq((diff << 8) + eps_int)
                     with m.If(k == k0 + 6):
                         m.d.sync += [b_any.eq(Cat(*b_any_c))] + [b_pos[t].eq(b_pos_c[t]) for t in range(8)]
                     with m.If(k == k0 + 7):
@@ -390,7 +460,7 @@ class LayerNorm(wiring.Component):
                     with m.If(k == _stat_cycles(P) - 1):
                         m.d.sync += [phase.eq(NORM), k.eq(0)]
                 with m.Case(NORM):
-                    with m.If(k == W + _NORM_STAGES - 1):
+                    with m.If(k == Wv + _NORM_STAGES - 1):
                         m.d.sync += [phase.eq(LOAD), k.eq(0)]
                     with m.Else():
                         m.d.sync += k.eq(k + 1)

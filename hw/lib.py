@@ -34,6 +34,7 @@ from golden.errors import UserValueError
 
 __all__ = [
     "round_half_up_const",
+    "round_half_up_var",
     "check_positive",
     "check_lanes_divide",
     "row_unit_bookkeeping",
@@ -48,6 +49,14 @@ __all__ = [
 def round_half_up_const(v, s: int):
     """``v / 2**s`` rounded half up, for a constant ``s`` (as golden.requant.round_shift_right)."""
     return v if s == 0 else ((v >> (s - 1)) + 1) >> 1
+
+
+def round_half_up_var(v: Value, s: Value) -> Value:
+    """``v / 2**s`` rounded half up for a run-time shift ``s`` (``v`` itself for ``s = 0``):
+    ``((2v >> s) + 1) >> 1``, arithmetic for a signed ``v``; as golden.requant.round_shift_right."""
+    two = Cat(Const(0, 1), v)
+    two = two.as_signed() if v.shape().signed else two
+    return ((two >> s) + 1) >> 1
 
 
 def check_positive(name: str, value: object, limit: int | None = None) -> int:

@@ -47,6 +47,7 @@ REQUANT_STAGES = 6
 #: register, then :data:`REQUANT_STAGES`
 REQUANT_LATENCY = 2 + REQUANT_STAGES
 _MAX_LANES = 64
+_SPLIT16_MIN, _SPLIT16_MAX = -32640, 32639  # golden.core.INT16_MIN / INT16_MAX
 
 
 def requant_cycles(rows: int, channels: int, lanes: int) -> int:
@@ -76,7 +77,8 @@ def param_layout() -> data.StructLayout:
 
 
 def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], shifts: list[Value],
-                   name: str, *, platform: Any = None) -> list[Signal]:
+                   name: str, *, platform: Any = None,
+                   wide_out: list[Signal] | None = None) -> list[Signal]:
     """:data:`REQUANT_STAGES` registered stages per lane; returns the int8 output registers.
 
     Bit-exact :func:`golden.requant.requantize` of ``xs`` (up to int32) with ``mults`` (int32) and
@@ -90,6 +92,10 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
        for shift 0, so that step 5 gives ``p`` itself when shift is 0)
     5. ``r = (t + 1) >> 1`` (round half up)
     6. ``y = clamp(r, -128, 127)`` by a sign-extension check
+
+    With a list ``wide_out``, each lane also appends a register beside its int8 output that
+    saturates ``r`` to the split-int16 range ``[-32640, 32639]`` instead
+    (:data:`golden.core.INT16_MIN` / ``INT16_MAX``: the GELU ``split16`` output of the core).
 
     On an ECP5 ``platform`` the stage-1 registers are the MULT18X18D output registers
     (:func:`hw.dsp.registered_product`); elsewhere they are fabric registers. Same values.
@@ -140,6 +146,12 @@ def requant_stages(m: Module, adv: Value, xs: list[Value], mults: list[Value], s
                 r.eq(u[1:65].as_signed()),
                 y.eq(saturate_bits(r, 8)),
             ]
+        if wide_out is not None:
+            w = Signal(signed(16), name=f"{name}_w{c}")
+            with m.If(adv):
+                m.d.sync += w.eq(Mux(r < _SPLIT16_MIN, _SPLIT16_MIN,
+                                     Mux(r > _SPLIT16_MAX, _SPLIT16_MAX, r[0:16].as_signed())))
+            wide_out.append(w)
         out.append(y)
     return out
 

@@ -35,19 +35,27 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
-from golden.softmax import MAX_ROW, RECIP_BITS, SoftmaxParams, softmax_int, softmax_params
+from golden.softmax import (
+    MAX_ROW,
+    RECIP_BITS,
+    SoftmaxParams,
+    exp2_table,
+    softmax_int,
+    softmax_params,
+)
 from hw.lib import (
     check_lanes_divide,
     check_positive,
     check_stalls,
     round_half_up_const,
+    round_half_up_var,
     row_unit_bookkeeping,
 )
 from hw.requant import NONLINEAR_QOR_COMMAND
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
 __all__ = ["Softmax", "SoftmaxSpec", "softmax_cycles", "softmax_edges", "softmax_words",
-           "softmax_row_overhead", "check_row_length"]
+           "softmax_row_overhead", "check_row_length", "softmax_param_layout"]
 
 _EXP_STAGES = 10
 _NORM_STAGES = 6
@@ -100,6 +108,12 @@ def check_row_length(length: int, max_length: int) -> None:
                          f"{max_length}); build it with max_length >= {length}")
 
 
+def softmax_param_layout() -> data.StructLayout:
+    """Run-time softmax parameters (:class:`golden.softmax.SoftmaxParams` with ``frac_bits``
+    8): ``mult`` (16-bit unsigned), ``shift`` (8..62)."""
+    return data.StructLayout({"mult": unsigned(16), "shift": unsigned(6)})
+
+
 class Softmax(wiring.Component):
     """P-lane streaming integer softmax over rows of up to ``max_length`` logits.
 
@@ -112,6 +126,10 @@ class Softmax(wiring.Component):
         bits) and of e (P x 16 bits).
     params : SoftmaxParams
         :func:`golden.softmax.softmax_params` (elaboration constants; ``frac_bits`` must be 8).
+    runtime : bool
+        Take ``mult`` and ``shift`` from the ``prm`` input (:func:`softmax_param_layout`, held
+        while a row is in flight) instead of ``params``; the 2^-f ROM is
+        :func:`golden.softmax.exp2_table` (8). Same datapath and timing.
 
     Interface
     ---------
@@ -129,14 +147,20 @@ class Softmax(wiring.Component):
     :func:`golden.softmax.softmax_int` (with ``mask`` = ``keep``).
     """
 
-    def __init__(self, *, lanes: int, max_length: int, params: SoftmaxParams) -> None:
+    def __init__(self, *, lanes: int, max_length: int, params: SoftmaxParams | None = None,
+                 runtime: bool = False) -> None:
         self._lanes = check_positive("lanes", lanes, 64)
         self._max_length = check_positive("max_length", max_length, MAX_ROW)
         check_lanes_divide(lanes, max_length, "max_length")
-        if not isinstance(params, SoftmaxParams) or params.frac_bits != 8:
+        if not isinstance(runtime, bool):
+            raise UserValueError(f"runtime must be a bool, not {runtime!r}")
+        if not runtime and (not isinstance(params, SoftmaxParams) or params.frac_bits != 8):
             raise UserValueError("params must be golden.softmax.softmax_params(scale) with frac_bits=8")
-        self._params = params
+        self._params = None if runtime else params
+        self._runtime = runtime
+        ports = {} if not runtime else {"prm": In(softmax_param_layout())}
         super().__init__({
+            **ports,
             "i_data": In(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(32), lanes),
                 "keep": data.ArrayLayout(unsigned(1), lanes),
@@ -150,7 +174,8 @@ class Softmax(wiring.Component):
 
     lanes = property(lambda self: self._lanes, doc="Logits per word P.")
     max_length = property(lambda self: self._max_length, doc="Longest row the buffers take.")
-    params = property(lambda self: self._params, doc="The compiled SoftmaxParams.")
+    params = property(lambda self: self._params, doc="The compiled SoftmaxParams (None at run time).")
+    runtime = property(lambda self: self._runtime, doc="Parameters from the ``prm`` port.")
 
     @property
     def depth(self) -> int:
@@ -164,6 +189,7 @@ class Softmax(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         P, D, prm = self._lanes, self.depth, self._params
+        table = exp2_table(8) if self._runtime else prm.table
         i, o = self.i_data, self.o_data
         aw = range(max(D, 2))
 
@@ -180,7 +206,7 @@ class Softmax(wiring.Component):
         m.submodules.xbuf = xbuf = memory.Memory(shape=xw, depth=max(D, 2), init=[])
         m.submodules.ebuf = ebuf = memory.Memory(shape=data.ArrayLayout(unsigned(16), P),
                                                  depth=max(D, 2), init=[])
-        m.submodules.rom = rom = memory.Memory(shape=unsigned(16), depth=256, init=list(prm.table))
+        m.submodules.rom = rom = memory.Memory(shape=unsigned(16), depth=256, init=list(table))
         xw_p, xr_p = xbuf.write_port(), xbuf.read_port()
         ew_p, er_p = ebuf.write_port(), ebuf.read_port()
         rom_p = [rom.read_port() for _ in range(P)]
@@ -219,8 +245,13 @@ class Softmax(wiring.Component):
         # ---------------------------------------------------------------- EXP pipeline
         # 1 read, 2 register, 3 d = xmax - x, 4 partial products, 5 d*mult, 6 u = rhu(., s-F),
         # 7 n = min(u >> 8, 31) and ROM read, 8 register, 9 e = rhu(T[f], n), 10 lane sum
-        s_sh = prm.shift - prm.frac_bits
-        mult = Const(prm.mult, unsigned(16))
+        if self._runtime:
+            s_sh = Signal(6, name="s_sh")
+            m.d.comb += s_sh.eq(self.prm.shift - 8)
+            mult = self.prm.mult
+        else:
+            s_sh = prm.shift - prm.frac_bits
+            mult = Const(prm.mult, unsigned(16))
         m.d.comb += [xr_p.addr.eq(k - off), xr_p.en.eq(adv)]
         ev = [Signal(name=f"ev{j}") for j in range(_EXP_STAGES + 1)]
         ea = [Signal(aw, name=f"ea{j}") for j in range(_EXP_STAGES)]
@@ -255,7 +286,8 @@ class Softmax(wiring.Component):
                     pa4[c].eq(d3[c][0:hi_sh] * mult),
                     pb4[c].eq(d3[c][hi_sh:33] * mult),
                     prod5[c].eq(Mux(kp[4][c], (pb4[c] << hi_sh) + pa4[c], 0)),
-                    u6[c].eq(round_half_up_const(prod5[c], s_sh)),
+                    u6[c].eq(round_half_up_var(prod5[c], s_sh) if self._runtime
+                             else round_half_up_const(prod5[c], s_sh)),
                     n7[c].eq(Mux(u_hi[5:].any(), 31, u_hi[0:5])),
                     t8[c].eq(rom_p[c].data), n8[c].eq(n7[c]),
                 ]

@@ -9,20 +9,34 @@ from collections import deque
 from dataclasses import dataclass
 
 import pytest
+import torch
 from amaranth.sim import Simulator
 
-from golden.core import CoreMemory, Instr, check_races, encode, run_program
+from golden.core import (
+    CoreMemory,
+    Instr,
+    check_races,
+    encode,
+    gelu_block,
+    layernorm_block,
+    run_program,
+    softmax_block,
+)
+from golden.gelu import gelu_params
+from golden.layernorm import layernorm_params
+from golden.softmax import softmax_params
 from hw.core import Core
 from hw.core_model import CoreConfig, program_timing
 
 HALT = Instr("HALT")
+MAX_ROW = 32  # the SFU row buffers of the small test cores
 
 
-def _core(cfg: CoreConfig, max_dim: int) -> Core:
+def _core(cfg: CoreConfig, max_dim: int, max_row: int = MAX_ROW) -> Core:
     return Core(rows=cfg.rows, cols=cfg.cols, dataflow=cfg.dataflow,
                 bytes_per_cycle=cfg.bytes_per_cycle, queue_depth=cfg.queue_depth,
                 sp_bytes=cfg.sp_bytes, imem_instrs=cfg.imem_instrs, max_m=max_dim,
-                max_k=max_dim, max_n=max_dim)
+                max_k=max_dim, max_n=max_dim, max_row=max_row)
 
 
 @dataclass
@@ -38,11 +52,12 @@ class Run:
 
 
 def run_core(cfg: CoreConfig, raw_prog: list[bytes], ext: bytes, *, stall: float = 0.0,
-             seed: int = 0, max_dim: int = 16, timeout: int = 100_000) -> Run:
+             seed: int = 0, max_dim: int = 16, timeout: int = 100_000,
+             max_row: int = MAX_ROW) -> Run:
     """Write the program, pulse ``start``, count clock edges until ``done``; the memory model
     offers a read's first beat ``latency`` cycles after the request's transfer and idles/refuses
     with probability ``stall`` per cycle."""
-    dut = _core(cfg, max_dim)
+    dut = _core(cfg, max_dim, max_row)
     B, L = cfg.bytes_per_cycle, max(cfg.latency, 1)
     mem = bytearray(ext)
     rng = random.Random(seed)
@@ -175,7 +190,9 @@ def _i32(vals):
 
 
 def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int,
-                   ext_bytes: int = 8192, acc_prob: float = 0.3):
+                   ext_bytes: int = 8192, acc_prob: float = 0.3, sfu_prob: float = 0.0,
+                   max_row: int = MAX_ROW,
+                   kinds: tuple[str, ...] = ("ADD", "GELU", "LAYERNORM", "SOFTMAX")):
     """Tiles of GEMM (random shape, bias/requant, int8/int32 out) fed by LOADs (dense or
     transposed A, column-slice B), results STOREd (dense or transposed), plus independent
     strided DMA traffic; loads of tile t+1 overlap GEMM t (tokens D->M and M->D)."""
@@ -277,9 +294,107 @@ def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int
                   esz=code)
         return [ld, st]
 
+    def put_sp(data: bytes, sig=()):  # one LOAD of a byte block into a fresh scratchpad area
+        sa = sp_alloc(len(data))
+        return sa, _dma("LOAD", ext_put(data), sa, 1, len(data), len(data), len(data), 1,
+                        sig=sig)
+
+    def sfu():
+        """One S instruction on random operands: its LOADs (the last signals S), the
+        instruction (waits D, signals D) and the STOREs of its outputs (wait S)."""
+        kind = rng.choice(kinds)
+        lds, outs = [], []
+        rows, cols = rng.randint(1, 3), rng.choice([1, 2, rng.randint(1, max_row), max_row])
+        n = rows * cols
+        if kind == "ADD":
+            a32, b16, out32 = (rng.random() < 0.5 for _ in range(3))
+            a = [rng.choice([-2**31, 2**31 - 1, rng.randrange(-2**24, 2**24)]) if a32
+                 else rng.randrange(-128, 128) for _ in range(n)]
+            b = [rng.choice([-2**15, 2**15 - 1, rng.randrange(-2**15, 2**15)]) if b16
+                 else rng.choice([-128, 127, rng.randrange(-128, 128)]) for _ in range(n)]
+            mp = [rng.choice([-(2**23) + 1, 2**23 - 1, rng.randrange(-2**23 + 1, 2**23)])
+                  for _ in range(2 * cols)]
+            sa, ld_a = put_sp(_i32(a) if a32 else bytes(v & 255 for v in a))
+            sb, ld_b = put_sp(b"".join(struct.pack("<h", v) for v in b) if b16
+                              else bytes(v & 255 for v in b))
+            smp, ld_mp = put_sp(_i32(mp))
+            lds = [ld_a, ld_b, ld_mp]
+            sy = sp_alloc(n * (4 if out32 else 1))
+            outs = [(sy, n * (4 if out32 else 1))]
+            f = {"a": sa, "b": sb, "y": sy, "rows": rows, "cols": cols, "mp": smp,
+                 "a32": int(a32), "b16": int(b16), "out32": int(out32),
+                 "shift": rng.choice([0, 1, 63, rng.randrange(8, 40)])}
+        elif kind == "GELU":
+            cnt = rng.choice([1, rng.randint(1, 40)])
+            p = gelu_params(rng.uniform(0.01, 0.2), rng.uniform(0.01, 0.1))
+            x = [rng.choice([-128, 127, 0, rng.randrange(-128, 128)]) for _ in range(cnt)]
+            sx, ld_x = put_sp(bytes(v & 255 for v in x))
+            spp, ld_p = put_sp(gelu_block(p))
+            lds = [ld_x, ld_p]
+            split = rng.random() < 0.5
+            sy = sp_alloc(cnt)
+            outs = [(sy, cnt)]
+            f = {"x": sx, "y": sy, "count": cnt, "pp": spp, "split16": int(split)}
+            if split:
+                f["y_lo"] = sp_alloc(cnt)
+                outs.append((f["y_lo"], cnt))
+        elif kind == "LAYERNORM":
+            x32 = rng.random() < 0.5
+            bits = rng.choice([16, 20, 24]) if x32 else 8
+            x = [rng.randrange(-2**(bits - 1), 2**(bits - 1)) for _ in range(n)]
+            if rng.random() < 0.2:
+                x = [x[0]] * n  # a constant row (variance 0)
+            gamma = torch.tensor([rng.uniform(-2, 2) for _ in range(cols)])
+            beta = torch.tensor([rng.uniform(-1, 1) for _ in range(cols)])
+            p = layernorm_params(cols, rng.uniform(0.01, 0.1), gamma, beta,
+                                 rng.uniform(0.02, 0.1), rng.choice([1e-5, 1e-12, 0.5]), bits)
+            sx, ld_x = put_sp(_i32(x) if x32 else bytes(v & 255 for v in x))
+            spp, ld_p = put_sp(layernorm_block(p))
+            lds = [ld_x, ld_p]
+            out16 = rng.random() < 0.5
+            sy = sp_alloc(n)
+            outs = [(sy, n)]
+            f = {"x": sx, "y": sy, "rows": rows, "cols": cols, "pp": spp, "x32": int(x32),
+                 "out16": int(out16)}
+            if out16:
+                f["y16"] = sp_alloc(2 * n)
+                outs.append((f["y16"], 2 * n))
+        else:
+            x32, mask, half = (rng.random() < 0.5 for _ in range(3))
+            x = [rng.randrange(-2**20, 2**20) if x32 else rng.randrange(-128, 128)
+                 for _ in range(n)]
+            p = softmax_params(rng.choice([1 / 8, 1 / 64, 2**-14]) if x32
+                               else rng.uniform(0.01, 0.3))
+            sx, ld_x = put_sp(_i32(x) if x32 else bytes(v & 255 for v in x))
+            spp, ld_p = put_sp(softmax_block(p))
+            lds = [ld_x, ld_p]
+            f = {"x": sx, "rows": rows, "cols": cols, "pp": spp, "x32": int(x32),
+                 "mask": int(mask), "half": int(half)}
+            if mask:
+                km = bytes(rng.choice([0, 1, 0xFF]) for _ in range(cols))
+                f["km"], ld_k = put_sp(km)
+                lds.append(ld_k)
+            f["y"] = sp_alloc(n)
+            outs = [(f["y"], n)]
+        last = lds[-1]
+        lds[-1] = Instr(last.op, last.wait, frozenset("S"), last.f)
+        ins = Instr(kind, frozenset("D"), frozenset("D"), f)
+        sts = [_dma("STORE", ext_out(nb), sa, 1, nb, nb, nb, 1, wait="S" if j == 0 else ())
+               for j, (sa, nb) in enumerate(outs)]
+        return lds, ins, sts
+
     prog: list[Instr] = []
     pending = None
+    s_pending: list[list[Instr]] = []
     for t in range(tiles):
+        if rng.random() < sfu_prob:
+            lds, ins, sts = sfu()
+            prog += lds
+            if s_pending:
+                prog += s_pending.pop(0)
+            prog.append(ins)
+            s_pending.append(sts)
+            continue
         ld, gemm, c = loads(t)
         prog += ld
         if rng.random() < 0.4:
@@ -288,7 +403,10 @@ def random_program(rng: random.Random, cfg: CoreConfig, tiles: int, max_dim: int
             prog.append(store(pending))
         prog.append(gemm)
         pending = c
-    prog.append(store(pending))
+    if pending is not None:
+        prog.append(store(pending))
+    for sts in s_pending:
+        prog += sts
     prog.append(HALT)
     return prog, bytes(ext)
 
@@ -425,3 +543,40 @@ def test_8x8_projection_tile_bit_and_cycle_exact():
     assert run.cycles == t.cycles == 8772
     assert run.busy == t.busy
     assert run.mem_stall == _load_stall_cycles(prog, cfg)
+
+
+@pytest.mark.parametrize(("rows", "cols", "dataflow", "latency", "depth", "seed"), [
+    (2, 2, "os", 3, 2, 21),
+    (2, 3, "ws", 1, 1, 22),
+    (3, 2, "os", 0, 3, 23),
+    (2, 2, "ws", 5, 2, 24),
+])
+def test_random_programs_all_queues_bit_and_cycle_exact(rows, cols, dataflow, latency, depth,
+                                                       seed):
+    """GEMM tiles (acc included), strided DMA and every S instruction (ADD a32/b16/out32,
+    GELU int8/split16, LAYERNORM int8/int32 in, out16, SOFTMAX int8/int32, mask, half) mixed,
+    loads overlapping the other queues."""
+    cfg = CoreConfig(rows=rows, cols=cols, dataflow=dataflow, latency=latency,
+                     bytes_per_cycle=4, queue_depth=depth, sp_bytes=8192, imem_instrs=128)
+    rng = random.Random(seed)
+    prog, ext = random_program(rng, cfg, tiles=7, max_dim=5, ext_bytes=16384, sfu_prob=0.6)
+    assert any(i.queue == "S" for i in prog)
+    run, t = _check(cfg, prog, ext, max_dim=5)
+    assert run.cycles == t.cycles, (seed, run.cycles, t.cycles)
+    assert run.busy == t.busy
+
+
+@pytest.mark.parametrize("kind", ["ADD", "GELU", "LAYERNORM", "SOFTMAX"])
+@pytest.mark.parametrize("seed", [31, 32])
+def test_each_sfu_instruction_bit_and_cycle_exact(kind, seed):
+    """Five random instances of one S instruction (flags, shapes up to the row buffer, edge
+    values) back to back with their loads and stores."""
+    cfg = CoreConfig(rows=2, cols=2, latency=2, bytes_per_cycle=4, queue_depth=2,
+                     sp_bytes=8192, imem_instrs=128)
+    rng = random.Random(seed)
+    prog, ext = random_program(rng, cfg, tiles=5, max_dim=4, ext_bytes=16384, sfu_prob=1.0,
+                               kinds=(kind,))
+    assert sum(i.op == kind for i in prog) == 5
+    run, t = _check(cfg, prog, ext, max_dim=4)
+    assert run.cycles == t.cycles, (seed, run.cycles, t.cycles)
+    assert run.busy == t.busy

@@ -77,3 +77,17 @@ def test_gemm_acc_cycles_raw_engine_and_four_cycle_write_back():
     assert instr_cycles(acc32, cfg) == base + 24 + 4 * 30 + 6
     acc8 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "acc": 1, "requant": 1})
     assert instr_cycles(acc8, cfg) == base + 24 + 4 * 30 + 9
+
+
+def test_sfu_cycles_parameter_words_then_the_unit():
+    from hw.gelu import gelu_cycles
+    from hw.layernorm import layernorm_cycles
+    from hw.softmax import softmax_cycles
+    cfg = CoreConfig()
+    add = Instr("ADD", f={"rows": 3, "cols": 5})
+    assert instr_cycles(add, cfg) == 3 + 10 + 15 + 4
+    assert instr_cycles(Instr("GELU", f={"count": 7}), cfg) == 3 + 5 + gelu_cycles(1, 7, 1)
+    ln = Instr("LAYERNORM", f={"rows": 2, "cols": 6})
+    assert instr_cycles(ln, cfg) == 3 + 5 + 18 + layernorm_cycles(2, 6, 1)
+    sm = Instr("SOFTMAX", f={"rows": 2, "cols": 6, "mask": 1})
+    assert instr_cycles(sm, cfg) == 3 + 2 + softmax_cycles(2, 6, 1)
