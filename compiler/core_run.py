@@ -14,11 +14,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from compiler.core_backend import CORE_OPS, CoreLoweringError, CoreProgram, lower_region
-from compiler.execute import plan_inputs, rebuild_graph
-from compiler.interp import float_impl, run_graph
+from compiler.execute import rebuild_graph
 from compiler.ir import Graph
 from hw.core_model import CoreConfig, program_timing
 
@@ -138,7 +135,16 @@ def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
         raise CoreLoweringError("the plan's core programs do not match what its model lowers to "
                                 "(field devices[].hardware.programs: content hash differs; "
                                 "recompile the plan)")
-    owner = {nm: i for i, (_, p) in enumerate(progs) for nm in p.ops}
+    impl = programs_impl(graph, [p for _, p in progs], base)
+    impl.programs = progs  # type: ignore[attr-defined]
+    return impl
+
+
+def programs_impl(graph: Graph, progs: Sequence[CoreProgram], base: Any) -> Any:
+    """A node implementation running each program's ops on the golden core (the program once
+    per input, on its first op) and every other op through ``base``; call ``impl.start(inputs)``
+    before each input."""
+    owner = {nm: i for i, p in enumerate(progs) for nm in p.ops}
     state: dict[str, Any] = {}
     runs: dict[int, dict[str, Any]] = {}
 
@@ -148,7 +154,7 @@ def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
             v = base(node, args, kwargs)
         else:  # the region's program runs once, on its first op; inner values are not read back
             if i not in runs:
-                prog = progs[i][1]
+                prog = progs[i]
                 runs[i] = prog.run({k: state[k] for k in prog.inputs})[0]
             v = runs[i].get(node.name)
         if v is not None:
@@ -163,6 +169,7 @@ def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
             state[name] = t
 
     impl.start = start  # type: ignore[attr-defined]
+    impl.programs = [("core", p) for p in progs]  # type: ignore[attr-defined]
     return impl
 
 
@@ -176,69 +183,44 @@ def lower_plan(plan: dict[str, Any], cfg: CoreConfig | None = None
 
 def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                 limit: int | None = None, cfg: CoreConfig | None = None) -> dict[str, Any]:
-    """Run the plan with its encoder body on the golden core; compare with the float model.
+    """Run the plan with its core part on the golden core; compare with the float model.
 
-    Returns ``cosine_min``, ``cosine_mean``, ``n_inputs``, ``predicted_cycles``,
+    The core part is the plan's core regions when it has a core device (their programs must
+    match the plan's content hashes), else the encoder body (:func:`encoder_region`) lowered
+    for ``cfg``; every other op runs where the plan placed it. Returns ``cosine_min``,
+    ``cosine_mean``, ``n_inputs``, ``predicted_cycles`` (per input, all programs),
     ``array_utilization`` (matrix-queue busy cycles / total), ``unit_busy`` (busy cycles per
-    queue and per opcode), ``instructions``, ``program_sha256``, ``image_bytes``,
-    ``golden_seconds``.
+    queue and per opcode), ``programs``, ``instructions``, ``image_bytes``, ``golden_seconds``,
+    and ``_programs`` (the (device, :class:`CoreProgram`) pairs; not JSON).
     """
-    cfg = cfg or CoreConfig()
-    graph, lm, prog = lower_plan(plan, cfg)
-    region = set(prog.ops)
-    t0 = time.perf_counter()
-    state: dict[str, Any] = {}
-    host_in = set(prog.inputs)
+    from compiler.execute import execute_plan, make_impl
 
-    def impl(node: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if node.name in region:
-            if "outs" not in state:
-                outs, _ = prog.run({k: state[k] for k in host_in})
-                state["outs"] = outs
-            return state["outs"].get(node.name)  # values inside the region: not read back
-        v = float_impl(node, args, kwargs)
-        if node.name in host_in:
-            state[node.name] = v
-        return v
-
-    def one(inp: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        state.clear()
-        for (name, _), t in zip(graph.inputs, inp, strict=True):
-            if name in host_in:
-                state[name] = t
-        return run_graph(graph, inp, impl=impl)[0]
-
-    cos: list[float] = []
-    if lm.name == "minilm":
-        from compiler.models import embed, load_sentences
-        from compiler.zoo import _minilm, tokenize
-        sents = list(sentences) if sentences is not None else load_sentences()
-        sents = sents[:limit] if limit else sents
-        model, tok = _minilm()
-        ref = embed(model, tok, sents)
-        ids, am, tt = tokenize(sents, lm.seq_len or 32)
-        for i in range(len(sents)):
-            out = one((ids[i:i + 1], am[i:i + 1], tt[i:i + 1]))
-            msk = am[i:i + 1].unsqueeze(-1).to(out.dtype)
-            pooled = (out * msk).sum(1) / msk.sum(1).clamp_min(1e-9)
-            e = torch.nn.functional.normalize(pooled, p=2, dim=-1)[0]
-            cos.append(float(torch.nn.functional.cosine_similarity(
-                e.double()[None], ref[i].double()[None])[0]))
+    graph, lm = rebuild_graph(plan)
+    if any(d["kind"] == "core" for d in plan["devices"]):
+        impl = core_impl(plan, graph, make_impl(graph, plan))
     else:
-        for i in range(limit or 4):
-            inp = plan_inputs(lm, i)
-            out = one(inp)
-            with torch.no_grad():
-                r = lm.module(*inp)
-            r = r[0] if isinstance(r, (tuple, list)) else r
-            cos.append(float(torch.nn.functional.cosine_similarity(
-                out.flatten().double()[None], r.flatten().double()[None])[0]))
+        prog = lower_region(graph, encoder_region(graph), cfg or CoreConfig())
+        impl = programs_impl(graph, [prog], make_impl(graph, plan))
+    progs = impl.programs
+    t0 = time.perf_counter()
+    r = execute_plan(plan, sentences=sentences, limit=limit, impl=impl, graph=(graph, lm))
     secs = time.perf_counter() - t0
-    tm = program_timing(prog.instrs, cfg)
-    return {"cosine_min": min(cos), "cosine_mean": sum(cos) / len(cos), "n_inputs": len(cos),
-            "predicted_cycles": tm.cycles,
-            "array_utilization": tm.busy["M"] / tm.cycles if tm.cycles else 0.0,
-            "unit_busy": {"queues": tm.busy, "ops": tm.busy_by_op},
-            "instructions": len(prog.instrs), "program_sha256": prog.digest(),
-            "image_bytes": len(prog.image), "core": cfg.to_json(), "golden_seconds": secs,
-            "region_ops": len(prog.ops), "model": lm.name}
+    busy = dict.fromkeys("DMS", 0)
+    by_op: dict[str, int] = {}
+    cycles = 0
+    for _, p in progs:
+        t = program_timing(p.instrs, p.cfg)
+        cycles += t.cycles
+        for k, v in t.busy.items():
+            busy[k] += v
+        for k, v in t.busy_by_op.items():
+            by_op[k] = by_op.get(k, 0) + v
+    return {"cosine_min": r["cosine_min"], "cosine_mean": r["cosine_mean"],
+            "n_inputs": r["n_inputs"], "predicted_cycles": cycles,
+            "array_utilization": busy["M"] / cycles if cycles else 0.0,
+            "unit_busy": {"queues": busy, "ops": by_op}, "programs": len(progs),
+            "instructions": sum(len(p.instrs) for _, p in progs),
+            "image_bytes": sum(len(p.image) for _, p in progs),
+            "core": progs[0][1].cfg.to_json(), "golden_seconds": secs,
+            "region_ops": sum(len(p.ops) for _, p in progs), "model": lm.name,
+            "_programs": progs}

@@ -339,7 +339,8 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
-                 limit: int | None = None, n_random: int = 4) -> dict[str, Any]:
+                 limit: int | None = None, n_random: int = 4, impl: Any = None,
+                 graph: tuple[Graph, Any] | None = None) -> dict[str, Any]:
     """Run ``plan`` and compare with the float model.
 
     MiniLM plans run sentences (default: the shipped set) and compare sentence embeddings (mean
@@ -347,14 +348,17 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     their example inputs plus ``n_random - 1`` seeded variants and compare outputs. Returns
     ``cosine_min``, ``cosine_mean``, ``max_abs_err``, ``n_inputs``, per-device op counts and,
     when attention is sparse, ``sparse_keep_ratio`` (kept / allowed query-key pairs of the real
-    query rows, over all sparse attention ops and inputs).
+    query rows, over all sparse attention ops and inputs). ``graph`` (the rebuilt graph and model)
+    and ``impl`` (a node implementation with an optional ``start(inputs)``) replace the
+    defaults: the plan's placement, core regions on the golden core.
     """
-    graph, lm = rebuild_graph(plan)
+    graph, lm = graph if graph is not None else rebuild_graph(plan)
     stats: dict[str, int] = {}
-    impl = make_impl(graph, plan, stats)
-    if any(d["kind"] == "core" for d in plan["devices"]):  # core regions on the golden core
-        from compiler.core_run import core_impl
-        impl = core_impl(plan, graph, impl)
+    if impl is None:
+        impl = make_impl(graph, plan, stats)
+        if any(d["kind"] == "core" for d in plan["devices"]):  # core regions: the golden core
+            from compiler.core_run import core_impl
+            impl = core_impl(plan, graph, impl)
     start = getattr(impl, "start", lambda inputs: None)
     cos: list[float] = []
     err = 0.0

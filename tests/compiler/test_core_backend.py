@@ -122,4 +122,5 @@ def test_run_cli_golden(minilm, tmp_path):
     assert 0 < r["array_utilization"] < 1
     assert math.isclose(sum(r["unit_busy"]["queues"].values()),
                         sum(r["unit_busy"]["ops"].values()))
-    assert (tmp_path / "out" / "program.bin").stat().st_size == 32 * r["instructions"]
+    assert (tmp_path / "out" / "core.core.0.program.bin").stat().st_size == \
+        32 * r["instructions"]
