@@ -5,8 +5,11 @@ place on an integer device, an estimate of what that placement does to the model
 are grouped: one **group** is the ops of one kind (``linear``, ``layer_norm``, ``softmax``, ...)
 that integer devices with the same numerics can run. Numerics: the GEMM engines and nonlinear
 units of fpga/asic (and any other digital integer device) compute exactly what :mod:`golden`
-computes, so they form one family, ``int8``; an ``imc`` device's crossbars add their ADC model,
-so each distinct set of imc parameters is its own family.
+computes, so they form one family, ``int8``; an ``imc`` device whose ADC resolves every column
+sum computes the same exact int8 GEMM (``int8`` too), otherwise its ADC model makes each distinct
+set of imc parameters its own family. Devices whose ops the per-op executor
+path does not reproduce (the ``core``, which runs whole regions on the golden core with its own
+16-bit residual stream) are not measured: :func:`numerics` gives None and no cost is charged.
 
 Measurement (:func:`measure_groups`): the graph runs on the calibration samples (the ones the
 quantize pass calibrated on) once in float and once per group with only that group's ops in
@@ -20,7 +23,8 @@ ops, their scales and the samples), so a second partition of the same graph cost
 
 The estimate of a placement is ``1 - sum(drop)`` over the groups with at least one op in
 integer (:func:`compiler.partition.expected_cosine`): additive, and conservative for a group
-only partly in integer (it is charged in full). On MiniLM (16 calibration sentences): linear
+only partly in integer (it is charged in full). :func:`partition_within_budget` measures only
+the groups an optimal placement wants (see there). On MiniLM (16 calibration sentences): linear
 alone costs 0.008 (cosine 0.992), the 13 layer norms 0.25 (their int8 input cannot hold the
 residual stream's outliers).
 """
@@ -39,7 +43,8 @@ from compiler.ir import Graph
 from compiler.passes.quantize import QUANT_KINDS
 from compiler.targets.base import Target
 
-__all__ = ["Group", "apply_budget", "integer_groups", "measure_groups", "numerics"]
+__all__ = ["MEASURED_KINDS", "Group", "integer_groups", "measure_groups", "numerics",
+           "partition_within_budget"]
 
 #: graph.analyses key of the cached measurements
 _CACHE = "integer_cost"
@@ -54,30 +59,39 @@ class Group:
     numerics: str
     ops: tuple[str, ...]
     devices: tuple[str, ...]
-    #: mean output cosine over the calibration samples with only this group in integer
-    cosine: float = 1.0
+    #: mean output cosine over the calibration samples with only this group in integer (None:
+    #: not measured)
+    cosine: float | None = None
     samples: int = 0
 
     @property
     def drop(self) -> float:
-        """Cosine lost by running this group in integer (0 or more)."""
-        return max(0.0, 1.0 - self.cosine)
+        """Cosine lost by running this group in integer (0 or more; 0 when not measured)."""
+        return 0.0 if self.cosine is None else max(0.0, 1.0 - self.cosine)
 
     def to_json(self) -> dict[str, Any]:
         """The plan's form (without the op list: ``ops`` is the count)."""
         return {"group": self.key, "kind": self.kind, "numerics": self.numerics,
                 "devices": list(self.devices), "ops": len(self.ops), "cosine": self.cosine,
-                "cosine_drop": self.drop}
+                "cosine_drop": None if self.cosine is None else self.drop}
+
+
+#: integer device kinds whose ops the executor runs one by one (what is measured)
+MEASURED_KINDS = ("fpga", "asic", "imc")
 
 
 def numerics(device: Target) -> str | None:
-    """The numerics family of an integer device (None for float devices)."""
-    if not device.integer:
+    """The numerics family of an integer device (None for float devices and devices that are
+    not measured, see :data:`MEASURED_KINDS`)."""
+    if not device.integer or device.kind not in MEASURED_KINDS:
         return None
     if device.kind == "imc":
         p = device.params()
+        full = p["xbar"] * (2 ** p["dac_bits"] - 1) * (2 ** p["cell_bits"] - 1)
+        if full < 2 ** p["adc_bits"]:  # the ADC resolves every column sum: exact int8 GEMM
+            return "int8"
         keys = ("xbar", "cell_bits", "dac_bits", "adc_bits")
-        return "imc(" + ",".join(f"{k}={p[k]}" for k in keys if k in p) + ")"
+        return "imc(" + ",".join(f"{k}={p[k]}" for k in keys) + ")"
     return "int8"
 
 
@@ -112,7 +126,9 @@ def integer_groups(graph: Graph, devices: Sequence[Target],
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     den = float(a.norm() * b.norm())
-    return float(a @ b) / den if den > 0 else (1.0 if float((a - b).abs().max()) == 0 else 0.0)
+    if den == 0:
+        return 1.0 if float((a - b).abs().max()) == 0 else 0.0
+    return max(-1.0, min(1.0, float(a @ b) / den))
 
 
 def _summary(outs: Sequence[Any], inputs: Sequence[torch.Tensor], pooled: bool) -> torch.Tensor:
@@ -172,19 +188,39 @@ def measure_groups(graph: Graph, devices: Sequence[Target], groups: Sequence[Gro
             for g, k in zip(groups, keys, strict=True)]
 
 
-def apply_budget(problem: Any, graph: Graph, devices: Sequence[Target],
-                 samples: Sequence[Sequence[torch.Tensor]], min_cosine: float | None,
-                 pooled: bool = False) -> list[Group]:
-    """Measure the groups of a :class:`compiler.partition.Problem` built from ``graph`` and
-    ``devices`` and give the problem their costs and the floor ``min_cosine``."""
+def partition_within_budget(problem: Any, graph: Graph, devices: Sequence[Target],
+                            samples: Sequence[Sequence[torch.Tensor]], min_cosine: float,
+                            pooled: bool = False) -> tuple[Any, list[Group]]:
+    """Exact placement of a :class:`compiler.partition.Problem` built from ``graph`` and
+    ``devices`` whose estimated output cosine stays >= ``min_cosine``; returns the result and
+    the groups (measured ones with their cosine, the others with ``cosine`` None).
+
+    Groups are measured lazily: the DP runs with the unmeasured groups' drops taken as 0 (a
+    relaxation: every allowed placement stays allowed), the groups its best placement uses are
+    measured, and it runs again until that placement uses measured groups only; then it is
+    allowed and no allowed placement is cheaper, so it is the exact optimum. A group that no
+    optimum wants (the layer norms of a latency plan, everything when the accelerator loses
+    anyway) costs no measurement. On exit ``problem.acc_drop`` holds the measured groups only.
+    """
+    from compiler.partition import expected_cosine, groups_used, partition_dp
+
     supported = {op: [c is not None for c in row] for op, row in problem.cost.items()}
-    groups = measure_groups(graph, devices, integer_groups(graph, devices, supported), samples,
-                            pooled)
+    groups = {g.key: g for g in integer_groups(graph, devices, supported)}
     fam = [numerics(d) for d in devices]
-    member = {(op, g.numerics): g.key for g in groups for op in g.ops}
+    member = {(op, g.numerics): g.key for g in groups.values() for op in g.ops}
     problem.acc_group = {op: [member.get((op, f)) if f is not None and ok else None
                               for f, ok in zip(fam, supported[op], strict=True)]
                          for op in problem.ops}
-    problem.acc_drop = {g.key: g.drop for g in groups}
     problem.min_cosine = min_cosine
-    return groups
+    measured: dict[str, Group] = {}
+    while True:
+        problem.acc_drop = {k: measured[k].drop if k in measured else 0.0 for k in groups}
+        result = partition_dp(problem)
+        new = sorted(groups_used(problem, result.placement) - set(measured))
+        if not new:
+            break
+        for g in measure_groups(graph, devices, [groups[k] for k in new], samples, pooled):
+            measured[g.key] = g
+    problem.acc_drop = {k: g.drop for k, g in measured.items()}
+    result.expected_cosine = expected_cosine(problem, result.placement)
+    return result, [measured.get(k, g) for k, g in groups.items()]
