@@ -53,11 +53,11 @@ class Run:
 
 def run_core(cfg: CoreConfig, raw_prog: list[bytes], ext: bytes, *, stall: float = 0.0,
              seed: int = 0, max_dim: int = 16, timeout: int = 100_000,
-             max_row: int = MAX_ROW) -> Run:
+             max_row: int = MAX_ROW, dut: Core | None = None) -> Run:
     """Write the program, pulse ``start``, count clock edges until ``done``; the memory model
     offers a read's first beat ``latency`` cycles after the request's transfer and idles/refuses
     with probability ``stall`` per cycle."""
-    dut = _core(cfg, max_dim, max_row)
+    dut = dut or _core(cfg, max_dim, max_row)
     B, L = cfg.bytes_per_cycle, max(cfg.latency, 1)
     mem = bytearray(ext)
     rng = random.Random(seed)
@@ -579,4 +579,41 @@ def test_each_sfu_instruction_bit_and_cycle_exact(kind, seed):
     assert sum(i.op == kind for i in prog) == 5
     run, t = _check(cfg, prog, ext, max_dim=4)
     assert run.cycles == t.cycles, (seed, run.cycles, t.cycles)
+    assert run.busy == t.busy
+
+
+def test_compiled_bert_layer_bit_and_cycle_exact():
+    """The compiler's program for a one-layer BERT-style encoder (linear, head split, attention
+    with softmax, residual ADDs, layer norms with the int16 twin, GELU split16 and the two-pass
+    FFN-down GEMM with acc) on a 4x4 core: external memory equal to CoreProgram.run's, cycles
+    equal to program_timing."""
+    from pathlib import Path
+
+    from compiler.core_backend import lower_region
+    from compiler.core_run import encoder_region
+    from compiler.driver import compile_model
+    from compiler.execute import plan_inputs, rebuild_graph
+
+    factory = f"{Path(__file__).with_name('tiny_bert.py')}:layer"
+    c = compile_model(factory, "asic:rows=4:cols=4,cpu:mode=roofline")
+    graph, lm = rebuild_graph(c.plan)
+    cfg = CoreConfig(rows=4, cols=4, latency=4, bytes_per_cycle=4, sp_bytes=16384,
+                     imem_instrs=128, max_m=16, max_k=64, max_n=64)
+    prog = lower_region(graph, encoder_region(graph), cfg)
+    assert {i.op for i in prog.instrs} == {"LOAD", "STORE", "GEMM", "ADD", "LAYERNORM",
+                                           "SOFTMAX", "GELU", "HALT"}
+    assert any(i["acc"] for i in prog.instrs if i.op == "GEMM")
+    x = plan_inputs(lm, 1)
+    inputs = {"x": x[0] if isinstance(x, (tuple, list)) else x}
+    mem = prog.memory(inputs)
+    ext0 = bytes(mem.ext.tolist())
+    _, gold = prog.run(inputs)
+    dut = Core(rows=4, cols=4, bytes_per_cycle=4, queue_depth=cfg.queue_depth,
+               sp_bytes=cfg.sp_bytes, imem_instrs=cfg.imem_instrs, max_m=16, max_k=64,
+               max_n=64, max_row=64)
+    run = run_core(cfg, [encode(i) for i in prog.instrs], ext0, dut=dut, timeout=200_000)
+    assert run.error == 0
+    assert run.ext == bytes(gold.ext.tolist())
+    t = program_timing(prog.instrs, cfg)
+    assert run.cycles == t.cycles
     assert run.busy == t.busy
