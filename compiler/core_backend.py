@@ -94,9 +94,12 @@ class Program:
     def __init__(self, cfg: CoreConfig) -> None:
         self.cfg = cfg
         self.ins: list[dict[str, Any]] = []  # op, f
+        self.origin: list[str] = []  # the IR op each instruction belongs to
+        self.current = ""
 
     def emit(self, op: str, **f: int) -> None:
         self.ins.append({"op": op, "f": {k: int(v) for k, v in f.items() if v}})
+        self.origin.append(self.current)
 
     # ---- DMA of an arbitrary address matrix ----------------------------------------------
     def dma(self, op: str, addr: torch.Tensor, sp: int, esz: int) -> None:
@@ -198,6 +201,8 @@ class CoreProgram:
     outputs: dict[str, CoreValue]
     ext_bytes: int
     ops: list[str] = field(default_factory=list)
+    #: per instruction (HALT excluded), the IR op it was emitted for
+    origins: list[str] = field(default_factory=list)
 
     def program_bytes(self) -> bytes:
         return encode_program(self.instrs)
@@ -389,6 +394,7 @@ class _Lowering:
     # ---- ops ---------------------------------------------------------------------------------
     def lower(self, n: Node) -> None:
         who = f"op {n.name} ({n.op})"
+        self.p.current = n.name
         fn = getattr(self, f"op_{n.op}", None)
         if fn is None:
             raise CoreLoweringError(f"{who}: the core has no instruction for it")
@@ -704,7 +710,7 @@ def lower_region(graph: Graph, names: Sequence[str], cfg: CoreConfig | None = No
         if v.fmt not in ("i8", "i32", "s16"):
             raise CoreLoweringError(f"op {nm}: output format {v.fmt} cannot be read back")
     prog = CoreProgram(cfg, instrs, bytes(image), dict(low.inputs), outs, low.ext.top + 64,
-                       list(names))
+                       list(names), list(low.p.origin))
     if len(instrs) > cfg.imem_instrs:
         raise CoreLoweringError(f"program of {len(instrs)} instructions exceeds the instruction "
                                 f"memory ({cfg.imem_instrs}); raise imem_instrs")
