@@ -6,18 +6,21 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from compiler.accuracy import Group, partition_within_budget
 from compiler.frontend import LoadedModel, export_graph, load_model
 from compiler.ir import Graph
 from compiler.partition import (
+    NoDeviceError,
     Problem,
     Result,
     build_problem,
     evaluate,
+    groups_used,
     partition_dp,
     partition_greedy,
 )
@@ -29,8 +32,8 @@ from compiler.targets import Target, parse_devices
 from compiler.zoo import MODELS
 from golden.errors import UserValueError
 
-__all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "EVAL_SENTENCES", "calibration_samples",
-           "compile_model", "prepare_graph"]
+__all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "DEFAULT_MIN_COSINE", "EVAL_SENTENCES",
+           "calibration_samples", "compile_model", "prepare_graph"]
 
 #: assumptions stated in every plan
 ASSUMPTIONS = [
@@ -60,7 +63,12 @@ class Compiled:
     model: LoadedModel
     compile_seconds: float
     timings: dict[str, float]
+    #: (core device, program) per core region (files written beside the plan by the CLI)
+    core_programs: list[Any] = field(default_factory=list)
 
+
+#: the accuracy floor ``fmforge compile`` applies by default (estimated output cosine)
+DEFAULT_MIN_COSINE = 0.99
 
 #: shipped sentences used for calibration: every 11th from index 64 (64, 75, ..., 229; 16 of
 #: them), disjoint from the first 64 that the accuracy figures are measured on
@@ -125,9 +133,17 @@ def _device_entry(d: Target, spec: str, nodes: list[Any]) -> dict[str, Any]:
 def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f,cpu",
                   objective: str = "latency", seq_len: int | None = None,
                   calib: int = 16, float_ffn_down: bool = False,
-                  sparse: str | None = None, ffn_down: str = "int16") -> Compiled:
+                  sparse: str | None = None, ffn_down: str = "int16",
+                  min_cosine: float | None = None) -> Compiled:
     """Compile ``model`` for ``devices`` (see :mod:`compiler.targets` for device specs);
-    ``float_ffn_down``, ``ffn_down`` and ``sparse`` as in :func:`prepare_graph`."""
+    ``float_ffn_down``, ``ffn_down`` and ``sparse`` as in :func:`prepare_graph`.
+
+    ``min_cosine`` (``fmforge compile --min-cosine``, whose default is
+    :data:`DEFAULT_MIN_COSINE`): measure what running each op kind in integer costs on the
+    calibration samples (:mod:`compiler.accuracy`) and keep the plan's estimated output cosine
+    at or above it (the plan's ``accuracy`` section reports the estimate); None skips the
+    measurement and places ops on cost alone.
+    """
     devs = parse_devices(devices)
     lm = model if isinstance(model, LoadedModel) else load_model(model, seq_len)
     t0 = time.perf_counter()
@@ -135,15 +151,45 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
     t1 = time.perf_counter()
     problem = build_problem(graph, devs, objective)
     t2 = time.perf_counter()
-    result = partition_dp(problem)
-    greedy = partition_greedy(problem)
+    groups, n_calib = None, 0
+    if min_cosine is None:
+        result = partition_dp(problem)
+    else:  # measures what the partition needs (compiler.accuracy)
+        samples = calibration_samples(lm, calib)
+        result, groups = partition_within_budget(problem, graph, devs, samples, min_cosine,
+                                                 pooled=lm.name == "minilm")
+        n_calib = len(samples)
+    greedy = _greedy(problem, result)
     t3 = time.perf_counter()
     timings.update({"costing_s": t2 - t1, "partition_s": t3 - t2})
     plan = _make_plan(lm, graph, devs, [s.strip() for s in devices.split(",") if s.strip()],
-                      problem, result, greedy)
+                      problem, result, greedy, groups, n_calib)
+    core_progs = []
+    if any(d.kind == "core" for d in devs):
+        from compiler.core_run import attach_programs
+        core_progs = attach_programs(plan, graph)
     check_plan(plan)
     return Compiled(plan, graph, devs, problem, result, greedy, lm,
-                    time.perf_counter() - t0, timings)
+                    time.perf_counter() - t0, timings, core_progs)
+
+
+def _greedy(problem: Problem, result: Result) -> Result:
+    """The greedy baseline, within the budget over the measured accuracy groups (those the
+    exact result uses among them); when it spends the budget on groups that leave some op
+    nowhere to run, the greedy within the groups the exact result uses."""
+    if problem.min_cosine is None:
+        return partition_greedy(problem)
+
+    def only(allowed: set[str]) -> dict[str, list[Any]]:
+        return {op: [c if g is None or g in allowed else None for c, g in
+                     zip(row, problem.acc_group.get(op) or [None] * len(row), strict=True)]
+                for op, row in problem.cost.items()}
+
+    try:
+        return partition_greedy(replace(problem, cost=only(set(problem.acc_drop))))
+    except NoDeviceError:
+        used = groups_used(problem, result.placement)
+        return partition_greedy(replace(problem, cost=only(used), min_cosine=None))
 
 
 def _quant_entry(q: dict[str, Any]) -> dict[str, Any]:
@@ -156,8 +202,21 @@ def _quant_entry(q: dict[str, Any]) -> dict[str, Any]:
     return e
 
 
+def _accuracy_entry(problem: Problem, result: Result, groups: list[Group],
+                    n_samples: int) -> dict[str, Any]:
+    used = groups_used(problem, result.placement)
+    return {"min_cosine": problem.min_cosine, "expected_cosine": result.expected_cosine,
+            "samples": n_samples,
+            "method": "per group (op kind x integer numerics): mean output cosine on the "
+                      "calibration samples with only that group in integer (measured when an "
+                      "optimal placement wants the group, else null); estimate 1 - sum of the "
+                      "drops of the groups placed in integer",
+            "groups": [{**g.to_json(), "integer": g.key in used} for g in groups]}
+
+
 def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[str],
-               problem: Problem, result: Result, greedy: Result) -> dict[str, Any]:
+               problem: Problem, result: Result, greedy: Result,
+               groups: list[Group] | None = None, n_calib: int = 0) -> dict[str, Any]:
     ev = evaluate(problem, result.placement)
     assert ev is not None
     lat, energy, sched = ev
@@ -204,4 +263,6 @@ def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[st
                       "greedy_objective": greedy.objective_value},
         "fallback_ops": fallback,
         "assumptions": list(ASSUMPTIONS),
+        **({"accuracy": _accuracy_entry(problem, result, groups, n_calib)}
+           if groups is not None else {}),
     }

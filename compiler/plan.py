@@ -48,7 +48,7 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
                          "nodes": "integer"}},
     "objective": {"enum": ["latency", "energy"]},
     "devices": {"array": {"object": {
-        "name": "string", "kind": {"enum": ["fpga", "asic", "imc", "cpu", "gpu"]},
+        "name": "string", "kind": {"enum": ["fpga", "asic", "imc", "core", "cpu", "gpu"]},
         "params": {"object": {}, "extra": "any"},
         "link": {"nullable": _LINK},
         "hardware": {"object": {"units": {"array": {"object": {
@@ -56,7 +56,12 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
             "params": {"object": {}, "extra": "any"}, "ops": {"array": "string"},
             "predicted": {"object": {}, "extra": "any"}}}},
             "resources_used": _RES, "resources_available": _RES},
-            "optional": {"clock_mhz": "number", "model": "any"}},
+            "optional": {"clock_mhz": "number", "model": "any", "programs": {"array": {"object": {
+                "ops": {"array": "string"}, "instructions": "integer",
+                "predicted_cycles": "integer", "busy_cycles": {"object": {}, "extra": "integer"},
+                "program_sha256": "string", "image_sha256": "string", "image_bytes": "integer",
+                "ext_bytes": "integer", "inputs": {"object": {}, "extra": "any"},
+                "outputs": {"object": {}, "extra": "any"}}}}}},
         "spec": "string"}}, "min": 1},
     "ops": {"array": {"object": {
         "name": "string", "op": {"enum": list(OP_KINDS)}, "target": "string", "module": "string",
@@ -80,6 +85,18 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
     "fallback_ops": {"array": {"object": {"op": "string", "kind": "string", "device": "string",
                                           "reason": "string"}}},
     "assumptions": {"array": "string"},
+}, "optional": {
+    # the accuracy budget (compiler.accuracy): present when the compile measured it
+    "accuracy": {"object": {
+        "min_cosine": {"range": "number", "min": -1, "max": 1},
+        "expected_cosine": {"range": "number", "min": -1, "max": 1},
+        "samples": {"range": "integer", "min": 0, "max": 1_000_000}, "method": "string",
+        "groups": {"array": {"object": {
+            "group": "string", "kind": "string", "numerics": "string", "devices": {"array": "string"},
+            "ops": {"range": "integer", "min": 0, "max": MAX_MACS},
+            "cosine": {"nullable": {"range": "number", "min": -1, "max": 1}},
+            "cosine_drop": {"nullable": {"range": "number", "min": 0, "max": 2}},
+            "integer": "boolean"}}}}},
 }}
 
 
@@ -109,7 +126,7 @@ def shipped_plan_schema() -> dict[str, Any]:
 
 
 #: device kinds whose ops run on units of hw/ (each such op names its unit id)
-UNIT_KINDS = ("fpga", "asic")
+UNIT_KINDS = ("fpga", "asic", "core")
 
 
 def _check_units(plan: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:

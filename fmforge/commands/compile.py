@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fmforge.commands._args import add_json, check_output_file, write_atomic
+from fmforge.commands._args import add_json, check_output_file, float_range, write_atomic
 from golden.errors import UserValueError
 
 __all__ = ["register", "run", "report"]
@@ -29,6 +29,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sparse", metavar="METHOD[:knob=value]", default=None,
                    help="attach a golden.sparse filter to every attention op, e.g. "
                    "sanger:threshold=0.02 (a3, elsa, spatten, energon, sanger)")
+    p.add_argument("--min-cosine", type=float_range(-1.0, 1.0), default=0.99, metavar="C",
+                   help="accuracy budget: the plan's estimated output cosine against the float "
+                   "model (each op kind's integer cost measured on the calibration samples) must "
+                   "stay >= C; op kinds that would break it stay in float (default 0.99; -1 "
+                   "turns the budget off)")
     p.add_argument("-o", "--output", default="plan.json", help="plan file (default plan.json)")
     add_json(p)
     p.set_defaults(func=run)
@@ -45,6 +50,19 @@ def report(result: dict[str, Any]) -> str:
                         d["resources_available"].items()) or "-"
         lines.append(f"{name:<14}{d['kind']:<6}{d['ops']:>5}{d['macs'] / 1e6:>9.1f}"
                      f"{d['predicted_seconds'] * 1e3:>10.3f}{d['energy_j'] * 1e3:>11.3f}  {res}")
+    acc = result.get("accuracy")
+    if acc:
+        parts = []
+        for g in acc["groups"]:
+            if g["cosine"] is None:
+                parts.append(f"{g['group']} x{g['ops']} not needed")
+            else:
+                where = "integer" if g["integer"] else "kept in float"
+                parts.append(f"{g['group']} x{g['ops']} {g['cosine']:.4f} ({where})")
+        lines.append(f"expected cosine {acc['expected_cosine']:.4f} (budget >= "
+                     f"{acc['min_cosine']:g}); measured cosine with only that op kind in "
+                     f"integer, {acc['samples']} calibration samples: "
+                     + ("; ".join(parts) or "no integer op kinds"))
     fb = result["fallback_ops"]
     if fb:
         kinds: dict[str, int] = {}
@@ -72,12 +90,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     c = compile_model(args.model, args.devices, args.objective,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
-                      sparse=args.sparse)
+                      sparse=args.sparse, min_cosine=args.min_cosine)
     text = dumps_plan(c.plan)
     write_timeline(c.plan, png)
+    core_files = []
+    if c.core_programs:  # programs and weight images beside the plan, referenced by hash
+        from compiler.core_run import write_program_files
+        core_files = write_program_files(out, c.core_programs)
     write_atomic(out, text)
     result = summarize(c.plan, str(out), c.compile_seconds)
     result["timeline"] = str(png)
+    if core_files:
+        result["core_files"] = core_files
     if not args.json:
         print(report(result))
     return result
@@ -95,4 +119,6 @@ def summarize(plan: dict[str, Any], path: str, seconds: float) -> dict[str, Any]
     return {"plan": path, "predicted_latency_s": plan["totals"]["latency_s"],
             "predicted_energy_j": plan["totals"]["energy_j"], "compile_seconds": seconds,
             "devices": devices, "fallback_ops": plan["fallback_ops"],
-            "partition": plan["partition"]}
+            "partition": plan["partition"],
+            "expected_cosine": (plan.get("accuracy") or {}).get("expected_cosine"),
+            **({"accuracy": plan["accuracy"]} if "accuracy" in plan else {})}

@@ -89,6 +89,45 @@ def test_gpt2_and_encoder_execute():
     assert execute_plan(c.plan, limit=2)["cosine_min"] > 0.99
 
 
+def test_accuracy_budget_keeps_layer_norms_off_the_integer_device():
+    """The energy objective would move MiniLM's 13 layer norms to the asic (cosine ~0.7); with
+    the budget they stay in float, the plan states its estimate and executes within it."""
+    from compiler.accuracy import partition_within_budget
+    from compiler.driver import calibration_samples
+    from compiler.partition import partition_dp
+
+    free = compile_model("minilm", "asic,cpu:mode=roofline", "energy")
+    assert "accuracy" not in free.plan  # no budget asked: nothing measured
+    assert {o["device"] for o in free.plan["ops"] if o["op"] == "layer_norm"} == {"asic"}
+    c = compile_model("minilm", "asic,cpu:mode=roofline", "energy", min_cosine=0.99)
+    kinds = {o["op"] for o in c.plan["ops"] if o["device"] == "asic"}
+    assert "linear" in kinds and "layer_norm" not in kinds
+    acc = c.plan["accuracy"]
+    groups = {g["group"]: g for g in acc["groups"]}
+    assert groups["layer_norm"]["cosine"] < 0.9 and not groups["layer_norm"]["integer"]
+    assert 0.99 <= groups["linear"]["cosine"] < 1 and groups["linear"]["integer"]
+    assert acc["min_cosine"] == 0.99 and acc["samples"] == 16
+    assert acc["expected_cosine"] == pytest.approx(groups["linear"]["cosine"])
+    assert c.result.expected_cosine == acc["expected_cosine"]
+    assert c.plan["totals"]["energy_j"] > free.plan["totals"]["energy_j"]
+    r = execute_plan(c.plan, limit=4)
+    assert r["cosine_mean"] >= 0.99 and r["cosine_mean"] == pytest.approx(
+        acc["expected_cosine"], abs=0.003)
+    # a stricter budget on the same graph (measurements cached in graph.analyses): all float
+    samples = calibration_samples(c.model)
+    strict, _ = partition_within_budget(c.problem, c.graph, c.devices, samples, 0.995,
+                                        pooled=True)
+    assert set(strict.placement.values()) == {"cpu:mode=roofline"}
+    assert strict.expected_cosine == 1.0
+    # exactness: the budgeted optimum is the unconstrained optimum once layer norms are float
+    c.problem.min_cosine = None
+    c.problem.cost = {op: [None if n.op == "layer_norm" and d == 0 else x
+                           for d, x in enumerate(row)]
+                      for (op, row), n in zip(c.problem.cost.items(), c.graph.nodes, strict=True)}
+    assert partition_dp(c.problem).objective_value == pytest.approx(
+        c.result.objective_value, rel=1e-12)
+
+
 def test_split16_exact_and_int16_path_priced_twice():
     import torch
 
@@ -176,7 +215,8 @@ def test_cli(tmp_path, capsys):
                  "-o", str(out), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert set(res) >= {"plan", "predicted_latency_s", "predicted_energy_j", "compile_seconds",
-                        "devices", "fallback_ops"}
+                        "devices", "fallback_ops", "expected_cosine"}
+    assert res["expected_cosine"] >= 0.99 and res["accuracy"]["min_cosine"] == 0.99
     assert out.with_suffix(".png").stat().st_size > 1000
     assert _cli(["execute", str(out), "--json"]) == 0
     ex = json.loads(capsys.readouterr().out)
@@ -186,5 +226,10 @@ def test_cli(tmp_path, capsys):
     assert not bad.exists()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nowhere to run" in err
+    with pytest.raises(SystemExit) as e:  # a usage error
+        _cli(["compile", "--model", "encoder-tiny", "--min-cosine", "1.5", "-o", str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "1.5 is out of range" in err and "-1..1" in err
     assert _cli(["devices", "--json"]) == 0
     assert any(d["name"] == "ulx3s-85f" for d in json.loads(capsys.readouterr().out)["devices"])
