@@ -191,7 +191,8 @@ def build(verilog_text: str, toplevel: str, *, build_args: tuple[str, ...] = DEF
 
 def run_cocotb(b: VerilatorBuild, test_module: str, *, testcase: str | None = None,
                extra_env: dict[str, str] | None = None, test_dir: Path | None = None,
-               waves: bool = False, seed: int | None = None) -> dict:
+               waves: bool = False, seed: int | None = None,
+               plusargs: list[str] | None = None) -> dict:
     """Run cocotb test module ``test_module`` (importable name) on build ``b``.
 
     Returns ``{"passed": int, "failed": int, "failures": [messages], "results_xml": path}``.
@@ -210,6 +211,7 @@ def run_cocotb(b: VerilatorBuild, test_module: str, *, testcase: str | None = No
             testcase=testcase, build_dir=b.build_dir / "obj", test_dir=tdir,
             results_xml=str(results_xml), extra_env=dict(extra_env or {}),
             waves=waves and b.waves, seed=seed, log_file=tdir / "sim.log",
+            plusargs=list(plusargs or []),
         )
     passed = failed = 0
     failures: list[str] = []
