@@ -84,7 +84,14 @@ def load_sentences(path: str | os.PathLike[str] | None = None) -> list[str]:
     p = Path(path) if path is not None else SENTENCES_PATH
     if not p.is_file():
         raise UserFileNotFoundError(f"sentences file not found: {p} (give a text file, one sentence per line)")
-    sentences = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserValueError(f"sentences file {p} is not UTF-8 text (byte {e.start}: "
+                             f"{e.reason}); give a UTF-8 text file, one sentence per line") from None
+    except OSError as e:
+        raise UserValueError(f"sentences file {p} cannot be read: {e.strerror or e}") from None
+    sentences = [line.strip() for line in text.splitlines()]
     sentences = [s for s in sentences if s]
     if not sentences:
         raise UserValueError(f"sentences file {p} holds no sentence (one sentence per line expected)")

@@ -135,6 +135,10 @@ def load_spec(path: str | os.PathLike[str]) -> SweepSpec:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise _err(str(p), f"not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise _err(str(p), f"not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise _err(str(p), f"cannot be read: {e.strerror or e}") from None
     return parse_spec(doc, str(p))
 
 
@@ -211,6 +215,8 @@ def parse_spec(doc: dict[str, Any], path: str = "<spec>") -> SweepSpec:
     accuracy = _typed(path, doc, "accuracy", int, 0)
     if accuracy < 0:
         raise _err(path, f"accuracy (inputs to execute each plan on) must be >= 0, not {accuracy}")
+    from fmforge.sweep_schema import check_spec_doc
+    check_spec_doc(doc, path)  # the published schema (fmforge schema sweep): what remains
     spec = SweepSpec(
         path=path, name=_typed(path, doc, "name", str, Path(path).stem),
         model=_typed(path, doc, "model", str, "minilm"),

@@ -1,8 +1,13 @@
-"""``fmforge schema plan``: print the JSON Schema of a file format fmforge reads.
+"""``fmforge schema plan|sweep``: print the JSON Schema of a file format fmforge reads.
 
-The plan schema is the document shipped in the package (``compiler/data/plan.schema.json``,
-JSON Schema draft 2020-12); ``fmforge execute``/``cosim --plan``/``verilog --plan`` validate plans
-with it (and then check cross references), so other tools can validate plans the same way.
+plan: the document shipped in the package (``compiler/data/plan.schema.json``, JSON Schema draft
+2020-12); ``fmforge execute``/``cosim --plan``/``verilog --plan`` validate plans with it (and
+then check cross references), so other tools can validate plans the same way.
+
+sweep: the sweep spec (``fmforge/data/sweep.schema.json``), describing the parsed TOML document;
+``fmforge sweep`` validates specs with it (and then checks the device template and the board).
+
+Sentence files (``--sentences``) are plain UTF-8 text, one sentence per line: no schema.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ __all__ = ["register", "run", "SCHEMAS"]
 #: schema name -> (package, resource) of its shipped JSON Schema document
 SCHEMAS: dict[str, tuple[str, str]] = {
     "plan": ("compiler", "data/plan.schema.json"),
+    "sweep": ("fmforge", "data/sweep.schema.json"),
 }
 
 
@@ -25,7 +31,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("schema", help="print the JSON Schema of a file format",
                               description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=sorted(SCHEMAS), help="the format: plan")
+    p.add_argument("name", choices=sorted(SCHEMAS), help="the format: plan (compiled plans) or sweep (sweep specs)")
     p.add_argument("--json", action="store_true",
                    help="print the schema as one line (it is JSON either way)")
     p.set_defaults(func=run)

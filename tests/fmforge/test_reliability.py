@@ -372,6 +372,69 @@ def test_schema_errors_name_the_field(enc_plan, edit, message):
     assert str(e.value).startswith(message)
 
 
+def _sweep_schema(capsys):
+    import jsonschema
+
+    from fmforge.sweep_schema import SWEEP_JSON_SCHEMA_PATH, sweep_json_schema
+
+    assert json.loads(SWEEP_JSON_SCHEMA_PATH.read_text()) == sweep_json_schema(), (
+        "regenerate fmforge/data/sweep.schema.json from fmforge.sweep_schema.sweep_json_schema()")
+    rc, out, _ = _run(capsys, "schema", "sweep")
+    assert rc == 0
+    schema = json.loads(out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return schema
+
+
+#: spec documents the sweep refuses; the published schema refuses them too (the last two the
+#: sweep refuses through the schema: a NaN clock, a non-string name)
+BAD_SPECS = [{"grid": {"array": ["8"]}}, {"grid": {"array": "0x8"}}, {"grid": {"dataflow": ["xs"]}},
+             {"grid": {"sparse": ["topk"]}}, {"grid": {"colour": [1]}}, {"modle": "minilm"},
+             {"accuracy": -1}, {"grid": {"lanes": [0]}}, {"grid": {"objective": "speed"}},
+             {"grid": {"keep": ["a"]}}, {"grid": {"devices": [" "]}}, {"cosim_ops": [1]},
+             {"cosim_stall": "sometimes"}, {"grid": {"clock_mhz": [-5]}}, {"grid": []},
+             {"grid": {"array": []}}, {"grid": {"clock_mhz": float("nan")}}, {"name": 3}]
+
+
+def test_sweep_spec_schema_agrees_with_the_sweep(capsys):
+    import tomllib
+    from pathlib import Path
+
+    import jsonschema
+
+    from fmforge.sweep import SweepSpecError, parse_spec
+
+    schema = _sweep_schema(capsys)
+    example = tomllib.loads(Path("examples/sweep_minilm.toml").read_text())
+    jsonschema.validate(example, schema)
+    good = [example, {}, {"grid": {"array": "16X16", "sparse": [" Sanger:threshold=0.02",
+                                                               "none"], "keep": [None, 0.5],
+                                   "clock_mhz": [None, 125.0], "devices": [None, "asic,cpu"]},
+                          "devices": "asic:rows={rows}:cols={cols},cpu", "cosim_ops": "all"}]
+    for doc in good:
+        jsonschema.validate(doc, schema)
+        parse_spec(doc)
+    validator = jsonschema.Draft202012Validator(schema)
+    for doc in BAD_SPECS:
+        with pytest.raises(SweepSpecError, match=r"^sweep spec <spec>: "):
+            parse_spec(doc)
+        nan = doc.get("grid", {}).get("clock_mhz") if isinstance(doc.get("grid"), dict) else None
+        if not (isinstance(nan, float) and nan != nan):  # NaN: refused before jsonschema runs
+            assert not validator.is_valid(doc), doc
+
+
+def test_non_utf8_inputs_are_one_line_errors(capsys, tmp_path, enc_plan):
+    spec = tmp_path / "s.toml"
+    spec.write_bytes(b'name = "x\xff"\n')
+    assert "not UTF-8 text" in _one_line_error(capsys, "sweep", str(spec))
+    sents = tmp_path / "s.txt"
+    sents.write_bytes(b"hello \xfe world\n")
+    from compiler.models import load_sentences
+    from golden.errors import UserError
+    with pytest.raises(UserError, match="s.txt is not UTF-8 text"):
+        load_sentences(sents)
+
+
 # -- interrupts -----------------------------------------------------------------------------------
 
 def _wait_for(cond, timeout=60.0):
