@@ -88,7 +88,7 @@ class CoreConfig:
     imem_instrs: int = 4096
     max_m: int = 128
     max_k: int = 1536
-    max_n: int = 64
+    max_n: int = 128
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols", "latency", "bytes_per_cycle", "queue_depth", "sp_bytes",
