@@ -120,7 +120,7 @@ def write_program_files(plan_path: Any, progs: list[tuple[str, CoreProgram]]) ->
     return out
 
 
-def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
+def core_impl(plan: dict[str, Any], graph: Graph, base: Any, runner: Any = None) -> Any:
     """A node implementation for :func:`compiler.interp.run_graph`: the plan's core regions run
     on the golden core (each region's program once per input, on its first op), every other op
     through ``base``. ``CoreLoweringError`` when a program differs from the one the plan records
@@ -135,15 +135,16 @@ def core_impl(plan: dict[str, Any], graph: Graph, base: Any) -> Any:
         raise CoreLoweringError("the plan's core programs do not match what its model lowers to "
                                 "(field devices[].hardware.programs: content hash differs; "
                                 "recompile the plan)")
-    impl = programs_impl(graph, [p for _, p in progs], base)
+    impl = programs_impl(graph, [p for _, p in progs], base, runner)
     impl.programs = progs  # type: ignore[attr-defined]
     return impl
 
 
-def programs_impl(graph: Graph, progs: Sequence[CoreProgram], base: Any) -> Any:
+def programs_impl(graph: Graph, progs: Sequence[CoreProgram], base: Any,
+                  runner: Any = None) -> Any:
     """A node implementation running each program's ops on the golden core (the program once
     per input, on its first op) and every other op through ``base``; call ``impl.start(inputs)``
-    before each input."""
+    before each input. ``runner(prog, inputs) -> outputs`` replaces the golden core (the RTL)."""
     owner = {nm: i for i, p in enumerate(progs) for nm in p.ops}
     state: dict[str, Any] = {}
     runs: dict[int, dict[str, Any]] = {}
@@ -155,7 +156,8 @@ def programs_impl(graph: Graph, progs: Sequence[CoreProgram], base: Any) -> Any:
         else:  # the region's program runs once, on its first op; inner values are not read back
             if i not in runs:
                 prog = progs[i]
-                runs[i] = prog.run({k: state[k] for k in prog.inputs})[0]
+                ins = {k: state[k] for k in prog.inputs}
+                runs[i] = runner(prog, ins) if runner else prog.run(ins)[0]
             v = runs[i].get(node.name)
         if v is not None:
             state[node.name] = v
@@ -182,7 +184,8 @@ def lower_plan(plan: dict[str, Any], cfg: CoreConfig | None = None
 
 
 def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
-                limit: int | None = None, cfg: CoreConfig | None = None) -> dict[str, Any]:
+                limit: int | None = None, cfg: CoreConfig | None = None,
+                runner: Any = None) -> dict[str, Any]:
     """Run the plan with its core part on the golden core; compare with the float model.
 
     The core part is the plan's core regions when it has a core device (their programs must
@@ -191,16 +194,17 @@ def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     ``cosine_mean``, ``n_inputs``, ``predicted_cycles`` (per input, all programs),
     ``array_utilization`` (matrix-queue busy cycles / total), ``unit_busy`` (busy cycles per
     queue and per opcode), ``programs``, ``instructions``, ``image_bytes``, ``golden_seconds``,
-    and ``_programs`` (the (device, :class:`CoreProgram`) pairs; not JSON).
+    and ``_programs`` (the (device, :class:`CoreProgram`) pairs; not JSON). ``runner`` as in
+    :func:`programs_impl` (the RTL instead of the golden core).
     """
     from compiler.execute import execute_plan, make_impl
 
     graph, lm = rebuild_graph(plan)
     if any(d["kind"] == "core" for d in plan["devices"]):
-        impl = core_impl(plan, graph, make_impl(graph, plan))
+        impl = core_impl(plan, graph, make_impl(graph, plan), runner)
     else:
         prog = lower_region(graph, encoder_region(graph), cfg or CoreConfig())
-        impl = programs_impl(graph, [prog], make_impl(graph, plan))
+        impl = programs_impl(graph, [prog], make_impl(graph, plan), runner)
     progs = impl.programs
     t0 = time.perf_counter()
     r = execute_plan(plan, sentences=sentences, limit=limit, impl=impl, graph=(graph, lm))

@@ -12,13 +12,75 @@ embedding cosine against the float model and the programs' exact predicted cycle
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from fmforge.commands._args import add_json, check_output_file, int_range
 from golden.errors import UserValueError
 
-__all__ = ["register", "run", "write_trace"]
+__all__ = ["register", "rtl_runner", "run", "write_trace"]
+
+
+def _ranges(v: Any) -> list[tuple[int, int]]:
+    """(first byte, byte count) of every address tensor of a core value (and its twins)."""
+    out = []
+    for a, esz in ((v.addr, v.esz), (v.addr_lo, 1),
+                   (None if v.wide is None else v.wide.addr, 2)):
+        if a is not None and a.numel():
+            lo, hi = int(a.min()), int(a.max()) + esz
+            out.append((lo, hi - lo))
+    return out
+
+
+def rtl_runner(stats: dict[str, Any], progress: Any = None) -> Any:
+    """A program runner for :func:`compiler.core_run.programs_impl` that runs each program on
+    the Verilated core (:func:`sim.core_sim.run_core_sim`) and on the golden core, compares the
+    output bytes, and returns the RTL's outputs. ``stats`` accumulates ``match``, ``cycles``
+    (testbench), ``predicted_cycles``, ``busy`` (the core's counters), ``memory_stall_cycles``,
+    ``sim_seconds``, ``runs``."""
+    import dataclasses
+
+    import torch
+
+    from golden.core import CoreMemory, run_program
+    from hw.core_model import program_timing
+    from sim.core_sim import run_core_sim
+
+    stats.update(match=True, cycles=0, predicted_cycles=0, memory_stall_cycles=0,
+                 sim_seconds=0.0, build_seconds=0.0, runs=0, busy={"D": 0, "M": 0, "S": 0},
+                 errors=[])
+
+    def runner(prog: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        mem = prog.memory(inputs)
+        ins = {lo: mem.ext[lo:lo + n].numpy().tobytes()
+               for v in prog.inputs.values() for lo, n in _ranges(v)}
+        outs = [r for v in prog.outputs.values() for r in _ranges(v)]
+        gold = CoreMemory(1, 1)
+        gold.ext, gold.sp = mem.ext.clone(), mem.sp.clone()
+        run_program(prog.instrs, gold)
+        imem = 1 << max(4, (len(prog.instrs) - 1).bit_length())
+        cfg = dataclasses.replace(prog.cfg, imem_instrs=imem)
+        got, cycles, res = run_core_sim(prog.program_bytes(), prog.image, ins, outs, cfg,
+                                        ext_bytes=prog.ext_bytes, progress=progress)
+        ok = all(g == gold.ext[lo:lo + n].numpy().tobytes()
+                 for g, (lo, n) in zip(got, outs, strict=True)) and not res["error"]
+        stats["match"] &= ok
+        if res["error"]:
+            stats["errors"].append(f"error flag at pc {res['error_pc']}")
+        stats["cycles"] += cycles
+        stats["predicted_cycles"] += program_timing(prog.instrs, prog.cfg).cycles
+        stats["memory_stall_cycles"] += res["cnt_mem_stall"]
+        for q in "DMS":
+            stats["busy"][q] += res[f"cnt_busy_{q.lower()}"]
+        stats["sim_seconds"] += res["sim_seconds"]
+        stats["build_seconds"] += res["build_seconds"]
+        stats["runs"] += 1
+        for (lo, n), g in zip(outs, got, strict=True):  # downstream ops read the RTL's bytes
+            mem.ext[lo:lo + n] = torch.frombuffer(bytearray(g), dtype=torch.uint8)
+        return {name: prog.read(mem, name) for name in prog.outputs}
+
+    return runner
 
 
 def register(subparsers: Any) -> None:
@@ -26,8 +88,12 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="run a plan's core part on the fmforge core",
                               description=__doc__.split("\n\n")[1])
     p.add_argument("plan", help="plan JSON written by 'fmforge compile'")
-    p.add_argument("--golden", action="store_true", default=True,
-                   help="run on the golden core (the default)")
+    p.add_argument("--golden", action="store_true",
+                   help="run on the golden core (the default without --sim)")
+    p.add_argument("--sim", action="store_true",
+                   help="run the core programs on the Verilated RTL core (weights preloaded in its "
+                        "simulated memory), compared bit for bit with the golden core and cycle "
+                        "for cycle with the timing model")
     p.add_argument("--sentences", help="text file, one sentence per line (default: shipped set)")
     p.add_argument("--limit", type=int_range(1, 2**20), help="run at most this many inputs")
     p.add_argument("--rows", type=int_range(1, 64), default=8,
@@ -105,15 +171,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      bytes_per_cycle=args.memory_bytes_per_cycle, sp_bytes=args.sp_kb * 1024,
                      imem_instrs=65536)
     sents = load_sentences(args.sentences) if args.sentences else None
-    r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg)
+    stats: dict[str, Any] = {}
+    runner = rtl_runner(stats, None if args.json else (
+        lambda m: print(f"   {m}", file=sys.stderr, flush=True))) if args.sim else None
+    r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner)
     progs = r.pop("_programs")
+    if args.sim:
+        n = max(1, r["n_inputs"])
+        r.update(engine="rtl", match=stats["match"] and stats["cycles"] ==
+                 stats["predicted_cycles"], bit_exact=stats["match"],
+                 cycles=stats["cycles"] // n, predicted_cycles=stats["predicted_cycles"] // n,
+                 memory_stall_cycles=stats["memory_stall_cycles"] // n,
+                 array_utilization=stats["busy"]["M"] / stats["cycles"] if stats["cycles"]
+                 else 0.0, unit_busy={"queues": {q: v // n for q, v in stats["busy"].items()},
+                                      "ops": r["unit_busy"]["ops"]},
+                 sim_seconds=stats["sim_seconds"], build_seconds=stats["build_seconds"],
+                 rtl_errors=stats["errors"])
+    else:
+        r["engine"] = "golden"
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         r["files"] = write_program_files(out_dir / "core.json", progs)
     if args.trace:
         r["trace"] = str(write_trace(progs, args.trace))
+    if not args.json and args.sim:
+        print(f"RTL core (Verilator): bit-exact with the golden core: {r['bit_exact']}; cycles "
+              f"{r['cycles']:,} per input, predicted {r['predicted_cycles']:,}; memory stalls "
+              f"{r['memory_stall_cycles']:,}; simulated in {r['sim_seconds']:.1f} s "
+              f"(+ {r['build_seconds']:.1f} s build)")
     if not args.json:
-        print(f"{r['model']} on the golden core ({r['region_ops']} ops in {r['programs']} "
+        print(f"{r['model']} on the {r['engine']} core ({r['region_ops']} ops in {r['programs']} "
               f"program(s), {r['instructions']} instructions): {r['n_inputs']} inputs, cosine "
               f"vs float min {r['cosine_min']:.5f} mean {r['cosine_mean']:.5f}")
         q = r["unit_busy"]["queues"]
