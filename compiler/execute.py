@@ -8,9 +8,10 @@ placed it:
   CPU with the same float semantics);
 * fpga / asic ``linear``: activations quantized per tensor, :func:`golden.gemm.gemm_int` with the
   int32 bias and the per-channel requantizer, int8 out; ``matmul``: the same per batch with a
-  per-tensor requantizer; ``gelu``/``relu``: :mod:`golden.gelu`; ``softmax``:
-  :mod:`golden.softmax`; ``layer_norm``: :mod:`golden.layernorm`; ``layout``: data movement
-  (exact on the int8 grid);
+  per-tensor requantizer (a ``linear`` whose weight is computed, ``attrs["transpose_b"]``:
+  ``x @ W^T`` with its bias as int32 on the accumulator grid); ``gelu``/``relu``:
+  :mod:`golden.gelu`; ``softmax``: :mod:`golden.softmax`; ``layer_norm``:
+  :mod:`golden.layernorm`; ``layout``: data movement (exact on the int8 grid);
 * imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
   cells, bit-serial inputs through the DACs, each column's partial sum per crossbar quantized by
   the ADC, shift-add, digital offset correction, bias, requantizer).
@@ -37,7 +38,7 @@ from compiler.passes import Canonicalize, run_passes
 from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_tensor
 from golden.errors import UserLookupError, UserValueError
 from golden.gemm import gemm_int
-from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
+from golden.requant import INT32_MAX, INT32_MIN
 
 __all__ = ["capture_operands", "execute_plan", "imc_linear", "make_impl", "plan_inputs",
            "rebuild_graph", "split16"]
@@ -45,46 +46,19 @@ __all__ = ["capture_operands", "execute_plan", "imc_linear", "make_impl", "plan_
 
 def imc_linear(xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor, mult: torch.Tensor | None,
                shift: torch.Tensor | None, *, xbar: int = 128, cell_bits: int = 2, dac_bits: int = 1,
-               adc_bits: int = 8) -> torch.Tensor:
-    """Crossbar model of ``requant(xq[M,K] @ wq[K,N] + bias)`` (int8 in, int8 out as int64).
-
-    Inputs ``xu = xq + 128`` and weights ``wu = wq + 128`` (offset binary, 0..255). Weights are
-    sliced into ``ceil(8/cell_bits)`` cells, inputs fed ``dac_bits`` per cycle; for every crossbar
-    (``xbar`` rows of K) the analog column sum of one input slice times one weight slice is
-    converted by a ``adc_bits`` ADC: exact when its full scale ``rows*(2^dac-1)*(2^cell-1)`` fits,
-    otherwise a mid-rise quantizer of step ``ceil((full+1) / 2^adc_bits)`` (bin index, read back at
-    the bin centre, clipped to full scale). The digital
-    periphery shift-adds, subtracts ``128*sum(xu) + 128*sum(wu) - K*128^2`` (exact) and applies
-    bias and requantizer as the GEMM engine does (``mult=None``: int32 out, no requantizer).
+               adc_bits: int = 9) -> torch.Tensor:
+    """Crossbar model of ``requant(xq[M,K] @ wq[K,N] + bias)`` (int8 in, int8 out as int64):
+    :func:`golden.imc.crossbar_linear` on ideal ``xbar x xbar`` crossbars (``mult=None``: int32
+    out, no requantizer). Offset-binary weights bit-sliced into ``ceil(8/cell_bits)`` cells,
+    inputs ``dac_bits`` per step, one ``adc_bits`` ADC per column (exact when its full scale
+    ``xbar*(2^dac-1)*(2^cell-1)`` fits, else a power-of-two LSB with round half up), shift-add,
+    offset correction, bias and requantizer. Non-idealities: :class:`compiler.imc_run.ImcRun`.
     """
-    xq = xq.to(torch.int64)
-    wq = wq.to(torch.int64)
-    m, k = xq.shape
-    n = wq.shape[1]
-    xu = (xq + 128).to(torch.float64)
-    wu = (wq + 128).to(torch.int64)
-    ci = math.ceil(8 / dac_bits)
-    cw = math.ceil(8 / cell_bits)
-    xin = torch.stack([torch.floor(xu / 2 ** (dac_bits * i)) % (2 ** dac_bits) for i in range(ci)])
-    acc = torch.zeros(m, n, dtype=torch.float64)
-    for k0 in range(0, k, xbar):
-        rows = min(xbar, k - k0)
-        full = rows * (2 ** dac_bits - 1) * (2 ** cell_bits - 1)
-        step = 1 if full < 2 ** adc_bits else math.ceil((full + 1) / 2 ** adc_bits)
-        xb = xin[:, :, k0:k0 + rows].reshape(ci * m, rows)
-        for j in range(cw):
-            wj = ((wu[k0:k0 + rows] >> (cell_bits * j)) & (2 ** cell_bits - 1)).to(torch.float64)
-            col = xb @ wj  # exact small integers in float64
-            if step > 1:  # mid-rise ADC: bin index, reconstructed at the bin centre
-                col = torch.clamp((torch.floor(col / step) + 0.5) * step, max=full)
-            col = col.reshape(ci, m, n)
-            for i in range(ci):
-                acc += col[i] * float(2 ** (dac_bits * i + cell_bits * j))
-    sx = xu.sum(dim=1, keepdim=True)
-    sw = wu.sum(dim=0, keepdim=True).to(torch.float64)
-    dot = acc - 128 * sx - 128 * sw + k * 128 * 128
-    y = saturate(dot.round().to(torch.int64) + bias.to(torch.int64), INT32_MIN, INT32_MAX)
-    return y if mult is None or shift is None else requantize(y, mult, shift)
+    from golden.imc import CrossbarConfig, crossbar_linear
+
+    cfg = CrossbarConfig(rows=xbar, cols=xbar, cell_bits=cell_bits, dac_bits=dac_bits,
+                         adc_bits=adc_bits)
+    return crossbar_linear(xq, wq, bias, mult, shift, cfg=cfg)
 
 
 def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
@@ -118,14 +92,18 @@ def _dq(q: torch.Tensor, s: float, shape: Sequence[int]) -> torch.Tensor:
 
 
 def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None = None,
-              capture: dict[str, dict[str, Any]] | None = None) -> Any:
+              capture: dict[str, dict[str, Any]] | None = None, imc: Any = None) -> Any:
     """The per-node implementation that follows the plan's placement.
 
     ``stats`` (optional) accumulates ``kept`` and ``valid`` query-key pairs of sparse attention.
     ``capture`` (optional) receives, per integer accelerator op, the exact integer operands the
     golden unit was given and its integer result (:func:`_record`): what a replay on the RTL
-    feeds the op's unit.
+    feeds the op's unit. ``imc`` (optional, a :class:`compiler.imc_run.ImcRun`): crossbar
+    non-idealities and seed of the ``imc`` linears (default: ideal crossbars).
     """
+    from compiler.imc_run import ImcRun
+
+    imc = imc if imc is not None else ImcRun()
     devs = {d["name"]: d for d in plan["devices"]}
     place = {o["name"]: devs[o["device"]] for o in plan["ops"]}
 
@@ -147,13 +125,12 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             k = node.attrs["k"]
             x = args[node.attrs.get("x_arg", 0)]
             if q.get("in_bits") == 16:
-                return _linear16(x, ql, dev, shape, rec=lambda **kw: rec(node, **kw))
+                return _linear16(x, ql, dev, shape, rec=lambda **kw: rec(node, **kw),
+                                 imc=lambda v, z: imc.linear(node.name, v, ql.wq, z, None, None,
+                                                             dev["params"]))
             xq = quantize_tensor(x, ql.in_scale).reshape(-1, k)
             if kind == "imc":
-                p = dev["params"]
-                y = imc_linear(xq, ql.wq, ql.bias, ql.mult, ql.shift, xbar=p["xbar"],
-                               cell_bits=p["cell_bits"], dac_bits=p["dac_bits"],
-                               adc_bits=p["adc_bits"])
+                y = imc.linear(node.name, xq, ql.wq, ql.bias, ql.mult, ql.shift, dev["params"])
             elif q.get("out_bits") == 32:  # engine without requant: int32 out, scaled on the host
                 y = gemm_int(xq, ql.wq, ql.bias)
                 rec(node, gemms=[(xq, ql.wq, ql.bias, None, None, y)])
@@ -166,14 +143,24 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
         if node.op == "matmul":
             sa, sb, mult, shift = matmul_qparams(node)
             a, b = args[0], args[1] if len(args) > 1 else args[0]
+            bias = None
+            if node.attrs.get("transpose_b"):  # linear with a computed weight: x @ W^T + b
+                b = b.transpose(-1, -2)
+                bi = node.attrs.get("bias_arg")
+                bf = (args[bi] if bi is not None and len(args) > bi else None)
+                if bf is None and bi is not None:
+                    bf = kwargs.get("bias")
+                if bf is not None:  # int32 on the accumulator's grid s_a * s_b
+                    bias = torch.clamp(torch.round(bf.detach().to(torch.float64) / (sa * sb)),
+                                       INT32_MIN, INT32_MAX).to(torch.int64).reshape(-1)
             batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             aq = quantize_tensor(a, sa).expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
             bq = quantize_tensor(b, sb).expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
             n = b.shape[-1]
             mv = torch.full((n,), mult, dtype=torch.int64)
             sv = torch.full((n,), shift, dtype=torch.int64)
-            ys = [gemm_int(aq[i], bq[i], None, mv, sv) for i in range(aq.shape[0])]
-            rec(node, gemms=[(aq[i], bq[i], None, mv, sv, ys[i]) for i in range(aq.shape[0])])
+            ys = [gemm_int(aq[i], bq[i], bias, mv, sv) for i in range(aq.shape[0])]
+            rec(node, gemms=[(aq[i], bq[i], bias, mv, sv, ys[i]) for i in range(aq.shape[0])])
             return _dq(torch.stack(ys), float(q["out_scale"]), shape)
         xq = quantize_tensor(args[0], float(q["in_scales"][0]))
         rows = xq.reshape(-1, int(shape[-1])) if len(shape) else xq.reshape(1, -1)
@@ -223,18 +210,15 @@ def split16(x16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int],
-              rec: Any = None) -> torch.Tensor:
+              rec: Any = None, imc: Any = None) -> torch.Tensor:
     """16-bit-input linear: two int8 passes (high and low bytes), int32 out, exact int64 combine
     and the per-channel scale on the host (see :mod:`compiler.passes.quantize`)."""
     k = ql.wq.shape[0]
     x16 = torch.clamp(torch.round(x.to(torch.float64) / ql.in_scale), -32640, 32639)
     hi, lo = split16(x16.to(torch.int64).reshape(-1, k))
-    if dev["kind"] == "imc":
-        p = dev["params"]
-        kw = {"xbar": p["xbar"], "cell_bits": p["cell_bits"], "dac_bits": p["dac_bits"],
-              "adc_bits": p["adc_bits"]}
+    if dev["kind"] == "imc":  # both bytes through the op's crossbars, int32 out
         zero = torch.zeros_like(ql.bias)
-        ah, al = (imc_linear(v, ql.wq, zero, None, None, **kw) for v in (hi, lo))
+        ah, al = (imc(v, zero) for v in (hi, lo))
     else:
         ah, al = gemm_int(hi, ql.wq, None), gemm_int(lo, ql.wq, None)
         if rec is not None:  # the engine runs both passes as one 2M-row GEMM, int32 out
@@ -340,7 +324,7 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                  limit: int | None = None, n_random: int = 4, impl: Any = None,
-                 graph: tuple[Graph, Any] | None = None) -> dict[str, Any]:
+                 graph: tuple[Graph, Any] | None = None, imc: Any = None) -> dict[str, Any]:
     """Run ``plan`` and compare with the float model.
 
     MiniLM plans run sentences (default: the shipped set) and compare sentence embeddings (mean
@@ -350,12 +334,14 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     when attention is sparse, ``sparse_keep_ratio`` (kept / allowed query-key pairs of the real
     query rows, over all sparse attention ops and inputs). ``graph`` (the rebuilt graph and model)
     and ``impl`` (a node implementation with an optional ``start(inputs)``) replace the
-    defaults: the plan's placement, core regions on the golden core.
+    defaults: the plan's placement, core regions on the golden core. ``imc`` (a
+    :class:`compiler.imc_run.ImcRun`): crossbar non-idealities of the ``imc`` linears; its
+    ``stats()`` are returned as ``imc`` when the plan has an imc device.
     """
     graph, lm = graph if graph is not None else rebuild_graph(plan)
     stats: dict[str, int] = {}
     if impl is None:
-        impl = make_impl(graph, plan, stats)
+        impl = make_impl(graph, plan, stats, imc=imc)
         if any(d["kind"] == "core" for d in plan["devices"]):  # core regions: the golden core
             from compiler.core_run import core_impl
             impl = core_impl(plan, graph, impl)
@@ -409,4 +395,6 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
            "n_inputs": len(cos), "model": lm.name, "ops_per_device": ops_by}
     if stats.get("valid"):
         out["sparse_keep_ratio"] = stats["kept"] / stats["valid"]
+    if imc is not None and any(d["kind"] == "imc" for d in plan["devices"]):
+        out["imc"] = imc.stats()
     return out

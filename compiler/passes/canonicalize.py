@@ -1,5 +1,14 @@
-"""Canonicalization: classify every node into a canonical op kind, fold weight matmuls into
-``linear``, annotate shapes/MACs, mark explicit attention patterns, drop dead nodes.
+"""Canonicalization: fold weights computed from parameters, classify every node into a canonical
+op kind, fold weight matmuls into ``linear``, annotate shapes/MACs, mark explicit attention
+patterns, drop dead nodes.
+
+Weight folding (:func:`fold_weight_constants`): a weight that ``forward`` computes from
+parameters alone (weight norm ``g * v / |v|``, an expert's slice ``experts[i]`` as eager MoE
+code indexes it, ``W.t()``) is evaluated once at compile time and becomes a parameter of its
+own (``const:<node>``), so the op reading it is an ordinary ``linear`` with per-channel int8
+weights. A weight that depends on the inputs stays a dynamic ``matmul``: a ``linear`` of that
+kind gets ``attrs["transpose_b"] = True`` (``y = x @ W^T + b``: the executor transposes its
+second operand and adds the bias) and ``attrs["bias_arg"]`` (2, or None without a bias).
 
 Ensures ``canonical``: every node has a kind from :data:`compiler.ir.OP_KINDS`; every
 ``linear`` has ``attrs`` ``m, k, n, macs, weight, bias, w_layout`` (``"nk"`` for
@@ -12,10 +21,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.ir import Graph, Node, Param, Ref, TensorType
+import torch
+
+from compiler.frontend import resolve_target
+from compiler.ir import Graph, Node, Param, Ref, TensorType, map_structure
 from compiler.passes.base import Pass, PassError
 
-__all__ = ["Canonicalize", "LAYOUT_TARGETS", "classify"]
+__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "fold_weight_constants"]
+
+#: name prefix of the parameters that weight folding creates
+CONST_PREFIX = "const:"
+#: argument positions that hold a weight (or bias) of a GEMM-like ATen op
+_WEIGHT_SLOTS = {"aten.linear.default": (1, 2), "aten.addmm.default": (0, 2),
+                 "aten.matmul.default": (0, 1), "aten.mm.default": (0, 1),
+                 "aten.bmm.default": (0, 1)}
+#: ATen ops never evaluated at compile time (their value is not a function of their inputs)
+_NOT_CONSTANT = ("rand", "bernoulli", "normal", "uniform", "dropout", "empty")
 
 #: ATen ops that only move or re-view data (zero arithmetic)
 LAYOUT_TARGETS = frozenset(
@@ -61,11 +82,19 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
 
     if t in LAYOUT_TARGETS:
         return "layout", {}
+    if t in _WEIGHT_SLOTS and not node.inputs:  # a product of constants: computed as written
+        return "other", {}
     if t == "aten.linear.default":
         w = a[1]
         bias = a[2] if len(a) > 2 else node.kwargs.get("bias")
-        if not isinstance(w, Param):
-            return "matmul", _mm_attrs(shape(a[0]), tuple(reversed(shape(w))))
+        if not isinstance(w, Param) or not (bias is None or isinstance(bias, Param)):
+            # weight or bias computed from the inputs: a dynamic y = x @ W^T (+ b)
+            sw = shape(w)
+            if len(sw) != 2 or len(shape(a[0])) < 2:  # no matrix product: run as written
+                return "other", {}
+            attrs = _mm_attrs(shape(a[0]), (sw[1], sw[0]))
+            attrs.update(transpose_b=True, bias_arg=2 if bias is not None else None)
+            return "matmul", attrs
         n, k = shape(w)
         m = _prod(shape(a[0])) // k
         return "linear", {"m": m, "k": k, "n": n, "macs": m * k * n, "weight": w.name,
@@ -83,6 +112,8 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
             m = _prod(shape(a[0])) // k
             return "linear", {"m": m, "k": k, "n": n, "macs": m * k * n, "weight": a[1].name,
                               "bias": None, "w_layout": "kn"}
+        if len(shape(a[0])) < 2 or len(shape(a[1])) < 2:  # vector products run as they are
+            return "other", {}
         return "matmul", _mm_attrs(shape(a[0]), shape(a[1]))
     if t == "aten.scaled_dot_product_attention.default":
         q, k, v = shape(a[0]), shape(a[1]), shape(a[2])
@@ -116,6 +147,68 @@ def _mm_attrs(sa: tuple[int, ...], sb: tuple[int, ...]) -> dict[str, Any]:
     return {"batch": batch, "m": m, "k": k, "n": n, "macs": batch * m * k * n}
 
 
+def fold_weight_constants(graph: Graph) -> list[str]:
+    """Evaluate every weight or bias operand of a GEMM-like op that depends on parameters only
+    (no graph input) and make it a parameter ``const:<node>`` (see the module docstring).
+
+    Returns the names of the new parameters. The nodes that computed them stay in the graph
+    until dead-code elimination drops those nothing else reads.
+    """
+    const: set[str] = set()
+    nodes = graph.node_map()
+    for n in graph.nodes:
+        if not n.multi and not any(w in n.target for w in _NOT_CONSTANT) \
+                and all(i in const for i in n.inputs):
+            const.add(n.name)
+    slots: list[tuple[Node, int | str, str]] = []
+    for n in graph.nodes:
+        for i in _WEIGHT_SLOTS.get(n.target, ()):
+            r = n.args[i] if i < len(n.args) else None
+            if isinstance(r, Ref) and r.name in const:
+                slots.append((n, i, r.name))
+        if n.target == "aten.linear.default" and isinstance(n.kwargs.get("bias"), Ref) \
+                and n.kwargs["bias"].name in const:
+            slots.append((n, "bias", n.kwargs["bias"].name))
+    if not slots:
+        return []
+    need: set[str] = set()
+    todo = [v for _, _, v in slots]
+    while todo:
+        v = todo.pop()
+        if v not in need:
+            need.add(v)
+            todo.extend(nodes[v].inputs)
+    vals: dict[str, object] = {}
+
+    def resolve(r: Ref | Param) -> object:
+        return vals[r.name] if isinstance(r, Ref) else graph.params[r.name]
+
+    with torch.no_grad():
+        for n in graph.nodes:
+            if n.name in need:
+                try:
+                    vals[n.name] = resolve_target(n.target)(*map_structure(n.args, resolve),
+                                                            **map_structure(n.kwargs, resolve))
+                except Exception as e:  # an op torch cannot evaluate here: name it
+                    raise PassError(f"canonicalize: cannot evaluate node {n.name} ({n.target}), "
+                                    f"which computes a weight from parameters: "
+                                    f"{type(e).__name__}: {e}") from None
+    made: list[str] = []
+    for n, i, v in slots:
+        val = vals[v]
+        if not isinstance(val, torch.Tensor):
+            continue
+        pname = CONST_PREFIX + v
+        if pname not in graph.params:
+            graph.params[pname] = val.detach()
+            made.append(pname)
+        if i == "bias":
+            n.kwargs = {**n.kwargs, "bias": Param(pname)}
+        else:
+            n.args = tuple(Param(pname) if j == i else x for j, x in enumerate(n.args))
+    return made
+
+
 class Canonicalize(Pass):
     """See the module docstring."""
 
@@ -124,6 +217,7 @@ class Canonicalize(Pass):
     ensures = frozenset({"canonical"})
 
     def run(self, graph: Graph) -> None:
+        fold_weight_constants(graph)
         # dead-code elimination (export keeps nothing unused, but passes may)
         live = {r.name for r in graph.outputs}
         kept = []

@@ -5,6 +5,10 @@ Weights: symmetric int8 per output channel, ``s_w[c] = max|W[c,:]| / 127``,
 ``q = clamp(round_half_even(x / s), -128, 127)``; ``s`` is chosen on the calibration inputs
 (``method="mse"``, default: the clip level ``max|x| * r``, r = 1.0 .. 0.2, with the lowest
 quantization MSE; ``method="absmax"``: ``max|x| / 127``).
+A dynamic ``matmul`` gets one per-tensor scale per operand: a computed operand's from
+calibration, a parameter operand's (``W @ x`` with ``W`` a parameter) from its own values,
+``max|W| / 127`` (:func:`param_scale`); a ``linear`` with a computed weight (a matmul with
+``attrs["transpose_b"]``) adds its bias in the accumulator as int32 ``round(b / (s_a * s_b))``.
 A linear's bias becomes int32 ``round(b / (s_in * s_w[c]))`` and its requantizer the int32
 multiplier and shift of ``s_in * s_w[c] / s_out`` from :func:`golden.requant.quantize_multiplier`.
 
@@ -53,13 +57,14 @@ from typing import Any
 import torch
 
 from compiler.interp import run_graph
-from compiler.ir import Graph, Node
+from compiler.ir import Graph, Node, Param, Ref
 from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "matmul_qparams", "mse_scale",
-           "quantize_tensor", "quantize_weight", "residual_only_linears"]
+__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams",
+           "matmul_operands", "matmul_qparams", "mse_scale", "param_scale", "quantize_tensor",
+           "quantize_weight", "residual_only_linears"]
 
 #: how the FFN down-projection (a linear reading a GELU output) is quantized (module doc)
 FFN_DOWN_MODES = ("int16", "int8", "float")
@@ -137,6 +142,22 @@ def linear_qparams(graph: Graph, node: Node) -> QLinear:
                  out_scales=s_outs)
     node.attrs["_q"] = ql
     return ql
+
+
+def matmul_operands(node: Node) -> tuple[Ref | Param, Ref | Param]:
+    """The two operands ``(a, b)`` of a dynamic ``matmul`` node as written in the op (``b`` is
+    ``W`` of ``x @ W^T`` for a ``linear`` with a computed weight, ``attrs["transpose_b"]``)."""
+    a = node.args
+    first = a[0]
+    second = a[1] if len(a) > 1 else first
+    if not isinstance(first, (Ref, Param)) or not isinstance(second, (Ref, Param)):
+        raise PassError(f"node {node.name} ({node.target}): matmul operands must be tensors")
+    return first, second
+
+
+def param_scale(w: torch.Tensor) -> float:
+    """Per-tensor int8 scale of a parameter operand of a dynamic matmul: ``max|W| / 127``."""
+    return max(float(w.detach().abs().max()) if w.numel() else 0.0, _EPS) / 127.0
 
 
 def matmul_qparams(node: Node) -> tuple[float, float, int, int]:
@@ -294,13 +315,18 @@ class Quantize(Pass):
                                              "emits int8")
             if n.op not in QUANT_KINDS:
                 continue
-            ins = [n.inputs[0]] if n.op != "matmul" else list(n.inputs[:2])
-            if n.op == "matmul" and len(ins) == 1:  # x @ x
-                ins = ins * 2
-            n.attrs["quant"] = {"in_scales": [scale(v) for v in ins], "out_scale": scale(n.name)}
+            if n.op == "matmul":  # each operand its own scale; a parameter's from its values
+                n.attrs["quant"] = {"in_scales": [
+                    param_scale(graph.params[o.name]) if isinstance(o, Param) else scale(o.name)
+                    for o in matmul_operands(n)], "out_scale": scale(n.name)}
+            else:
+                ins = [n.inputs[0]]
+                n.attrs["quant"] = {"in_scales": [scale(v) for v in ins],
+                                    "out_scale": scale(n.name)}
             if n.name in wide:
                 n.attrs["quant"].update(in_bits=16, out_bits=32,
-                                        in_scales=[max(absmax.get(ins[0], 0.0), _EPS) / 32639.0])
+                                        in_scales=[max(absmax.get(n.inputs[0], 0.0), _EPS)
+                                                   / 32639.0])
             elif n.name in chan_max:
                 so = [max(float(v), _EPS) / 127.0 for v in chan_max[n.name]]
                 n.attrs["quant"]["out_scales"] = so

@@ -24,6 +24,12 @@ class ExactNet(torch.nn.Module):
         self.w_kn = torch.nn.Parameter(torch.randn(D, 32) * 0.2)  # x @ W: a "kn" linear
         self.b_kn = torch.nn.Parameter(torch.randn(32) * 0.1)
         self.w_mm = torch.nn.Parameter(torch.randn(D, 32) * 0.2)  # mm without bias: "kn" linear
+        with torch.random.fork_rng():  # the parameters above keep their values
+            torch.manual_seed(7)
+            # W @ x, W a parameter of small values: a matmul whose left operand has its own scale
+            self.w_left = torch.nn.Parameter(torch.randn(L, L) * 0.02)
+            self.kw = torch.nn.Linear(D, D)  # makes the weight of a linear from the input
+            self.b_dyn = torch.nn.Parameter(torch.randn(L) * 0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
@@ -40,7 +46,10 @@ class ExactNet(torch.nn.Module):
         kb = self.kb(h2)[0].transpose(0, 1)  # [DH, L], computed: broadcast batched matmul
         s = q @ kb  # [1, H, L, DH] @ [DH, L]
         t = (torch.addmm(self.b_kn, h2[0], self.w_kn) + h2[0] @ self.w_mm) @ self.w_kn.t()
-        return torch.cat([x + y * z + t[None], s.sum(1)], dim=-1)
+        t = t + self.w_left @ h2[0]
+        # a linear whose [16, 64] weight is computed: y = h2 @ W^T + b (not W, and with b)
+        d = torch.nn.functional.linear(h2[0], self.kw(h2)[0], self.b_dyn)
+        return torch.cat([x + y * z + t[None], s.sum(1) + d[None]], dim=-1)
 
 
 def exact_net():

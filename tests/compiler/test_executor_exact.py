@@ -32,6 +32,7 @@ import torch
 from compiler.driver import compile_model
 from compiler.execute import make_impl, rebuild_graph
 from compiler.interp import run_graph
+from compiler.ir import Param
 from compiler.targets import make_device
 from golden.gelu import gelu_int, gelu_params
 from golden.layernorm import layernorm_int, layernorm_params
@@ -153,7 +154,7 @@ def _record(plan: dict[str, Any]) -> tuple[dict[str, list[tuple[Any, ...]]], Any
     x = lm.example_inputs[0]
     for inp in (x, 3 * x):
         run_graph(graph, (inp,), impl=wrap)
-    return rec, lm, {o["name"]: o for o in plan["ops"]}
+    return rec, lm, {o["name"]: o for o in plan["ops"]}, graph
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +176,7 @@ def runs() -> dict[str, Any]:
 
 
 def _nodes(run: tuple[Any, ...], kind: str, dev_kind: str = ACCEL) -> list[tuple[Any, ...]]:
-    rec, _, ops = run
+    rec, _, ops, _ = run
     out = [r for name, rs in rec.items() for r in rs
            if ops[name]["op"] == kind and ops[name]["device"].split(":")[0] == dev_kind]
     assert out, f"no {kind} op on {dev_kind} in the plan"
@@ -183,7 +184,14 @@ def _nodes(run: tuple[Any, ...], kind: str, dev_kind: str = ACCEL) -> list[tuple
 
 
 def _params(run: tuple[Any, ...]) -> dict[str, torch.Tensor]:
-    return dict(run[1].module.named_parameters())
+    p = dict(run[1].module.named_parameters())
+    # the one weight forward computes from a parameter (w_kn.t()) is folded at compile time
+    folded = {k: v for k, v in run[3].params.items() if k.startswith("const:")}
+    assert len(folded) == 1
+    for k, v in folded.items():
+        assert torch.equal(v, p["w_kn"].t())
+        p[k] = v
+    return p
 
 
 def _check_linear(node: Any, args: tuple[Any, ...], out: torch.Tensor,
@@ -263,16 +271,31 @@ def test_matmul_batched_per_tensor(runs):
     # the operands' scales differ: swapping them would show
     assert sum(abs(r[0].attrs["quant"]["in_scales"][0] / r[0].attrs["quant"]["in_scales"][1] - 1)
                > 0.2 for r in nodes) >= 3 * 2
-    for node, (a, b), out in nodes:
+    # W @ x with W a parameter: W's own scale, not x's
+    left = [r for r in nodes if isinstance(r[0].args[0], Param)]
+    assert {tuple(r[1][0].shape) for r in left} == {(16, 16)}
+    for node, (w, _), _ in left:
+        assert node.attrs["quant"]["in_scales"][0] == float(w.abs().max()) / 127
+    # a linear whose weight is computed: x @ W^T + b, the bias on the accumulator grid
+    dyn = [r for r in nodes if r[0].target == "aten.linear.default"]
+    assert {tuple(r[1][1].shape) for r in dyn} == {(16, 64)}
+    for node, args, out in nodes:
         q = node.attrs["quant"]
         sa, sb, so = (float(v) for v in (*q["in_scales"], q["out_scale"]))
+        a, b = args[0], args[1]
+        if node.target == "aten.linear.default":  # the ATen op's own semantics
+            b = b.t()
         aq, bq = quant(a, sa), quant(b, sb)
         acc = torch.matmul(aq, bq)
+        if node.target == "aten.linear.default":
+            acc = acc + torch.clamp(rne(args[2].double() / (sa * sb)), *I32).to(torch.int64)
         ref = dq(requant(acc, [sa * sb / so] * acc.shape[-1]), so)
         assert out.shape == ref.shape and torch.equal(out, ref), (
             f"{node.name}: executor differs from the exact matmul in {int((out != ref).sum())} "
             "elements")
         real = torch.matmul(aq.double() * sa, bq.double() * sb)
+        if node.target == "aten.linear.default":
+            real = real + torch.clamp(rne(args[2].double() / (sa * sb)), *I32) * (sa * sb)
         ok = real.abs() < 127.5 * so
         assert ok.float().mean() > 0.5
         assert float((out.double() - real).abs()[ok].max()) <= (0.5 + 1e-6) * so
