@@ -94,11 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    old_term = _on_sigterm()  # before the command modules load: an early signal is one line too
+    try:
+        return _main(argv)
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _main(argv: list[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except Terminated:
+        print("fmforge: terminated", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print("fmforge: interrupted", file=sys.stderr)
+        return 130
     log = logging.getLogger("fmforge")
     level = log.level
-    old_term = _on_sigterm()
     if getattr(args, "verbose", False):  # compiler.quiet reads this level
         log.setLevel(logging.DEBUG)
     try:
@@ -117,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         log.setLevel(level)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
     if getattr(args, "json", False):
         try:
             print(json.dumps(result, sort_keys=True), flush=True)

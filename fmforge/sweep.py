@@ -24,6 +24,7 @@ reason. Nothing is lost silently: every point ends as ``ok``, ``error`` or ``fai
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -31,8 +32,10 @@ import itertools
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -604,6 +607,30 @@ def _failure(point: Point, exc: BaseException | None, reason: str | None = None)
                            "stage": None}, False)
 
 
+@contextlib.contextmanager
+def _signals_held() -> Any:
+    """Hold SIGINT and SIGTERM while a Dask cluster starts or closes, and deliver them after.
+
+    An interrupted ``LocalCluster`` start leaves its half-started workers' directories and
+    ``.dirlock`` files in the scratch space and a traceback from distributed's exit hook; once
+    the start returns, the caller's ``finally`` closes the cluster cleanly. Main thread only
+    (elsewhere Python delivers no signals).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+           for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if held:
+            signal.raise_signal(held[0])
+
+
 def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | None = None,
               out_dir: str | os.PathLike[str] | None = None,
               cache: str | os.PathLike[str] | None = "default",
@@ -662,7 +689,8 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
             else:
                 n = workers or os.cpu_count() or 1
                 import logging
-                with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+                with dask.config.set({"distributed.scheduler.allowed-failures": 1}), \
+                        _signals_held():
                     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address=None, memory_limit=0,
                                            silence_logs=logging.ERROR,
@@ -705,10 +733,11 @@ def run_sweep(spec: SweepSpec, *, scheduler: str | None = None, workers: int | N
                     on_result(client, p, records[p.index])
             run_seconds = time.perf_counter() - t_run
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
+        with _signals_held():
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
     ordered = [records[p.index] for p in points]
     front = pareto_front(ordered)
     for i, r in enumerate(ordered):

@@ -8,6 +8,7 @@ the golden model. :func:`cosim_gemm` is what ``fmforge cosim gemm`` runs.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -66,8 +67,13 @@ def run_gemm_verilator(cfg: GemmSpec, jobs: Sequence[GemmJob], *, stall: str = "
     }
     spec_path = tdir / "spec.json"
     spec_path.write_text(json.dumps(spec))
-    res = run_cocotb(b, "sim.cocotb_gemm", extra_env={"FMFORGE_BENCH_SPEC": str(spec_path)},
-                     test_dir=tdir, waves=waves, seed=seed)
+    try:
+        res = run_cocotb(b, "sim.cocotb_gemm", extra_env={"FMFORGE_BENCH_SPEC": str(spec_path)},
+                         test_dir=tdir, waves=waves, seed=seed)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep nothing of this run
+        if own:
+            shutil.rmtree(tdir, ignore_errors=True)
+        raise
     if res["failed"] or not (tdir / "out.json").exists():
         raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
     doc = json.loads((tdir / "out.json").read_text())
@@ -87,8 +93,6 @@ def run_gemm_verilator(cfg: GemmSpec, jobs: Sequence[GemmJob], *, stall: str = "
             "macs_per_second": job.macs / secs,
         })
     if own:
-        import shutil
-
         shutil.rmtree(tdir, ignore_errors=True)
     return out
 
@@ -126,7 +130,13 @@ def cosim_gemm(*, rows: int, cols: int, dataflow: str, m: int, k: int, n: int, s
     job = GemmJob(m, k, n, seed=seed, bias=bias, requant=requant)
     if simulator == "verilator":
         tdir = Path(tempfile.mkdtemp(prefix="fmforge-cosim-")) if waves else None
-        r = run_gemm_verilator(cfg, [job], stall=stall, seed=seed, waves=waves, test_dir=tdir)[0]
+        try:
+            r = run_gemm_verilator(cfg, [job], stall=stall, seed=seed, waves=waves,
+                                   test_dir=tdir)[0]
+        except KeyboardInterrupt:  # no half-written waves directory
+            if tdir is not None:
+                shutil.rmtree(tdir, ignore_errors=True)
+            raise
         if waves:
             r["waves"] = str(tdir / "dump.vcd")
     elif simulator == "amaranth":

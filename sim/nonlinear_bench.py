@@ -584,8 +584,14 @@ def run_verilator(cfg, jobs: Sequence[Job], *, length: int | None = None, stall:
                  for s, d in zip(stims, datas, strict=True)],
     }
     (tdir / "spec.json").write_text(json.dumps(spec))
-    res = run_cocotb(b, "sim.cocotb_elementwise", extra_env={"FMFORGE_BENCH_SPEC": str(tdir / "spec.json")},
-                     test_dir=tdir, seed=seed)
+    try:
+        res = run_cocotb(b, "sim.cocotb_elementwise",
+                         extra_env={"FMFORGE_BENCH_SPEC": str(tdir / "spec.json")},
+                         test_dir=tdir, seed=seed)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep nothing of this run
+        if own:
+            shutil.rmtree(tdir, ignore_errors=True)
+        raise
     if res["failed"] or not (tdir / "out.json").exists():
         raise AssertionError(f"cocotb run failed ({'; '.join(res['failures']) or 'no results'}); logs in {tdir}")
     raw = json.loads((tdir / "out.json").read_text())["results"]

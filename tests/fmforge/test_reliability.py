@@ -264,12 +264,12 @@ def test_demo_board_checked_first(capsys):
 
 # -- quiet output -------------------------------------------------------------------------------
 
-def _fmforge(*argv: str, cwd=None):
+def _fmforge(*argv: str, cwd=None, env=None):
     import subprocess
     import sys
 
     return subprocess.run([sys.executable, "-m", "fmforge", *argv], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, env=env)
 
 
 def test_compile_is_quiet_and_verbose_shows_third_party_output(tmp_path):
@@ -512,3 +512,115 @@ except Terminated:
 
     assert _wait_for(gone, 10), "the tool process outlived the build"
     assert [x.name for x in tmp_path.iterdir()] == ["child.pid"]  # build directory removed
+
+
+def _alive(pids):
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _interrupt(argv, patch, sig, env, wait_for="ready", stream="stdout"):
+    """Run ``fmforge argv`` in a child with ``patch`` (Python source) applied first; send
+    ``sig`` when ``wait_for`` appears on ``stream``; returns (status, stderr, descendants)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = f"import sys\n{patch}\nfrom fmforge.cli import main\nsys.exit(main(sys.argv[1:]))"
+    p = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    pipe = p.stdout if stream == "stdout" else p.stderr
+    while True:
+        line = pipe.readline()
+        assert line, f"{wait_for!r} never came: {p.communicate()}"
+        if wait_for in line:
+            break
+    kids = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err, kids
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupted_cosim_leaves_no_directory_and_a_rerun_succeeds(tmp_path, sig):
+    """Verilator co-simulation (the cocotb run stood in by a sleep): its temporary directory
+    goes; then a real run (Amaranth) interrupted mid-simulation, and a rerun that passes."""
+    import os
+    import signal
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp))
+    status = {"SIGINT": (130, "fmforge: interrupted"), "SIGTERM": (143, "fmforge: terminated")}
+    gemm = ["cosim", "gemm", "--rows", "2", "--cols", "2", "--m", "4", "--k", "4", "--n", "4"]
+    stand_in = ("import time, sim.cosim as c\n"
+                "c.gemm_build = lambda *a, **k: None\n"
+                "def run(*a, **k):\n    print('ready', flush=True)\n    time.sleep(60)\n"
+                "c.run_cocotb = run")
+    rc, err, _ = _interrupt(gemm, stand_in, getattr(signal, sig), env)
+    assert (rc, err.strip().splitlines()) == (status[sig][0], [status[sig][1]]), err
+    assert list(tmp.iterdir()) == []
+    slow = ("import sim.pysim as s\nreal = s.run_gemm_pysim\n"
+            "def run(*a, **k):\n    print('ready', flush=True)\n    return real(*a, **k)\n"
+            "s.run_gemm_pysim = run")
+    rc, err, _ = _interrupt([*gemm, "--simulator", "amaranth"], slow, getattr(signal, sig), env)
+    assert (rc, err.strip().splitlines()) == (status[sig][0], [status[sig][1]]), err
+    assert list(tmp.iterdir()) == []
+    done = _fmforge(*gemm, "--simulator", "amaranth", "--json", cwd=tmp_path)
+    assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stderr
+
+
+SWEEP_SPEC = """name = "tiny"
+model = "encoder-tiny"
+devices = "asic:rows={rows}:cols={cols},cpu:mode=roofline"
+[grid]
+array = ["4x4", "8x8"]
+"""
+
+
+@pytest.mark.parametrize(("sig", "when"), [("SIGTERM", "cluster start"),
+                                           ("SIGINT", "first result")])
+def test_interrupted_sweep_leaves_nothing_and_a_rerun_succeeds(tmp_path, sig, when):
+    """No worker process, no output directory, no half-written cache entry, no worker
+    directory or its lock in Dask's scratch space; the rerun writes every output."""
+    import os
+    import signal
+
+    tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmp.mkdir()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(SWEEP_SPEC)
+    env = dict(os.environ, TMPDIR=str(tmp), FMFORGE_CACHE=str(cache))
+    argv = ["sweep", str(spec), "--workers", "1", "-o", str(tmp_path / "out")]
+    if when == "cluster start":  # the signal lands inside LocalCluster's start
+        patch = ("import distributed\nReal = distributed.LocalCluster\n"
+                 "class Slow(Real):\n    def __init__(self, *a, **k):\n"
+                 "        print('ready', flush=True)\n        super().__init__(*a, **k)\n"
+                 "distributed.LocalCluster = Slow")
+        rc, err, kids = _interrupt(argv, patch, getattr(signal, sig), env)
+    else:
+        rc, err, kids = _interrupt(argv, "", getattr(signal, sig), env, wait_for="1/2",
+                                   stream="stderr")
+    want = {"SIGINT": (130, ["fmforge: interrupted"]), "SIGTERM": (143, ["fmforge: terminated"])}
+    assert (rc, err.strip().splitlines()[-1:]) == want[sig], err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2, err  # + progress
+    assert _wait_for(lambda: not _alive(kids), 20), "a worker process outlived the sweep"
+    assert not (tmp_path / "out").exists()
+    left = [p.name for p in cache.rglob("*") if p.is_file()] if cache.exists() else []
+    assert all(not n.startswith(".") for n in left), left  # no temporary cache files
+    assert len({n.split(".")[0] for n in left}) * 2 == len(left)  # record + plan per point
+    scratch = tmp / "dask-scratch-space"
+    stale = [p.name for p in scratch.iterdir()] if scratch.exists() else []
+    assert set(stale) <= {"global.lock", "purge.lock"}, stale
+    done = _fmforge(*argv, "--json", cwd=tmp_path, env=env)
+    assert done.returncode == 0 and json.loads(done.stdout)["points"] == 2, done.stderr
+    assert (tmp_path / "out" / "results.json").is_file()
