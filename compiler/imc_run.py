@@ -1,0 +1,68 @@
+"""Running ``imc`` linears in the executor: the golden crossbar model, programmed once per op.
+
+:class:`ImcRun` holds what a run of a plan on crossbars needs beyond the plan: the device
+non-idealities (:class:`golden.imc.CrossbarNoise`, ideal by default), a seed, and optionally a
+number of spare columns per crossbar (fault remapping; default: the device's ``spare_cols``).
+Each op's weights are programmed once (:func:`golden.imc.program`, seeded by the run seed and
+the op's name, so a draw does not depend on which other ops are on crossbars) and reused for
+every input; every MVM draws fresh read noise from a per-op counter. The numbers are the same
+whatever the order of the inputs' calls within an op.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from typing import Any
+
+import torch
+
+from golden.imc import CrossbarConfig, CrossbarNoise, Programmed, crossbar_linear, program
+
+__all__ = ["ImcRun", "crossbar_config"]
+
+
+def crossbar_config(params: dict[str, Any], spare_cols: int | None = None) -> CrossbarConfig:
+    """The crossbar geometry of an ``imc`` device's plan parameters."""
+    return CrossbarConfig(rows=int(params["xbar"]), cols=int(params["xbar"]),
+                          cell_bits=int(params["cell_bits"]), dac_bits=int(params["dac_bits"]),
+                          adc_bits=int(params["adc_bits"]),
+                          spare_cols=int(params.get("spare_cols", 0) if spare_cols is None
+                                         else spare_cols),
+                          differential=bool(params.get("differential", 0)))
+
+
+@dataclasses.dataclass
+class ImcRun:
+    """Non-idealities, seed and programmed weights of one executor run (module docstring)."""
+
+    noise: CrossbarNoise = dataclasses.field(default_factory=CrossbarNoise)
+    seed: int = 0
+    spare_cols: int | None = None
+    _progs: dict[str, Programmed] = dataclasses.field(default_factory=dict, repr=False)
+    _calls: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
+
+    def programmed(self, name: str, wq: torch.Tensor, params: dict[str, Any]) -> Programmed:
+        """Op ``name``'s weights on crossbars (programmed on first use)."""
+        p = self._progs.get(name)
+        if p is None:
+            op_seed = (self.seed * 2654435761 + zlib.crc32(name.encode())) % 2**62
+            p = program(wq, crossbar_config(params, self.spare_cols), self.noise, op_seed)
+            self._progs[name] = p
+        return p
+
+    def linear(self, name: str, xq: torch.Tensor, wq: torch.Tensor, bias: torch.Tensor | None,
+               mult: torch.Tensor | None, shift: torch.Tensor | None,
+               params: dict[str, Any]) -> torch.Tensor:
+        """``requant(xq @ wq + bias)`` of op ``name`` on its crossbars (int64 ``[M, N]``)."""
+        prog = self.programmed(name, wq, params)
+        n = self._calls.get(name, 0)
+        self._calls[name] = n + 1
+        read_seed = (zlib.crc32(name.encode()) * 1000003 + self.seed * 7919 + n * 104729) % 2**62
+        return crossbar_linear(xq, prog, bias, mult, shift, read_seed=read_seed)
+
+    def stats(self) -> dict[str, int]:
+        """Programmed ops, stuck cells left in use and columns moved onto spares."""
+        return {"ops": len(self._progs),
+                "faulty_cells": sum(p.faulty_cells for p in self._progs.values()),
+                "remapped_columns": sum(p.remapped for p in self._progs.values())}
