@@ -185,7 +185,7 @@ def lower_plan(plan: dict[str, Any], cfg: CoreConfig | None = None
 
 def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                 limit: int | None = None, cfg: CoreConfig | None = None,
-                runner: Any = None) -> dict[str, Any]:
+                runner: Any = None, memory: dict[str, int] | None = None) -> dict[str, Any]:
     """Run the plan with its core part on the golden core; compare with the float model.
 
     The core part is the plan's core regions when it has a core device (their programs must
@@ -195,7 +195,9 @@ def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     ``array_utilization`` (matrix-queue busy cycles / total), ``unit_busy`` (busy cycles per
     queue and per opcode), ``programs``, ``instructions``, ``image_bytes``, ``golden_seconds``,
     and ``_programs`` (the (device, :class:`CoreProgram`) pairs; not JSON). ``runner`` as in
-    :func:`programs_impl` (the RTL instead of the golden core).
+    :func:`programs_impl` (the RTL instead of the golden core). ``memory`` (``latency``,
+    ``bytes_per_cycle``) overrides the external-memory parameters the programs are timed and
+    simulated with (the programs themselves do not depend on them).
     """
     from compiler.execute import execute_plan, make_impl
 
@@ -206,6 +208,10 @@ def run_on_core(plan: dict[str, Any], sentences: Sequence[str] | None = None,
         prog = lower_region(graph, encoder_region(graph), cfg or CoreConfig())
         impl = programs_impl(graph, [prog], make_impl(graph, plan), runner)
     progs = impl.programs
+    if memory:
+        import dataclasses
+        for _, p in progs:
+            p.cfg = dataclasses.replace(p.cfg, **memory)
     t0 = time.perf_counter()
     r = execute_plan(plan, sentences=sentences, limit=limit, impl=impl, graph=(graph, lm))
     secs = time.perf_counter() - t0

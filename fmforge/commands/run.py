@@ -100,10 +100,12 @@ def register(subparsers: Any) -> None:
                    help="array rows (plans without a core device)")
     p.add_argument("--cols", type=int_range(1, 64), default=8,
                    help="array columns (plans without a core device)")
-    p.add_argument("--memory-latency", type=int_range(0, 10000), default=8,
-                   help="external memory latency in cycles (plans without a core device)")
-    p.add_argument("--memory-bytes-per-cycle", type=int_range(1, 64), default=4,
-                   help="external memory bytes per cycle (plans without a core device)")
+    p.add_argument("--memory-latency", type=int_range(0, 10000),
+                   help="external memory latency in cycles (default: the plan's core device, "
+                        "else 8)")
+    p.add_argument("--memory-bytes-per-cycle", type=int_range(1, 64),
+                   help="external memory bytes per cycle (default: the plan's core device, "
+                        "else 4)")
     p.add_argument("--sp-kb", type=int_range(16, 16384), default=256,
                    help="scratchpad KiB (plans without a core device)")
     p.add_argument("--trace", help="PNG timeline of the queues' activity, every program")
@@ -167,14 +169,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         check_output_file(args.trace, "trace")
     plan = load_plan(args.plan)
     torch.set_num_threads(1)
-    cfg = CoreConfig(rows=args.rows, cols=args.cols, latency=args.memory_latency,
-                     bytes_per_cycle=args.memory_bytes_per_cycle, sp_bytes=args.sp_kb * 1024,
-                     imem_instrs=65536)
+    memory = {k: v for k, v in (("latency", args.memory_latency),
+                                ("bytes_per_cycle", args.memory_bytes_per_cycle)) if v is not None}
+    cfg = CoreConfig(rows=args.rows, cols=args.cols, sp_bytes=args.sp_kb * 1024,
+                     imem_instrs=65536, **memory)
     sents = load_sentences(args.sentences) if args.sentences else None
     stats: dict[str, Any] = {}
     runner = rtl_runner(stats, None if args.json else (
         lambda m: print(f"   {m}", file=sys.stderr, flush=True))) if args.sim else None
-    r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner)
+    r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner,
+                    memory=memory)
     progs = r.pop("_programs")
     if args.sim:
         n = max(1, r["n_inputs"])

@@ -27,3 +27,19 @@ class Layer(torch.nn.Module):
 def layer():
     torch.manual_seed(0)
     return Layer().eval(), (torch.randn(1, 8, 32),)
+
+
+class TwoLayers(torch.nn.Module):
+    """Two such layers: the tiny model of the end-to-end suite case."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l0, self.l1 = Layer(), Layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l1(self.l0(x))
+
+
+def two_layers():
+    torch.manual_seed(1)
+    return TwoLayers().eval(), (torch.randn(1, 8, 32),)
