@@ -13,7 +13,7 @@ import torch
 
 from compiler.accuracy import Group, partition_within_budget
 from compiler.frontend import LoadedModel, export_graph, load_model
-from compiler.ir import Graph
+from compiler.ir import Graph, Param, Ref
 from compiler.partition import (
     NoDeviceError,
     Problem,
@@ -26,6 +26,7 @@ from compiler.partition import (
 )
 from compiler.passes import Canonicalize, Quantize, run_passes
 from compiler.passes.base import Pass
+from compiler.passes.canonicalize import LAYOUT_TARGETS
 from compiler.passes.sparsify import sparsify_from_spec
 from compiler.plan import PLAN_FORMAT, PLAN_VERSION, check_plan
 from compiler.targets import Target, parse_devices
@@ -33,7 +34,7 @@ from compiler.zoo import MODELS
 from golden.errors import UserValueError
 
 __all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "DEFAULT_MIN_COSINE", "EVAL_SENTENCES",
-           "calibration_samples", "compile_model", "prepare_graph"]
+           "MAX_CALIB", "calibration_samples", "compile_model", "prepare_graph", "token_inputs"]
 
 #: assumptions stated in every plan
 ASSUMPTIONS = [
@@ -77,21 +78,71 @@ CALIB_SENTENCES = slice(64, None, 11)
 EVAL_SENTENCES = 64
 
 
-def calibration_samples(model: LoadedModel, n: int = 16) -> list[tuple[torch.Tensor, ...]]:
-    """Calibration inputs: for MiniLM ``n`` shipped sentences from :data:`CALIB_SENTENCES`
-    (held out: disjoint from the first :data:`EVAL_SENTENCES`); else the example inputs and seeded
-    variants (float inputs: same-shape normal noise of the same std; int inputs: unchanged)."""
+#: the most calibration samples ``fmforge compile --calib`` takes
+MAX_CALIB = 256
+
+
+def token_inputs(graph: Graph) -> dict[str, int]:
+    """Graph inputs that are token ids, with their vocabulary size: integer inputs that index
+    an ``embedding`` table (directly or through layout ops); the largest table they index."""
+    nodes = graph.node_map()
+    ints = {n for n, t in graph.inputs if not t.dtype.startswith(("float", "bfloat", "bool"))}
+    vocab: dict[str, int] = {}
+    for n in graph.nodes:
+        if n.target != "aten.embedding.default" or len(n.args) < 2:
+            continue
+        w, idx = n.args[0], n.args[1]
+        if not isinstance(w, Param) or not isinstance(idx, Ref):
+            continue
+        v = idx.name
+        while v in nodes and nodes[v].target in LAYOUT_TARGETS and nodes[v].inputs:
+            v = nodes[v].inputs[0]
+        if v in ints:
+            vocab[v] = max(vocab.get(v, 0), int(graph.params[w.name].shape[0]))
+    return vocab
+
+
+def calibration_samples(model: LoadedModel, n: int = 16,
+                        graph: Graph | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """``n`` calibration inputs (seeded, so a compile is reproducible).
+
+    MiniLM: shipped sentences from :data:`CALIB_SENTENCES` (held out: disjoint from the first
+    :data:`EVAL_SENTENCES`; beyond those 16 the other held-out sentences from index 64 on).
+    Other models: the example inputs, then ``n - 1`` random inputs of the same shapes: token ids
+    (:func:`token_inputs` of ``graph``) uniform over the model's vocabulary, float inputs
+    (images, audio, embeddings) normal noise with the example's mean and standard deviation;
+    other integer inputs (masks, or token ids when no ``graph`` is given) as in the example.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CALIB:
+        raise UserValueError(f"calibration sample count must be an integer in 1..{MAX_CALIB}, "
+                             f"not {n!r}")
     if model.name == "minilm":
         from compiler.models import load_sentences
         from compiler.zoo import tokenize
-        sents = load_sentences()[CALIB_SENTENCES][:n]
+        allsents = load_sentences()
+        idx = list(range(len(allsents)))[CALIB_SENTENCES]
+        idx += [i for i in range(EVAL_SENTENCES, len(allsents)) if i not in idx]
+        sents = [allsents[i] for i in idx[:n]]
         ids, am, tt = tokenize(sents, model.seq_len or 32)
         return [(ids[i:i + 1], am[i:i + 1], tt[i:i + 1]) for i in range(len(sents))]
+    vocab = token_inputs(graph) if graph is not None else {}
+    names = [name for name, _ in graph.inputs] if graph is not None else []
     out = [tuple(model.example_inputs)]
     g = torch.Generator().manual_seed(0)
-    for _ in range(min(n, 4) - 1):
-        out.append(tuple(t + torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std()
-                         if t.is_floating_point() else t for t in model.example_inputs))
+    for _ in range(n - 1):
+        sample = []
+        for i, t in enumerate(model.example_inputs):
+            v = vocab.get(names[i]) if i < len(names) else None
+            if t.is_floating_point():
+                tf = t.double()
+                std = float(tf.std()) if t.numel() > 1 else 1.0
+                sample.append((torch.randn(t.shape, generator=g, dtype=torch.float64) * std
+                               + float(tf.mean())).to(t.dtype))
+            elif v:
+                sample.append(torch.randint(0, v, t.shape, generator=g).to(t.dtype))
+            else:
+                sample.append(t)
+        out.append(tuple(sample))
     return out
 
 
@@ -108,7 +159,7 @@ def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = Fa
     t0 = time.perf_counter()
     g = export_graph(model.module, model.example_inputs, source=model.name)
     t1 = time.perf_counter()
-    passes: list[Pass] = [Canonicalize(), Quantize(calibration_samples(model, calib),
+    passes: list[Pass] = [Canonicalize(), Quantize(calibration_samples(model, calib, g),
                                                    ffn_down="float" if float_ffn_down else ffn_down)]
     if sparse:
         passes.append(sparsify_from_spec(sparse))
@@ -155,7 +206,7 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
     if min_cosine is None:
         result = partition_dp(problem)
     else:  # measures what the partition needs (compiler.accuracy)
-        samples = calibration_samples(lm, calib)
+        samples = calibration_samples(lm, calib, graph)
         result, groups = partition_within_budget(problem, graph, devs, samples, min_cosine,
                                                  pooled=lm.name == "minilm")
         n_calib = len(samples)

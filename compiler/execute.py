@@ -10,7 +10,8 @@ placed it:
   int32 bias and the per-channel requantizer, int8 out; ``matmul``: the same per batch with a
   per-tensor requantizer (a ``linear`` whose weight is computed, ``attrs["transpose_b"]``:
   ``x @ W^T`` with its bias as int32 on the accumulator grid); ``gelu``/``relu``:
-  :mod:`golden.gelu`; ``softmax``: :mod:`golden.softmax`; ``layer_norm``:
+  :mod:`golden.gelu`; ``softmax``: :mod:`golden.softmax` (input values at or below the mask
+  sentinel, :data:`compiler.passes.quantize.MASK_SENTINEL`, are its mask); ``layer_norm``:
   :mod:`golden.layernorm`; ``layout``: data movement (exact on the int8 grid);
 * imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
   cells, bit-serial inputs through the DACs, each column's partial sum per crossbar quantized by
@@ -35,7 +36,13 @@ from compiler.frontend import export_graph, load_model
 from compiler.interp import float_impl, run_graph
 from compiler.ir import Graph, Node
 from compiler.passes import Canonicalize, run_passes
-from compiler.passes.quantize import linear_qparams, matmul_qparams, quantize_tensor
+from compiler.passes.quantize import (
+    linear_qparams,
+    linear_weight,
+    matmul_qparams,
+    quantize_tensor,
+    softmax_keep,
+)
 from golden.errors import UserLookupError, UserValueError
 from golden.gemm import gemm_int
 from golden.requant import INT32_MAX, INT32_MIN
@@ -92,7 +99,8 @@ def _dq(q: torch.Tensor, s: float, shape: Sequence[int]) -> torch.Tensor:
 
 
 def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None = None,
-              capture: dict[str, dict[str, Any]] | None = None, imc: Any = None) -> Any:
+              capture: dict[str, dict[str, Any]] | None = None, imc: Any = None,
+              quantize: bool = True) -> Any:
     """The per-node implementation that follows the plan's placement.
 
     ``stats`` (optional) accumulates ``kept`` and ``valid`` query-key pairs of sparse attention.
@@ -100,6 +108,9 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
     golden unit was given and its integer result (:func:`_record`): what a replay on the RTL
     feeds the op's unit. ``imc`` (optional, a :class:`compiler.imc_run.ImcRun`): crossbar
     non-idealities and seed of the ``imc`` linears (default: ideal crossbars).
+    ``quantize=False`` (a test mode, :func:`_unquantized`): every op keeps its placement and
+    the executor's reading of its operands, but computes in float64 with no rounding, clamping
+    or requantizer, so the result must equal the float model to float precision.
     """
     from compiler.imc_run import ImcRun
 
@@ -118,6 +129,8 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             return _sparse_attention(node, args, kwargs, stats)
         if kind in ("cpu", "gpu") or node.op == "layout":
             return float_impl(node, args, kwargs)
+        if not quantize:
+            return _unquantized(graph, node, args, kwargs)
         q = node.attrs["quant"]
         shape = node.out[0].shape
         if node.op == "linear":
@@ -142,17 +155,11 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             return ql.dequantize(y).to(torch.float32).reshape(tuple(shape))
         if node.op == "matmul":
             sa, sb, mult, shift = matmul_qparams(node)
-            a, b = args[0], args[1] if len(args) > 1 else args[0]
+            a, b, bf = _matmul_args(node, args, kwargs)
             bias = None
-            if node.attrs.get("transpose_b"):  # linear with a computed weight: x @ W^T + b
-                b = b.transpose(-1, -2)
-                bi = node.attrs.get("bias_arg")
-                bf = (args[bi] if bi is not None and len(args) > bi else None)
-                if bf is None and bi is not None:
-                    bf = kwargs.get("bias")
-                if bf is not None:  # int32 on the accumulator's grid s_a * s_b
-                    bias = torch.clamp(torch.round(bf.detach().to(torch.float64) / (sa * sb)),
-                                       INT32_MIN, INT32_MAX).to(torch.int64).reshape(-1)
+            if bf is not None:  # int32 on the accumulator's grid s_a * s_b
+                bias = torch.clamp(torch.round(bf.detach().to(torch.float64) / (sa * sb)),
+                                   INT32_MIN, INT32_MAX).to(torch.int64).reshape(-1)
             batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             aq = quantize_tensor(a, sa).expand(*batch, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
             bq = quantize_tensor(b, sb).expand(*batch, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
@@ -178,18 +185,16 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
         if node.op == "softmax":
             from golden.softmax import softmax_int, softmax_params
             dim = int(args[1]) if len(args) > 1 else -1  # the unit works on the last dim
-            p = softmax_int(xq.movedim(dim, -1), softmax_params(float(q["in_scales"][0])))
+            keep = softmax_keep(args[0]).movedim(dim, -1)  # an additive mask's sentinels
             xl = xq.movedim(dim, -1)
-            rec(node, x=xl.reshape(-1, xl.shape[-1]), y=p.reshape(-1, xl.shape[-1]))
+            p = softmax_int(xl, softmax_params(float(q["in_scales"][0])),
+                            mask=None if bool(keep.all()) else keep)
+            extra = {} if bool(keep.all()) else {"mask": keep.reshape(-1, xl.shape[-1])}
+            rec(node, x=xl.reshape(-1, xl.shape[-1]), y=p.reshape(-1, xl.shape[-1]), **extra)
             return _dq(p.movedim(-1, dim), 1 / 256, shape)
         if node.op == "layer_norm":
             from golden.layernorm import layernorm_int, layernorm_params
-            # normalized over the trailing dims args[1]: flattened into one row of n values
-            nd = len(args[1]) if len(args) > 1 else 1
-            n = math.prod(int(v) for v in shape[len(shape) - nd:])
-            gamma = args[2].reshape(n) if len(args) > 2 and args[2] is not None else 1.0
-            beta = args[3].reshape(n) if len(args) > 3 and args[3] is not None else 0.0
-            eps = float(args[4]) if len(args) > 4 else 1e-5
+            nd, n, gamma, beta, eps = _layer_norm_args(args, shape)
             p = layernorm_params(n, float(q["in_scales"][0]), gamma, beta,
                                  float(q["out_scale"]), eps)
             xr = xq.reshape(*xq.shape[:xq.dim() - nd], n)
@@ -200,6 +205,70 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
                          "integer implementation in the executor")
 
     return impl
+
+
+def _matmul_args(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(a, b, bias)`` of a dynamic matmul as the GEMM ``a @ b (+ bias)``: a ``linear`` with a
+    computed weight (``attrs["transpose_b"]``) is ``x @ W^T + b``."""
+    a, b = args[0], args[1] if len(args) > 1 else args[0]
+    if not node.attrs.get("transpose_b"):
+        return a, b, None
+    bi = node.attrs.get("bias_arg")
+    bias = args[bi] if bi is not None and len(args) > bi else None
+    if bias is None and bi is not None:
+        bias = kwargs.get("bias")
+    return a, b.transpose(-1, -2), bias
+
+
+def _layer_norm_args(args: tuple[Any, ...], shape: Sequence[int]) -> tuple[int, int, Any, Any, float]:
+    """``(nd, n, gamma, beta, eps)`` of ``aten.layer_norm``: normalized over the trailing ``nd``
+    dims (``args[1]``), flattened into one row of ``n`` values."""
+    nd = len(args[1]) if len(args) > 1 else 1
+    n = math.prod(int(v) for v in shape[len(shape) - nd:])
+    gamma = args[2].reshape(n) if len(args) > 2 and args[2] is not None else 1.0
+    beta = args[3].reshape(n) if len(args) > 3 and args[3] is not None else 0.0
+    eps = float(args[4]) if len(args) > 4 else 1e-5
+    return nd, n, gamma, beta, eps
+
+
+def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """An accelerator op as the executor reads it (the same operands, weights from the same attrs,
+    the same axes and mask), in float64 without quantization: the differential test's oracle
+    is the float model, so any disagreement is a wrong reading of the op, not rounding."""
+    shape = tuple(node.out[0].shape)
+    f = torch.float64
+    if node.op == "linear":
+        x = args[node.attrs.get("x_arg", 0)].to(f).reshape(-1, node.attrs["k"])
+        y = x @ linear_weight(graph, node).to(f).t()
+        if node.attrs.get("bias"):
+            y = y + graph.params[node.attrs["bias"]].to(f)
+    elif node.op == "matmul":
+        a, b, bias = _matmul_args(node, args, kwargs)
+        y = torch.matmul(a.to(f), b.to(f))
+        if bias is not None:
+            y = y + bias.to(f)
+    elif node.op == "gelu":
+        y = torch.nn.functional.gelu(args[0].to(f), approximate=node.attrs.get("approximate",
+                                                                               "none"))
+    elif node.op == "relu":
+        y = torch.relu(args[0].to(f))
+    elif node.op == "softmax":
+        dim = int(args[1]) if len(args) > 1 else -1
+        x = args[0].to(f)
+        y = torch.softmax(torch.where(softmax_keep(x), x, -math.inf), dim).nan_to_num(0.0)
+    elif node.op == "layer_norm":
+        nd, n, gamma, beta, eps = _layer_norm_args(args, shape)
+        xr = args[0].to(f).reshape(*shape[:len(shape) - nd], n)
+        mu = xr.mean(-1, keepdim=True)
+        var = ((xr - mu) ** 2).mean(-1, keepdim=True)
+        g = gamma.to(f) if torch.is_tensor(gamma) else gamma
+        b = beta.to(f) if torch.is_tensor(beta) else beta
+        y = (xr - mu) / torch.sqrt(var + eps) * g + b
+    else:
+        raise UserValueError(f"op {node.name} ({node.op}) has no integer implementation in the "
+                             "executor")
+    return y.to(torch.float32).reshape(shape)
 
 
 def split16(x16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

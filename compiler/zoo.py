@@ -7,6 +7,13 @@
   defaults: d=768, 12 heads, vocab 50257) with random weights (seed 0).
 * ``gpt2-tiny``: 2 layers, d=128, 4 heads, vocab 1000, random weights (seed 0).
 * ``encoder-tiny``: a stack of 2 ``torch.nn.TransformerEncoderLayer`` (d=64, 4 heads, FFN 128).
+* tiny random-initialised ``transformers`` models (seed 0, built from their configs, no download;
+  2 layers, hidden 64, 4 heads, FFN 128, vocabulary 1000, returning the last hidden state):
+  ``bert-tiny``, ``opt-tiny``, ``t5-tiny`` (T5 encoder), ``llama-tiny``, ``mistral-tiny`` and
+  ``qwen2-tiny`` (RMSNorm, SwiGLU, rotary embeddings, 2 key/value heads: grouped-query
+  attention) take token ids ``[1, seq_len]`` (default 16); ``vit-tiny`` a ``[1, 3, 32, 32]``
+  image (8x8 patches) and ``wav2vec2-tiny`` 1600 audio samples ``[1, 1600]`` (two conv layers),
+  both with no sequence length (``seq_len`` is ignored).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODELS", "MiniLMEncoder", "gpt2", "encoder_stack", "minilm", "DEFAULT_SEQ_LEN"]
+__all__ = ["MODELS", "MiniLMEncoder", "gpt2", "encoder_stack", "hf_tiny", "minilm",
+           "DEFAULT_SEQ_LEN", "HF_TINY"]
 
 #: default sequence length the built-in models are exported at (shipped sentences have <= 21 tokens)
 DEFAULT_SEQ_LEN = 32
@@ -94,6 +102,79 @@ def encoder_stack(layers: int = 2, d_model: int = 64, nhead: int = 4, ffn: int =
     return enc, (x,)
 
 
+class _LastHidden(torch.nn.Module):
+    """A ``transformers`` base model called with one input by keyword -> last hidden state."""
+
+    def __init__(self, m: torch.nn.Module, key: str) -> None:
+        super().__init__()
+        self.m = m
+        self.key = key
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kw = {"use_cache": False} if getattr(self.m.config, "is_decoder", False) or \
+            hasattr(self.m.config, "num_key_value_heads") else {}
+        return self.m(**{self.key: x}, **kw).last_hidden_state
+
+
+_SMALL = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+          "intermediate_size": 128, "vocab_size": 1000}
+_DECODER = {**_SMALL, "num_key_value_heads": 2, "max_position_embeddings": 128}
+
+
+def _tiny_config(arch: str) -> tuple[Any, str, str]:
+    """``(config, model class name, input keyword)`` of a tiny ``arch``."""
+    import transformers as tr
+
+    if arch == "bert":
+        return tr.BertConfig(**_SMALL, max_position_embeddings=128), "BertModel", "input_ids"
+    if arch == "opt":
+        return (tr.OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             ffn_dim=128, vocab_size=1000, max_position_embeddings=128,
+                             word_embed_proj_dim=64), "OPTModel", "input_ids")
+    if arch == "t5":
+        return (tr.T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                            vocab_size=1000), "T5EncoderModel", "input_ids")
+    if arch in ("llama", "mistral", "qwen2"):
+        cfg = {"llama": tr.LlamaConfig, "mistral": tr.MistralConfig, "qwen2": tr.Qwen2Config}
+        cls = {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model"}
+        return cfg[arch](**_DECODER), cls[arch], "input_ids"
+    if arch == "vit":
+        return (tr.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                             intermediate_size=128, image_size=32, patch_size=8),
+                "ViTModel", "pixel_values")
+    if arch == "wav2vec2":
+        return (tr.Wav2Vec2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=128, conv_dim=(32, 32), conv_stride=(5, 2),
+                                  conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                  num_conv_pos_embedding_groups=4),
+                "Wav2Vec2Model", "input_values")
+    raise KeyError(arch)
+
+
+#: the tiny ``transformers`` architectures of the zoo (``<arch>-tiny``)
+HF_TINY = ("bert", "opt", "t5", "llama", "mistral", "qwen2", "vit", "wav2vec2")
+
+
+def hf_tiny(arch: str, seq_len: int = 16) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """A tiny random-initialised ``transformers`` model of ``arch`` (see the module docstring)."""
+    import logging
+
+    import transformers
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    cfg, cls, key = _tiny_config(arch)
+    torch.manual_seed(0)
+    m = getattr(transformers, cls)(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    if key == "input_ids":
+        x = torch.randint(0, cfg.vocab_size, (1, seq_len), generator=g)
+    elif key == "pixel_values":
+        x = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=g)
+    else:
+        x = torch.randn(1, 1600, generator=g)
+    return _LastHidden(m, key).eval(), (x,)
+
+
 #: built-in models by name
 MODELS: dict[str, Callable[..., tuple[torch.nn.Module, tuple[torch.Tensor, ...]]]] = {
     "minilm": minilm,
@@ -101,4 +182,5 @@ MODELS: dict[str, Callable[..., tuple[torch.nn.Module, tuple[torch.Tensor, ...]]
     "gpt2-tiny": functools.partial(gpt2, n_layer=2, n_embd=128, n_head=4, vocab_size=1000,
                                    seq_len=16),
     "encoder-tiny": encoder_stack,
+    **{f"{a}-tiny": functools.partial(hf_tiny, a) for a in HF_TINY},
 }

@@ -12,6 +12,12 @@ calibration, a parameter operand's (``W @ x`` with ``W`` a parameter) from its o
 A linear's bias becomes int32 ``round(b / (s_in * s_w[c]))`` and its requantizer the int32
 multiplier and shift of ``s_in * s_w[c] / s_out`` from :func:`golden.requant.quantize_multiplier`.
 
+Masked softmax: the values of a softmax input at or below :data:`MASK_SENTINEL` (an additive
+mask's -1e4 / -1e9 / dtype minimum / -inf) are mask positions; calibration leaves them out of
+the softmax's input scale (with them, a causal mask of -1e4 set the scale to 78.7 and every
+real logit quantized to 0), and the executor passes them to the integer softmax as its mask
+(1 bit per element beside the int8 logits).
+
 Per-channel output scales (``per_channel_out=True``, default): a linear whose output reaches
 only residual ``add`` nodes (directly or through channel-preserving layout ops such as ``clone``
 or a ``view`` that keeps the last dimension) gets one output scale per output channel,
@@ -62,9 +68,9 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams",
-           "matmul_operands", "matmul_qparams", "mse_scale", "param_scale", "quantize_tensor",
-           "quantize_weight", "residual_only_linears"]
+__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "linear_weight",
+           "MASK_SENTINEL", "matmul_operands", "matmul_qparams", "mse_scale", "param_scale",
+           "quantize_tensor", "quantize_weight", "residual_only_linears", "softmax_keep"]
 
 #: how the FFN down-projection (a linear reading a GELU output) is quantized (module doc)
 FFN_DOWN_MODES = ("int16", "int8", "float")
@@ -104,6 +110,12 @@ class QLinear:
         return y.to(torch.float64) * s
 
 
+def linear_weight(graph: Graph, node: Node) -> torch.Tensor:
+    """The float weight ``[N, K]`` of a ``linear`` node (``y = x @ W^T``), from its attrs."""
+    w = graph.params[node.attrs["weight"]]
+    return w.t() if node.attrs["w_layout"] == "kn" else w
+
+
 def linear_qparams(graph: Graph, node: Node) -> QLinear:
     """Integer parameters of a quantized ``linear`` node (cached in ``node.attrs['_q']``)."""
     cached = node.attrs.get("_q")
@@ -112,10 +124,7 @@ def linear_qparams(graph: Graph, node: Node) -> QLinear:
     q = node.attrs.get("quant")
     if not q:
         raise PassError(f"node {node.name} is not quantized (run the quantize pass)")
-    w = graph.params[node.attrs["weight"]]
-    if node.attrs["w_layout"] == "kn":
-        w = w.t()
-    wq, ws = quantize_weight(w)
+    wq, ws = quantize_weight(linear_weight(graph, node))
     s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
     so = q.get("out_scales")
     s_outs = torch.tensor([float(v) for v in so], dtype=torch.float64) if so else None
@@ -142,6 +151,18 @@ def linear_qparams(graph: Graph, node: Node) -> QLinear:
                  out_scales=s_outs)
     node.attrs["_q"] = ql
     return ql
+
+
+#: softmax inputs at or below this value (or -inf) are mask positions, not logits: additive
+#: masks write -1e4 (BERT), -1e9 or the dtype's minimum (transformers), -inf (PyTorch)
+MASK_SENTINEL = -1000.0
+
+
+def softmax_keep(x: torch.Tensor) -> torch.Tensor:
+    """The positions of a softmax input that take part (bool, ``x > MASK_SENTINEL``, NaN-free):
+    the rest are the mask's sentinel values. Calibration leaves them out of the input scale
+    and the integer softmax gets this as its mask (:mod:`golden.softmax`)."""
+    return x > MASK_SENTINEL
 
 
 def matmul_operands(node: Node) -> tuple[Ref | Param, Ref | Param]:
@@ -269,9 +290,14 @@ class Quantize(Pass):
         for name, _ in graph.inputs:
             absmax.setdefault(name, 0.0)
 
+        masked = {n.inputs[0] for n in graph.nodes if n.op == "softmax" and n.inputs}
+
         def observe(node: Node, val: Any, args: tuple[Any, ...]) -> None:
             if node.name in want and isinstance(val, torch.Tensor) and val.is_floating_point():
-                a = val.detach().abs().flatten()
+                v = val.detach()
+                if node.name in masked:  # a softmax input: the mask's sentinels are no logits
+                    v = v[softmax_keep(v)]
+                a = v.abs().flatten()
                 absmax[node.name] = max(absmax.get(node.name, 0.0), float(a.max()) if a.numel() else 0.0)
                 if node.name in chan_out:
                     cm = val.detach().abs().reshape(-1, val.shape[-1]).amax(0).to(torch.float64)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from fmforge.commands._args import add_json, check_output_file, float_range, write_atomic
+from fmforge.commands._args import (
+    add_json,
+    check_output_file,
+    float_range,
+    int_range,
+    write_atomic,
+)
 from golden.errors import UserValueError
 
 __all__ = ["register", "run", "report"]
@@ -16,7 +22,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("compile", help="compile a model into a heterogeneous accelerator plan",
                               description="Export, quantize and partition a model across devices; "
                                           "write the plan and a PNG timeline next to it.")
-    p.add_argument("--model", default="minilm", help="minilm, gpt2-small, gpt2-tiny, encoder-tiny "
+    p.add_argument("--model", default="minilm", help="minilm, gpt2-small, gpt2-tiny, encoder-tiny, "
+                   "bert-/opt-/t5-/llama-/mistral-/qwen2-/vit-/wav2vec2-tiny "
                    "or path/to/file.py:factory (default minilm)")
     p.add_argument("--devices", default="ulx3s-85f,cpu", help="comma-separated devices "
                    "(see 'fmforge devices'; default ulx3s-85f,cpu)")
@@ -34,6 +41,10 @@ def register(subparsers: Any) -> None:
                    "model (each op kind's integer cost measured on the calibration samples) must "
                    "stay >= C; op kinds that would break it stay in float (default 0.99; -1 "
                    "turns the budget off)")
+    p.add_argument("--calib", type=int_range(1, 256), default=16, metavar="N",
+                   help="calibration samples (default 16): held-out shipped sentences for minilm; "
+                   "else the example input and random inputs of its shapes (token ids over the "
+                   "model's vocabulary, noise with the example's mean and std for float inputs)")
     p.add_argument("-o", "--output", default="plan.json", help="plan file (default plan.json)")
     add_json(p)
     p.set_defaults(func=run)
@@ -90,7 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     c = compile_model(args.model, args.devices, args.objective,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
-                      sparse=args.sparse, min_cosine=args.min_cosine)
+                      sparse=args.sparse, min_cosine=args.min_cosine, calib=args.calib)
     text = dumps_plan(c.plan)
     write_timeline(c.plan, png)
     core_files = []

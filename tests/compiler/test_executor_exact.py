@@ -317,7 +317,9 @@ def test_relu(runs):
         ref = dq(requant(y.reshape(-1, 1), [si / so]).reshape(y.shape), so)
         assert torch.equal(out, ref)
         real = torch.relu(quant(args[0], si).double() * si)
-        assert float((out.double() - real).abs().max()) <= (0.5 + 1e-6) * so
+        ok = real < 127.5 * so  # where the int8 output does not saturate (3x input)
+        assert ok.float().mean() > 0.9
+        assert float((out.double() - real).abs()[ok].max()) <= (0.5 + 1e-6) * so
 
 
 def test_softmax(runs):
