@@ -12,6 +12,7 @@ from typing import Any
 from hw.core_spec import CoreSpec
 from hw.gelu import GeluSpec
 from hw.gemm import GemmSpec
+from hw.imc import ImcSpec
 from hw.layernorm import LayerNormSpec
 from hw.requant import RequantSpec
 from hw.softmax import SoftmaxSpec
@@ -22,8 +23,10 @@ __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
 #: unit kind -> parameter class
 UNITS: dict[str, type[UnitSpec]] = {
     cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec,
-                              CoreSpec)
+                              CoreSpec, ImcSpec)
 }
+# ImcSpec also computes ``linear`` (on crossbars): it comes after GemmSpec, so that per-op lookup
+# (unit_for_op, the fpga/asic targets) keeps the GEMM engine; the imc target names it itself
 
 
 def spec_class(kind: str) -> type[UnitSpec]:

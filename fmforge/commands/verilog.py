@@ -116,6 +116,29 @@ def _core_spec(args: argparse.Namespace):
                     sp_bytes=1024 * args.sp_kb, imem_instrs=args.imem_instrs)
 
 
+def _imc_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int_range(1, 1024), default=128, help="word lines per row tile (default 128)")
+    p.add_argument("--cols", type=int_range(1, 1024), default=8, help="bit lines = output lanes (default 8)")
+    p.add_argument("--tiles", type=int_range(1, 64), default=1, help="row tiles per token (default 1)")
+    p.add_argument("--k", type=int_range(1, 65536), help="rows in use (default rows * tiles)")
+    p.add_argument("--cell-bits", type=int_range(1, 8), default=2, help="bits per cell (default 2)")
+    p.add_argument("--dac-bits", type=int_range(1, 8), default=1, help="input bits per step (default 1)")
+    p.add_argument("--adc-bits", type=int_range(1, 16), default=9, help="ADC bits (default 9)")
+    p.add_argument("--adc-shift", type=int_range(0, 16), default=0, help="log2 of the ADC LSB (default 0)")
+    p.add_argument("--differential", action="store_true", help="differential weight encoding")
+    p.add_argument("--requant", action=argparse.BooleanOptionalAction, default=True,
+                   help="int8 output through the requantizer (default: yes)")
+
+
+def _imc_spec(args: argparse.Namespace):
+    from hw.imc import ImcSpec
+
+    return ImcSpec(rows=args.rows, cols=args.cols, tiles=args.tiles,
+                   k=args.k or args.rows * args.tiles, cell_bits=args.cell_bits,
+                   dac_bits=args.dac_bits, adc_bits=args.adc_bits, adc_shift=args.adc_shift,
+                   differential=args.differential, requant=args.requant)
+
+
 #: registry unit kind -> (CLI flags, spec from the parsed flags); help comes from the spec class
 CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "gemm": (add_gemm_args, gemm_spec_from_args),
@@ -124,6 +147,7 @@ CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "softmax": (_softmax_args, _softmax_spec),
     "layernorm": (_layernorm_args, _layernorm_spec),
     "core": (_core_args, _core_spec),
+    "imc": (_imc_args, _imc_spec),
 }
 
 
