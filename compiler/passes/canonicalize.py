@@ -14,7 +14,8 @@ Ensures ``canonical``: every node has a kind from :data:`compiler.ir.OP_KINDS`; 
 ``linear`` has ``attrs`` ``m, k, n, macs, weight, bias, w_layout`` (``"nk"`` for
 ``torch.nn.Linear`` weights ``[N, K]``, ``"kn"`` for ``addmm``/``mm`` weights ``[K, N]`` such as
 GPT-2's Conv1D; ``x_arg`` (default 0) is the position of the activation argument); every ``matmul`` has ``batch, m, k, n, macs``; every ``attention`` has
-``bh, l, s, d, dv, macs, causal, masked``.
+``bh, l, s, d, dv, macs, causal, masked``; a convolution stays ``other`` (no unit runs it) with
+``attrs["macs"]`` and ``attrs["conv"]``, so accelerator MAC shares count it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
                  "macs": bh * q[-2] * k[-2] * (q[-1] + v[-1]), "causal": causal,
                  "masked": mask is not None}
         return "attention", attrs
+    if t == "aten.convolution.default":  # no unit runs it (host), but its MACs count
+        return "other", {"macs": _conv_macs(shape(a[0]), shape(a[1]), node.out[0].shape,
+                                            bool(a[6]) if len(a) > 6 else False,
+                                            int(a[8]) if len(a) > 8 else 1),
+                         "conv": True}
     kind = _KINDS.get(t)
     if kind is None:
         return "other", {}
@@ -136,6 +142,18 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
         if kind == "gelu":
             attrs["approximate"] = node.kwargs.get("approximate", a[1] if len(a) > 1 else "none")
     return kind, attrs
+
+
+def _conv_macs(x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], transposed: bool,
+               groups: int) -> int:
+    """Multiply-accumulates of ``aten.convolution``: every output element sums ``C_in / groups``
+    channels times the kernel window (``w = [C_out, C_in / groups, *kernel]``); a transposed
+    convolution (``w = [C_in, C_out / groups, *kernel]``) scatters every input element over
+    ``C_out / groups`` channels times the window."""
+    window = _prod(w[2:])
+    if transposed:
+        return _prod(x) * w[1] * window
+    return _prod(out) * w[1] * window
 
 
 def _mm_attrs(sa: tuple[int, ...], sb: tuple[int, ...]) -> dict[str, Any]:

@@ -49,7 +49,7 @@ def cache_path() -> Path:
 def op_flops(node: Node) -> float:
     """Approximate arithmetic of an op (2 per MAC; a few per element for nonlinear ops)."""
     a = node.attrs
-    if node.op in ("linear", "matmul", "attention"):
+    if node.op in ("linear", "matmul", "attention") or a.get("macs"):  # convolutions too
         return 2.0 * a["macs"]
     per = {"softmax": 5, "layer_norm": 8, "gelu": 10, "relu": 1, "add": 1, "mul": 1}
     el = sum(t.numel for t in node.out)
