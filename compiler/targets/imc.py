@@ -1,6 +1,21 @@
 """IMC target: ReRAM crossbar tiles for static-weight linears (costmodels.md 4.2, ISAAC/PUMA).
 
-Parameters (``imc:xbar=128:cell_bits=2:dac_bits=1:adc_bits=9:crossbars=4096:dynamic=0``).
+Parameters (``imc:xbar=128:cell_bits=2:dac_bits=1:adc_bits=9:crossbars=4096:dynamic=0:
+differential=0:spare_cols=0``). ``differential=1`` stores weights as two magnitude arrays
+(``golden.imc``: small weights leave their high cells off; twice the crossbars); ``spare_cols``
+spare bit lines per crossbar onto which a post-programming test remaps faulty columns (the
+crossbar count is unchanged: spares are extra bit lines of the same arrays).
+
+Numerics: :func:`golden.imc.crossbar_linear` (via :class:`compiler.imc_run.ImcRun`). Timing: the
+macro's exact cycle model :func:`hw.imc.imc_cycles` for one row tile (``tokens * I + latency``
+steps; assumption: the ``T`` row tiles and the ``xbar``-column tiles of an op run as parallel
+macros, each crossbar with its own ADCs, and an adder tree of ``ceil(log2 T)`` stages combines
+the row tiles' partial sums), each step lasting
+``t_step = t_xbar + xbar * t_adc`` (the periphery is assumed clocked at the step rate). Energy per
+MAC (assumption, ISAAC/PUMA 32 nm constants of shared/reference/costmodels.md 4.2):
+``e_mvm_per_crossbar / xbar**2``, about 0.45 pJ per MAC for 2-bit cells and a 1-bit DAC.
+The plan lists one ``imc`` unit per linear (``hardware.units``, id ``imc.<op>``) with its
+``ImcSpec`` params, its instance count and the weight-to-crossbar mapping.
 The default ADC has 9 bits: the full scale of a 128-row column with 2-bit cells and 1-bit
 inputs is 384, so 9 bits convert it exactly (ISAAC gets by with 8 through its flipped weight
 encoding, which this model does not implement); ``adc_bits=8`` shows the quantization error.
@@ -26,6 +41,7 @@ from typing import Any
 from compiler.ir import Graph, Node
 from compiler.targets.base import LinkSpec, OpCost, Support, Target, parse_params
 from golden.errors import UserValueError
+from hw.imc import imc_cycles
 
 __all__ = ["ImcTarget", "T_XBAR_S", "T_ADC_S", "E_XBAR_J", "E_ADC8_J", "E_DAC_J",
            "T_WRITE_S", "E_WRITE_J"]
@@ -39,7 +55,7 @@ E_BUF_J_PER_B = 17.2e-12 / 32
 T_WRITE_S = 10.97e-6
 E_WRITE_J = 10.97e-6 * 4.44e-3
 _PARAMS = {"xbar": int, "cell_bits": int, "dac_bits": int, "adc_bits": int, "crossbars": int,
-           "dynamic": int}
+           "dynamic": int, "differential": int, "spare_cols": int}
 
 
 class ImcTarget(Target):
@@ -57,6 +73,11 @@ class ImcTarget(Target):
         self.adc_bits = p.get("adc_bits", 9)
         self.crossbars = p.get("crossbars", 4096)
         self.dynamic = bool(p.get("dynamic", 0))
+        self.differential = bool(p.get("differential", 0))
+        self.spare_cols = p.get("spare_cols", 0)
+        if not 0 <= self.spare_cols <= self.xbar:
+            raise UserValueError(f"device {name!r}: spare_cols must be in [0, xbar={self.xbar}], "
+                                 f"not {self.spare_cols}")
         for k, v, hi in (("cell_bits", self.cell_bits, 8), ("dac_bits", self.dac_bits, 8),
                          ("adc_bits", self.adc_bits, 16)):
             if v > hi:
@@ -67,7 +88,34 @@ class ImcTarget(Target):
     @property
     def slices(self) -> int:
         """Crossbars per weight block (8-bit weights over ``cell_bits`` cells)."""
-        return math.ceil(8 / self.cell_bits)
+        return math.ceil(8 / self.cell_bits) * (2 if self.differential else 1)
+
+    def crossbar_config(self) -> Any:
+        """The :class:`golden.imc.CrossbarConfig` of this device."""
+        from golden.imc import CrossbarConfig
+        return CrossbarConfig(rows=self.xbar, cols=self.xbar, cell_bits=self.cell_bits,
+                              dac_bits=self.dac_bits, adc_bits=self.adc_bits,
+                              spare_cols=self.spare_cols, differential=self.differential)
+
+    def macro(self, node: Node) -> Any:
+        """The :class:`hw.imc.ImcSpec` of one column tile of linear ``node``."""
+        from hw.imc import ImcSpec
+        k = int(node.attrs["k"])
+        q = node.attrs.get("quant") or {}
+        return ImcSpec(rows=self.xbar, cols=self.xbar, tiles=math.ceil(k / self.xbar), k=k,
+                       cell_bits=self.cell_bits, dac_bits=self.dac_bits, adc_bits=self.adc_bits,
+                       adc_shift=self.crossbar_config().adc_shift, differential=self.differential,
+                       requant=not (q.get("in_bits") == 16 or q.get("out_bits") == 32))
+
+    @property
+    def t_step(self) -> float:
+        """Seconds per macro step (one input digit on one row tile)."""
+        return T_XBAR_S + self.xbar * T_ADC_S
+
+    @property
+    def e_mac(self) -> float:
+        """Joules per int8 MAC (a full ``xbar x xbar`` block)."""
+        return self.e_mvm_xbar * self.slices / (self.xbar * self.xbar)
 
     def crossbars_for(self, k: int, n: int) -> int:
         """Crossbars a ``K x N`` weight matrix occupies."""
@@ -110,35 +158,67 @@ class ImcTarget(Target):
         mvms = batch * a["m"]
         if (a.get("quant") or {}).get("in_bits") == 16:  # two 8-bit input passes
             mvms *= 2
-        t = mvms * self.t_mvm + self.t_mvm  # pipelined rows + one MVM of drain/shift-add
+        if node.op == "linear":  # the macro's exact cycles, one step per cycle
+            spec = self.macro(node)
+            # row tiles run side by side (each crossbar has its ADCs): one tile's steps, plus an
+            # adder tree over the T partial sums
+            cyc = imc_cycles(mvms, 1, spec.steps, spec.requant) + math.ceil(math.log2(spec.tiles))
+            t = cyc * self.t_step
+        else:
+            cyc = None
+            t = mvms * self.t_mvm + self.t_mvm  # pipelined rows + one MVM of drain/shift-add
         e = mvms * xb * self.e_mvm_xbar + batch * (a["m"] * a["k"] + a["m"] * a["n"]) * E_BUF_J_PER_B
         res = {"crossbars": xb} if node.op == "linear" else {}
         if node.op == "matmul":  # write B into crossbars per batch, sequentially
             t += batch * xb * T_WRITE_S
             e += batch * xb * E_WRITE_J
             res = {"crossbars": xb}
-        return OpCost(t, e, None, res)
+        return OpCost(t, e, cyc, res)
 
     def lowering(self, node: Node) -> dict[str, Any]:
         if node.op == "layout":
             return {"unit": "buffer", "impl": "tile input buffer layout"}
-        return {"unit": "crossbar", "impl": "compiler.execute.imc_linear (bit-sliced cells, ADC)"}
+        if node.op == "linear":
+            return {"unit": f"imc.{node.name}",
+                    "impl": "golden.imc.crossbar_linear (hw.imc.ImcMacro periphery)"}
+        return {"unit": "crossbar", "impl": "golden.imc.crossbar_linear (weights written per batch)"}
 
     def params(self) -> dict[str, Any]:
         return {"xbar": self.xbar, "cell_bits": self.cell_bits, "dac_bits": self.dac_bits,
                 "adc_bits": self.adc_bits, "crossbars": self.crossbars, "dynamic": self.dynamic,
+                "differential": int(self.differential), "spare_cols": self.spare_cols,
+                "t_step_s": self.t_step, "e_mac_j": self.e_mac,
                 "t_mvm_s": self.t_mvm, "e_mvm_per_crossbar_j": self.e_mvm_xbar,
                 "t_write_s": T_WRITE_S, "e_write_j": E_WRITE_J, "link": self.link.to_json()}
 
     def hardware(self, nodes: list[Node]) -> dict[str, Any]:
-        used = sum(self.crossbars_for(n.attrs["k"], n.attrs["n"]) for n in nodes
-                   if n.op == "linear")
-        # no unit of hw/ implements the crossbar macro yet: the plan lists no unit to build and
-        # records the behavioural model the executor and the costs use instead
-        model = {"name": "crossbar model (compiler.execute.imc_linear)", "rtl": None,
+        lin = [n for n in nodes if n.op == "linear"]
+        used = sum(self.crossbars_for(n.attrs["k"], n.attrs["n"]) for n in lin)
+        units = []
+        for n in lin:
+            spec = self.macro(n)
+            k, nn = int(n.attrs["k"]), int(n.attrs["n"])
+            u = math.ceil(nn / self.xbar)
+            pred = dict(spec.resources("asic"))
+            pred.update({
+                "instances": u, "crossbars": self.crossbars_for(k, nn),
+                "mapping": {"row_tiles": spec.tiles, "col_tiles": u, "arrays": spec.arrays,
+                            "encoding": "differential" if self.differential else "offset binary",
+                            "rule": "crossbar (t, u, a) holds W[t*xbar:(t+1)*xbar, "
+                                    "u*xbar:(u+1)*xbar], cell digit a mod S of the stored value "
+                                    "(a >= S: the negative magnitudes); timing assumes the T row "
+                                    "tiles of column tile u run in parallel", "spare_cols": self.spare_cols},
+                "e_mac_j": self.e_mac})
+            units.append({"id": f"imc.{n.name}", "unit": spec.kind, "module": spec.component,
+                          "params": spec.to_json(), "ops": [n.name], "predicted": pred})
+        model = {"name": "ReRAM crossbars (golden.imc; periphery hw.imc.ImcMacro)",
+                 "rtl": "hw.imc.ImcMacro",
                  "params": {"xbar": self.xbar, "cell_bits": self.cell_bits,
-                            "dac_bits": self.dac_bits, "adc_bits": self.adc_bits},
+                            "dac_bits": self.dac_bits, "adc_bits": self.adc_bits,
+                            "differential": int(self.differential),
+                            "spare_cols": self.spare_cols},
                  "predicted": {"crossbars": used, "program_seconds": used * T_WRITE_S,
-                               "program_energy_j": used * E_WRITE_J}} if used else None
-        return {"units": [], "model": model, "resources_used": {"crossbars": used},
+                               "program_energy_j": used * E_WRITE_J,
+                               "e_mac_j": self.e_mac}} if used else None
+        return {"units": units, "model": model, "resources_used": {"crossbars": used},
                 "resources_available": {"crossbars": self.crossbars}}
