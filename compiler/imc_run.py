@@ -19,7 +19,20 @@ import torch
 
 from golden.imc import CrossbarConfig, CrossbarNoise, Programmed, crossbar_linear, program
 
-__all__ = ["ImcRun", "crossbar_config"]
+__all__ = ["ImcRun", "crossbar_config", "fault_noise", "DRIFT_NU", "DRIFT_NU_SIGMA"]
+
+#: drift exponent assumed for the ReRAM cells (mean, spread): a PCM-like power law scaled down,
+#: since filamentary ReRAM relaxes far less than PCM drifts (an assumption, not a fit)
+DRIFT_NU, DRIFT_NU_SIGMA = 0.02, 0.01
+
+
+def fault_noise(base: CrossbarNoise, stuck_rate: float = 0.0, drift_s: float = 0.0) -> CrossbarNoise:
+    """``base`` plus stuck cells at ``stuck_rate`` (split evenly between stuck-on and stuck-off)
+    and conductance drift ``drift_s`` seconds after programming (:data:`DRIFT_NU`, compensated)."""
+    kw: dict[str, Any] = {"stuck_on": stuck_rate / 2, "stuck_off": stuck_rate / 2}
+    if drift_s:
+        kw.update(drift_t=drift_s, drift_nu=DRIFT_NU, drift_nu_sigma=DRIFT_NU_SIGMA)
+    return base.with_(**kw)
 
 
 def crossbar_config(params: dict[str, Any], spare_cols: int | None = None) -> CrossbarConfig:
