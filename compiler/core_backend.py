@@ -159,11 +159,8 @@ class Program:
                     continue
                 sigs[j].add(q)
                 waits[i].add(pq)
-                synced[(pq, q)] = j
-                # what pq's instruction j followed, q now follows too (transitivity)
-                for (s, d), k in list(synced.items()):
-                    if d == pq and s != q and synced.get((s, q), -1) < k:
-                        pass  # kept conservative: no token elision through a third queue
+                synced[(pq, q)] = j  # (no elision through a third queue: a token too many
+                # costs nothing when it is already there)
             for space, lo, hi, is_w in [(*x, False) for x in reads] + [(*x, True) for x in writes]:
                 hist[space].append((lo, hi, i, is_w))
         out = [Instr(p.op, frozenset(waits[i]), frozenset(sigs[i]), p.f)
