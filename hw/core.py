@@ -16,11 +16,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.core import INSTR_BYTES, OPCODES
+from hw.core_model import DMA_OUTSTANDING, sp_width
 from hw.gelu import Gelu
 from hw.gemm import GemmEngine, _check_dataflow
 from hw.layernorm import LayerNorm
 from hw.lib import check_positive, saturate_bits
-from hw.requant import requant_stages
+from hw.requant import REQUANT_STAGES, requant_stages
 from hw.softmax import Softmax
 
 __all__ = ["Core", "INSTR_BITS", "mem_request_layout"]
@@ -37,6 +38,70 @@ def mem_request_layout() -> data.StructLayout:
 
 def _w(raw: Value, i: int) -> Value:
     return raw[32 * i:32 * (i + 1)]
+
+
+class _Port:
+    """A logical scratchpad port: ``addr`` (byte), ``data`` (``8 * width`` bits, byte 0 at
+    ``addr``), read ``en`` (default 1) or write ``en`` and byte ``mask``."""
+
+    def __init__(self, addr: Signal, data: Signal, en: Signal, mask: Signal | None = None) -> None:
+        self.addr, self.data, self.en, self.mask = addr, data, en, mask
+
+
+class _Scratchpad:
+    """``sp_bytes`` bytes in ``width`` byte-wide banks (byte ``a`` in bank ``a mod width``, row
+    ``a // width``). A logical port reads or writes up to ``width`` consecutive bytes at any byte
+    address in one cycle: every bank is touched once, its row is the address's row or the next,
+    and the bytes are rotated into place (reads: one cycle of latency, like a memory port)."""
+
+    def __init__(self, m: Module, sp_bytes: int, width: int) -> None:
+        self.m = m
+        self.width = width
+        self.lw = ceil_log2(width)
+        self.abits = max(ceil_log2(sp_bytes), self.lw + 1)
+        depth = max(1, -(-sp_bytes // width))
+        self.banks = []
+        for j in range(width):
+            bank = memory.Memory(shape=unsigned(8), depth=depth, init=[])
+            m.submodules[f"sp_bank{j}"] = bank
+            self.banks.append(bank)
+
+    def read_port(self, name: str) -> _Port:
+        m, w, lw = self.m, self.width, self.lw
+        addr = Signal(self.abits, name=f"{name}_addr")
+        en = Signal(init=1, name=f"{name}_en")
+        data = Signal(8 * w, name=f"{name}_data")
+        lo_d = Signal(lw, name=f"{name}_lo")
+        lo, row = addr[:lw], addr[lw:]
+        ports = [b.read_port() for b in self.banks]
+        for j, p in enumerate(ports):
+            m.d.comb += [p.addr.eq(row + (lo > j)), p.en.eq(en)]
+        with m.If(en):
+            m.d.sync += lo_d.eq(lo)
+        raw = Cat(*(p.data for p in ports))
+        m.d.comb += data.eq(Cat(raw, raw) >> (lo_d * 8))
+        return _Port(addr, data, en)
+
+    def write_port(self, name: str) -> _Port:
+        m, w, lw = self.m, self.width, self.lw
+        addr = Signal(self.abits, name=f"{name}_addr")
+        en = Signal(name=f"{name}_en")
+        data = Signal(8 * w, name=f"{name}_data")
+        mask = Signal(w, name=f"{name}_mask")
+        lo, row = addr[:lw], addr[lw:]
+        rd = Signal(8 * w, name=f"{name}_rot")
+        rm = Signal(w, name=f"{name}_rotm")
+        m.d.comb += [rd.eq((Cat(data, data) << (lo * 8))[8 * w:]),
+                     rm.eq((Cat(mask, mask) << lo)[w:])]
+        for j, bank in enumerate(self.banks):
+            p = bank.write_port()
+            m.d.comb += [p.addr.eq(row + (lo > j)), p.data.eq(rd[8 * j:8 * j + 8]),
+                         p.en.eq(en & rm[j])]
+        return _Port(addr, data, en, mask)
+
+    def peek(self, ctx, addr: int) -> int:
+        """Byte ``addr`` in a simulator testbench (``ctx.get``)."""
+        return ctx.get(self.banks[addr % self.width].data[addr // self.width])
 
 
 class Core(wiring.Component):
@@ -173,6 +238,11 @@ class Core(wiring.Component):
     max_row = property(lambda self: self._max_row)
 
     @property
+    def sp_width(self) -> int:
+        """Scratchpad banks (bytes a logical port moves a cycle): :func:`hw.core_model.sp_width`."""
+        return sp_width(self._rows, self._cols, self._bpc)
+
+    @property
     def result_depth(self) -> int:
         """Words (of ``cols`` int32) in the GEMM result buffer: ``max_m * ceil(max_n / cols)``."""
         return self._max_m * -(-self._max_n // self._cols)
@@ -182,7 +252,6 @@ class Core(wiring.Component):
     def elaborate(self, platform):  # noqa: C901 - the core's control, written out in order
         m = Module()
         B, R, C = self._bpc, self._rows, self._cols
-        spa = max(ceil_log2(self._sp), 1)
 
         # ---- memories
         m.submodules.imem = imem = memory.Memory(shape=unsigned(INSTR_BITS), depth=self._imem,
@@ -191,10 +260,11 @@ class Core(wiring.Component):
         ir = imem.read_port()
         m.d.comb += [iw.en.eq(self.imem_w_en), iw.addr.eq(self.imem_w_addr),
                      iw.data.eq(self.imem_w_data)]
-        m.submodules.sp = sp = memory.Memory(shape=unsigned(8), depth=self._sp, init=[])
+        sp = _Scratchpad(m, self._sp, self.sp_width)
         self.scratchpad = sp  # the last elaboration's scratchpad, for testbenches to read
-        d_wr, m_wr = sp.write_port(), sp.write_port()
-        d_rd, a_rd, b_rd, c_rd, q_rd = (sp.read_port() for _ in range(5))
+        d_wr, m_wr = sp.write_port("dw"), sp.write_port("mw")
+        d_rd, pa, pb, pc1, pc2, pc3 = (sp.read_port(n) for n in ("dr", "pa", "pb", "pc1", "pc2",
+                                                                   "pc3"))
 
         m.submodules.gemm = eng = GemmEngine(rows=R, cols=C, dataflow=self._dataflow,
                                              max_m=self._max_m, max_k=self._max_k,
@@ -318,56 +388,86 @@ class Core(wiring.Component):
                     m.d.comb += inc[(q, d)].eq(raw[12 + d])
 
         # ---- D executor: LOAD / STORE
+        # A row is moved in pieces: a piece is the bytes of the row that share one memory beat
+        # and, when the scratchpad side is strided (sp_cs != esz), one element. A contiguous row
+        # is thus one piece per beat; a scattered (LOAD) or gathered (STORE) row one piece per
+        # element per beat it touches. One piece a cycle. Requests run ahead of the data by up
+        # to DMA_OUTSTANDING rows (requested rows not yet complete).
         d_ins = Signal(INSTR_BITS)
         d_rows = d_ins[96:112]
         d_ext_rs, d_sp_rs, d_sp_cs = _w(d_ins, 4), _w(d_ins, 5), _w(d_ins, 6)
         d_code = d_ins[16:18]
+        d_store, d_contig = Signal(), Signal()
         d_nbytes = Signal(18)
-        d_row = Signal(16)
-        d_ext, d_sprow, d_col, d_addr = (Signal(32, name=n) for n in
-                                          ("d_ext", "d_sprow", "d_col", "d_addr"))
-        d_eb = Signal(2)      # byte within the element
-        d_rb = Signal(18)     # bytes of the row done (LOAD) / issued (STORE)
-        d_bi = Signal(range(max(B, 2)))  # byte within the beat
-        d_last_eb = Signal()
-        d_last_rb = Signal()
-        m.d.comb += [d_last_eb.eq(d_eb == ((Const(1, 4) << d_code) - 1)),
-                     d_last_rb.eq(d_rb == d_nbytes - 1)]
-        d_busy = Signal()
-        d_stall = Signal()
+        d_rq = Signal(16)       # rows requested
+        d_done = Signal(16)     # rows complete (LOAD: last piece written; STORE: last beat sent)
+        d_ir = Signal(16)       # STORE: the row of the next piece read
+        d_qext = Signal(32)     # the next request's address
+        d_pos = Signal(18)      # row byte of the next piece
+        d_bo = Signal(range(max(B, 2)))  # its byte within the beat
+        d_eb = Signal(2)        # its byte within the element (strided rows)
+        d_sprow, d_col, d_dst = (Signal(32, name=n) for n in ("d_sprow", "d_col", "d_dst"))
+        d_busy, d_stall, d_run = Signal(), Signal(), Signal()
 
-        def d_step():
-            """Advance the scratchpad byte address and the row/beat byte counters."""
-            with m.If(d_last_eb):
-                m.d.sync += [d_eb.eq(0), d_col.eq(d_col + d_sp_cs), d_addr.eq(d_col + d_sp_cs)]
-            with m.Else():
-                m.d.sync += [d_eb.eq(d_eb + 1), d_addr.eq(d_addr + 1)]
-            m.d.sync += d_rb.eq(d_rb + 1)
-            with m.If((d_bi == B - 1) | d_last_rb):
-                m.d.sync += d_bi.eq(0)
-            with m.Else():
-                m.d.sync += d_bi.eq(d_bi + 1)
-
-        def d_row_end(next_state):
-            with m.If(d_row == d_rows - 1):
-                finish(d_ins, _Q_D)
-                m.next = "IDLE"
-            with m.Else():
-                m.d.sync += [d_row.eq(d_row + 1), d_ext.eq(d_ext + d_ext_rs),
-                             d_sprow.eq(d_sprow + d_sp_rs)]
-                m.next = next_state
-
-        # STORE read pipeline (data of the address presented last cycle)
-        s_v, s_bi, s_lastbeat, s_lastrow = Signal(), Signal(range(max(B, 2))), Signal(), Signal()
-        wbuf = Signal(8 * B)
-        hold = Signal()
+        row_left = Signal(18)
+        elem_left = Signal(3)
+        cap = Signal(range(B + 1))
+        p_len = Signal(range(B + 1))
+        p_rowend, p_beatend, p_elemend = Signal(), Signal(), Signal()
         m.d.comb += [
-            self.o_wdata.payload.eq(Cat(*(Mux(s_bi == j, d_rd.data, wbuf[8 * j:8 * j + 8])
-                                          for j in range(B)))),
-            hold.eq(self.o_wdata.valid & ~self.o_wdata.ready),
-            d_rd.addr.eq(d_addr[:spa]), d_rd.en.eq(~hold),
-            d_wr.addr.eq(d_addr[:spa]), d_wr.data.eq(self.i_rsp.payload.word_select(d_bi, 8)),
-            self.o_req.payload.addr.eq(d_ext), self.o_req.payload.length.eq(d_nbytes),
+            row_left.eq(d_nbytes - d_pos),
+            elem_left.eq((Const(1, 3) << d_code) - d_eb),
+            cap.eq(Mux(~d_contig & (elem_left < B - d_bo), elem_left, B - d_bo)),
+            p_len.eq(Mux(row_left < cap, row_left, cap)),
+            p_rowend.eq(p_len == row_left),
+            p_beatend.eq((d_bo + p_len == B) | p_rowend),
+            p_elemend.eq(p_len == elem_left),
+        ]
+
+        def d_piece():
+            """Advance past the current piece."""
+            with m.If(p_rowend):
+                nxt = d_sprow + d_sp_rs
+                m.d.sync += [d_pos.eq(0), d_bo.eq(0), d_eb.eq(0), d_sprow.eq(nxt),
+                             d_col.eq(nxt), d_dst.eq(nxt)]
+            with m.Else():
+                m.d.sync += [d_pos.eq(d_pos + p_len),
+                             d_bo.eq(Mux(d_bo + p_len == B, 0, d_bo + p_len))]
+                with m.If(~d_contig & p_elemend):
+                    m.d.sync += [d_eb.eq(0), d_col.eq(d_col + d_sp_cs),
+                                 d_dst.eq(d_col + d_sp_cs)]
+                with m.Else():
+                    m.d.sync += [d_eb.eq(d_eb + p_len), d_dst.eq(d_dst + p_len)]
+
+        # requests: one a cycle while rows remain and fewer than DMA_OUTSTANDING are incomplete
+        m.d.comb += [
+            self.o_req.valid.eq(d_run & (d_rq != d_rows) & (d_rq - d_done < DMA_OUTSTANDING)),
+            self.o_req.payload.addr.eq(d_qext), self.o_req.payload.length.eq(d_nbytes),
+            self.o_req.payload.write.eq(d_store),
+        ]
+        with m.If(self.o_req.valid & self.o_req.ready):
+            m.d.sync += [d_rq.eq(d_rq + 1), d_qext.eq(d_qext + d_ext_rs)]
+
+        # LOAD: the piece of the offered beat goes to the scratchpad in its cycle
+        m.d.comb += [d_wr.addr.eq(d_dst), d_wr.data.eq(self.i_rsp.payload >> (d_bo * 8)),
+                     d_wr.mask.eq(Cat(*(p_len > j for j in range(sp.width))))]
+        # STORE: pieces read one a cycle; a beat is offered the cycle after its last piece's
+        # read, once its row's request has been transferred
+        s_v, s_beatend, s_rowend, s_last = Signal(), Signal(), Signal(), Signal()
+        s_bo = Signal.like(d_bo)
+        s_len = Signal.like(p_len)
+        s_row = Signal(16)
+        wbuf = Signal(8 * B)
+        merged = Signal(8 * B)
+        hold, req_ok = Signal(), Signal()
+        piece = d_rd.data & Cat(*(Mux(s_len > j, 0xFF, 0) for j in range(sp.width)))
+        m.d.comb += [
+            merged.eq(wbuf | (piece << (s_bo * 8))),
+            req_ok.eq(d_rq > s_row),
+            self.o_wdata.payload.eq(merged),
+            self.o_wdata.valid.eq(s_v & s_beatend & req_ok),
+            hold.eq(s_v & s_beatend & ~(req_ok & self.o_wdata.ready)),
+            d_rd.addr.eq(d_dst), d_rd.en.eq(~hold),
         ]
         with m.FSM(name="dfsm"):
             with m.State("IDLE"):
@@ -379,54 +479,47 @@ class Core(wiring.Component):
                     cols = head[112:128]
                     nb = Signal(18)
                     m.d.comb += nb.eq(cols << head[16:18])
-                    m.d.sync += [d_ins.eq(head), d_nbytes.eq(nb), d_row.eq(0),
-                                 d_ext.eq(_w(head, 1)), d_sprow.eq(_w(head, 2))]
+                    m.d.sync += [d_ins.eq(head), d_nbytes.eq(nb), d_rq.eq(0), d_done.eq(0),
+                                 d_ir.eq(0), d_qext.eq(_w(head, 1)), d_pos.eq(0), d_bo.eq(0),
+                                 d_eb.eq(0), d_sprow.eq(_w(head, 2)), d_col.eq(_w(head, 2)),
+                                 d_dst.eq(_w(head, 2)), d_store.eq(head[:8] == _OP["STORE"]),
+                                 d_contig.eq(_w(head, 6) == (Const(1, 3) << head[16:18])),
+                                 s_v.eq(0), wbuf.eq(0)]
                     with m.If((head[96:112] == 0) | (cols == 0)):
                         finish(head, _Q_D)
                     with m.Elif(head[:8] == _OP["LOAD"]):
-                        m.next = "LREQ"
+                        m.next = "LOAD"
                     with m.Else():
-                        m.next = "SREQ"
-            with m.State("LREQ"):
-                m.d.comb += [d_busy.eq(1), self.o_req.valid.eq(1)]
-                m.d.comb += d_stall.eq(~self.o_req.ready)
-                with m.If(self.o_req.ready):
-                    m.d.sync += [d_col.eq(d_sprow), d_addr.eq(d_sprow), d_eb.eq(0), d_rb.eq(0),
-                                 d_bi.eq(0)]
-                    m.next = "LDATA"
-            with m.State("LDATA"):
-                m.d.comb += [d_busy.eq(1), d_stall.eq(~self.i_rsp.valid)]
+                        m.next = "STORE"
+            with m.State("LOAD"):
+                m.d.comb += [d_busy.eq(1), d_run.eq(1), d_stall.eq(~self.i_rsp.valid)]
                 with m.If(self.i_rsp.valid):
-                    m.d.comb += [d_wr.en.eq(1),
-                                 self.i_rsp.ready.eq((d_bi == B - 1) | d_last_rb)]
-                    d_step()
-                    with m.If(d_last_rb):
-                        d_row_end("LREQ")
-            with m.State("SREQ"):
-                m.d.comb += [d_busy.eq(1), self.o_req.valid.eq(1),
-                             self.o_req.payload.write.eq(1)]
-                m.d.comb += d_stall.eq(~self.o_req.ready)
-                with m.If(self.o_req.ready):
-                    m.d.sync += [d_col.eq(d_sprow), d_addr.eq(d_sprow), d_eb.eq(0), d_rb.eq(0),
-                                 d_bi.eq(0), s_v.eq(0), wbuf.eq(0)]
-                    m.next = "SDATA"
-            with m.State("SDATA"):
-                m.d.comb += [d_busy.eq(1), d_stall.eq(hold),
-                             self.o_wdata.valid.eq(s_v & s_lastbeat)]
+                    m.d.comb += [d_wr.en.eq(1), self.i_rsp.ready.eq(p_beatend)]
+                    d_piece()
+                    with m.If(p_rowend):
+                        m.d.sync += d_done.eq(d_done + 1)
+                        with m.If(d_done == d_rows - 1):
+                            finish(d_ins, _Q_D)
+                            m.next = "IDLE"
+            with m.State("STORE"):
+                m.d.comb += [d_busy.eq(1), d_run.eq(1), d_stall.eq(hold)]
                 with m.If(~hold):
                     with m.If(s_v):
-                        m.d.sync += wbuf.word_select(s_bi, 8).eq(d_rd.data)
-                    with m.If(d_rb != d_nbytes):
-                        m.d.sync += [s_v.eq(1), s_bi.eq(d_bi),
-                                     s_lastbeat.eq((d_bi == B - 1) | d_last_rb),
-                                     s_lastrow.eq(d_last_rb)]
-                        d_step()
+                        m.d.sync += wbuf.eq(Mux(s_beatend, 0, merged))
+                        with m.If(s_rowend):
+                            m.d.sync += d_done.eq(d_done + 1)
+                        with m.If(s_last):
+                            finish(d_ins, _Q_D)
+                            m.next = "IDLE"
+                    with m.If(d_ir != d_rows):
+                        m.d.sync += [s_v.eq(1), s_bo.eq(d_bo), s_len.eq(p_len),
+                                     s_beatend.eq(p_beatend), s_rowend.eq(p_rowend),
+                                     s_row.eq(d_ir), s_last.eq(p_rowend & (d_ir == d_rows - 1))]
+                        d_piece()
+                        with m.If(p_rowend):
+                            m.d.sync += d_ir.eq(d_ir + 1)
                     with m.Else():
                         m.d.sync += s_v.eq(0)
-                with m.If(self.o_wdata.valid & self.o_wdata.ready):
-                    m.d.sync += wbuf.eq(0)
-                    with m.If(s_lastrow):
-                        d_row_end("SREQ")
         with m.If(running & d_busy):
             m.d.sync += cnt_bd.eq(cnt_bd + 1)
         with m.If(running & d_stall):
@@ -434,264 +527,280 @@ class Core(wiring.Component):
 
         # ---- M executor: GEMM
         g_ins = Signal(INSTR_BITS)
-        ga, gb, gc = _w(g_ins, 1), _w(g_ins, 2), _w(g_ins, 3)
+        gc = _w(g_ins, 3)
         gm, gk, gn = g_ins[128:144], g_ins[144:160], _w(g_ins, 5)[:17]
         gbias, grq, gacc, gsh = g_ins[16], g_ins[17], g_ins[18], g_ins[20:25]
         g_bias_addr, g_qp = _w(g_ins, 6), _w(g_ins, 7)
+        hd = mq.r_data  # the head, for the operand generators' start in the start cycle
         m_busy = Signal()
         gen_go = Signal()
         # with acc the engine runs raw (A @ B, exact int32): bias, C_old << acc_shift,
-        # saturation and requant are done in the write-back path
+        # saturation and requant are done in the accumulate write-back
         m.d.comb += [eng.i_cmd.payload.m.eq(gm), eng.i_cmd.payload.k.eq(gk),
                      eng.i_cmd.payload.n.eq(gn), eng.i_cmd.payload.bias.eq(gbias & ~gacc),
                      eng.i_cmd.payload.requant.eq(grq & ~gacc)]
 
-        def operand_gen(name, port, strm, nl, base, so, si, sl, n_i, limit):
-            """Words of ``nl`` byte lanes: for each outer block (``obase`` += nl while below
-            ``limit``), for each of ``n_i`` inner steps, lane ``l`` at
-            ``base + o*so + i*si + l*sl``; lanes at ``obase + l >= limit`` are zero."""
+        def word_gen(name, port, strm, nl, base, so, si, n_i, limit):
+            """Engine words of ``nl`` lanes, each one scratchpad read of ``nl`` consecutive
+            bytes: for each outer block (``o`` += nl while below ``limit``), for each of ``n_i``
+            inner steps, the word at ``base + block*so + i*si``; lanes at ``o + l >= limit``
+            are zero. Word ``j`` is read in cycle ``j`` after the start and offered the next."""
             act = Signal(name=f"{name}_act")
-            lane = Signal(range(max(nl, 2)), name=f"{name}_l")
             inner = Signal(17, name=f"{name}_i")
-            obase = Signal(18, name=f"{name}_ob")
-            a_o, a_i, a_c = (Signal(32, name=f"{name}_{s}") for s in ("ao", "ai", "ac"))
-            dv, dmask, dlast = (Signal(name=f"{name}_{s}") for s in ("dv", "dm", "dlast"))
-            dl = Signal.like(lane, name=f"{name}_dl")
-            buf = Signal(8 * nl, name=f"{name}_buf")
-            outv = Signal(name=f"{name}_ov")
-            m.d.comb += [port.addr.eq(a_c[:spa]), strm.valid.eq(outv),
-                         Value.cast(strm.payload).eq(buf)]
-            m.d.sync += [dv.eq(act), dl.eq(lane), dmask.eq(obase + lane < limit),
-                         dlast.eq(lane == nl - 1), outv.eq(dv & dlast)]
+            ob = Signal(18, name=f"{name}_ob")
+            a_o, a_i = Signal(32, name=f"{name}_ao"), Signal(32, name=f"{name}_ai")
+            dv = Signal(name=f"{name}_dv")
+            dob = Signal(18, name=f"{name}_dob")
+            m.d.comb += port.addr.eq(a_i)
+            m.d.sync += [dv.eq(act), dob.eq(ob)]
             with m.If(gen_go):
-                m.d.sync += [act.eq(1), lane.eq(0), inner.eq(0), obase.eq(0), a_o.eq(base),
-                             a_i.eq(base), a_c.eq(base)]
+                m.d.sync += [act.eq(1), inner.eq(0), ob.eq(0), a_o.eq(base), a_i.eq(base)]
             with m.Elif(act):
-                with m.If(lane == nl - 1):
-                    m.d.sync += lane.eq(0)
-                    with m.If(inner == n_i - 1):
-                        m.d.sync += [inner.eq(0), obase.eq(obase + nl), a_o.eq(a_o + so),
-                                     a_i.eq(a_o + so), a_c.eq(a_o + so)]
-                        with m.If(obase + nl >= limit):
-                            m.d.sync += act.eq(0)
-                    with m.Else():
-                        m.d.sync += [inner.eq(inner + 1), a_i.eq(a_i + si), a_c.eq(a_i + si)]
+                with m.If(inner == n_i - 1):
+                    m.d.sync += [inner.eq(0), ob.eq(ob + nl), a_o.eq(a_o + so),
+                                 a_i.eq(a_o + so)]
+                    with m.If(ob + nl >= limit):
+                        m.d.sync += act.eq(0)
                 with m.Else():
-                    m.d.sync += [lane.eq(lane + 1), a_c.eq(a_c + sl)]
-            with m.If(dv):
-                m.d.sync += buf.word_select(dl, 8).eq(Mux(dmask, port.data, 0))
-            return act
+                    m.d.sync += [inner.eq(inner + 1), a_i.eq(a_i + si)]
+            m.d.comb += strm.valid.eq(dv)
+            for lane in range(nl):
+                m.d.comb += strm.payload[lane].eq(
+                    Mux(dob + lane < limit, port.data[8 * lane:8 * lane + 8], 0))
 
         if self._dataflow == "os":
-            operand_gen("ga", a_rd, eng.i_a, R, ga, gk * R, 1, gk, gk, gm)
-        else:
-            operand_gen("ga", a_rd, eng.i_a, R, ga, R, gk, 1, gm, gk)
-        operand_gen("gb", b_rd, eng.i_b, C, gb, C, gn, 1, gk, gn)
-
-        # channel words: per lane bias (4 bytes), mult (4), shift (1 byte of its int32)
-        ch_act, ch_l, ch_q = Signal(), Signal(range(max(C, 2))), Signal(4)
-        ch_nb = Signal(18)
-        ch_n4 = Signal(32)
-        ch_dv, ch_dlast, ch_dmask = Signal(), Signal(), Signal()
-        ch_di = Signal(range(9 * C))
-        ch_idx = Signal(range(9 * C))
-        ch_buf = Signal(72 * C)
-        ch_ov = Signal()
-        n4 = Signal(32)
-        m.d.comb += n4.eq(gn << 2)
-        m.d.comb += c_rd.addr.eq(Mux(ch_q < 4, g_bias_addr + ch_n4 + ch_q,
-                                     Mux(ch_q < 8, g_qp + ch_n4 + ch_q - 4, g_qp + n4 + ch_n4))[:spa])
-        m.d.sync += [ch_dv.eq(ch_act), ch_di.eq(ch_idx),
-                     ch_dmask.eq((ch_nb + ch_l < gn) & ((ch_q >= 4) | gbias)),
-                     ch_dlast.eq((ch_l == C - 1) & (ch_q == 8)), ch_ov.eq(ch_dv & ch_dlast)]
-        with m.If(gen_go):
-            m.d.sync += [ch_act.eq((gbias | grq) & ~gacc), ch_l.eq(0), ch_q.eq(0), ch_nb.eq(0),
-                         ch_n4.eq(0), ch_idx.eq(0)]
-        with m.Elif(ch_act):
-            with m.If(ch_q == 8):
-                m.d.sync += [ch_q.eq(0), ch_n4.eq(ch_n4 + 4)]
-                with m.If(ch_l == C - 1):
-                    m.d.sync += [ch_l.eq(0), ch_nb.eq(ch_nb + C), ch_idx.eq(0)]
-                    with m.If(ch_nb + C >= gn):
-                        m.d.sync += ch_act.eq(0)
+            # A words are columns of a row block: R rows of an R-byte chunk are read (one row a
+            # cycle) into a fill buffer, copied to a shift register when complete and sent one
+            # column a cycle while the next chunk is read
+            t_act = Signal()
+            t_rr = Signal(range(max(R, 2)))
+            t_k0, t_ib = Signal(17), Signal(17)
+            t_arow, t_ablk, t_arb = Signal(32), Signal(32), Signal(32)
+            t_dv, t_dok, t_dlast = Signal(), Signal(), Signal()
+            t_drr = Signal.like(t_rr)
+            t_dw = Signal(range(R + 1))
+            rk = Signal(32)
+            m.d.comb += [rk.eq(gk * R), pa.addr.eq(t_arow)]
+            m.d.sync += [t_dv.eq(t_act), t_drr.eq(t_rr), t_dok.eq(t_ib + t_rr < gm),
+                         t_dw.eq(Mux(gk - t_k0 < R, gk - t_k0, R)), t_dlast.eq(t_rr == R - 1)]
+            with m.If(gen_go):
+                m.d.sync += [t_act.eq(1), t_rr.eq(0), t_k0.eq(0), t_ib.eq(0),
+                             t_arow.eq(_w(hd, 1)), t_ablk.eq(_w(hd, 1)), t_arb.eq(_w(hd, 1))]
+            with m.Elif(t_act):
+                with m.If(t_rr == R - 1):
+                    m.d.sync += t_rr.eq(0)
+                    with m.If(t_k0 + R >= gk):
+                        m.d.sync += [t_k0.eq(0), t_ib.eq(t_ib + R), t_arb.eq(t_arb + rk),
+                                     t_ablk.eq(t_arb + rk), t_arow.eq(t_arb + rk)]
+                        with m.If(t_ib + R >= gm):
+                            m.d.sync += t_act.eq(0)
+                    with m.Else():
+                        m.d.sync += [t_k0.eq(t_k0 + R), t_ablk.eq(t_ablk + R),
+                                     t_arow.eq(t_ablk + R)]
                 with m.Else():
-                    m.d.sync += [ch_l.eq(ch_l + 1), ch_idx.eq(ch_idx + 1)]
-            with m.Else():
-                m.d.sync += [ch_q.eq(ch_q + 1), ch_idx.eq(ch_idx + 1)]
-        with m.If(ch_dv):
-            m.d.sync += ch_buf.word_select(ch_di, 8).eq(Mux(ch_dmask, c_rd.data, 0))
-        m.d.comb += eng.i_chan.valid.eq(ch_ov)
+                    m.d.sync += [t_rr.eq(t_rr + 1), t_arow.eq(t_arow + gk)]
+            chunk = Mux(t_dok, pa.data[:8 * R], 0)
+            fill = [Signal(8 * R, name=f"t_fill{r}") for r in range(R - 1)]
+            emit = [Signal(8 * R, name=f"t_emit{r}") for r in range(R)]
+            t_cnt = Signal(range(R + 1))
+            with m.If(t_dv):
+                for r in range(R - 1):
+                    with m.If(t_drr == r):
+                        m.d.sync += fill[r].eq(chunk)
+            with m.If(t_dv & t_dlast):
+                m.d.sync += [emit[r].eq(fill[r]) for r in range(R - 1)]
+                m.d.sync += [emit[R - 1].eq(chunk), t_cnt.eq(t_dw)]
+            with m.Elif(t_cnt != 0):
+                m.d.sync += [e.eq(e >> 8) for e in emit] + [t_cnt.eq(t_cnt - 1)]
+            m.d.comb += eng.i_a.valid.eq(t_cnt != 0)
+            m.d.comb += [eng.i_a.payload[r].eq(emit[r][:8]) for r in range(R)]
+        else:
+            word_gen("ga", pa, eng.i_a, R, _w(hd, 1), R, gk, gm, gk)
+        word_gen("gb", pb, eng.i_b, C, _w(hd, 2), C, gn, gk, gn)
+
+        # channel words: per column block, bias, multipliers and shifts (int32 each) read in
+        # parallel, 4 * C bytes each
+        ch_act, ch_dv = Signal(), Signal()
+        ch_nb, ch_dnb = Signal(18), Signal(18)
+        ch_off = Signal(32)
+        n4 = Signal(32)
+        m.d.comb += [n4.eq(gn << 2), pc1.addr.eq(g_bias_addr + ch_off), pc2.addr.eq(g_qp + ch_off),
+                     pc3.addr.eq(g_qp + n4 + ch_off)]
+        m.d.sync += [ch_dv.eq(ch_act), ch_dnb.eq(ch_nb)]
+        with m.If(gen_go):
+            m.d.sync += [ch_act.eq((hd[16] | hd[17]) & ~hd[18]), ch_nb.eq(0), ch_off.eq(0)]
+        with m.Elif(ch_act):
+            m.d.sync += [ch_nb.eq(ch_nb + C), ch_off.eq(ch_off + 4 * C)]
+            with m.If(ch_nb + C >= gn):
+                m.d.sync += ch_act.eq(0)
+        m.d.comb += eng.i_chan.valid.eq(ch_dv)
         for c in range(C):
             lane = eng.i_chan.payload[c]
-            m.d.comb += [lane.bias.eq(ch_buf[72 * c:72 * c + 32]),
-                         lane.mult.eq(ch_buf[72 * c + 32:72 * c + 64]),
-                         lane.shift.eq(ch_buf[72 * c + 64:72 * c + 70])]
+            ok = ch_dnb + c < gn
+            m.d.comb += [lane.bias.eq(Mux(ok & gbias, pc1.data[32 * c:32 * c + 32], 0)),
+                         lane.mult.eq(Mux(ok, pc2.data[32 * c:32 * c + 32], 0)),
+                         lane.shift.eq(Mux(ok, pc3.data[32 * c:32 * c + 6], 0))]
 
-        # result rows -> result buffer, column-block-major: word jb * max_m + row
+        # result rows: position counters (row within the tile / row, first column), the result
+        # buffer address (acc: column-block-major, word jb * max_m + row) and, without acc, the
+        # row's scratchpad address: the row is written there in the cycle it is offered
         mm = self._max_m
         rx_r = Signal(17)       # row within the tile (OS) / row (WS)
         rx_mb = Signal(18)      # OS: first row of the row block
         rx_nb = Signal(18)      # first column of the column block
         rx_jb = Signal(range(self.result_depth + mm + 1))  # jb * max_m
         rx_idx = Signal(range(self.result_depth + mm + R + 1))
+        wa, wtb, wrb = Signal(32), Signal(32), Signal(32)
+        out32 = Signal()
+        rowstep, colstep, rbstep = Signal(32), Signal(32), Signal(32)
+        m.d.comb += [out32.eq(~grq | gacc), rowstep.eq(Mux(out32, gn << 2, gn)),
+                     colstep.eq(Mux(out32, 4 * C, C)), rbstep.eq(rowstep * R)]
         m.d.comb += [eng.o_c.ready.eq(1), r_wr.en.eq(eng.o_c.valid), r_wr.addr.eq(rx_idx),
                      r_wr.data.eq(Value.cast(eng.o_c.payload.data))]
         with m.If(gen_go):
-            m.d.sync += [rx_r.eq(0), rx_mb.eq(0), rx_nb.eq(0), rx_jb.eq(0), rx_idx.eq(0)]
+            m.d.sync += [rx_r.eq(0), rx_mb.eq(0), rx_nb.eq(0), rx_jb.eq(0), rx_idx.eq(0),
+                         wa.eq(_w(hd, 3)), wtb.eq(_w(hd, 3)), wrb.eq(_w(hd, 3))]
         with m.Elif(eng.o_c.valid):
             if self._dataflow == "os":
                 with m.If((rx_r == R - 1) | (rx_mb + rx_r == gm - 1)):
                     m.d.sync += rx_r.eq(0)
                     with m.If(rx_nb + C >= gn):
                         m.d.sync += [rx_nb.eq(0), rx_jb.eq(0), rx_mb.eq(rx_mb + R),
-                                     rx_idx.eq(rx_mb + R)]
+                                     rx_idx.eq(rx_mb + R), wrb.eq(wrb + rbstep),
+                                     wtb.eq(wrb + rbstep), wa.eq(wrb + rbstep)]
                     with m.Else():
                         m.d.sync += [rx_nb.eq(rx_nb + C), rx_jb.eq(rx_jb + mm),
-                                     rx_idx.eq(rx_jb + mm + rx_mb)]
+                                     rx_idx.eq(rx_jb + mm + rx_mb), wtb.eq(wtb + colstep),
+                                     wa.eq(wtb + colstep)]
                 with m.Else():
-                    m.d.sync += [rx_r.eq(rx_r + 1), rx_idx.eq(rx_idx + 1)]
+                    m.d.sync += [rx_r.eq(rx_r + 1), rx_idx.eq(rx_idx + 1), wa.eq(wa + rowstep)]
             else:
                 with m.If(rx_r == gm - 1):
-                    m.d.sync += [rx_r.eq(0), rx_jb.eq(rx_jb + mm), rx_idx.eq(rx_jb + mm)]
+                    m.d.sync += [rx_r.eq(0), rx_jb.eq(rx_jb + mm), rx_idx.eq(rx_jb + mm),
+                                 rx_nb.eq(rx_nb + C), wtb.eq(wtb + colstep),
+                                 wa.eq(wtb + colstep)]
                 with m.Else():
-                    m.d.sync += [rx_r.eq(rx_r + 1), rx_idx.eq(rx_idx + 1)]
+                    m.d.sync += [rx_r.eq(rx_r + 1), rx_idx.eq(rx_idx + 1), wa.eq(wa + rowstep)]
+        lanes_ok = [rx_nb + c < gn for c in range(C)]
+        lanes = [eng.o_c.payload.data[c].as_unsigned() for c in range(C)]
+        with m.If(~gacc):
+            m.d.comb += [m_wr.addr.eq(wa), m_wr.en.eq(eng.o_c.valid),
+                         m_wr.data.eq(Mux(out32, Cat(*lanes), Cat(*(v[:8] for v in lanes)))),
+                         m_wr.mask.eq(Mux(out32, Cat(*(Mux(ok, 0xF, 0) for ok in lanes_ok)),
+                                          Cat(*lanes_ok)))]
 
-        # write-back: for each row, column, byte (1 for int8, 4 for int32) -> c, c+1, ...
-        wb_mi, wb_ni = Signal(17), Signal(17)
-        wb_l = Signal(range(max(C, 2)))
-        wb_b = Signal(2)
-        wb_jb = Signal(range(self.result_depth + mm + 1))
+        # accumulate-on-top write-back (acc), after the engine's final row: one row chunk (row
+        # mi, C columns from nb) a cycle in row-major order; in its cycle the result buffer word
+        # and C_old, bias, multiplier and shift (C int32 each) are read; a cycle later
+        # sum = A@B + bias + (C_old << acc_shift) is registered, then sat32 (int32 out written
+        # then), then hw.requant.requant_stages (the int8 row written six cycles later). An
+        # element's C_old bytes are read before anything overlapping them is written.
         wb_act = Signal()
-        wb_dv, wb_dlast = Signal(), Signal()
-        wb_sel = Signal(range(4 * C))
-        wb_addr = Signal(32)
-        m.d.comb += [r_rd.addr.eq(wb_jb + wb_mi), m_wr.addr.eq(wb_addr[:spa]),
-                     m_wr.data.eq(r_rd.data.word_select(wb_sel, 8)), m_wr.en.eq(wb_dv)]
-        last_b = Signal()
-        m.d.comb += last_b.eq((grq & ~gacc) | (wb_b == 3))
-        m.d.sync += [wb_dv.eq(wb_act), wb_sel.eq(Cat(wb_b, wb_l)),
-                     wb_dlast.eq(last_b & (wb_ni == gn - 1) & (wb_mi == gm - 1))]
-        with m.If(wb_dv):
-            m.d.sync += wb_addr.eq(wb_addr + 1)
+        wb_mi, wb_nb = Signal(17), Signal(18)
+        wb_jb = Signal(range(self.result_depth + mm + 1))
+        wb_ca, wb_rca, wb_off = Signal(32), Signal(32), Signal(32)
+        wb_last = Signal()
+        m.d.comb += wb_last.eq((wb_nb + C >= gn) & (wb_mi == gm - 1))
         with m.If(wb_act):
-            with m.If(last_b):
-                m.d.sync += wb_b.eq(0)
-                with m.If(wb_ni == gn - 1):
-                    m.d.sync += [wb_ni.eq(0), wb_l.eq(0), wb_jb.eq(0), wb_mi.eq(wb_mi + 1)]
-                    with m.If(wb_mi == gm - 1):
-                        m.d.sync += wb_act.eq(0)
-                with m.Elif(wb_l == C - 1):
-                    m.d.sync += [wb_l.eq(0), wb_jb.eq(wb_jb + mm), wb_ni.eq(wb_ni + 1)]
-                with m.Else():
-                    m.d.sync += [wb_l.eq(wb_l + 1), wb_ni.eq(wb_ni + 1)]
+            m.d.comb += [r_rd.addr.eq(wb_jb + wb_mi), pa.addr.eq(wb_ca),
+                         pc1.addr.eq(g_bias_addr + wb_off), pc2.addr.eq(g_qp + wb_off),
+                         pc3.addr.eq(g_qp + n4 + wb_off)]
+            with m.If(wb_nb + C >= gn):
+                m.d.sync += [wb_nb.eq(0), wb_jb.eq(0), wb_off.eq(0), wb_mi.eq(wb_mi + 1),
+                             wb_rca.eq(wb_rca + n4), wb_ca.eq(wb_rca + n4)]
+                with m.If(wb_mi == gm - 1):
+                    m.d.sync += wb_act.eq(0)
             with m.Else():
-                m.d.sync += wb_b.eq(wb_b + 1)
-
-        # accumulate-on-top write-back (acc): element e = mi*n + ni takes four slot cycles
-        # p = wb_b; in slot p the ports read byte p of C_old (at c + 4e + p), of bias[ni] and of
-        # mult[ni] (and, in slot 0, the shift byte); one cycle later the bytes shift into
-        # registers, then sum = A@B + bias + (C_old << acc_shift) (one stage), sat32 (one stage)
-        # and, with requant, hw.requant.requant_stages (six stages). Bytes are written in order
-        # from c: int32 byte p seven cycles after its slot, the int8 result 13 cycles after
-        # slot 0; an element's C_old bytes are always read before anything overlapping them
-        # is written.
-        ac_on = Signal()
-        m.d.comb += ac_on.eq(wb_act & gacc)
-        ac_ca = Signal(32)  # c + 4e + p
-        with m.If(ac_on):
-            m.d.comb += [a_rd.addr.eq(ac_ca[:spa]),
-                         b_rd.addr.eq((g_bias_addr + Cat(wb_b, wb_ni))[:spa]),
-                         c_rd.addr.eq((g_qp + Cat(wb_b, wb_ni))[:spa])]
-        m.d.comb += q_rd.addr.eq((g_qp + n4 + Cat(Const(0, 2), wb_ni))[:spa])
-        with m.If(gen_go):
-            m.d.sync += ac_ca.eq(gc)
-        with m.Elif(ac_on):
-            m.d.sync += ac_ca.eq(ac_ca + 1)
-        ac_dv, ac_dp, ac_dl, ac_dlast = Signal(), Signal(2), Signal.like(wb_l), Signal()
-        m.d.sync += [ac_dv.eq(ac_on), ac_dp.eq(wb_b), ac_dl.eq(wb_l),
-                     ac_dlast.eq((wb_ni == gn - 1) & (wb_mi == gm - 1))]
-        cold, cbias, cmult = Signal(32), Signal(32), Signal(32)
-        cab, csh = Signal(signed(32)), Signal(6)
-        with m.If(ac_dv):
-            m.d.sync += [cold.eq(Cat(cold[8:], a_rd.data)), cbias.eq(Cat(cbias[8:], b_rd.data)),
-                         cmult.eq(Cat(cmult[8:], c_rd.data))]
-            with m.If(ac_dp == 0):
-                m.d.sync += [cab.eq(r_rd.data.word_select(ac_dl, 32)), csh.eq(q_rd.data[:6])]
-        s0v = Signal()
-        m.d.sync += s0v.eq(ac_dv & (ac_dp == 3))
-        sum1 = Signal(signed(66))
-        y32 = Signal(signed(32))
-        m1, m2 = Signal(signed(32)), Signal(signed(32))
-        sh1, sh2 = Signal(6), Signal(6)
-        with m.If(s0v):
-            m.d.sync += [sum1.eq(cab + Mux(gbias, cbias.as_signed(), 0)
-                                 + (cold.as_signed() << gsh)),
-                         m1.eq(cmult), sh1.eq(csh)]
-        m.d.sync += [y32.eq(saturate_bits(sum1, 32)), m2.eq(m1), sh2.eq(sh1)]
-        (y8,) = requant_stages(m, Const(1), [y32], [m2], [sh2], "acrq", platform=platform)
-        # delay line of the slots: (valid, p, last element)
-        chain = [(Signal(name=f"acv{t}"), Signal(2, name=f"acp{t}"), Signal(name=f"acl{t}"))
-                 for t in range(14)]
-        m.d.comb += [chain[0][0].eq(ac_on), chain[0][1].eq(wb_b),
-                     chain[0][2].eq((wb_ni == gn - 1) & (wb_mi == gm - 1))]
-        for t in range(1, 14):
-            m.d.sync += [chain[t][0].eq(chain[t - 1][0]), chain[t][1].eq(chain[t - 1][1]),
-                         chain[t][2].eq(chain[t - 1][2])]
-        ac_we, ac_wd, ac_done = Signal(), Signal(8), Signal()
-        v7, p7, l7 = chain[7]
-        v13, p13, l13 = chain[13]
-        with m.If(grq):
-            m.d.comb += [ac_we.eq(v13 & (p13 == 0)), ac_wd.eq(y8.as_unsigned()),
-                         ac_done.eq(v13 & (p13 == 0) & l13)]
-        with m.Else():
-            m.d.comb += [ac_we.eq(v7), ac_wd.eq(y32.as_unsigned().word_select(p7, 8)),
-                         ac_done.eq(v7 & (p7 == 3) & l7)]
-        ac_wa = Signal(32)
-        with m.If(gen_go):
-            m.d.sync += ac_wa.eq(gc)
-        with m.Elif(ac_we):
-            m.d.sync += ac_wa.eq(ac_wa + 1)
+                m.d.sync += [wb_nb.eq(wb_nb + C), wb_jb.eq(wb_jb + mm), wb_off.eq(wb_off + 4 * C),
+                             wb_ca.eq(wb_ca + 4 * C)]
+        # stage 1: the data of the chunk read last cycle
+        v1, l1 = Signal(), Signal()
+        ok1 = Signal(C)
+        ca1 = Signal(32)
+        m.d.sync += [v1.eq(wb_act), l1.eq(wb_last), ca1.eq(wb_ca),
+                     ok1.eq(Cat(*(wb_nb + c < gn for c in range(C))))]
+        v2, l2, v3, l3 = Signal(), Signal(), Signal(), Signal()
+        ok2, ok3 = Signal(C), Signal(C)
+        ca2, ca3 = Signal(32), Signal(32)
+        m.d.sync += [v2.eq(v1), l2.eq(l1), ok2.eq(ok1), ca2.eq(ca1),
+                     v3.eq(v2), l3.eq(l2), ok3.eq(ok2), ca3.eq(ca2)]
+        y32s, m2s, sh2s = [], [], []
+        for c in range(C):
+            s1 = Signal(signed(66), name=f"acs{c}")
+            y32 = Signal(signed(32), name=f"acy{c}")
+            m1, m2 = Signal(signed(32), name=f"acm1_{c}"), Signal(signed(32), name=f"acm2_{c}")
+            sh1, sh2 = Signal(6, name=f"acsh1_{c}"), Signal(6, name=f"acsh2_{c}")
+            raw = r_rd.data.word_select(c, 32).as_signed()
+            cold = pa.data[32 * c:32 * c + 32].as_signed()
+            bias = pc1.data[32 * c:32 * c + 32].as_signed()
+            m.d.sync += [s1.eq(raw + Mux(gbias, bias, 0) + (cold << gsh)),
+                         m1.eq(pc2.data[32 * c:32 * c + 32]), sh1.eq(pc3.data[32 * c:32 * c + 6]),
+                         y32.eq(saturate_bits(s1, 32)), m2.eq(m1), sh2.eq(sh1)]
+            y32s.append(y32)
+            m2s.append(m2)
+            sh2s.append(sh2)
+        y8s = requant_stages(m, Const(1), y32s, m2s, sh2s, "acrq", platform=platform)
+        # the requantizer's six stages: valid, last, lane mask and address delayed alongside
+        vq, lq, okq, caq = v3, l3, ok3, ca3
+        for t in range(REQUANT_STAGES):
+            nv, nl_, nok, nca = (Signal(name=f"acqv{t}"), Signal(name=f"acql{t}"),
+                                 Signal(C, name=f"acqok{t}"), Signal(32, name=f"acqca{t}"))
+            m.d.sync += [nv.eq(vq), nl_.eq(lq), nok.eq(okq), nca.eq(caq)]
+            vq, lq, okq, caq = nv, nl_, nok, nca
+        ac_done = Signal()
         with m.If(gacc):
-            m.d.comb += [m_wr.addr.eq(ac_wa[:spa]), m_wr.data.eq(ac_wd), m_wr.en.eq(ac_we)]
+            with m.If(grq):
+                m.d.comb += [m_wr.addr.eq(gc + (caq - gc)[2:32]), m_wr.en.eq(vq),
+                             m_wr.data.eq(Cat(*(y[:8] for y in y8s))), m_wr.mask.eq(okq),
+                             ac_done.eq(vq & lq)]
+            with m.Else():
+                m.d.comb += [m_wr.addr.eq(ca3), m_wr.en.eq(v3),
+                             m_wr.data.eq(Cat(*(y.as_unsigned() for y in y32s))),
+                             m_wr.mask.eq(Cat(*(Mux(ok3[c], 0xF, 0) for c in range(C)))),
+                             ac_done.eq(v3 & l3)]
 
         with m.FSM(name="mfsm"):
             with m.State("IDLE"):
                 m.d.comb += m_idle.eq(1)
                 head = mq.r_data
                 with m.If(mq.r_rdy & can_start(head, _Q_M)):
-                    m.d.comb += [mq.r_en.eq(1), m_busy.eq(1)]
+                    m.d.comb += [mq.r_en.eq(1), m_busy.eq(1), gen_go.eq(1)]
                     take(head, _Q_M)
                     m.d.sync += g_ins.eq(head)
                     m.next = "CMD"
             with m.State("CMD"):
                 m.d.comb += [m_busy.eq(1), eng.i_cmd.valid.eq(1)]
                 with m.If(eng.i_cmd.ready):
-                    m.d.comb += gen_go.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += m_busy.eq(1)
                 with m.If(eng.o_c.valid & eng.o_c.payload.last):
-                    m.d.sync += [wb_act.eq(1), wb_mi.eq(0), wb_ni.eq(0), wb_l.eq(0), wb_b.eq(0),
-                                 wb_jb.eq(0), wb_addr.eq(gc)]
-                    m.next = "WB"
+                    with m.If(gacc):
+                        m.d.sync += [wb_act.eq(1), wb_mi.eq(0), wb_nb.eq(0), wb_jb.eq(0),
+                                     wb_off.eq(0), wb_ca.eq(gc), wb_rca.eq(gc)]
+                        m.next = "WB"
+                    with m.Else():
+                        finish(g_ins, _Q_M)
+                        m.next = "IDLE"
             with m.State("WB"):
                 m.d.comb += m_busy.eq(1)
-                with m.If(Mux(gacc, ac_done, wb_dv & wb_dlast)):
+                with m.If(ac_done):
                     finish(g_ins, _Q_M)
                     m.next = "IDLE"
         with m.If(running & m_busy):
             m.d.sync += cnt_bm.eq(cnt_bm + 1)
 
-        self._elab_sfu(m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish, spa)
+        self._elab_sfu(m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish)
         return m
 
-    def _elab_sfu(self, m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish, spa):
+    def _elab_sfu(self, m, sp, sq, s_idle, cnt_bs, running, can_start, take, finish):
         """The S executor: ADD, GELU, LAYERNORM, SOFTMAX (see the class docstring)."""
         R = self._max_row
-        xr = [sp.read_port() for _ in range(4)]    # x / a elements and parameter words
-        br = [sp.read_port() for _ in range(2)]    # b elements (ADD)
-        kr = sp.read_port()                        # key-mask bytes (SOFTMAX)
-        wp = [sp.write_port() for _ in range(4)]   # one output element a cycle
+        xr = sp.read_port("sx")    # x / a elements and parameter words
+        br = sp.read_port("sb")    # b elements (ADD)
+        kr = sp.read_port("sk")    # key-mask bytes (SOFTMAX)
+        yw = sp.write_port("sy")   # y (int8 or int32)
+        y2w = sp.write_port("sy2")  # y16 / y_lo
         m.submodules.gelu = gelu = Gelu(lanes=1, runtime=True)
         m.submodules.lnorm = ln = LayerNorm(lanes=1, runtime=True, max_n=R)
         m.submodules.smax = sm = Softmax(lanes=1, max_length=R, runtime=True)
@@ -732,7 +841,7 @@ class Core(wiring.Component):
             hop = h[:8]
             return hop == _OP["ADD"], hop == _OP["GELU"], hop == _OP["LAYERNORM"]
 
-        wd = Cat(*(p.data for p in xr))  # the parameter word read last cycle
+        wd = xr.data[:32]  # the parameter word read last cycle
         in_param, in_stream, s_out_v = Signal(), Signal(), Signal()
         with m.FSM(name="sfsm"):
             with m.State("IDLE"):
@@ -757,7 +866,7 @@ class Core(wiring.Component):
                     m.next = "PARAM"
             with m.State("PARAM"):
                 m.d.comb += [s_busy.eq(1), in_param.eq(1)]
-                m.d.comb += [p.addr.eq((pa + j)[:spa]) for j, p in enumerate(xr)]
+                m.d.comb += xr.addr.eq(pa)
                 m.d.sync += [pa.eq(pa + 4), pi.eq(pi + 1)]
                 with m.If(pi == n_par - 1):
                     m.next = "PWAIT"
@@ -815,12 +924,10 @@ class Core(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(in_stream & adv_r & (re != n_el))
         with m.If(in_stream):
-            m.d.comb += [p.addr.eq((xa + j)[:spa]) for j, p in enumerate(xr)]
-            m.d.comb += [p.en.eq(adv_r) for p in xr]
-        m.d.comb += [br[j].addr.eq((ba + j)[:spa]) for j in range(2)]
-        m.d.comb += [p.en.eq(adv_r) for p in br] + [kr.en.eq(adv_r), ma_r.en.eq(adv_r),
-                                                     mb_r.en.eq(adv_r)]
-        m.d.comb += [kr.addr.eq((base_km + rcol)[:spa]), ma_r.addr.eq(rcol), mb_r.addr.eq(rcol)]
+            m.d.comb += [xr.addr.eq(xa), xr.en.eq(adv_r)]
+        m.d.comb += [br.addr.eq(ba), br.en.eq(adv_r), kr.en.eq(adv_r), ma_r.en.eq(adv_r),
+                     mb_r.en.eq(adv_r)]
+        m.d.comb += [kr.addr.eq(base_km + rcol), ma_r.addr.eq(rcol), mb_r.addr.eq(rcol)]
         with m.If(adv_r):
             m.d.sync += r1v.eq(issue)
         with m.If(issue):
@@ -829,19 +936,17 @@ class Core(wiring.Component):
                          r1_rowlast.eq(rcol == s_cols - 1), r1_last.eq(re == n_el - 1)]
         xval = Signal(signed(32))
         bval = Signal(signed(16))
-        m.d.comb += [xval.eq(Mux(x32, Cat(*(p.data for p in xr)).as_signed(),
-                                 xr[0].data.as_signed())),
-                     bval.eq(Mux(add_b16, Cat(br[0].data, br[1].data).as_signed(),
-                                 br[0].data.as_signed()))]
+        m.d.comb += [xval.eq(Mux(x32, xr.data[:32].as_signed(), xr.data[:8].as_signed())),
+                     bval.eq(Mux(add_b16, br.data[:16].as_signed(), br.data[:8].as_signed()))]
         take_el = Signal()
         m.d.comb += take_el.eq(r1v & cons_ready)
         # the units: one element a cycle in, outputs always taken
-        m.d.comb += [gelu.i_data.valid.eq(r1v & is_ge), gelu.i_data.payload.data[0].eq(xr[0].data),
+        m.d.comb += [gelu.i_data.valid.eq(r1v & is_ge), gelu.i_data.payload.data[0].eq(xr.data[:8]),
                      gelu.i_data.payload.last.eq(r1_last), gelu.o_data.ready.eq(1),
                      ln.i_data.valid.eq(r1v & is_ln), ln.i_data.payload.data[0].eq(xval),
                      ln.i_data.payload.last.eq(r1_rowlast), ln.o_data.ready.eq(1),
                      sm.i_data.valid.eq(r1v & is_sm), sm.i_data.payload.data[0].eq(xval),
-                     sm.i_data.payload.keep[0].eq(~sm_mask | (kr.data != 0)),
+                     sm.i_data.payload.keep[0].eq(~sm_mask | (kr.data[:8] != 0)),
                      sm.i_data.payload.last.eq(r1_rowlast), sm.o_data.ready.eq(1)]
         m.d.comb += cons_ready.eq(Mux(is_ge, gelu.i_data.ready, Mux(
             is_ln, ln.i_data.ready, Mux(is_sm, sm.i_data.ready, 1))))
@@ -880,15 +985,11 @@ class Core(wiring.Component):
         with m.Else():
             m.d.comb += [s_out_v.eq(sm.o_data.valid), o8.eq(Mux(sm_half, half, p8))]
         wide32 = is_add & add_out32
-        m.d.comb += [wp[0].addr.eq(ya[:spa]), wp[0].data.eq(o8),
-                     wp[1].addr.eq(Mux(wide32, ya + 1, y2a)[:spa]),
-                     wp[1].data.eq(Mux(wide32, y4[8:16], o16[:8])),
-                     wp[2].addr.eq(Mux(wide32, ya + 2, y2a + 1)[:spa]),
-                     wp[2].data.eq(Mux(wide32, y4[16:24], o16[8:16])),
-                     wp[3].addr.eq((ya + 3)[:spa]), wp[3].data.eq(y4[24:32])]
+        m.d.comb += [yw.addr.eq(ya), yw.data.eq(Mux(wide32, y4.as_unsigned(), o8)),
+                     yw.mask.eq(Mux(wide32, 0xF, 0x1)), y2w.addr.eq(y2a), y2w.data.eq(o16),
+                     y2w.mask.eq(Cat((is_ge & ge_split) | (is_ln & ln_out16), is_ln & ln_out16))]
         with m.If(s_out_v & in_stream):
-            m.d.comb += [wp[0].en.eq(1), wp[1].en.eq(wide32 | (is_ge & ge_split) | (is_ln & ln_out16)),
-                         wp[2].en.eq(wide32 | (is_ln & ln_out16)), wp[3].en.eq(wide32)]
+            m.d.comb += [yw.en.eq(1), y2w.en.eq(1)]
             m.d.sync += [wo.eq(wo + 1), ya.eq(ya + Mux(wide32, 4, 1)),
                          y2a.eq(y2a + Mux(is_ln, 2, 1))]
         with m.If(running & s_busy):

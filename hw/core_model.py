@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from math import gcd
 from typing import Any
 
 from golden.core import QUEUES, CoreError, Instr, schedule
@@ -52,19 +53,23 @@ from hw.gemm import gemm_cycles
 from hw.layernorm import layernorm_cycles
 from hw.softmax import softmax_cycles
 
-__all__ = ["CoreConfig", "DMA_SETUP", "GEMM_ACC_TAIL_INT32", "GEMM_ACC_TAIL_INT8", "GEMM_SETUP",
-           "ADD_PIPE", "SFU_OPS", "SFU_SETUP", "sfu_param_words", "sfu_unit_cycles", "Timing", "gemm_stream_bytes", "instr_cycles",
-           "program_timing"]
+__all__ = ["ADD_PIPE", "CoreConfig", "DMA_OUTSTANDING", "DMA_SETUP", "GEMM_ACC_TAIL_INT32",
+           "GEMM_ACC_TAIL_INT8", "GEMM_SETUP", "SFU_OPS", "SFU_SETUP", "Timing", "dma_pieces",
+           "gemm_stream_cycles", "instr_cycles", "program_timing", "sfu_param_words",
+           "sfu_unit_cycles", "sp_width"]
 
 #: the executor's start cycle (it takes the queue head and its tokens)
 DMA_SETUP = 1
-#: start, engine command, first-read and word-register cycles, the engine's load-to-compute
-#: cycle, the first result-buffer read
-GEMM_SETUP = 6
-#: accumulate-on-top write-back: cycles past ``4 * M * N`` slot cycles until the last byte,
-#: int32 out (byte registers, sum, saturation) and int8 out (plus the requantizer's stages)
+#: DMA rows requested and not yet complete, at most (the read requests that run ahead)
+DMA_OUTSTANDING = 8
+#: non-acc GEMM: the start cycle, the engine command cycle, the first operand read, the engine's
+#: load-to-compute cycle (the last written row is the final row's own cycle)
+GEMM_SETUP = 3
+#: accumulate-on-top write-back: cycles past the ``U`` row-chunk cycles until the last write,
+#: int32 out (the start cycle, the first read, sum, saturation) and int8 out (plus the
+#: requantizer's six stages)
 GEMM_ACC_TAIL_INT32 = 6
-GEMM_ACC_TAIL_INT8 = 9
+GEMM_ACC_TAIL_INT8 = 12
 #: S executor: the start cycle, the parameter read's last-word cycle, the first element read
 SFU_SETUP = 3
 #: ADD's pipeline: products, sum, shift, round and saturate (the output register)
@@ -108,15 +113,40 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def gemm_stream_bytes(cfg: CoreConfig, m: int, k: int, n: int, channels: bool) -> int:
-    """Scratchpad bytes of the longest GEMM operand stream (engine word order, padding lanes
-    read too): A ``ceil(M/R)*K*R`` (OS) or ``ceil(K/R)*M*R`` (WS), B ``ceil(N/C)*K*C``,
-    channels ``ceil(N/C)*C*9`` (4 bias, 4 multiplier, 1 shift byte per lane) when on."""
+def sp_width(rows: int, cols: int, bytes_per_cycle: int) -> int:
+    """Banks of the scratchpad (bytes one logical port moves a cycle): the smallest power of two
+    that holds a memory beat, an A word (``rows`` bytes) and an int32 result row (``4 * cols``)."""
+    need = max(bytes_per_cycle, rows, 4 * cols, 4)
+    return 1 << (need - 1).bit_length()
+
+
+def dma_pieces(cols: int, esz: int, bytes_per_cycle: int, contiguous: bool) -> int:
+    """Cycles of one DMA row's data: one piece a cycle, a piece being the bytes of the row that
+    share one memory beat and, when the scratchpad side is strided, one element. Contiguous:
+    ``ceil(cols*esz/B)``; strided: ``cols`` plus the beat boundaries that fall inside an
+    element."""
+    n = cols * esz
+    beats = _ceil(n, bytes_per_cycle)
+    if contiguous:
+        return beats
+    step = esz // gcd(esz, bytes_per_cycle)  # beat boundaries every step-th one is on an element's
+    return cols + (beats - 1) - (beats - 1) // step
+
+
+def gemm_stream_cycles(cfg: CoreConfig, m: int, k: int, n: int) -> int:
+    """Cycles from the first operand read to the last operand word offered to the engine,
+    minus one (``X``): the longest of the streams, which run in parallel, one engine word a
+    cycle from one scratchpad read each: B ``ceil(N/C)*K``; A (WS) ``ceil(K/R)*M``; A (OS), whose
+    words are columns of a row block, ``ceil(M/R)*ceil(K/R)*R + K_last`` (R rows of an R-byte
+    chunk read per chunk, the chunk's columns sent after its last row, ``K_last`` the columns of
+    the last chunk). The channel stream (one word per column block) is never the longest."""
     r, c = cfg.rows, cfg.cols
-    a = _ceil(m, r) * k * r if cfg.dataflow == "os" else _ceil(k, r) * m * r
-    b = _ceil(n, c) * k * c
-    ch = _ceil(n, c) * c * 9 if channels else 0
-    return max(a, b, ch)
+    b = _ceil(n, c) * k
+    if cfg.dataflow == "ws":
+        a = _ceil(k, r) * m
+    else:
+        a = _ceil(m, r) * _ceil(k, r) * r + (k - (_ceil(k, r) - 1) * r)
+    return max(a, b)
 
 
 def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
@@ -124,20 +154,24 @@ def instr_cycles(ins: Instr, cfg: CoreConfig) -> int:
     op = ins.op
     if op in ("LOAD", "STORE"):
         esz = {0: 1, 1: 2, 2: 4}[ins["esz"]]
-        nbytes = ins["cols"] * esz
-        if ins["rows"] == 0 or nbytes == 0:
+        rows = ins["rows"]
+        if rows == 0 or ins["cols"] == 0:
             return DMA_SETUP
-        per_row = max(cfg.latency, 1) + nbytes if op == "LOAD" else nbytes + 2
-        return DMA_SETUP + ins["rows"] * per_row
+        p = dma_pieces(ins["cols"], esz, cfg.bytes_per_cycle, ins["sp_cs"] == esz)
+        if op == "STORE":
+            return DMA_SETUP + 1 + rows * p
+        lat = max(cfg.latency, 1)
+        n_out = DMA_OUTSTANDING
+        return (DMA_SETUP + lat + p * (1 + (rows - 1) % n_out)
+                + (rows - 1) // n_out * max(p + lat, n_out * p))
     if op == "GEMM":
         m, k, n = ins["m"], ins["k"], ins["n"]
-        core = GEMM_SETUP + gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow, m, k, n)
+        core = gemm_stream_cycles(cfg, m, k, n) + gemm_cycles(cfg.rows, cfg.cols, cfg.dataflow,
+                                                              m, k, n)
         if ins["acc"]:  # raw engine; bias, C_old, saturation, requant in the write-back
             tail = GEMM_ACC_TAIL_INT8 if ins["requant"] else GEMM_ACC_TAIL_INT32
-            return core + gemm_stream_bytes(cfg, m, k, n, False) + 4 * m * n + tail
-        ch = bool(ins["bias"] or ins["requant"])
-        out = m * n * (1 if ins["requant"] else 4)
-        return core + gemm_stream_bytes(cfg, m, k, n, ch) + out
+            return core + m * _ceil(n, cfg.cols) + tail
+        return core + GEMM_SETUP
     if op in SFU_OPS:
         return SFU_SETUP + sfu_param_words(ins) + sfu_unit_cycles(ins)
     return 0

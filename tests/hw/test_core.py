@@ -26,7 +26,7 @@ from golden.gelu import gelu_params
 from golden.layernorm import layernorm_params
 from golden.softmax import softmax_params
 from hw.core import Core
-from hw.core_model import CoreConfig, program_timing
+from hw.core_model import CoreConfig, dma_pieces, instr_cycles, program_timing
 
 HALT = Instr("HALT")
 MAX_ROW = 32  # the SFU row buffers of the small test cores
@@ -124,8 +124,7 @@ def run_core(cfg: CoreConfig, raw_prog: list[bytes], ext: bytes, *, stall: float
             assert n < timeout, "core did not finish"
         await ctx.tick()  # done stays high; the counters have stopped
         assert ctx.get(dut.done)
-        spd = dut.scratchpad.data
-        out["sp"] = bytes(ctx.get(spd[i]) for i in range(cfg.sp_bytes))
+        out["sp"] = bytes(dut.scratchpad.peek(ctx, i) for i in range(cfg.sp_bytes))
         out.update(cycles=n, error=ctx.get(dut.error), error_pc=ctx.get(dut.error_pc),
                    busy={"D": ctx.get(dut.cnt_busy_d), "M": ctx.get(dut.cnt_busy_m),
                          "S": ctx.get(dut.cnt_busy_s)},
@@ -183,6 +182,31 @@ def test_dma_only_program_cycle_exact():
     ]
     run, t = _check(cfg, prog, ext)
     assert run.cycles == t.cycles
+
+
+@pytest.mark.parametrize(("latency", "bpc"), [(12, 4), (1, 3), (20, 16)])
+def test_dma_request_limit_and_split_elements_cycle_exact(latency, bpc):
+    """Long thin rows (one beat each: the read requests that run ahead hit DMA_OUTSTANDING when
+    the latency exceeds it), int32 elements split across beats (B = 3), transposes."""
+    cfg = CoreConfig(rows=2, cols=2, latency=latency, bytes_per_cycle=bpc, queue_depth=2,
+                     sp_bytes=2048, imem_instrs=16)
+    rnd = random.Random(latency)
+    ext = bytes(rnd.randrange(256) for _ in range(2048))
+    prog = [
+        _dma("LOAD", 3, 0, 20, 3, 5, 3, 1),                 # 20 one-beat rows
+        _dma("LOAD", 200, 100, 9, 3, 12, 30, 8, esz=2),     # int32 scattered, 9 rows
+        _dma("LOAD", 400, 400, 17, 2, 2, 1, 17),            # transposing, 17 rows
+        _dma("STORE", 1000, 0, 20, 3, 4, 3, 1),
+        _dma("STORE", 1100, 100, 9, 3, 12, 30, 8, esz=2),   # gathered int32
+        _dma("STORE", 1300, 400, 17, 2, 2, 1, 17),
+        HALT,
+    ]
+    run, t = _check(cfg, prog, ext)
+    assert run.cycles == t.cycles
+    assert run.busy == t.busy
+    assert run.mem_stall == _load_stall_cycles(prog, cfg)
+    stalled, _ = _check(cfg, prog, ext, stall=0.3, seed=latency)
+    assert stalled.busy["D"] - run.busy["D"] == stalled.mem_stall - run.mem_stall > 0
 
 
 def _i32(vals):
@@ -432,8 +456,15 @@ def test_random_gemm_programs_bit_and_cycle_exact(rows, cols, dataflow, latency,
 
 
 def _load_stall_cycles(prog, cfg):
-    return sum(i["rows"] * (max(cfg.latency, 1) - 1) for i in prog
-               if i.op == "LOAD" and i["rows"] * i["cols"])
+    """Cycles in which LOADs wait for a beat with a memory that never stalls: everything but
+    the start cycle and one cycle per piece (the first beat's latency, request-limit gaps)."""
+    out = 0
+    for i in prog:
+        if i.op == "LOAD" and i["rows"] * i["cols"]:
+            esz = 1 << i["esz"]
+            p = dma_pieces(i["cols"], esz, cfg.bytes_per_cycle, i["sp_cs"] == esz)
+            out += instr_cycles(i, cfg) - 1 - i["rows"] * p
+    return out
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -540,7 +571,7 @@ def test_8x8_projection_tile_bit_and_cycle_exact():
         HALT,
     ]
     run, t = _check(cfg, prog, bytes(ext), max_dim=96)
-    assert run.cycles == t.cycles == 8772
+    assert run.cycles == t.cycles == 2066  # 8772 with the byte-wide scratchpad
     assert run.busy == t.busy
     assert run.mem_stall == _load_stall_cycles(prog, cfg)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from golden.core import CoreError, Instr
-from hw.core_model import CoreConfig, gemm_stream_bytes, instr_cycles, program_timing
+from hw.core_model import (
+    DMA_OUTSTANDING,
+    CoreConfig,
+    dma_pieces,
+    gemm_stream_cycles,
+    instr_cycles,
+    program_timing,
+)
 from hw.gemm import gemm_cycles
 
 HALT = Instr("HALT")
@@ -17,25 +24,52 @@ def _load(sig=(), wait=(), rows=2, cols=8, sp_cs=1):
                   "sp_rs": cols, "sp_cs": sp_cs})
 
 
-def test_dma_cycles_one_byte_a_cycle_at_any_stride():
+def test_dma_cycles_a_beat_a_cycle_when_contiguous_an_element_when_strided():
     cfg = CoreConfig(latency=8, bytes_per_cycle=4)
-    assert instr_cycles(_load(), cfg) == 1 + 2 * (8 + 8)
-    assert instr_cycles(_load(sp_cs=2), cfg) == 1 + 2 * (8 + 8)  # the stride costs nothing
+    assert instr_cycles(_load(), cfg) == 1 + 8 + 2 * 2  # two beats a row, rows pipelined
+    assert instr_cycles(_load(sp_cs=2), cfg) == 1 + 8 + 2 * 8  # strided: an element a cycle
     store = Instr("STORE", f={"rows": 3, "cols": 5, "esz": 2, "sp_cs": 4})
-    assert instr_cycles(store, cfg) == 1 + 3 * (5 * 4 + 2)
+    assert instr_cycles(store, cfg) == 1 + 1 + 3 * 5
     assert instr_cycles(_load(rows=0), cfg) == 1
-    assert instr_cycles(_load(), CoreConfig(latency=0)) == 1 + 2 * (1 + 8)  # L' = max(L, 1)
+    assert instr_cycles(_load(), CoreConfig(latency=0)) == 1 + 1 + 2 * 2  # L' = max(L, 1)
+
+
+def test_dma_pieces_split_elements_at_beat_boundaries():
+    assert dma_pieces(8, 1, 4, True) == 2
+    assert dma_pieces(9, 1, 4, True) == 3
+    assert dma_pieces(8, 1, 4, False) == 8
+    assert dma_pieces(3, 4, 2, False) == 6   # every int32 element spans two beats
+    assert dma_pieces(3, 4, 3, False) == 6   # bytes 0-2 | 3-5 | 6-8 | 9-11
+    assert dma_pieces(4, 2, 3, False) == 5   # one boundary (byte 3) inside element 1
+    assert dma_pieces(5, 4, 8, False) == 5   # boundaries on elements: none split
+
+
+def test_load_request_limit_gaps_when_latency_exceeds_outstanding_rows():
+    # one-beat rows: DMA_OUTSTANDING rows are requested, then each further request waits for a
+    # row to complete, so every group of 8 rows takes max(P + L', 8 P) cycles
+    lat = 12
+    cfg = CoreConfig(latency=lat, bytes_per_cycle=4)
+    ld = _load(rows=20, cols=4)
+    assert DMA_OUTSTANDING == 8
+    assert instr_cycles(ld, cfg) == 1 + lat + (1 + 19 % 8) + (19 // 8) * (1 + lat)
+    # long rows: no gap
+    assert instr_cycles(_load(rows=20, cols=16), cfg) == 1 + lat + 20 * 4
 
 
 def test_gemm_cycles_stream_compute_writeback():
     cfg = CoreConfig(rows=4, cols=4)
     g = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "requant": 1})
-    # A: 2 row blocks * K * R = 24 bytes, B: 2 column blocks * K * C = 24, channels 2 * 4 * 9
-    assert gemm_stream_bytes(cfg, 5, 3, 6, True) == 72
-    assert gemm_stream_bytes(cfg, 5, 3, 6, False) == 24
-    assert instr_cycles(g, cfg) == 6 + 72 + gemm_cycles(4, 4, "os", 5, 3, 6) + 5 * 6
+    # B: 2 column blocks * K words; A (OS): 2 row blocks of one 3-column chunk, 4 rows read per
+    # chunk, the last chunk's 3 columns sent after its rows
+    assert gemm_stream_cycles(cfg, 5, 3, 6) == 2 * 1 * 4 + 3
+    assert gemm_stream_cycles(cfg, 5, 30, 6) == 2 * 8 * 4 + 2  # B: 60
+    assert gemm_stream_cycles(cfg, 2, 8, 40) == 10 * 8  # B is longer
+    ws = CoreConfig(rows=4, cols=4, dataflow="ws")
+    assert gemm_stream_cycles(ws, 5, 9, 6) == max(3 * 5, 2 * 9)
+    g_os = gemm_cycles(4, 4, "os", 5, 3, 6)
+    assert instr_cycles(g, cfg) == 11 + g_os + 3  # rows written as the engine sends them
     g32 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6})
-    assert instr_cycles(g32, cfg) == 6 + 24 + gemm_cycles(4, 4, "os", 5, 3, 6) + 5 * 6 * 4
+    assert instr_cycles(g32, cfg) == 11 + g_os + 3
 
 
 def test_program_timing_tokens_and_overlap():
@@ -44,8 +78,8 @@ def test_program_timing_tokens_and_overlap():
                  {"a": 0, "b": 0, "c": 64, "m": 2, "k": 8, "n": 4})
     prog = [_load(sig="M"), gemm, _load(), HALT]
     t = program_timing(prog, cfg)
-    g = 6 + 32 + gemm_cycles(4, 4, "os", 2, 8, 4) + 2 * 4 * 4
-    ld = 1 + 2 * (8 + 8)
+    g = 2 * 4 + 4 + gemm_cycles(4, 4, "os", 2, 8, 4) + 3  # A: 2 chunks of 4 rows read, 4 columns
+    ld = 1 + 8 + 2 * 2
     assert t.dispatch == [0, 1, 2]
     assert t.start == [1, 1 + ld, 1 + ld]  # the second load overlaps the GEMM
     assert t.end == [1 + ld, 1 + ld + g, 1 + 2 * ld]
@@ -57,7 +91,7 @@ def test_queue_depth_stalls_dispatch():
     cfg = CoreConfig(latency=0, bytes_per_cycle=8, queue_depth=1)
     prog = [_load(rows=1), _load(rows=1), _load(rows=1), HALT]
     t = program_timing(prog, cfg)
-    d = 1 + 1 + 8  # start, first beat (L' = 1), eight bytes
+    d = 1 + 1 + 1  # start, first beat (L' = 1), one eight-byte beat
     assert t.start == [1, 1 + d, 1 + 2 * d]
     assert t.dispatch == [0, 2, 2 + d]  # a slot frees when the previous one starts
 
@@ -69,14 +103,14 @@ def test_wait_on_later_token_is_refused():
         program_timing([gemm, _load(sig="M"), HALT], CoreConfig())
 
 
-def test_gemm_acc_cycles_raw_engine_and_four_cycle_write_back():
+def test_gemm_acc_cycles_raw_engine_and_row_chunk_write_back():
     cfg = CoreConfig(rows=4, cols=4)
-    base = 6 + gemm_cycles(4, 4, "os", 5, 3, 6)
+    base = 11 + gemm_cycles(4, 4, "os", 5, 3, 6)
     acc32 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "acc": 1, "acc_shift": 8, "bias": 1})
-    # the engine runs raw: no channel stream, whatever bias/requant say
-    assert instr_cycles(acc32, cfg) == base + 24 + 4 * 30 + 6
+    # the engine runs raw; after its final row, one row chunk (C columns) a cycle: 5 rows * 2
+    assert instr_cycles(acc32, cfg) == base + 5 * 2 + 6
     acc8 = Instr("GEMM", f={"m": 5, "k": 3, "n": 6, "acc": 1, "requant": 1})
-    assert instr_cycles(acc8, cfg) == base + 24 + 4 * 30 + 9
+    assert instr_cycles(acc8, cfg) == base + 5 * 2 + 12
 
 
 def test_sfu_cycles_parameter_words_then_the_unit():
