@@ -10,7 +10,8 @@ placed it:
   int32 bias and the per-channel requantizer, int8 out; ``matmul``: the same per batch with a
   per-tensor requantizer (a ``linear`` whose weight is computed, ``attrs["transpose_b"]``:
   ``x @ W^T`` with its bias as int32 on the accumulator grid); ``gelu``/``relu``:
-  :mod:`golden.gelu`; ``softmax``: :mod:`golden.softmax` (input values at or below the mask
+  :mod:`golden.gelu`; ``silu``: :mod:`golden.silu`; ``rms_norm``: :mod:`golden.rmsnorm`;
+  ``softmax``: :mod:`golden.softmax` (input values at or below the mask
   sentinel, :data:`compiler.passes.quantize.MASK_SENTINEL`, are its mask); ``layer_norm``:
   :mod:`golden.layernorm`; ``layout``: data movement (exact on the int8 grid);
 * imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
@@ -192,6 +193,18 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
             extra = {} if bool(keep.all()) else {"mask": keep.reshape(-1, xl.shape[-1])}
             rec(node, x=xl.reshape(-1, xl.shape[-1]), y=p.reshape(-1, xl.shape[-1]), **extra)
             return _dq(p.movedim(-1, dim), 1 / 256, shape)
+        if node.op == "silu":
+            from golden.silu import silu_int, silu_params
+            y = silu_int(xq, silu_params(q["in_scales"][0], q["out_scale"]))
+            rec(node, x=rows, y=y.reshape(rows.shape))
+            return _dq(y, q["out_scale"], shape)
+        if node.op == "rms_norm":
+            from golden.rmsnorm import rmsnorm_int, rmsnorm_params
+            n, gamma, eps = _rms_norm_args(args, shape)
+            p = rmsnorm_params(n, float(q["in_scales"][0]), gamma, float(q["out_scale"]), eps)
+            y = rmsnorm_int(xq.reshape(-1, n), p)
+            rec(node, x=xq.reshape(-1, n), y=y)
+            return _dq(y, q["out_scale"], shape)
         if node.op == "layer_norm":
             from golden.layernorm import layernorm_int, layernorm_params
             nd, n, gamma, beta, eps = _layer_norm_args(args, shape)
@@ -232,6 +245,15 @@ def _layer_norm_args(args: tuple[Any, ...], shape: Sequence[int]) -> tuple[int, 
     return nd, n, gamma, beta, eps
 
 
+def _rms_norm_args(args: tuple[Any, ...], shape: Sequence[int]) -> tuple[int, Any, float]:
+    """``(n, gamma, eps)`` of ``aten.rms_norm(x, [n], weight, eps)`` (the canonical fused form:
+    one trailing dim; no eps means the float32 machine epsilon, as torch does)."""
+    n = int(shape[-1])
+    gamma = args[2].reshape(n) if len(args) > 2 and args[2] is not None else 1.0
+    eps = args[3] if len(args) > 3 and args[3] is not None else torch.finfo(torch.float32).eps
+    return n, gamma, float(eps)
+
+
 def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """An accelerator op as the executor reads it (the same operands, weights from the same attrs,
     the same axes and mask), in float64 without quantization: the differential test's oracle
@@ -253,6 +275,13 @@ def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[s
                                                                                "none"))
     elif node.op == "relu":
         y = torch.relu(args[0].to(f))
+    elif node.op == "silu":
+        y = torch.nn.functional.silu(args[0].to(f))
+    elif node.op == "rms_norm":
+        n, gamma, eps = _rms_norm_args(args, shape)
+        x = args[0].to(f)
+        g = gamma.to(f) if torch.is_tensor(gamma) else gamma
+        y = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * g
     elif node.op == "softmax":
         dim = int(args[1]) if len(args) > 1 else -1
         x = args[0].to(f)

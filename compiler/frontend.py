@@ -4,8 +4,8 @@
 :mod:`compiler.zoo`) or ``path/to/file.py:factory`` where ``factory()`` returns
 ``(module, example_inputs)``. ``export_graph(module, inputs)`` runs ``torch.export.export``
 and ``run_decompositions`` with ``linear``, ``layer_norm``, ``scaled_dot_product_attention``,
-``gelu``, ``softmax`` and ``matmul`` kept whole (popped from the decomposition table), then
-translates the ATen graph into typed IR nodes, weights by reference.
+``gelu``, ``silu``, ``softmax`` and ``matmul`` kept whole (popped from the decomposition
+table), then translates the ATen graph into typed IR nodes, weights by reference.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __all__ = ["LoadedModel", "export_graph", "load_model", "resolve_target", "KEEP_
 
 #: ATen ops kept whole through the decompositions (the units our hardware implements)
 KEEP_WHOLE = ("linear", "layer_norm", "scaled_dot_product_attention", "gelu", "matmul",
-              "_softmax", "softmax")
+              "_softmax", "softmax", "silu")
 
 
 @dataclass

@@ -2,6 +2,9 @@
 op kind, fold weight matmuls into ``linear``, annotate shapes/MACs, mark explicit attention
 patterns, drop dead nodes.
 
+RMSNorm written out as ATen ops becomes one ``aten.rms_norm`` node of kind ``rms_norm``
+(:func:`fuse_rms_norm`); ``silu`` is kept whole by the frontend.
+
 Weight folding (:func:`fold_weight_constants`): a weight that ``forward`` computes from
 parameters alone (weight norm ``g * v / |v|``, an expert's slice ``experts[i]`` as eager MoE
 code indexes it, ``W.t()``) is evaluated once at compile time and becomes a parameter of its
@@ -28,7 +31,8 @@ from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, TensorType, map_structure
 from compiler.passes.base import Pass, PassError
 
-__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "fold_weight_constants"]
+__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "fold_weight_constants",
+           "fuse_rms_norm"]
 
 #: name prefix of the parameters that weight folding creates
 CONST_PREFIX = "const:"
@@ -54,7 +58,8 @@ _KINDS = {
     "aten.scaled_dot_product_attention.default": "attention",
     "aten._softmax.default": "softmax", "aten.softmax.int": "softmax",
     "aten.layer_norm.default": "layer_norm",
-    "aten.gelu.default": "gelu", "aten.relu.default": "relu",
+    "aten.gelu.default": "gelu", "aten.relu.default": "relu", "aten.silu.default": "silu",
+    "aten.rms_norm.default": "rms_norm",
     "aten.add.Tensor": "add", "aten.mul.Tensor": "mul",
     "aten.embedding.default": "embedding",
 }
@@ -134,10 +139,10 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
     if kind is None:
         return "other", {}
     attrs: dict[str, Any] = {}
-    if kind in ("softmax", "layer_norm"):
+    if kind in ("softmax", "layer_norm", "rms_norm"):
         s = node.out[0].shape
         attrs = {"rows": _prod(s[:-1]), "length": s[-1] if s else 1}
-    elif kind in ("gelu", "relu", "add", "mul"):
+    elif kind in ("gelu", "relu", "silu", "add", "mul"):
         attrs = {"elements": node.out[0].numel if node.out else 0}
         if kind == "gelu":
             attrs["approximate"] = node.kwargs.get("approximate", a[1] if len(a) > 1 else "none")
@@ -227,6 +232,58 @@ def fold_weight_constants(graph: Graph) -> list[str]:
     return made
 
 
+def _scalar(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def fuse_rms_norm(graph: Graph) -> int:
+    """Rewrite RMSNorm written out as ATen ops (``x * rsqrt(mean(x**2, -1, keepdim) + eps)``,
+    times a per-channel weight parameter when there is one, as transformers' Llama, Mistral,
+    Qwen2 and T5 norms are) into one ``aten.rms_norm`` node in place of the last op of the
+    chain (so its users keep reading the same name); returns how many were fused. The ops the
+    chain leaves unused are dropped by dead-code elimination."""
+    nodes = graph.node_map()
+    users = graph.users()
+
+    def producer(x: Any, target: str) -> Node | None:
+        n = nodes.get(x.name) if isinstance(x, Ref) else None
+        return n if n is not None and n.target == target else None
+
+    fused = 0
+    for r in graph.nodes:
+        if r.target != "aten.rsqrt.default":
+            continue
+        a = producer(r.args[0], "aten.add.Tensor")
+        if a is None or len(a.args) != 2 or _scalar(a.args[1]) is None or a.kwargs:
+            continue
+        m = producer(a.args[0], "aten.mean.dim")
+        if m is None or len(m.args) < 3 or m.args[2] is not True or m.kwargs:
+            continue
+        p = producer(m.args[0], "aten.pow.Tensor_Scalar")
+        if p is None or _scalar(p.args[1]) != 2.0 or not isinstance(p.args[0], Ref):
+            continue
+        x = p.args[0]
+        shape = graph.value_type(x.name)[0].shape
+        if not shape or list(m.args[1]) not in ([-1], [len(shape) - 1]):
+            continue
+        ys = [nodes[u] for u in users.get(r.name, []) if nodes[u].target == "aten.mul.Tensor"
+              and set(nodes[u].args) == {x, Ref(r.name)} and len(nodes[u].args) == 2]
+        for y in ys:
+            last, weight = y, None
+            ws = users.get(y.name, [])
+            if len(ws) == 1 and nodes[ws[0]].target == "aten.mul.Tensor":
+                w = nodes[ws[0]]
+                other = [v for v in w.args if v != Ref(y.name)]
+                if len(w.args) == 2 and len(other) == 1 and isinstance(other[0], Param) \
+                        and tuple(graph.params[other[0].name].shape) == (shape[-1],):
+                    last, weight = w, other[0]
+            last.target = "aten.rms_norm.default"
+            last.args = (x, [shape[-1]], weight, _scalar(a.args[1]))
+            last.kwargs = {}
+            fused += 1
+    return fused
+
+
 class Canonicalize(Pass):
     """See the module docstring."""
 
@@ -236,6 +293,7 @@ class Canonicalize(Pass):
 
     def run(self, graph: Graph) -> None:
         fold_weight_constants(graph)
+        fuse_rms_norm(graph)
         # dead-code elimination (export keeps nothing unused, but passes may)
         live = {r.name for r in graph.outputs}
         kept = []

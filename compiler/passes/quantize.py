@@ -75,7 +75,7 @@ __all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qpara
 #: how the FFN down-projection (a linear reading a GELU output) is quantized (module doc)
 FFN_DOWN_MODES = ("int16", "int8", "float")
 #: op kinds that get activation scales
-QUANT_KINDS = ("linear", "matmul", "softmax", "layer_norm", "gelu", "relu")
+QUANT_KINDS = ("linear", "matmul", "softmax", "layer_norm", "gelu", "relu", "rms_norm", "silu")
 _EPS = 1e-8
 
 
