@@ -7,9 +7,11 @@ holds everything that runs per cycle, so Python is out of the per-word path:
   from files named by plusargs;
 * a loader that writes the program into the core's instruction memory (one instruction a
   cycle), then pulses ``start``;
-* the external-memory model of :class:`hw.core.Core`'s port: one request at a time, the first
-  read beat ``L = max(latency, 1)`` cycles after the request's transfer, then one beat of ``B``
-  bytes a cycle; write beats taken at once (writes are posted);
+* the external-memory model of :class:`hw.core.Core`'s port: requests queue in order (16
+  entries, more than the core's ``DMA_OUTSTANDING`` rows); a read's first beat is offered
+  ``L = max(latency, 1)`` cycles after its request's transfer and not before the previous
+  request's last beat, then one beat of ``B`` bytes a cycle; write beats taken at once (writes
+  are posted);
 * the testbench's cycle counter (cycle 0 is the cycle after ``start``; it stops when ``done``
   rises, so it equals the core's ``cnt_cycles`` and :func:`hw.core_model.program_timing`);
 * on ``done``, ``$writememh`` of the external-memory range the caller reads back.
@@ -72,37 +74,48 @@ module core_sim_top #(parameter EXT_BYTES = 1024, parameter IMEM = 16, parameter
       default: ;
     endcase
   end
-  // ---- external memory model
-  wire req_valid; wire [50:0] req; reg req_ready_r;
+  // ---- external memory model: a queue of QD requests, in order; the head read's first beat
+  // is offered L cycles after its request's transfer (and not before the previous request's
+  // last beat has gone), then one beat a cycle; write beats are taken at once
+  localparam QD = 16;
+  wire req_valid; wire [50:0] req;
   wire [8*B-1:0] rsp_data; wire rsp_ready; wire wd_valid; wire [8*B-1:0] wd_data;
-  reg [1:0] ms; reg [31:0] ma; reg [31:0] mn; reg [31:0] mc;
-  wire req_ready = (ms == 2'd0);
-  wire rsp_valid = (ms == 2'd2);
+  reg [31:0] q_addr [0:QD-1]; reg [17:0] q_len [0:QD-1]; reg q_w [0:QD-1];
+  reg [31:0] q_t [0:QD-1];
+  reg [4:0] q_n; reg [3:0] q_h; reg [3:0] q_tl; reg [31:0] now; reg pop; reg push;
+  wire head_ok = (q_n != 5'd0);
+  wire head_w = q_w[q_h];
+  wire [31:0] ha = q_addr[q_h];
+  wire [17:0] hn = q_len[q_h];
+  wire req_ready = (q_n < QD);
+  wire rsp_valid = head_ok && !head_w && (now >= q_t[q_h]);
   genvar g;
   generate for (g = 0; g < B; g = g + 1) begin : rd
-    assign rsp_data[8*g +: 8] = (ma + g < EXT_BYTES) ? ext[ma + g] : 8'h00;
+    assign rsp_data[8*g +: 8] = (ha + g < EXT_BYTES) ? ext[ha + g] : 8'h00;
   end endgenerate
   always @(posedge clk) begin
-    if (rst) ms <= 2'd0;
-    else case (ms)
-      2'd0: if (req_valid) begin
-              ma <= req[31:0]; mn <= {14'd0, req[49:32]};
-              if (req[50]) ms <= 2'd3;
-              else if (L <= 1) ms <= 2'd2;
-              else begin mc <= L - 2; ms <= 2'd1; end
-            end
-      2'd1: if (mc == 0) ms <= 2'd2; else mc <= mc - 1;
-      2'd2: if (rsp_ready) begin
-              ma <= ma + B; mn <= mn - B;
-              if (mn <= B) ms <= 2'd0;
-            end
-      2'd3: if (wd_valid) begin
-              for (i = 0; i < B; i = i + 1)
-                if (i < mn && ma + i < EXT_BYTES) ext[ma + i] <= wd_data[8*i +: 8];
-              ma <= ma + B; mn <= mn - B;
-              if (mn <= B) ms <= 2'd0;
-            end
-    endcase
+    if (rst) begin q_n <= 5'd0; q_h <= 4'd0; q_tl <= 4'd0; now <= 0; end
+    else begin
+      now <= now + 1;
+      pop = 1'b0;
+      push = req_valid && req_ready;
+      if (rsp_valid && rsp_ready) begin
+        q_addr[q_h] <= ha + B; q_len[q_h] <= hn - B;
+        if (hn <= B) pop = 1'b1;
+      end
+      if (head_ok && head_w && wd_valid) begin
+        for (i = 0; i < B; i = i + 1)
+          if (i < hn && ha + i < EXT_BYTES) ext[ha + i] <= wd_data[8*i +: 8];
+        q_addr[q_h] <= ha + B; q_len[q_h] <= hn - B;
+        if (hn <= B) pop = 1'b1;
+      end
+      if (push) begin
+        q_addr[q_tl] <= req[31:0]; q_len[q_tl] <= req[49:32]; q_w[q_tl] <= req[50];
+        q_t[q_tl] <= now + L; q_tl <= q_tl + 4'd1;
+      end
+      if (pop) q_h <= q_h + 4'd1;
+      q_n <= q_n + {4'd0, push} - {4'd0, pop};
+    end
   end
   fmforge_core core (
     .clk(clk), .rst(rst), .start(start), .done(done), .error(error), .error_pc(error_pc),
