@@ -1,0 +1,109 @@
+"""Every architecture of the model zoo (``compiler.zoo.MODELS``) compiled and executed.
+
+For each model and device set: compile time (export -> plan), the accelerator's share of the
+model's MACs (linears, matmuls, attention and convolutions all counted), the output cosine of
+``fmforge execute`` against the float model (MiniLM: sentence embeddings of the first 16 shipped
+sentences; others: the example input and 3 seeded random inputs) and the ops no accelerator can
+run, by kind, with the first reason, under each ``--objective`` (default both: the tiny models'
+ops are faster on the host than across the link, so latency keeps them there). ``--min-cosine`` is the compile's accuracy budget (the
+CLI's default 0.99; -1 places on cost alone). ``gpt2-small`` (the same architecture as
+``gpt2-tiny``, 12 layers of 768) only with ``--models``. ``--json`` prints one JSON object.
+
+    python -m benchmarks.model_zoo [--devices asic,cpu ...] [--models a,b] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import torch
+
+from compiler.driver import compile_model
+from compiler.execute import execute_plan
+from compiler.frontend import load_model
+from compiler.zoo import MODELS
+
+__all__ = ["main", "measure"]
+
+#: the models run by default: every architecture once
+DEFAULT_MODELS = [m for m in MODELS if m != "gpt2-small"]
+
+
+def _fallback(plan: dict[str, Any]) -> str:
+    kinds: dict[str, list[Any]] = {}
+    for f in plan["fallback_ops"]:
+        kinds.setdefault(f["kind"], []).append(f)
+    parts = []
+    for k, fs in sorted(kinds.items(), key=lambda kv: -len(kv[1])):
+        reason = fs[0]["reason"].split(";")[0].split(": ", 1)[-1]
+        parts.append(f"{k} x{len(fs)} ({reason})")
+    return "; ".join(parts)
+
+
+def measure(model: str, devices: str, min_cosine: float | None, calib: int = 16,
+            objective: str = "latency") -> dict[str, Any]:
+    """One row: compile and execute ``model`` on ``devices``."""
+    lm = load_model(model)
+    t = time.perf_counter()
+    c = compile_model(lm, devices, objective, min_cosine=min_cosine, calib=calib)
+    compile_s = time.perf_counter() - t
+    per = c.plan["totals"]["per_device"]
+    total = sum(d["macs"] for d in per.values()) or 1
+    accel = {d["name"] for d in c.plan["devices"] if d["kind"] not in ("cpu", "gpu")}
+    share = sum(per[d]["macs"] for d in accel) / total
+    r = execute_plan(c.plan, limit=16 if model == "minilm" else 4)
+    return {"model": model, "devices": devices, "objective": objective, "compile_s": compile_s, "macs": total,
+            "accel_share": share, "cosine_mean": r["cosine_mean"], "cosine_min": r["cosine_min"],
+            "expected_cosine": (c.plan.get("accuracy") or {}).get("expected_cosine"),
+            "fallback": _fallback(c.plan),
+            "fallback_ops": len(c.plan["fallback_ops"])}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--devices", nargs="+", default=["asic,cpu"])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--min-cosine", type=float, default=0.99)
+    ap.add_argument("--calib", type=int, default=16)
+    ap.add_argument("--objective", nargs="+", default=["latency", "energy"],
+                    choices=("latency", "energy"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    budget = None if args.min_cosine < -0.999 else args.min_cosine
+    rows = []
+    for model in [m.strip() for m in args.models.split(",") if m.strip()]:
+        for devices in args.devices:
+            for obj in args.objective:
+                try:
+                    rows.append(measure(model, devices, budget, args.calib, obj))
+                except Exception as e:  # a model that does not compile is a row, not a crash
+                    rows.append({"model": model, "devices": devices, "objective": obj,
+                                 "error": f"{type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}"})
+                if not args.json:
+                    _print(rows[-1], header=len(rows) == 1)
+    if args.json:
+        print(json.dumps({"min_cosine": budget, "calib": args.calib, "rows": rows},
+                         sort_keys=True))
+    return {"rows": rows}
+
+
+def _print(r: dict[str, Any], header: bool) -> None:
+    if header:
+        print(f"{'model':<15}{'devices':<10}{'objective':<10}{'compile s':>10}{'MMACs':>9}{'accel %':>9}"
+              f"{'cos mean':>10}{'cos min':>9}  fallback ops (kind x count, first reason)")
+    if "error" in r:
+        print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}  error: {r['error']}")
+        return
+    print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}{r['compile_s']:>10.2f}{r['macs'] / 1e6:>9.2f}"
+          f"{100 * r['accel_share']:>9.1f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.5f}  "
+          f"{r['fallback'] or '-'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
