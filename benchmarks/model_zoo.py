@@ -7,7 +7,9 @@ sentences; others: the example input and 3 seeded random inputs) and the ops no 
 run, by kind, with the first reason, under each ``--objective`` (default both: the tiny models'
 ops are faster on the host than across the link, so latency keeps them there). ``--min-cosine`` is the compile's accuracy budget (the
 CLI's default 0.99; -1 places on cost alone). ``gpt2-small`` (the same architecture as
-``gpt2-tiny``, 12 layers of 768) only with ``--models``. ``--json`` prints one JSON object.
+``gpt2-tiny``, 12 layers of 768) only with ``--models``. Causal decoders also report token
+agreement (:func:`token_agreement`: the next token of a tied-embedding head, executed plan vs
+float model). ``--json`` prints one JSON object.
 
     python -m benchmarks.model_zoo [--devices asic,cpu ...] [--models a,b] [--json]
 """
@@ -22,12 +24,15 @@ from typing import Any
 import torch
 
 from compiler.driver import compile_model
-from compiler.execute import execute_plan
+from compiler.execute import execute_plan, make_impl
 from compiler.frontend import load_model
+from compiler.interp import run_graph
 from compiler.zoo import MODELS
 
 __all__ = ["main", "measure"]
 
+#: causal decoders: token agreement of a tied-embedding head is reported
+DECODERS = ("gpt2", "opt", "llama", "mistral", "qwen2")
 #: the models run by default: every architecture once
 DEFAULT_MODELS = [m for m in MODELS if m != "gpt2-small"]
 
@@ -43,6 +48,25 @@ def _fallback(plan: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def token_agreement(c: Any, lm: Any, n: int = 4) -> float:
+    """Fraction of positions whose next token (argmax over the vocabulary of the last hidden
+    state times the input embedding table: a tied head) is the same from the executed plan as
+    from the float model, over the example and ``n - 1`` random token sequences."""
+    emb = lm.module.m.get_input_embeddings().weight.detach()
+    impl = make_impl(c.graph, c.plan)
+    g = torch.Generator().manual_seed(99)
+    x = lm.example_inputs[0]
+    inputs = [x] + [torch.randint(0, emb.shape[0], x.shape, generator=g) for _ in range(n - 1)]
+    same = total = 0
+    for ids in inputs:
+        out = run_graph(c.graph, (ids,), impl=impl)[0]
+        with torch.no_grad():
+            ref = lm.module(ids)
+        same += int(((out @ emb.t()).argmax(-1) == (ref @ emb.t()).argmax(-1)).sum())
+        total += ids.numel()
+    return same / total
+
+
 def measure(model: str, devices: str, min_cosine: float | None, calib: int = 16,
             objective: str = "latency") -> dict[str, Any]:
     """One row: compile and execute ``model`` on ``devices``."""
@@ -55,11 +79,12 @@ def measure(model: str, devices: str, min_cosine: float | None, calib: int = 16,
     accel = {d["name"] for d in c.plan["devices"] if d["kind"] not in ("cpu", "gpu")}
     share = sum(per[d]["macs"] for d in accel) / total
     r = execute_plan(c.plan, limit=16 if model == "minilm" else 4)
+    agree = token_agreement(c, lm) if model.split("-")[0] in DECODERS else None
     return {"model": model, "devices": devices, "objective": objective, "compile_s": compile_s, "macs": total,
             "accel_share": share, "cosine_mean": r["cosine_mean"], "cosine_min": r["cosine_min"],
             "expected_cosine": (c.plan.get("accuracy") or {}).get("expected_cosine"),
             "fallback": _fallback(c.plan),
-            "fallback_ops": len(c.plan["fallback_ops"])}
+            "fallback_ops": len(c.plan["fallback_ops"]), "token_agreement": agree}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -96,12 +121,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _print(r: dict[str, Any], header: bool) -> None:
     if header:
         print(f"{'model':<15}{'devices':<10}{'objective':<10}{'compile s':>10}{'MMACs':>9}{'accel %':>9}"
-              f"{'cos mean':>10}{'cos min':>9}  fallback ops (kind x count, first reason)")
+              f"{'cos mean':>10}{'cos min':>9}{'tokens':>8}  fallback ops (kind x count, first reason)")
     if "error" in r:
         print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}  error: {r['error']}")
         return
     print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}{r['compile_s']:>10.2f}{r['macs'] / 1e6:>9.2f}"
-          f"{100 * r['accel_share']:>9.1f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.5f}  "
+          f"{100 * r['accel_share']:>9.1f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.5f}"
+          f"{'-' if r['token_agreement'] is None else format(r['token_agreement'], '.3f'):>8}  "
           f"{r['fallback'] or '-'}", flush=True)
 
 

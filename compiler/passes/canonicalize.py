@@ -17,7 +17,9 @@ Ensures ``canonical``: every node has a kind from :data:`compiler.ir.OP_KINDS`; 
 ``linear`` has ``attrs`` ``m, k, n, macs, weight, bias, w_layout`` (``"nk"`` for
 ``torch.nn.Linear`` weights ``[N, K]``, ``"kn"`` for ``addmm``/``mm`` weights ``[K, N]`` such as
 GPT-2's Conv1D; ``x_arg`` (default 0) is the position of the activation argument); every ``matmul`` has ``batch, m, k, n, macs``; every ``attention`` has
-``bh, l, s, d, dv, macs, causal, masked``; a convolution stays ``other`` (no unit runs it) with
+``bh, l, s, d, dv, macs, causal, masked`` (and ``q_heads``, ``kv_heads``: fewer key/value
+heads is grouped-query attention; ``causal`` also when the mask is a constant causal pattern,
+:func:`mark_causal_masks`); a convolution stays ``other`` (no unit runs it) with
 ``attrs["macs"]`` and ``attrs["conv"]``, so accelerator MAC shares count it.
 """
 
@@ -31,8 +33,9 @@ from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, TensorType, map_structure
 from compiler.passes.base import Pass, PassError
 
-__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "fold_weight_constants",
-           "fuse_rms_norm"]
+__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "constant_nodes",
+           "evaluate_constants", "fold_weight_constants", "fuse_rms_norm", "mark_causal_masks",
+           "mark_grouped_kv"]
 
 #: name prefix of the parameters that weight folding creates
 CONST_PREFIX = "const:"
@@ -129,6 +132,8 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
         attrs = {"bh": bh, "l": q[-2], "s": k[-2], "d": q[-1], "dv": v[-1],
                  "macs": bh * q[-2] * k[-2] * (q[-1] + v[-1]), "causal": causal,
                  "masked": mask is not None}
+        if len(q) >= 3 and len(k) >= 3:  # grouped-query attention: fewer key/value heads
+            attrs.update(q_heads=q[-3], kv_heads=k[-3])
         return "attention", attrs
     if t == "aten.convolution.default":  # no unit runs it (host), but its MACs count
         return "other", {"macs": _conv_macs(shape(a[0]), shape(a[1]), node.out[0].shape,
@@ -170,38 +175,28 @@ def _mm_attrs(sa: tuple[int, ...], sb: tuple[int, ...]) -> dict[str, Any]:
     return {"batch": batch, "m": m, "k": k, "n": n, "macs": batch * m * k * n}
 
 
-def fold_weight_constants(graph: Graph) -> list[str]:
-    """Evaluate every weight or bias operand of a GEMM-like op that depends on parameters only
-    (no graph input) and make it a parameter ``const:<node>`` (see the module docstring).
-
-    Returns the names of the new parameters. The nodes that computed them stay in the graph
-    until dead-code elimination drops those nothing else reads.
-    """
+def constant_nodes(graph: Graph) -> set[str]:
+    """Nodes whose value depends on no graph input (parameters and literals only)."""
     const: set[str] = set()
-    nodes = graph.node_map()
     for n in graph.nodes:
         if not n.multi and not any(w in n.target for w in _NOT_CONSTANT) \
                 and all(i in const for i in n.inputs):
             const.add(n.name)
-    slots: list[tuple[Node, int | str, str]] = []
-    for n in graph.nodes:
-        for i in _WEIGHT_SLOTS.get(n.target, ()):
-            r = n.args[i] if i < len(n.args) else None
-            if isinstance(r, Ref) and r.name in const:
-                slots.append((n, i, r.name))
-        if n.target == "aten.linear.default" and isinstance(n.kwargs.get("bias"), Ref) \
-                and n.kwargs["bias"].name in const:
-            slots.append((n, "bias", n.kwargs["bias"].name))
-    if not slots:
-        return []
+    return const
+
+
+def evaluate_constants(graph: Graph, names: list[str], why: str) -> dict[str, Any]:
+    """The values of the constant nodes ``names`` (and of the constants they read), computed
+    with their ATen ops; ``why`` names their use in an error."""
+    nodes = graph.node_map()
     need: set[str] = set()
-    todo = [v for _, _, v in slots]
+    todo = list(names)
     while todo:
         v = todo.pop()
         if v not in need:
             need.add(v)
             todo.extend(nodes[v].inputs)
-    vals: dict[str, object] = {}
+    vals: dict[str, Any] = {}
 
     def resolve(r: Ref | Param) -> object:
         return vals[r.name] if isinstance(r, Ref) else graph.params[r.name]
@@ -214,8 +209,31 @@ def fold_weight_constants(graph: Graph) -> list[str]:
                                                             **map_structure(n.kwargs, resolve))
                 except Exception as e:  # an op torch cannot evaluate here: name it
                     raise PassError(f"canonicalize: cannot evaluate node {n.name} ({n.target}), "
-                                    f"which computes a weight from parameters: "
+                                    f"which computes {why} from parameters: "
                                     f"{type(e).__name__}: {e}") from None
+    return vals
+
+
+def fold_weight_constants(graph: Graph) -> list[str]:
+    """Evaluate every weight or bias operand of a GEMM-like op that depends on parameters only
+    (no graph input) and make it a parameter ``const:<node>`` (see the module docstring).
+
+    Returns the names of the new parameters. The nodes that computed them stay in the graph
+    until dead-code elimination drops those nothing else reads.
+    """
+    const = constant_nodes(graph)
+    slots: list[tuple[Node, int | str, str]] = []
+    for n in graph.nodes:
+        for i in _WEIGHT_SLOTS.get(n.target, ()):
+            r = n.args[i] if i < len(n.args) else None
+            if isinstance(r, Ref) and r.name in const:
+                slots.append((n, i, r.name))
+        if n.target == "aten.linear.default" and isinstance(n.kwargs.get("bias"), Ref) \
+                and n.kwargs["bias"].name in const:
+            slots.append((n, "bias", n.kwargs["bias"].name))
+    if not slots:
+        return []
+    vals = evaluate_constants(graph, [v for _, _, v in slots], "a weight")
     made: list[str] = []
     for n, i, v in slots:
         val = vals[v]
@@ -230,6 +248,65 @@ def fold_weight_constants(graph: Graph) -> list[str]:
         else:
             n.args = tuple(Param(pname) if j == i else x for j, x in enumerate(n.args))
     return made
+
+
+def mark_grouped_kv(graph: Graph) -> int:
+    """Grouped-query attention whose keys were repeated to the query heads before the op (as
+    transformers' ``repeat_kv`` does: unsqueeze, expand, reshape): ``attrs["kv_heads"]`` is the
+    head count before the ``expand``. Returns how many attention ops read repeated keys."""
+    nodes = graph.node_map()
+    found = 0
+    for n in graph.nodes:
+        if n.op != "attention" or "q_heads" not in n.attrs or not isinstance(n.args[1], Ref):
+            continue
+        v, seen = n.args[1].name, None
+        k_numel = graph.value_type(v)[0].numel
+        while v in nodes and nodes[v].op == "layout" and nodes[v].inputs:
+            if nodes[v].target == "aten.expand.default":
+                src = graph.value_type(nodes[v].inputs[0])[0].numel
+                if src and k_numel % src == 0 and k_numel > src:
+                    seen = int(n.attrs["kv_heads"]) * src // k_numel
+                break
+            v = nodes[v].inputs[0]
+        if seen:
+            n.attrs["kv_heads"] = seen
+            found += 1
+    return found
+
+
+def mark_causal_masks(graph: Graph) -> int:
+    """Set ``attrs["causal"]`` (and ``attrs["mask"] = "causal"``) on every attention whose mask
+    is a constant (no graph input) that allows exactly the causal pattern: query ``i`` sees keys
+    ``0 .. i + S - L`` in every batch and head (a bool mask, or an additive one of 0 and
+    sentinels at or below -1000 / -inf). Returns how many were marked."""
+    const = constant_nodes(graph)
+    todo = []
+    for n in graph.nodes:
+        if n.op != "attention" or n.attrs.get("causal"):
+            continue
+        m = n.args[3] if len(n.args) > 3 else n.kwargs.get("attn_mask")
+        if isinstance(m, Param) or (isinstance(m, Ref) and m.name in const):
+            todo.append((n, m))
+    if not todo:
+        return 0
+    vals = evaluate_constants(graph, [r.name for _, r in todo if isinstance(r, Ref)],
+                              "an attention mask")
+    marked = 0
+    for n, r in todo:
+        m = vals[r.name] if isinstance(r, Ref) else graph.params[r.name]
+        if not isinstance(m, torch.Tensor) or m.dim() < 2:
+            continue
+        keep = m if m.dtype == torch.bool else (m == 0)
+        if m.dtype != torch.bool and not bool(((m == 0) | (m <= -1000)).all()):
+            continue  # a bias of other values: not a plain mask
+        lq, s = int(n.attrs["l"]), int(n.attrs["s"])
+        if tuple(keep.shape[-2:]) not in ((lq, s), (1, s), (lq, 1)):
+            continue
+        tri = torch.ones(lq, s, dtype=torch.bool).tril(s - lq)
+        if bool((keep.expand(*keep.shape[:-2], lq, s) == tri).all()):
+            n.attrs.update(causal=True, mask="causal")
+            marked += 1
+    return marked
 
 
 def _scalar(v: Any) -> float | None:
@@ -308,6 +385,8 @@ class Canonicalize(Pass):
             n.attrs.update(attrs)
             types[n.name] = n.out
         self._mark_attention_patterns(graph)
+        mark_causal_masks(graph)
+        mark_grouped_kv(graph)
 
     @staticmethod
     def _mark_attention_patterns(graph: Graph) -> None:

@@ -80,3 +80,34 @@ def test_executor_runs_the_golden_units_bit_exactly():
         assert torch.equal(out, (ref.double() * so).float())
     r = execute_plan(plan)
     assert r["cosine_min"] >= 0.999, r
+
+
+def test_causal_masks_and_grouped_query_attention_are_recognised():
+    for model, causal, kv in (("llama-tiny", True, 2), ("qwen2-tiny", True, 2),
+                              ("gpt2-tiny", True, 4), ("bert-tiny", False, 4)):
+        lm = load_model(model)
+        att = [n for n in _canon(lm.module, lm.example_inputs).nodes if n.op == "attention"]
+        assert len(att) == 2
+        for n in att:
+            assert n.attrs["causal"] is causal, model
+            assert (n.attrs["q_heads"], n.attrs["kv_heads"]) == (4, kv), model
+
+
+class _Masked(torch.nn.Module):
+    def __init__(self, mask: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, q):
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=self.mask)
+
+
+def test_only_the_causal_pattern_is_marked():
+    q = torch.randn(1, 2, 6, 8)
+    tri = torch.ones(6, 6, dtype=torch.bool).tril()
+    additive = torch.zeros(6, 6).masked_fill(~tri, float("-inf"))
+    banded = tri & ~torch.ones(6, 6, dtype=torch.bool).tril(-3)  # a sliding window of 3
+    for mask, want in ((tri, True), (additive, True), (banded, False), (tri.t(), False),
+                       (additive * 0.5 + torch.eye(6), False)):
+        (n,) = [n for n in _canon(_Masked(mask).eval(), (q,)).nodes if n.op == "attention"]
+        assert n.attrs["causal"] is want, mask
