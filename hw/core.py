@@ -16,7 +16,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden.core import INSTR_BYTES, OPCODES
-from hw.core_model import DMA_OUTSTANDING, sp_width
+from golden.errors import UserValueError
+from hw.core_model import DMA_OUTSTANDING, SOFTMAX_LANES, sp_width
 from hw.gelu import Gelu
 from hw.gemm import GemmEngine, _check_dataflow
 from hw.layernorm import LayerNorm
@@ -139,18 +140,22 @@ class Core(wiring.Component):
       to ``done``; equals the cycle index in which ``done`` rises), ``cnt_busy_d/m/s`` (cycles each
       queue's executor is busy: the start cycle of an instruction and every cycle until its end,
       exclusive, = :attr:`hw.core_model.Timing.busy`), ``cnt_mem_stall`` (cycles in which the DMA
-      is blocked by the memory: a request offered and not accepted, a LOAD waiting for a data
-      beat that is not offered (the ``max(L, 1) - 1`` cycles of latency of every row included), a
-      STORE data beat offered and refused).
+      waits for the memory: a LOAD with pieces left and no data beat offered (the first beat's
+      ``max(L, 1)`` cycles of latency and any request-limit gap included), a STORE data beat
+      ready and not transferred: refused, or its row's request not yet taken). A LOAD's or
+      STORE's busy cycles are its data cycles (1 + pieces, STORE one more) plus these.
     External memory (little-endian bytes):
       ``o_req`` (Out stream of :func:`mem_request_layout`): one request per DMA row: ``addr`` (the
       row's first byte), ``length`` (``cols * esz`` bytes), ``write``.
       ``i_rsp`` (In stream of ``8*B`` bits): the data beats of read requests, in request order,
       ``ceil(length / B)`` beats per request, the row's first byte in the low byte of the first
-      beat; bytes past ``length`` are ignored. The memory model offers the first beat ``L``
-      cycles after the request's transfer cycle (``L >= 1``; the timing model uses ``max(L, 1)``).
-      ``o_wdata`` (Out stream of ``8*B`` bits): the data beats of write requests, after the
-      request, same packing; bytes past ``length`` are zero. Writes are posted (no response).
+      beat; bytes past ``length`` are ignored. Requests may run ahead of the data (up to
+      ``DMA_OUTSTANDING`` rows); the timing model assumes a memory that takes them at once and
+      offers a read's first beat ``L`` cycles after its request's transfer, and not before the
+      previous read's last beat (``L >= 1``; the timing model uses ``max(L, 1)``).
+      ``o_wdata`` (Out stream of ``8*B`` bits): the data beats of write requests, each offered
+      only after its request's transfer, same packing; bytes past ``length`` are zero. Writes
+      are posted (no response).
 
     Number formats and semantics: those of :func:`golden.core.run_program` (bit exact).
 
@@ -165,31 +170,42 @@ class Core(wiring.Component):
       token counter (one per ordered queue pair, 8 bits) is non-zero and decrements them (the
       instruction's start cycle). In its last busy cycle it increments the signalled counters,
       so a waiting head can start in the next cycle (the end cycle), as can its own successor.
-    * Scratchpad: ``sp_bytes`` bytes, one byte wide, with a read and a write port for D, three
-      read ports (A, B, channel parameters) and a write port for M, so the queues never
-      contend; any byte address and stride works.
-    * LOAD: per row a request cycle (accepted at once), ``max(L, 1)`` cycles until the first beat,
-      then one byte per cycle into the scratchpad (a beat is taken with its last used byte):
-      ``1 + rows * (max(L, 1) + cols * esz)`` cycles (just 1 when ``rows * cols == 0``).
-    * STORE: per row a request cycle, ``cols * esz`` scratchpad reads (one a cycle), one more
-      cycle for the last byte: ``1 + rows * (cols * esz + 2)`` cycles (1 when empty).
-    * GEMM: the command goes to the engine the cycle after the start; three address generators
-      then read A and B (engine word order, :func:`hw.gemm.pack_operands`, padding lanes included)
-      and the channel words (per lane 4 bias, 4 multiplier and 1 shift byte) one byte a cycle
-      each, in parallel; the engine computes (:func:`hw.gemm.gemm_cycles`); its result rows go
-      into a result buffer; then ``M * N * esz_out`` bytes are written back, one a cycle:
-      ``6 + X + gemm_cycles + M * N * esz_out`` with ``X`` the largest of the A, B, channel
-      byte counts (:func:`hw.core_model.gemm_stream_bytes`). With ``acc`` the engine runs raw
-      and the write-back reads C_old, bias and multiplier bytes in parallel, four cycles per
-      element: ``... + 4 * M * N + 6`` (int32) or ``+ 9`` (requant).
-    * S queue: a start cycle, the parameter block read one 32-bit word a cycle (four byte ports)
-      into registers, the ADD multiplier tables or the layer norm's gamma/beta RAMs, one cycle
-      for the last word, then the elements stream from the scratchpad one a cycle (x/a through
-      four byte ports, b through two, the key mask through one) into the unit, which holds
-      them back while it works on a row (layer norm, softmax); every output element is written
-      in its cycle through four byte write ports (int8, int16 twin, split-int16 planes or
-      int32): ``3 + W + U`` (:func:`hw.core_model.sfu_param_words`,
-      :func:`hw.core_model.sfu_unit_cycles`).
+    * Scratchpad: ``sp_bytes`` bytes in ``sp_width`` byte-wide banks
+      (:func:`hw.core_model.sp_width`: a power of two holding a memory beat, an A word, an int32
+      result row and four int32 logits); every port moves up to ``sp_width`` consecutive bytes at
+      any byte address a cycle (each bank touched once, bytes rotated into place). D has a read
+      and a write port, M five read ports (A, B, bias, multipliers, shifts) and a write port, S
+      three read ports (x, b, key mask) and two write ports, so the queues never contend.
+    * DMA rows move in pieces, one a cycle: a piece is the part of a row in one memory beat and,
+      when ``sp_cs != esz``, in one element (:func:`hw.core_model.dma_pieces`: ``P =
+      ceil(cols*esz/B)`` for contiguous rows). Row requests run ahead of the data, one a cycle,
+      while fewer than ``DMA_OUTSTANDING`` (8) requested rows are incomplete.
+    * LOAD: start cycle, then requests from the next cycle; the first beat ``L' = max(L, 1)``
+      cycles after the first request, then one piece a cycle, rows back to back:
+      ``1 + L' + P*(1 + (rows-1) % 8) + (rows-1)//8 * max(P + L', 8*P)`` (the last term is
+      ``(rows-1)*P`` when ``L' <= 7*P``: no gap). Just 1 when ``rows * cols == 0``.
+    * STORE: start cycle, pieces read one a cycle from the next, each beat offered in the cycle
+      after its last piece's read once its row's request has gone: ``2 + rows * P``.
+    * GEMM: in the start cycle the operand generators start; the command goes to the engine the
+      next cycle. From then on, one scratchpad read per engine word and stream, in parallel:
+      B (C bytes), A in WS (R bytes), channel words (bias, multipliers, shifts, 4C bytes each
+      from three ports); A in OS (a column of a row block) through a transposer that reads the R
+      rows of an R-byte chunk, one a cycle, and sends the chunk's columns from a shift register
+      while the next chunk is read. The engine loads, computes (:func:`hw.gemm.gemm_cycles`) and
+      each result row it sends is written in that cycle, a row (C int8 or int32 lanes) at a time:
+      ``X + gemm_cycles + 3`` with ``X`` = :func:`hw.core_model.gemm_stream_cycles`. With
+      ``acc`` the engine runs raw into the result buffer; after its final row one row chunk
+      (C columns of a row, row-major) a cycle reads the result word, C_old, bias, multipliers and
+      shifts, and sum, sat32 and (requant) the requantizer's six stages follow:
+      ``X + gemm_cycles + M*ceil(N/C) + 6`` (int32) or ``+ 12`` (int8).
+    * S queue: a start cycle, the parameter block read one 32-bit word a cycle into registers,
+      the ADD multiplier tables or the layer norm's gamma/beta RAMs, one cycle for the last
+      word, then the elements stream from the scratchpad (x/a, b and the key mask through their
+      ports) into the unit, which holds them back while it works on a row (layer norm, softmax);
+      ADD, GELU and LAYERNORM take one element a cycle, SOFTMAX a word of up to
+      ``SOFTMAX_LANES`` (4) logits of one row; every output (element or softmax word) is written
+      in its cycle (int8, int16 twin, split-int16 planes or int32): ``3 + W + U``
+      (:func:`hw.core_model.sfu_param_words`, :func:`hw.core_model.sfu_unit_cycles`).
     """
 
     def __init__(self, *, rows: int, cols: int, dataflow: str = "os", bytes_per_cycle: int = 4,
@@ -206,6 +222,9 @@ class Core(wiring.Component):
         self._max_k = check_positive("max_k", max_k, 1 << 16)
         self._max_n = check_positive("max_n", max_n, 1 << 16)
         self._max_row = check_positive("max_row", max_row, 4096)
+        if max_row % SOFTMAX_LANES:
+            raise UserValueError(f"max_row must be a multiple of {SOFTMAX_LANES} (the softmax "
+                                 f"unit's lanes), not {max_row}")
         beat = unsigned(8 * bytes_per_cycle)
         super().__init__({
             "imem_w_en": In(1),
@@ -803,7 +822,8 @@ class Core(wiring.Component):
         y2w = sp.write_port("sy2")  # y16 / y_lo
         m.submodules.gelu = gelu = Gelu(lanes=1, runtime=True)
         m.submodules.lnorm = ln = LayerNorm(lanes=1, runtime=True, max_n=R)
-        m.submodules.smax = sm = Softmax(lanes=1, max_length=R, runtime=True)
+        P = SOFTMAX_LANES
+        m.submodules.smax = sm = Softmax(lanes=P, max_length=R, runtime=True)
         m.submodules.ma_t = ma_t = memory.Memory(shape=signed(24), depth=R, init=[])
         m.submodules.mb_t = mb_t = memory.Memory(shape=signed(24), depth=R, init=[])
         ma_w, mb_w, ma_r, mb_r = ma_t.write_port(), mb_t.write_port(), ma_t.read_port(), \
@@ -836,6 +856,8 @@ class Core(wiring.Component):
         # writer
         ya, y2a = Signal(32), Signal(32)
         wo = Signal(32)
+        ocol = Signal(16)             # SOFTMAX: column of the next output word
+        o_n = Signal(range(P + 1))    # elements in the current output (SOFTMAX: a word)
 
         def head_fields(h):
             hop = h[:8]
@@ -862,7 +884,7 @@ class Core(wiring.Component):
                                  base_km.eq(_w(head, 4)), pi.eq(0),
                                  xa.eq(_w(head, 1)), ba.eq(_w(head, 2)),
                                  ya.eq(Mux(h_add, _w(head, 3), _w(head, 2))), y2a.eq(_w(head, 5)),
-                                 re.eq(0), rcol.eq(0), wo.eq(0)]
+                                 re.eq(0), rcol.eq(0), wo.eq(0), ocol.eq(0)]
                     m.next = "PARAM"
             with m.State("PARAM"):
                 m.d.comb += [s_busy.eq(1), in_param.eq(1)]
@@ -876,7 +898,7 @@ class Core(wiring.Component):
             with m.State("STREAM"):
                 m.d.comb += [s_busy.eq(1), in_stream.eq(1)]
                 last_out = Signal()
-                m.d.comb += last_out.eq(wo == n_el - 1)
+                m.d.comb += last_out.eq(wo + o_n == n_el)
                 with m.If(s_out_v & last_out):
                     finish(s_ins, _Q_S)
                     m.next = "IDLE"
@@ -930,10 +952,16 @@ class Core(wiring.Component):
         m.d.comb += [kr.addr.eq(base_km + rcol), ma_r.addr.eq(rcol), mb_r.addr.eq(rcol)]
         with m.If(adv_r):
             m.d.sync += r1v.eq(issue)
+        # SOFTMAX reads a word of up to P logits (never past the row's end) a cycle
+        step, left = Signal(range(P + 1)), Signal(16)
+        r1_nl = Signal(range(P + 1))
+        m.d.comb += [left.eq(s_cols - rcol), step.eq(Mux(is_sm, Mux(left < P, left, P), 1))]
         with m.If(issue):
-            m.d.sync += [re.eq(re + 1), xa.eq(xa + Mux(x32, 4, 1)), ba.eq(ba + Mux(add_b16, 2, 1)),
-                         rcol.eq(Mux(rcol == s_cols - 1, 0, rcol + 1)),
-                         r1_rowlast.eq(rcol == s_cols - 1), r1_last.eq(re == n_el - 1)]
+            m.d.sync += [re.eq(re + step), xa.eq(xa + Mux(x32, step << 2, step)),
+                         ba.eq(ba + Mux(add_b16, 2, 1)),
+                         rcol.eq(Mux(step == left, 0, rcol + step)),
+                         r1_rowlast.eq(step == left), r1_last.eq(re + step == n_el),
+                         r1_nl.eq(step)]
         xval = Signal(signed(32))
         bval = Signal(signed(16))
         m.d.comb += [xval.eq(Mux(x32, xr.data[:32].as_signed(), xr.data[:8].as_signed())),
@@ -945,9 +973,14 @@ class Core(wiring.Component):
                      gelu.i_data.payload.last.eq(r1_last), gelu.o_data.ready.eq(1),
                      ln.i_data.valid.eq(r1v & is_ln), ln.i_data.payload.data[0].eq(xval),
                      ln.i_data.payload.last.eq(r1_rowlast), ln.o_data.ready.eq(1),
-                     sm.i_data.valid.eq(r1v & is_sm), sm.i_data.payload.data[0].eq(xval),
-                     sm.i_data.payload.keep[0].eq(~sm_mask | (kr.data[:8] != 0)),
+                     sm.i_data.valid.eq(r1v & is_sm),
                      sm.i_data.payload.last.eq(r1_rowlast), sm.o_data.ready.eq(1)]
+        for lane in range(P):
+            m.d.comb += [
+                sm.i_data.payload.data[lane].eq(Mux(x32, xr.data[32 * lane:32 * lane + 32],
+                                                    xr.data[8 * lane:8 * lane + 8].as_signed())),
+                sm.i_data.payload.keep[lane].eq(
+                    (r1_nl > lane) & (~sm_mask | (kr.data[8 * lane:8 * lane + 8] != 0)))]
         m.d.comb += cons_ready.eq(Mux(is_ge, gelu.i_data.ready, Mux(
             is_ln, ln.i_data.ready, Mux(is_sm, sm.i_data.ready, 1))))
 
@@ -967,9 +1000,13 @@ class Core(wiring.Component):
         # writer: one output element a cycle, bytes in order from y (and y16 / y_lo)
         o8 = Signal(8)
         o16 = Signal(16)
-        half = Signal(8)
-        p8 = sm.o_data.payload.data[0]
-        m.d.comb += half.eq(Mux(p8 >= 253, 127, (p8 + 1) >> 1))
+        sm8 = Signal(8 * P)
+        for lane in range(P):
+            p8 = sm.o_data.payload.data[lane]
+            m.d.comb += sm8[8 * lane:8 * lane + 8].eq(
+                Mux(sm_half, Mux(p8 >= 253, 127, (p8 + 1) >> 1), p8))
+        oleft = Signal(16)
+        m.d.comb += [oleft.eq(s_cols - ocol), o_n.eq(Mux(is_sm, Mux(oleft < P, oleft, P), 1))]
         with m.If(is_add):
             m.d.comb += [s_out_v.eq(av[4]), o8.eq(y4[:8])]
         with m.Elif(is_ge):
@@ -983,15 +1020,17 @@ class Core(wiring.Component):
             m.d.comb += [s_out_v.eq(ln.o_data.valid), o8.eq(ln.o_data.payload.data[0]),
                          o16.eq(ln.o_data.payload.wide[0])]
         with m.Else():
-            m.d.comb += [s_out_v.eq(sm.o_data.valid), o8.eq(Mux(sm_half, half, p8))]
+            m.d.comb += s_out_v.eq(sm.o_data.valid)
         wide32 = is_add & add_out32
-        m.d.comb += [yw.addr.eq(ya), yw.data.eq(Mux(wide32, y4.as_unsigned(), o8)),
-                     yw.mask.eq(Mux(wide32, 0xF, 0x1)), y2w.addr.eq(y2a), y2w.data.eq(o16),
+        m.d.comb += [yw.addr.eq(ya),
+                     yw.data.eq(Mux(wide32, y4.as_unsigned(), Mux(is_sm, sm8, o8))),
+                     yw.mask.eq(Mux(wide32, 0xF, Cat(*(o_n > j for j in range(P))))),
+                     y2w.addr.eq(y2a), y2w.data.eq(o16),
                      y2w.mask.eq(Cat((is_ge & ge_split) | (is_ln & ln_out16), is_ln & ln_out16))]
         with m.If(s_out_v & in_stream):
             m.d.comb += [yw.en.eq(1), y2w.en.eq(1)]
-            m.d.sync += [wo.eq(wo + 1), ya.eq(ya + Mux(wide32, 4, 1)),
-                         y2a.eq(y2a + Mux(is_ln, 2, 1))]
+            m.d.sync += [wo.eq(wo + o_n), ya.eq(ya + Mux(wide32, 4, o_n)),
+                         y2a.eq(y2a + Mux(is_ln, 2, 1)), ocol.eq(Mux(o_n == oleft, 0, ocol + o_n))]
         with m.If(running & s_busy):
             m.d.sync += cnt_bs.eq(cnt_bs + 1)
         return m

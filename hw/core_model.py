@@ -16,25 +16,29 @@ run concurrently, ordered only by dependency tokens. The model (:func:`program_t
 
 Instruction durations (:func:`instr_cycles`): the RTL of :class:`hw.core.Core` (its docstring
 has the cycle account), with memory latency ``L`` (cycles from a burst request's transfer to its
-first data beat; ``L' = max(L, 1)``) and a one-byte-wide scratchpad:
+first data beat; ``L' = max(L, 1)``), a banked scratchpad whose ports move
+:func:`sp_width` bytes a cycle at any address, and ``P`` = :func:`dma_pieces` data cycles per DMA
+row (``ceil(cols*esz/B)`` for contiguous rows, ``sp_cs == esz``; one per element and beat it
+touches for strided ones):
 
-* ``LOAD``: ``DMA_SETUP + rows * (L' + cols * esz)`` (per row: the request, ``L'`` cycles to the
-  first beat, then one byte a cycle into the scratchpad at any element stride);
-* ``STORE``: ``DMA_SETUP + rows * (cols * esz + 2)`` (per row: the request, one scratchpad byte
-  a cycle, one cycle for the last beat); both are ``DMA_SETUP`` alone when ``rows * cols == 0``;
-* ``GEMM``: ``GEMM_SETUP + X + hw.gemm.gemm_cycles + M * N * esz_out`` where ``X`` =
-  :func:`gemm_stream_bytes` (the A, B and channel operands stream from the scratchpad a byte a
-  cycle each, in parallel, padding lanes included), ``esz_out`` is 1 with requant, else 4
-  (results written back a byte a cycle); with ``acc`` the engine runs raw (no channel
-  stream) and the write-back takes four cycles per element (C_old, bias and multiplier read
-  a byte a cycle each, in parallel), ``GEMM_SETUP + X + gemm_cycles + 4 * M * N + tail`` with
-  ``tail`` 6 (int32 out) or 9 (requant, int8 out);
+* ``LOAD``: ``DMA_SETUP + L' + P*(1 + (rows-1) % O) + (rows-1)//O * max(P + L', O*P)`` with
+  ``O`` = :data:`DMA_OUTSTANDING` (row requests run ahead of the data while fewer than ``O``
+  requested rows are incomplete; with ``L' <= (O-1)*P`` this is ``1 + L' + rows*P``);
+* ``STORE``: ``DMA_SETUP + 1 + rows * P`` (pieces read one a cycle, each beat sent the cycle
+  after its last piece); both are ``DMA_SETUP`` alone when ``rows * cols == 0``;
+* ``GEMM``: ``X + hw.gemm.gemm_cycles + GEMM_SETUP`` where ``X`` = :func:`gemm_stream_cycles`
+  (the operand streams at the engine's word rate, one scratchpad read per word) and each
+  result row is written to the scratchpad in the cycle the engine sends it; with ``acc`` the
+  engine runs raw and, after its final row, one row chunk (``C`` columns) a cycle is
+  accumulated and written: ``X + gemm_cycles + M*ceil(N/C) + tail``, ``tail``
+  :data:`GEMM_ACC_TAIL_INT32` (6) or :data:`GEMM_ACC_TAIL_INT8` (12, requant);
 * ``ADD``/``GELU``/``LAYERNORM``/``SOFTMAX``: ``SFU_SETUP + W + U`` where ``W`` =
   :func:`sfu_param_words` (the parameter block read a 32-bit word a cycle: ADD ``2 * cols``,
   GELU 5, SOFTMAX 2, LAYERNORM ``5 + 3 * cols``) and ``U`` = :func:`sfu_unit_cycles`, the unit's
-  cycle model with one lane fed one element a cycle: ADD ``rows * cols + ADD_PIPE``,
-  ``hw.gelu.gelu_cycles(1, count, 1)``, ``hw.layernorm.layernorm_cycles(rows, cols, 1)``,
-  ``hw.softmax.softmax_cycles(rows, cols, 1)``.
+  cycle model fed one element a cycle (SOFTMAX: a word of :data:`SOFTMAX_LANES` logits): ADD
+  ``rows * cols + ADD_PIPE``, ``hw.gelu.gelu_cycles(1, count, 1)``,
+  ``hw.layernorm.layernorm_cycles(rows, cols, 1)``,
+  ``hw.softmax.softmax_cycles(rows, cols, SOFTMAX_LANES)``.
 
 All figures and the token/dispatch model are the RTL's (``tests/hw/test_core.py`` asserts them
 exactly).
@@ -54,7 +58,7 @@ from hw.layernorm import layernorm_cycles
 from hw.softmax import softmax_cycles
 
 __all__ = ["ADD_PIPE", "CoreConfig", "DMA_OUTSTANDING", "DMA_SETUP", "GEMM_ACC_TAIL_INT32",
-           "GEMM_ACC_TAIL_INT8", "GEMM_SETUP", "SFU_OPS", "SFU_SETUP", "Timing", "dma_pieces",
+           "GEMM_ACC_TAIL_INT8", "GEMM_SETUP", "SFU_OPS", "SFU_SETUP", "SOFTMAX_LANES", "Timing", "dma_pieces",
            "gemm_stream_cycles", "instr_cycles", "program_timing", "sfu_param_words",
            "sfu_unit_cycles", "sp_width"]
 
@@ -70,6 +74,8 @@ GEMM_SETUP = 3
 #: requantizer's six stages)
 GEMM_ACC_TAIL_INT32 = 6
 GEMM_ACC_TAIL_INT8 = 12
+#: lanes of the S queue's softmax unit (logits a cycle)
+SOFTMAX_LANES = 4
 #: S executor: the start cycle, the parameter read's last-word cycle, the first element read
 SFU_SETUP = 3
 #: ADD's pipeline: products, sum, shift, round and saturate (the output register)
@@ -116,7 +122,7 @@ def _ceil(a: int, b: int) -> int:
 def sp_width(rows: int, cols: int, bytes_per_cycle: int) -> int:
     """Banks of the scratchpad (bytes one logical port moves a cycle): the smallest power of two
     that holds a memory beat, an A word (``rows`` bytes) and an int32 result row (``4 * cols``)."""
-    need = max(bytes_per_cycle, rows, 4 * cols, 4)
+    need = max(bytes_per_cycle, rows, 4 * cols, 4 * SOFTMAX_LANES)
     return 1 << (need - 1).bit_length()
 
 
@@ -186,8 +192,8 @@ def sfu_param_words(ins: Instr) -> int:
 
 def sfu_unit_cycles(ins: Instr) -> int:
     """Cycles from the first element's transfer into the unit to the last output's write:
-    the unit's own cycle model with one lane, fed one element a cycle (ADD: ``elements +
-    ADD_PIPE``)."""
+    the unit's own cycle model, fed one element a cycle (ADD: ``elements + ADD_PIPE``), the
+    softmax a word of :data:`SOFTMAX_LANES` logits a cycle."""
     op = ins.op
     if op == "ADD":
         return ins["rows"] * ins["cols"] + ADD_PIPE
@@ -195,7 +201,7 @@ def sfu_unit_cycles(ins: Instr) -> int:
         return gelu_cycles(1, ins["count"], 1)
     if op == "LAYERNORM":
         return layernorm_cycles(ins["rows"], ins["cols"], 1)
-    return softmax_cycles(ins["rows"], ins["cols"], 1)
+    return softmax_cycles(ins["rows"], ins["cols"], SOFTMAX_LANES)
 
 
 @dataclass

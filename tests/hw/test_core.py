@@ -526,6 +526,7 @@ def test_illegal_instruction_sets_sticky_error_and_pc(bad, why):
     ({"rows": 2, "cols": 2, "dataflow": "is"}, "dataflow must be one of os, ws"),
     ({"rows": 2, "cols": 2, "queue_depth": 0}, "queue_depth must be a positive integer, not 0"),
     ({"rows": 2, "cols": 2, "bytes_per_cycle": 65}, "bytes_per_cycle must be at most 64"),
+    ({"rows": 2, "cols": 2, "max_row": 30}, "max_row must be a multiple of 4"),
 ])
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_invalid_parameters(kwargs, message):

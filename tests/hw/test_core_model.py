@@ -124,4 +124,4 @@ def test_sfu_cycles_parameter_words_then_the_unit():
     ln = Instr("LAYERNORM", f={"rows": 2, "cols": 6})
     assert instr_cycles(ln, cfg) == 3 + 5 + 18 + layernorm_cycles(2, 6, 1)
     sm = Instr("SOFTMAX", f={"rows": 2, "cols": 6, "mask": 1})
-    assert instr_cycles(sm, cfg) == 3 + 2 + softmax_cycles(2, 6, 1)
+    assert instr_cycles(sm, cfg) == 3 + 2 + softmax_cycles(2, 6, 4)  # four lanes
