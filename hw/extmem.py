@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import memory, stream, wiring
+from amaranth import Cat, Module, Signal, unsigned
+from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
@@ -37,11 +37,16 @@ class BramMemory(wiring.Component):
       ``i_wdata`` (In stream of ``8*B`` bits): the write beats, taken at once; bytes past the
       request's length or past ``size`` are not written.
 
-    Timing (the model of :mod:`sim.core_sim` with ``L = 2``): a request is taken in an idle cycle;
-    the first read beat is offered :data:`BRAM_LATENCY` cycles after, then one beat a cycle while
-    taken (a refused beat holds); write beats are taken one a cycle from the cycle after the
-    request. The next request is taken the cycle after the last beat.
+    Timing (the memory model of :mod:`sim.core_sim` with ``L = 2``, so the core's counters equal
+    :func:`hw.core_model.program_timing` with ``latency = 2``): requests queue in order
+    (:attr:`QUEUE_DEPTH` entries; ``i_req`` is ready while there is room); a read's first beat is
+    offered :data:`BRAM_LATENCY` cycles after its request's transfer and not before the cycle
+    after the previous request's last beat, then one beat a cycle while taken (a refused beat
+    holds); a write's beats are taken at once while it is the head (from the cycle after its
+    request's transfer).
     """
+
+    QUEUE_DEPTH = 16
 
     def __init__(self, *, size: int, bytes_per_cycle: int = 4, init: bytes | Sequence[int] = b""
                  ) -> None:
@@ -79,74 +84,70 @@ class BramMemory(wiring.Component):
             self.banks.append(mem)
             banks.append((mem.read_port(), mem.write_port()))
 
-        base = Signal(32)        # byte address of the next beat
-        rem = Signal(19)         # bytes left to issue (read) or take (write)
-        out_rem = Signal(19)     # read bytes left to deliver
-        rot = Signal(lb + 1)     # rotation of the beat being read
-        rvalid = Signal()
-        m.d.comb += self.o_rsp.valid.eq(rvalid)
-
         def rows_for(addr):
             """(row of bank j, beat lane of bank j) for a beat starting at ``addr``."""
             out = []
             for j in range(B):
                 lane = (j - addr[:lb])[:lb] if lb else 0
-                row = (addr + lane) >> lb
-                out.append((row, lane))
+                out.append(((addr + lane) >> lb, lane))
             return out
 
-        en = Signal()
-        m.d.comb += en.eq(~rvalid | self.o_rsp.ready)
+        # the request queue: the head is served in place; ``off`` bytes of it are done
+        m.submodules.q = q = fifo.SyncFIFO(width=len(self.i_req.payload.as_value()),
+                                           depth=self.QUEUE_DEPTH)
+        m.d.comb += [q.w_data.eq(self.i_req.payload.as_value()), q.w_en.eq(self.i_req.valid),
+                     self.i_req.ready.eq(q.w_rdy)]
+        head = data.View(mem_request_layout(), q.r_data)
+        off = Signal(19)
+        base = Signal(33)
+        left = Signal(19)
+        m.d.comb += [base.eq(head.addr + off), left.eq(head.length - off)]
+        last = Signal()
+        m.d.comb += last.eq(left <= B)
+        is_rd = Signal()
+        is_wr = Signal()
+        m.d.comb += [is_rd.eq(q.r_rdy & ~head.write & (head.length != 0)),
+                     is_wr.eq(q.r_rdy & head.write & (head.length != 0))]
+        pop = Signal()
+        with m.If(q.r_rdy & (head.length == 0)):
+            m.d.comb += pop.eq(1)
+
+        # reads: a beat is read from the banks when the output register is free next cycle
+        rvalid = Signal()
+        rot = Signal(max(lb, 1))
+        issue = Signal()
+        m.d.comb += [issue.eq(is_rd & (~rvalid | self.o_rsp.ready)), self.o_rsp.valid.eq(rvalid)]
+        m.d.sync += rvalid.eq(issue | (rvalid & ~self.o_rsp.ready))
         for j, (rd, _wr) in enumerate(banks):
             row, _lane = rows_for(base)[j]
-            m.d.comb += [rd.addr.eq(row[:rw]), rd.en.eq(en)]
-        # read data: lane i of the beat is bank (rot + i) mod B
-        data = [rd.data for rd, _ in banks]
+            m.d.comb += [rd.addr.eq(row[:rw]), rd.en.eq(issue)]
+        with m.If(issue):
+            m.d.sync += rot.eq(base[:lb] if lb else 0)
+        data_ = [rd.data for rd, _ in banks]
         lanes = []
         for i in range(B):
             sel = Signal(8, name=f"lane{i}")
-            with m.Switch(rot[:lb] if lb else 0):
+            with m.Switch(rot):
                 for r in range(B):
                     with m.Case(r):
-                        m.d.comb += sel.eq(data[(r + i) % B])
+                        m.d.comb += sel.eq(data_[(r + i) % B])
             lanes.append(sel)
         m.d.comb += self.o_rsp.payload.eq(Cat(*lanes))
 
+        # writes: the head's beats are taken at once
         wbeat = self.i_wdata.payload
-        with m.FSM(name="extmem"):
-            with m.State("IDLE"):
-                m.d.comb += self.i_req.ready.eq(1)
-                with m.If(self.i_req.valid):
-                    p = self.i_req.payload
-                    m.d.sync += [base.eq(p.addr), rem.eq(p.length), out_rem.eq(p.length)]
-                    with m.If(p.write):
-                        m.next = "WRITE"
-                    with m.Elif(p.length != 0):
-                        m.next = "READ"
-            with m.State("READ"):
-                with m.If(en):
-                    m.d.sync += rvalid.eq(rem != 0)
-                    with m.If(rem != 0):
-                        m.d.sync += [base.eq(base + B), rem.eq(Mux(rem > B, rem - B, 0))]
-                with m.If(rvalid & self.o_rsp.ready):
-                    m.d.sync += out_rem.eq(out_rem - B)
-                    with m.If(out_rem <= B):
-                        m.d.sync += rvalid.eq(0)
-                        m.next = "IDLE"
-            with m.State("WRITE"):
-                m.d.comb += self.i_wdata.ready.eq(1)
-                with m.If(rem == 0):
-                    m.next = "IDLE"
-                with m.Elif(self.i_wdata.valid):
-                    for j, (_rd, wr) in enumerate(banks):
-                        row, lane = rows_for(base)[j]
-                        m.d.comb += [wr.addr.eq(row[:rw]), wr.data.eq(wbeat.word_select(lane, 8)),
-                                     wr.en.eq((lane < rem) & (base + lane < self._size))]
-                    m.d.sync += [base.eq(base + B), rem.eq(rem - B)]
-                    with m.If(rem <= B):
-                        m.d.sync += rem.eq(0)
-                        m.next = "IDLE"
-        # a read issue: rot follows the beat's base address
-        with m.If(en & (rem != 0)):
-            m.d.sync += rot.eq(base[:lb] if lb else 0)
+        wtake = Signal()
+        m.d.comb += [self.i_wdata.ready.eq(is_wr), wtake.eq(is_wr & self.i_wdata.valid)]
+        for j, (_rd, wr) in enumerate(banks):
+            row, lane = rows_for(base)[j]
+            m.d.comb += [wr.addr.eq(row[:rw]), wr.data.eq(wbeat.word_select(lane, 8)),
+                         wr.en.eq(wtake & (lane < left) & (base + lane < self._size))]
+
+        with m.If(issue | wtake):
+            m.d.sync += off.eq(off + B)
+            with m.If(last):
+                m.d.comb += pop.eq(1)
+        with m.If(pop):
+            m.d.sync += off.eq(0)
+        m.d.comb += q.r_en.eq(pop)
         return m
