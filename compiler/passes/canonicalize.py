@@ -179,8 +179,7 @@ def constant_nodes(graph: Graph) -> set[str]:
     """Nodes whose value depends on no graph input (parameters and literals only)."""
     const: set[str] = set()
     for n in graph.nodes:
-        if not n.multi and not any(w in n.target for w in _NOT_CONSTANT) \
-                and all(i in const for i in n.inputs):
+        if not any(w in n.target for w in _NOT_CONSTANT) and all(i in const for i in n.inputs):
             const.add(n.name)
     return const
 

@@ -31,7 +31,8 @@ def _on_asic(factory: str) -> tuple[dict, dict]:
     return plan, execute_plan(plan), c.graph
 
 
-@pytest.mark.parametrize("factory", ["weight_norm_square", "weight_norm_wide", "experts"])
+@pytest.mark.parametrize("factory", ["weight_norm_square", "weight_norm_wide", "experts",
+                                     "fused_qk"])
 def test_weights_computed_from_parameters_fold_into_linears(factory):
     plan, res, graph = _on_asic(factory)
     lin = [n for n in graph.nodes if n.op == "linear"]

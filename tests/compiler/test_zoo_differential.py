@@ -24,8 +24,8 @@ from compiler.passes.quantize import QUANT_KINDS
 from compiler.zoo import MODELS
 
 HERE = Path(__file__).parent
-EXTRA = [f"{HERE / 'weight_forms.py'}:{f}" for f in ("weight_norm_wide", "experts", "left_weight",
-                                                       "hyper")] + \
+EXTRA = [f"{HERE / 'weight_forms.py'}:{f}" for f in ("weight_norm_wide", "experts", "fused_qk",
+                                                       "left_weight", "hyper")] + \
         [f"{HERE / 'causal_model.py'}:causal_1e4", f"{HERE / 'exact_model.py'}:exact_net"]
 
 

@@ -36,6 +36,20 @@ class Experts(torch.nn.Module):
         return F.linear(x, self.w[1], self.b[1]) + F.linear(x, self.w[2], self.b[2])
 
 
+class FusedQK(torch.nn.Module):
+    """A fused ``[2N, K]`` weight and ``[2N]`` bias split in ``forward`` (tuple-valued ops)."""
+
+    def __init__(self, k: int = 48, n: int = 40) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(2 * n, k) * 0.2)
+        self.b = torch.nn.Parameter(torch.randn(2 * n) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wq, wk = self.w.chunk(2)
+        bq, bk = self.b.split(self.b.shape[0] // 2)
+        return F.linear(x, wq, bq) * F.linear(x, wk, bk)
+
+
 class LeftWeight(torch.nn.Module):
     """``W @ x`` with ``W`` a parameter whose values are much smaller than x's."""
 
@@ -73,6 +87,11 @@ def weight_norm_wide():
 def experts():
     torch.manual_seed(0)
     return Experts().eval(), (_x(1, 16, 64),)
+
+
+def fused_qk():
+    torch.manual_seed(0)
+    return FusedQK().eval(), (_x(1, 16, 48),)
 
 
 def left_weight():
