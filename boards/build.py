@@ -449,10 +449,12 @@ def _failure(root: Path, board: Board, name: str, key: str) -> Exception:
 def build_unit(component: wiring.Component, board: Board | str, *, name: str = "top",
                build_dir: str | os.PathLike[str] | None = None, target_mhz: float | None = None,
                seed: int = 1, progress: Callable[[str], None] | None = None,
-               use_cache: bool = True) -> BuildResult:
+               use_cache: bool = True, harness: bool = True) -> BuildResult:
     """Build ``component`` for ``board`` into a bitstream and measure it.
 
-    The component is wrapped in :class:`~boards.top.BoardTop`. ``target_mhz`` is the clock
+    The component is wrapped in :class:`~boards.top.BoardTop`; with ``harness=False`` it is the
+    top level itself (an elaboratable that requests its own pins, e.g. :class:`boards.soc.SocTop`).
+    ``target_mhz`` is the clock
     constraint for place and route (default: the board's ``target_mhz``); nextpnr runs with
     ``--timing-allow-fail`` so an unmet target still gives a bitstream and the achieved Fmax.
     ``seed`` is nextpnr's placement seed. ``build_dir``, when given, receives
@@ -483,7 +485,10 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
 
     say(f"elaborating {type(component).__name__} for {b.name}")
     platform = _platform_at(b, target)
-    top = BoardTop(component)
+    def make_top() -> Any:
+        return BoardTop(component) if harness else component
+
+    top = make_top()
     overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail"}
     if b.family == "ice40":
         overrides["synth_opts"] = "-dsp"  # map multipliers to SB_MAC16 (off by default)
@@ -520,7 +525,7 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
                     "(a Yosys ABC9 abort on LUT RAM)")
                 # a platform prepares once: the retry needs its own platform and top level
                 retry = _platform_at(b, target).build(
-                    BoardTop(component), name=name, do_build=False,
+                    make_top(), name=name, do_build=False,
                     **{**overrides, "synth_opts": "-nolutram"})
                 shutil.rmtree(root)
                 root.mkdir()

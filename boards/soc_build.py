@@ -1,0 +1,115 @@
+"""Bitstreams of the board SoC (:mod:`boards.soc`): resource prediction, the fit check that runs
+before any tool, and the build through :func:`boards.build.build_unit` (``harness=False``: the
+SoC requests its own pins).
+
+Predicted resources are the core's estimate (:meth:`hw.core_spec.CoreSpec.resources`) plus the
+SoC's own parts: the host link, the UARTs and the external-memory controller
+(:data:`LINK_LUTS`, :data:`LINK_FFS`), and block RAMs counted per memory (the external memory's
+``B`` byte banks, the link's frame buffer, the instruction memory, the core's buffer bits).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from boards.build import BuildResult, DoesNotFitError, build_unit
+from boards.catalog import Board, get_board
+from boards.soc import SocConfig, SocTop
+
+__all__ = ["LINK_FFS", "LINK_LUTS", "build_soc", "check_soc_fits", "predict_resources",
+           "soc_config_for_device"]
+
+LINK_LUTS = 1200
+"""Estimated LUT4s of the host link, the UARTs and the BRAM memory controller."""
+LINK_FFS = 900
+"""Estimated flip-flops of the same."""
+_DP16KD_BYTES = 2048  # one DP16KD as 2048 x 9 (a byte lane)
+
+
+def _byte_rams(depth: int, lanes: int) -> int:
+    return lanes * math.ceil(depth / _DP16KD_BYTES)
+
+
+def predict_resources(cfg: SocConfig, family: str = "ecp5") -> dict[str, int]:
+    """Predicted ``luts``, ``ffs``, ``dsps``, ``brams`` of the SoC on ``family``."""
+    core = cfg.core.resources(family)
+    B = cfg.core.bytes_per_cycle
+    imem_bits = 256 * cfg.core.imem_instrs
+    core_bits = int(core["buffer_bits"]) - imem_bits - 8 * cfg.core.sp_bytes
+    brams = (_byte_rams(math.ceil(cfg.ext_bytes / B), B)           # external memory banks
+             + _byte_rams(cfg.max_payload, 1)                         # frame buffer
+             + 8 * math.ceil(cfg.core.imem_instrs / 512)              # 256-bit instructions
+             + _byte_rams(math.ceil(cfg.core.sp_bytes / B), B)        # scratchpad banks
+             + math.ceil(max(core_bits, 0) / (18 * 1024)))            # GEMM/SFU buffers
+    return {"luts": int(core["luts"]) + LINK_LUTS, "ffs": int(core["ffs"]) + LINK_FFS,
+            "dsps": int(core["dsps"]), "brams": brams}
+
+
+def check_soc_fits(cfg: SocConfig, board: Board | str) -> dict[str, int]:
+    """The prediction, or :class:`DoesNotFitError` naming the first resource that exceeds the
+    board (DSPs and block RAMs exactly as predicted, LUTs with the estimate)."""
+    b = get_board(board)
+    pred = predict_resources(cfg, b.family)
+    words = {"dsps": "DSP multipliers", "brams": "block RAMs", "luts": "LUTs"}
+    for res in ("dsps", "brams", "luts"):
+        have = getattr(b, res)
+        if pred[res] > have:
+            raise DoesNotFitError(
+                f"the SoC ({cfg.core.rows}x{cfg.core.cols} core, {cfg.core.sp_bytes} B scratchpad, "
+                f"{cfg.ext_bytes} B external memory) needs {pred[res]} {words[res]}, {b.name} has "
+                f"{have}", resource=res, needed=pred[res], available=have, board=b.name)
+    return pred
+
+
+def build_soc(cfg: SocConfig, board: Board | str, *, name: str = "fmforge_soc",
+              build_dir: Any = None, target_mhz: float | None = None, seed: int = 1,
+              progress: Callable[[str], None] | None = None,
+              use_cache: bool = True) -> tuple[BuildResult, dict[str, int]]:
+    """Check the fit, then build the SoC's bitstream. Returns (the build result, the
+    prediction). The build is cached by :func:`boards.build.build_unit` (same config, same
+    bitstream)."""
+    b = get_board(board)
+    pred = check_soc_fits(cfg, b)
+    res = build_unit(SocTop(cfg), b, name=name, build_dir=build_dir, target_mhz=target_mhz,
+                     seed=seed, progress=progress, use_cache=use_cache, harness=False)
+    return res, pred
+
+
+def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = None,
+                          clock_hz: float = 25e6, baud: float = 1e6, max_payload: int = 1024,
+                          max_row: int = 512) -> SocConfig:
+    """The SoC of a plan's ``core`` device entry (its ``params`` are
+    :class:`hw.core_spec.CoreSpec` fields). The external memory is on-chip here, so the core's
+    memory latency becomes :data:`hw.extmem.BRAM_LATENCY`, the instruction memory holds the
+    longest of the device's programs (rounded up to a power of two); ``ext_bytes`` defaults to the largest
+    ``ext_bytes`` of the device's programs (64 KiB when it has none). The SoC runs on the board
+    clock (``clock_hz``)."""
+    import dataclasses
+
+    from golden.errors import UserValueError
+    from hw.core_spec import CoreSpec
+    from hw.extmem import BRAM_LATENCY
+    from hw.spec import UnitParamError
+
+    if device.get("kind") != "core":
+        raise UserValueError(f"device {device.get('name')!r} is a {device.get('kind')} device, "
+                             f"not a core: the SoC builds the fmforge core")
+    p = device.get("params", {})
+    try:
+        spec = CoreSpec(**{k: p[k] for k in CoreSpec.__dataclass_fields__ if k in p})
+    except (UnitParamError, TypeError) as e:
+        raise UserValueError(f"device {device['name']!r}: bad core parameters: {e}") from None
+    progs = device.get("hardware", {}).get("programs", [])
+    # the instruction memory holds the longest of the plan's programs (a power of two)
+    longest = max([int(q.get("instructions", 0)) for q in progs] + [1])
+    imem = min(spec.imem_instrs, 1 << max(4, (longest - 1).bit_length()))
+    spec = dataclasses.replace(spec, latency=BRAM_LATENCY, imem_instrs=imem)
+    need = max([int(q.get("ext_bytes", 0)) for q in progs] + [0])
+    size = ext_bytes if ext_bytes is not None else (need or 64 * 1024)
+    if size < need:
+        raise UserValueError(f"--ext-kb gives {size} bytes of external memory; the plan's "
+                             f"programs use {need}")
+    return SocConfig(core=spec, ext_bytes=size, clock_hz=clock_hz, baud=baud,
+                     max_payload=max_payload, max_row=max_row)
