@@ -34,7 +34,7 @@ from boards.build import ToolNotFoundError, cache_root
 from boards.catalog import Board, get_board
 from golden.errors import UserValueError
 
-__all__ = ["DFII_CONTROL_SEL", "LiteDramCore", "SdramInit", "WbWrite", "generate",
+__all__ = ["DFII_CONTROL_SEL", "LiteDramCore", "SdramInit", "SdramMemory", "WbWrite", "generate",
            "init_sequence", "litedram_config"]
 
 #: the SDRAM chip of each board that has one (the ULX3S's AS4C16M16: 16M x 16 bits)
@@ -242,4 +242,88 @@ class SdramInit(wiring.Component):
                     m.next = "WRITE"
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
+        return m
+
+
+class SdramMemory(wiring.Component):
+    """The board's SDRAM behind the core's external-memory port (the memory side, as
+    :class:`hw.extmem.BramMemory`): :class:`hw.native_bridge.NativeBridge` into the generated
+    LiteDRAM controller's native port, :class:`SdramInit` on its control bus, the SDRAM clock
+    pin driven with the inverted system clock (an ``ODDRX1F``: the chip samples mid-cycle).
+
+    ``i_req`` is held not ready until the initialisation is done and LiteDRAM reports
+    ``init_done``; ``ready`` (Out) says so. Elaborated without a platform (a simulation of the
+    rest of the SoC) it is not available: the LiteDRAM path is simulated on its own.
+    """
+
+    WORD_BYTES = 2   # the 16-bit SDR chip at one word a cycle
+    ADDR_BITS = 24   # 16M words: 32 MiB
+
+    def __init__(self, core: LiteDramCore, *, bytes_per_cycle: int = 4) -> None:
+        from amaranth import unsigned
+        from amaranth.lib import stream
+
+        from hw.core import mem_request_layout
+
+        self._core = core
+        self._bpc = bytes_per_cycle
+        self._seq = init_sequence(core)
+        beat = unsigned(8 * bytes_per_cycle)
+        super().__init__({"i_req": In(stream.Signature(mem_request_layout())),
+                          "o_rsp": Out(stream.Signature(beat)),
+                          "i_wdata": In(stream.Signature(beat)),
+                          "ready": Out(1)})
+
+    def elaborate(self, platform):
+        from amaranth import ClockSignal, Instance
+        from amaranth.lib import wiring as w
+
+        from hw.native_bridge import NativeBridge
+
+        if platform is None:
+            raise UserValueError("SdramMemory instantiates the LiteDRAM Verilog: it needs a "
+                                 "platform (simulate the SoC with memory='bram')")
+        m = Module()
+        m.submodules.bridge = br = NativeBridge(bytes_per_cycle=self._bpc,
+                                                word_bytes=self.WORD_BYTES,
+                                                addr_bits=self.ADDR_BITS)
+        m.submodules.init = ini = SdramInit(self._seq)
+        platform.add_file("litedram_core.v", self._core.verilog.read_text())
+        pins = platform.request("sdram", 0, dir="-")
+        init_done, init_error = Signal(), Signal()
+        wb_ack = Signal()
+        m.submodules.litedram = Instance(
+            "litedram_core",
+            i_clk=ClockSignal(), i_rst=0,
+            o_init_done=init_done, o_init_error=init_error,
+            o_sdram_a=pins.a.io, o_sdram_ba=pins.ba.io, o_sdram_cas_n=pins.cas.io,
+            o_sdram_cke=pins.clk_en.io, o_sdram_cs_n=pins.cs.io, o_sdram_dm=pins.dqm.io,
+            io_sdram_dq=pins.dq.io, o_sdram_ras_n=pins.ras.io, o_sdram_we_n=pins.we.io,
+            i_user_port_native_0_cmd_addr=br.o_cmd.payload.addr,
+            i_user_port_native_0_cmd_we=br.o_cmd.payload.we,
+            i_user_port_native_0_cmd_valid=br.o_cmd.valid,
+            o_user_port_native_0_cmd_ready=br.o_cmd.ready,
+            i_user_port_native_0_wdata_data=br.o_wdat.payload.data,
+            i_user_port_native_0_wdata_we=br.o_wdat.payload.we,
+            i_user_port_native_0_wdata_valid=br.o_wdat.valid,
+            o_user_port_native_0_wdata_ready=br.o_wdat.ready,
+            o_user_port_native_0_rdata_data=br.i_rdat.payload,
+            o_user_port_native_0_rdata_valid=br.i_rdat.valid,
+            i_user_port_native_0_rdata_ready=br.i_rdat.ready,
+            i_wb_ctrl_adr=ini.adr, i_wb_ctrl_dat_w=ini.dat_w, i_wb_ctrl_sel=ini.sel,
+            i_wb_ctrl_cyc=ini.cyc, i_wb_ctrl_stb=ini.stb, i_wb_ctrl_we=ini.we,
+            i_wb_ctrl_cti=0, i_wb_ctrl_bte=0, o_wb_ctrl_ack=wb_ack,
+        )
+        m.d.comb += ini.ack.eq(wb_ack)
+        m.submodules.sdram_clk = Instance("ODDRX1F", i_SCLK=ClockSignal(), i_RST=0, i_D0=0,
+                                          i_D1=1, o_Q=pins.clk.io)
+        ok = Signal()
+        m.d.sync += ok.eq(ini.done & init_done & ~init_error)
+        m.d.comb += self.ready.eq(ok)
+        # the streams, the request held until the SDRAM is ready
+        m.d.comb += [br.i_req.payload.eq(self.i_req.payload),
+                     br.i_req.valid.eq(self.i_req.valid & ok),
+                     self.i_req.ready.eq(br.i_req.ready & ok)]
+        w.connect(m, br.o_rsp, w.flipped(self.o_rsp))
+        w.connect(m, w.flipped(self.i_wdata), br.i_wdata)
         return m

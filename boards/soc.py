@@ -40,7 +40,9 @@ __all__ = ["Soc", "SocConfig", "SocTop"]
 class SocConfig:
     """What a SoC is built from: the core (``core``, a :class:`hw.core_spec.CoreSpec`; its
     ``latency`` must be :data:`hw.extmem.BRAM_LATENCY` for the timing model to hold), the
-    external memory (``ext_bytes``, ``image``: the bytes preloaded from address 0), the clock
+    external memory (``memory``: ``"bram"`` on chip, ``ext_bytes``, ``image``: the bytes
+    preloaded from address 0; or ``"sdram"``: the board's SDRAM through LiteDRAM,
+    :class:`boards.litedram.SdramMemory`, generated for ``board``), the clock
     (``clock_hz``), the UART (``baud``), the host link's frame buffer (``max_payload``) and the
     core's S-queue row limit (``max_row``)."""
 
@@ -51,9 +53,16 @@ class SocConfig:
     max_payload: int = 1024
     max_row: int = 512
     image: bytes = field(default=b"", repr=False)
+    memory: str = "bram"
+    board: str = "ulx3s-85f"
 
     def __post_init__(self) -> None:
-        if self.core.latency != BRAM_LATENCY:
+        if self.memory not in ("bram", "sdram"):
+            raise UserValueError(f"memory must be 'bram' or 'sdram', not {self.memory!r}")
+        if self.memory == "sdram" and self.image:
+            raise UserValueError("an SDRAM SoC cannot preload an image into the bitstream: "
+                                 "the host writes it over the link")
+        if self.memory == "bram" and self.core.latency != BRAM_LATENCY:
             raise UserValueError(f"the SoC's on-chip memory answers after {BRAM_LATENCY} cycles: "
                                  f"the core's latency must be {BRAM_LATENCY}, not "
                                  f"{self.core.latency}")
@@ -94,8 +103,12 @@ class Soc(wiring.Component):
             rows=s.rows, cols=s.cols, dataflow=s.dataflow, bytes_per_cycle=s.bytes_per_cycle,
             queue_depth=s.queue_depth, sp_bytes=s.sp_bytes, imem_instrs=s.imem_instrs,
             max_m=s.max_m, max_k=s.max_k, max_n=s.max_n, max_row=c.max_row)
-        m.submodules.mem = mem = BramMemory(size=c.ext_bytes, bytes_per_cycle=s.bytes_per_cycle,
-                                            init=c.image)
+        if c.memory == "sdram":
+            from boards.litedram import SdramMemory, generate
+            mem = SdramMemory(generate(c.board, c.clock_hz), bytes_per_cycle=s.bytes_per_cycle)
+        else:
+            mem = BramMemory(size=c.ext_bytes, bytes_per_cycle=s.bytes_per_cycle, init=c.image)
+        m.submodules.mem = mem
         m.submodules.link = link = HostLink(
             ext_bytes=c.ext_bytes, imem_instrs=s.imem_instrs, max_payload=c.max_payload,
             bytes_per_cycle=s.bytes_per_cycle, timeout=c.timeout_cycles)

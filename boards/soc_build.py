@@ -18,13 +18,16 @@ from boards.build import BuildResult, DoesNotFitError, build_unit
 from boards.catalog import Board, get_board
 from boards.soc import SocConfig, SocTop
 
-__all__ = ["LINK_FFS", "LINK_LUTS", "build_soc", "check_soc_fits", "predict_resources",
+__all__ = ["LINK_FFS", "LINK_LUTS", "LITEDRAM_FFS", "LITEDRAM_LUTS", "build_soc", "check_soc_fits", "predict_resources",
            "soc_config_for_device"]
 
 LINK_LUTS = 1200
 """Estimated LUT4s of the host link, the UARTs and the BRAM memory controller."""
 LINK_FFS = 900
 """Estimated flip-flops of the same."""
+LITEDRAM_LUTS = 1500
+"""Estimated LUT4s of the LiteDRAM SDR controller, its initialisation and the bridge."""
+LITEDRAM_FFS = 1200
 _DP16KD_BYTES = 2048  # one DP16KD as 2048 x 9 (a byte lane)
 
 
@@ -38,13 +41,16 @@ def predict_resources(cfg: SocConfig, family: str = "ecp5") -> dict[str, int]:
     B = cfg.core.bytes_per_cycle
     imem_bits = 256 * cfg.core.imem_instrs
     core_bits = int(core["buffer_bits"]) - imem_bits - 8 * cfg.core.sp_bytes
-    brams = (_byte_rams(math.ceil(cfg.ext_bytes / B), B)           # external memory banks
+    ext = _byte_rams(math.ceil(cfg.ext_bytes / B), B) if cfg.memory == "bram" else 0
+    brams = (ext                                                     # external memory banks
              + _byte_rams(cfg.max_payload, 1)                         # frame buffer
              + 8 * math.ceil(cfg.core.imem_instrs / 512)              # 256-bit instructions
              + _byte_rams(math.ceil(cfg.core.sp_bytes / B), B)        # scratchpad banks
              + math.ceil(max(core_bits, 0) / (18 * 1024)))            # GEMM/SFU buffers
-    return {"luts": int(core["luts"]) + LINK_LUTS, "ffs": int(core["ffs"]) + LINK_FFS,
-            "dsps": int(core["dsps"]), "brams": brams}
+    dram = (LITEDRAM_LUTS, LITEDRAM_FFS) if cfg.memory == "sdram" else (0, 0)
+    return {"luts": int(core["luts"]) + LINK_LUTS + dram[0],
+            "ffs": int(core["ffs"]) + LINK_FFS + dram[1], "dsps": int(core["dsps"]),
+            "brams": brams}
 
 
 def check_soc_fits(cfg: SocConfig, board: Board | str) -> dict[str, int]:
@@ -79,13 +85,15 @@ def build_soc(cfg: SocConfig, board: Board | str, *, name: str = "fmforge_soc",
 
 def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = None,
                           clock_hz: float = 25e6, baud: float = 1e6, max_payload: int = 1024,
-                          max_row: int = 512) -> SocConfig:
+                          max_row: int = 512, memory: str = "bram",
+                          board: str = "ulx3s-85f") -> SocConfig:
     """The SoC of a plan's ``core`` device entry (its ``params`` are
     :class:`hw.core_spec.CoreSpec` fields). The external memory is on-chip here, so the core's
     memory latency becomes :data:`hw.extmem.BRAM_LATENCY`, the instruction memory holds the
     longest of the device's programs (rounded up to a power of two); ``ext_bytes`` defaults to the largest
     ``ext_bytes`` of the device's programs (64 KiB when it has none). The SoC runs on the board
-    clock (``clock_hz``)."""
+    clock (``clock_hz``). With ``memory="sdram"`` the external memory is the board's SDRAM
+    (its size; the core keeps the plan's latency)."""
     import dataclasses
 
     from golden.errors import UserValueError
@@ -105,11 +113,19 @@ def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = Non
     # the instruction memory holds the longest of the plan's programs (a power of two)
     longest = max([int(q.get("instructions", 0)) for q in progs] + [1])
     imem = min(spec.imem_instrs, 1 << max(4, (longest - 1).bit_length()))
-    spec = dataclasses.replace(spec, latency=BRAM_LATENCY, imem_instrs=imem)
     need = max([int(q.get("ext_bytes", 0)) for q in progs] + [0])
-    size = ext_bytes if ext_bytes is not None else (need or 64 * 1024)
+    if memory == "sdram":
+        b = get_board(board)
+        if not b.ext_memory_bytes:
+            raise UserValueError(f"{b.name} has no external memory for --memory sdram")
+        spec = dataclasses.replace(spec, imem_instrs=imem)
+        size = b.ext_memory_bytes
+    else:
+        spec = dataclasses.replace(spec, latency=BRAM_LATENCY, imem_instrs=imem)
+        size = ext_bytes if ext_bytes is not None else (need or 64 * 1024)
     if size < need:
         raise UserValueError(f"--ext-kb gives {size} bytes of external memory; the plan's "
                              f"programs use {need}")
     return SocConfig(core=spec, ext_bytes=size, clock_hz=clock_hz, baud=baud,
-                     max_payload=max_payload, max_row=max_row)
+                     max_payload=max_payload, max_row=max_row, memory=memory,
+                     board=get_board(board).name)

@@ -98,6 +98,9 @@ def _register_plan(units: Any) -> None:
     q.add_argument("--device", metavar="NAME", help="the plan's core device (default: its only one)")
     q.add_argument("--board", default="ulx3s-85f", metavar="BOARD",
                    help=f"target board (default: ulx3s-85f): {', '.join(board_names())}")
+    q.add_argument("--memory", choices=("bram", "sdram"), default="bram",
+                   help="external memory: on-chip block RAM (small models; default) or the "
+                        "board's SDRAM through LiteDRAM (needs the 'build' extra)")
     q.add_argument("--ext-kb", type=int_range(1, 1 << 20), default=None,
                    help="external memory KiB (default: what the plan's programs use, or 64)")
     q.add_argument("--baud", type=float_range(1200, 12e6), default=1e6,
@@ -143,7 +146,7 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     board = get_board(args.board)
     cfg = soc_config_for_device(dev, ext_bytes=None if args.ext_kb is None else args.ext_kb * 1024,
                                 clock_hz=board.clock_mhz * 1e6, baud=args.baud,
-                                max_row=args.max_row)
+                                max_row=args.max_row, memory=args.memory, board=board.name)
     check_soc_fits(cfg, board)  # before any tool (build_soc checks again, cheaply)
     res, pred = build_soc(cfg, board, name="fmforge_soc", build_dir=args.output,
                           target_mhz=args.target_mhz, seed=args.seed, progress=_progress,
@@ -162,7 +165,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
                       for k in measured},
         "soc": {"rows": cfg.core.rows, "cols": cfg.core.cols, "sp_bytes": cfg.core.sp_bytes,
                 "imem_instrs": cfg.core.imem_instrs, "ext_bytes": cfg.ext_bytes,
-                "memory": "block RAM", "memory_latency": cfg.core.latency, "baud": cfg.baud},
+                "memory": {"bram": "block RAM", "sdram": "SDRAM (LiteDRAM)"}[cfg.memory],
+                "memory_latency": cfg.core.latency, "baud": cfg.baud},
     }
     if not args.json:
         met = "met" if out["timing_met"] else "NOT met"

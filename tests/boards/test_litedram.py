@@ -106,3 +106,28 @@ def test_sequencer_replays_on_wishbone():
 def test_sequencer_errors():
     with pytest.raises(UserValueError, match="at least one write"):
         SdramInit([])
+
+
+def test_sdram_soc_elaborates_for_the_board(core):
+    """The SoC with the SDRAM: config checks, the prediction without memory BRAMs, and a build
+    plan (Amaranth elaboration for the ULX3S pins, no tools) that carries the LiteDRAM Verilog."""
+    from boards.build import _platform_at
+    from boards.catalog import get_board
+    from boards.soc import SocConfig, SocTop
+    from boards.soc_build import predict_resources
+    from hw.core_spec import CoreSpec
+
+    spec = CoreSpec(rows=2, cols=2, sp_bytes=256, imem_instrs=16, max_m=8, max_k=8, max_n=8)
+    with pytest.raises(UserValueError, match="memory must be 'bram' or 'sdram'"):
+        SocConfig(core=spec, memory="ddr")
+    with pytest.raises(UserValueError, match="cannot preload an image"):
+        SocConfig(core=spec, memory="sdram", image=b"x")
+    cfg = SocConfig(core=spec, ext_bytes=32 << 20, memory="sdram", max_row=16)
+    bram = SocConfig(core=spec.__class__(**{**spec.__dict__, "latency": 2}), ext_bytes=65536,
+                     max_row=16)
+    assert predict_resources(cfg)["brams"] < predict_resources(bram)["brams"]
+    plan = _platform_at(get_board("ulx3s-85f"), 100).build(SocTop(cfg), name="sd",
+                                                          do_build=False)
+    assert "module litedram_core" in plan.files["litedram_core.v"]
+    rtlil = plan.files["sd.il"]
+    assert "cell \\litedram_core" in rtlil and "cell \\ODDRX1F" in rtlil
