@@ -449,12 +449,17 @@ class _Lowering:
             raise CoreLoweringError(f"{who}: K = {k} exceeds the GEMM engine's max_k "
                                     f"{cfg.max_k}")
         sp = cfg.sp_bytes
+        # budget: an A row tile (and A_lo) resident, two weight, output, bias and qp tiles; the
+        # A tile shrinks (halving) until eight weight columns fit beside it
         mt = min(m, cfg.max_m)
-        # budget: an A row tile (and A_lo) resident, two weight, output, bias and qp tiles
-        a_bytes = mt * k * (2 if wide else 1)
-        per_col = 2 * (k + mt * osz + 12)
-        avail = sp - a_bytes - 256
-        nt = min(nn, cfg.max_n, avail // per_col if avail > 0 else 0)
+        while True:
+            a_bytes = mt * k * (2 if wide else 1)
+            per_col = 2 * (k + mt * osz + 12)
+            avail = sp - a_bytes - 256
+            nt = min(nn, cfg.max_n, avail // per_col if avail > 0 else 0)
+            if nt >= min(nn, 8) or mt == 1:
+                break
+            mt = (mt + 1) // 2
         if nt >= 8:
             nt -= nt % 8
         if nt <= 0:
@@ -468,7 +473,10 @@ class _Lowering:
         obuf = [sa.take(mt * nt * osz, who) for _ in range(2)]
         bbuf = [sa.take(nt * 4, who) for _ in range(2)]
         qbuf = [sa.take(nt * 8, who) for _ in range(2)]
+        # software pipelined: tile j's STORE is emitted after tile j+1's loads, so the in-order
+        # DMA queue fetches the next weights while the array computes
         j = 0
+        pending: list[Any] = []
         for m0 in range(0, m, mt):
             mr = min(mt, m - m0)
             self.p.dma("LOAD", xa[m0:m0 + mr], a_sp, 1)
@@ -486,6 +494,8 @@ class _Lowering:
                 if not out32:
                     self.p.emit("LOAD", esz=2, ext=qp_at + 4 * n0, sp=qbuf[s], rows=2, cols=w,
                                 ext_rs=4 * nn, sp_rs=4 * w, sp_cs=4)
+                while pending:
+                    self.p.dma(*pending.pop(0))
                 if wide:
                     self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w)
                     self.p.emit("GEMM", a=lo_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w, acc=1,
@@ -493,7 +503,9 @@ class _Lowering:
                 else:
                     self.p.emit("GEMM", a=a_sp, b=wbuf[s], c=obuf[s], m=mr, k=k, n=w, bias=1,
                                 bias_addr=bbuf[s], requant=0 if out32 else 1, qp=qbuf[s])
-                self.p.dma("STORE", oa[m0:m0 + mr, n0:n0 + w], obuf[s], osz)
+                pending.append(("STORE", oa[m0:m0 + mr, n0:n0 + w], obuf[s], osz))
+        while pending:
+            self.p.dma(*pending.pop(0))
 
     def op_attention(self, n: Node, who: str) -> None:
         qn, kn, vn = n.args[0], n.args[1], n.args[2]
@@ -541,14 +553,26 @@ class _Lowering:
         self.p.emit("LOAD", esz=2, ext=pp_at, sp=pp_sp, rows=1, cols=2, ext_rs=8, sp_rs=8, sp_cs=4)
         self.p.emit("LOAD", esz=2, ext=qp2_at, sp=qp_sp, rows=1, cols=2 * d, ext_rs=8 * d,
                     sp_rs=8 * d, sp_cs=4)
+        per_set = (s_q * d + d * s_k + s_k * d + 4 * s_q * s_k + s_q * s_k + s_q * d + s_k
+                   + 7 * 63)
+        nbuf = 3 if 3 * per_set <= self.cfg.sp_bytes - sa.top else 2
         bufs = []
-        for _ in range(2):
+        for _ in range(nbuf):
             bufs.append({"q": sa.take(s_q * d, who), "kt": sa.take(d * s_k, who),
                          "v": sa.take(s_k * d, who), "l": sa.take(4 * s_q * s_k, who),
                          "p": sa.take(s_q * s_k, who), "o": sa.take(s_q * d, who),
                          "km": sa.take(s_k, who)})
+
+        def finish(h: int) -> None:  # AV and the context store of head h
+            b = bufs[h % nbuf]
+            self.p.emit("GEMM", a=b["p"], b=b["v"], c=b["o"], m=s_q, k=s_k, n=d, requant=1,
+                        qp=qp_sp)
+            self.p.dma("STORE", oa[h], b["o"], 1)
+
+        # heads pipelined: QK^T of head h is issued before AV of head h-1, so the array works
+        # while the special-function queue runs head h-1's softmax
         for h in range(qa.shape[0]):
-            b = bufs[h % 2]
+            b = bufs[h % nbuf]
             self.p.dma("LOAD", qa[h], b["q"], 1)
             self.p.dma("LOAD", ka[h].t(), b["kt"], 1)  # K^T: a transposing DMA
             self.p.dma("LOAD", va[h], b["v"], 1)
@@ -557,9 +581,9 @@ class _Lowering:
             self.p.emit("GEMM", a=b["q"], b=b["kt"], c=b["l"], m=s_q, k=d, n=s_k)
             self.p.emit("SOFTMAX", x=b["l"], y=b["p"], rows=s_q, cols=s_k, km=b["km"], pp=pp_sp,
                         x32=1, mask=1 if km_at is not None else 0, half=1)
-            self.p.emit("GEMM", a=b["p"], b=b["v"], c=b["o"], m=s_q, k=s_k, n=d, requant=1,
-                        qp=qp_sp)
-            self.p.dma("STORE", oa[h], b["o"], 1)
+            if h:
+                finish(h - 1)
+        finish(qa.shape[0] - 1)
 
     def op_add(self, n: Node, who: str) -> None:
         if len(n.args) != 2 or n.kwargs.get("alpha", 1) != 1:
@@ -660,14 +684,19 @@ class _Lowering:
                     sp_rs=pp_len, sp_cs=1)
         bufs = [([sa.take(rt * cols * v.esz, who) for v in ins],
                  [sa.take(rt * cols * o.esz, who) for o in outs]) for _ in range(2)]
+        pending: list[Any] = []  # stores deferred past the next tile's loads (as op_linear)
         for j, r0 in enumerate(range(0, rows_all, rt)):
             r = min(rt, rows_all - r0)
             sp_in, ys = bufs[j % 2]
             for v, a in zip(ins, sp_in, strict=True):
                 self.p.dma("LOAD", v.addr.reshape(rows_all, cols)[r0:r0 + r], a, v.esz)
+            while pending:
+                self.p.dma(*pending.pop(0))
             emit(sp_in, ys, r, pp_sp)
             for o, y in zip(outs, ys, strict=True):
-                self.p.dma("STORE", o.addr.reshape(rows_all, cols)[r0:r0 + r], y, o.esz)
+                pending.append(("STORE", o.addr.reshape(rows_all, cols)[r0:r0 + r], y, o.esz))
+        while pending:
+            self.p.dma(*pending.pop(0))
 
     def _through_layouts(self, v: str) -> list[str]:
         """Consumers of ``v``, looking through layout ops."""

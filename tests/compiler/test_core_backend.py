@@ -98,7 +98,7 @@ def test_layer_matches_float_and_timing(minilm):
 def test_scratchpad_overflow_names_op(minilm):
     _, g, _, _ = minilm
     with pytest.raises(CoreLoweringError, match=r"op linear_4 \(linear\): scratchpad overflow"):
-        lower_region(g, ["linear_4"], CoreConfig(sp_bytes=8 * 1024))
+        lower_region(g, ["linear_4"], CoreConfig(sp_bytes=1024))
 
 
 def test_encoder_region_is_the_body(minilm):
