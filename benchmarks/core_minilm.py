@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "golden_seconds_per_input": r["golden_seconds"] / max(1, r["n_inputs"]),
         "compile_seconds": compile_s, "layers": layers}
     if args.sim:
-        out["sim"] = _sim(c.plan, progs, args.sentences)
+        out["sim"] = _sim(c.plan, args.sentences)
 
     # the same workload on a ULX3S-85F-sized core (12x12 = 144 MACs) beside the CPU target
     fmax = max((m.fmax_mhz for m in GemmSpec.measured if m.family == "ecp5"
@@ -123,8 +123,11 @@ def main(argv: list[str] | None = None) -> int:
           ", ".join(f"{k} {v:,}" for k, v in sorted(q.items(), key=lambda kv: -kv[1])))
     if "sim" in out:
         s = out["sim"]
-        print(f"RTL: match {s['match']}, cycles {s['cycles']:,} vs predicted "
-              f"{s['predicted_cycles']:,}, {s['cycles_per_second']:,.0f} cycles/s")
+        print(f"RTL (Verilator), {s['n_inputs']} sentences: bit-exact with the golden core "
+              f"{s['match']}; cycles {s['cycles']:,} per sentence vs predicted "
+              f"{s['predicted_cycles']:,} (equal: {s['cycles_equal']}); "
+              f"{s['sim_seconds_per_input']:.0f} s per sentence ({s['cycles_per_second']:,.0f} "
+              f"cycles/s; build {s['build_seconds']:.0f} s once); cosine {s['cosine_mean']:.5f}")
     b, cp = out["ulx3s_85f_core"], out["cpu"]
     print(f"ULX3S-85F-sized core (12x12 at {b['clock_mhz']:.1f} MHz, {b['clock_basis']}): "
           f"{b['program_seconds'] * 1e3:.1f} ms of core programs per sentence; plan "
@@ -133,11 +136,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _sim(plan: dict[str, Any], progs: list[Any], n: int) -> dict[str, Any]:
-    """The programs on the Verilated core for ``n`` sentences (see sim.core_sim)."""
-    from compiler.core_run import run_on_rtl
+def _sim(plan: dict[str, Any], n: int) -> dict[str, Any]:
+    """The plan's core programs on the Verilated RTL core for ``n`` sentences
+    (``fmforge run --sim``'s runner): bit-exactness with the golden core, testbench cycles vs
+    the timing model, co-simulation speed."""
+    from compiler.core_run import run_on_core
+    from fmforge.commands.run import rtl_runner
 
-    return run_on_rtl(plan, limit=n)
+    stats: dict[str, Any] = {}
+    r = run_on_core(plan, limit=n, runner=rtl_runner(stats))
+    r.pop("_programs")
+    return {"match": stats["match"], "cycles": stats["cycles"] // max(1, r["n_inputs"]),
+            "predicted_cycles": stats["predicted_cycles"] // max(1, r["n_inputs"]),
+            "cycles_equal": stats["cycles"] == stats["predicted_cycles"],
+            "n_inputs": r["n_inputs"], "cosine_mean": r["cosine_mean"],
+            "sim_seconds_per_input": stats["sim_seconds"] / max(1, r["n_inputs"]),
+            "build_seconds": stats["build_seconds"],
+            "cycles_per_second": stats["cycles"] / stats["sim_seconds"]
+            if stats["sim_seconds"] else 0.0}
 
 
 if __name__ == "__main__":
