@@ -94,6 +94,9 @@ def register(subparsers: Any) -> None:
                    help="run the core programs on the Verilated RTL core (weights preloaded in its "
                         "simulated memory), compared bit for bit with the golden core and cycle "
                         "for cycle with the timing model")
+    p.add_argument("--board-sim", action="store_true",
+                   help="run the core programs through the host runtime on the Verilated board "
+                        "SoC, every frame over its UART pins (fmforge.board_run)")
     p.add_argument("--sentences", help="text file, one sentence per line (default: shipped set)")
     p.add_argument("--limit", type=int_range(1, 2**20), help="run at most this many inputs")
     p.add_argument("--rows", type=int_range(1, 64), default=8,
@@ -177,6 +180,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     runner = rtl_runner(stats, None if args.json else (
         lambda m: print(f"   {m}", file=sys.stderr, flush=True))) if args.sim else None
+    if args.board_sim:  # the board SoC through its UART (fmforge.board_run)
+        from fmforge.board_run import board_report, board_runner
+        runner = board_runner(stats, None if args.json else (
+            lambda m: print(f"   {m}", file=sys.stderr, flush=True)))
     r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner,
                     memory=memory)
     progs = r.pop("_programs")
@@ -191,6 +198,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       "ops": r["unit_busy"]["ops"]},
                  sim_seconds=stats["sim_seconds"], build_seconds=stats["build_seconds"],
                  rtl_errors=stats["errors"])
+    elif args.board_sim:
+        board_report(r, stats)
     else:
         r["engine"] = "golden"
     if out_dir is not None:

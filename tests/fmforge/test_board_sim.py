@@ -60,3 +60,26 @@ def test_gemm_on_the_verilated_soc_over_the_uart():
     assert counters["cycles"] == t.cycles and counters["busy_m"] == t.busy["M"]
     assert sent > 16 + 5 * 32 and received > 64
     assert sim.result["passed"] == 1
+
+
+@pytest.mark.slow
+def test_run_board_sim_tiny_encoder(tmp_path, capsys):
+    """``fmforge run PLAN --board-sim``: a compiled two-layer encoder's core program through the
+    host runtime on the Verilated SoC; outputs equal the golden core's, cycles the timing
+    model's (latency 2), bytes counted on the link."""
+    import json
+    from pathlib import Path
+
+    from fmforge.cli import main
+
+    model = f"{Path(__file__).parents[1] / 'hw' / 'tiny_bert.py'}:two_layers"
+    plan = tmp_path / "p.json"
+    assert main(["compile", "--model", model, "--devices", "core:rows=4:cols=4:sp_kb=16,cpu",
+                 "--objective", "energy", "-o", str(plan)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(plan), "--board-sim", "--limit", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["engine"] == "board-sim" and r["bit_exact"] and r["match"]
+    assert r["cycles"] == r["predicted_cycles"] > 0
+    assert r["link_bytes"] > 1000 and r["link_seconds"] == pytest.approx(r["link_bytes"] * 1e-5)
+    assert r["cosine_mean"] > 0.99 and not r["board_errors"]
