@@ -16,7 +16,7 @@ import dataclasses
 import time
 from typing import Any
 
-__all__ = ["board_report", "board_runner", "soc_for_program"]
+__all__ = ["SerialTransport", "board_report", "board_runner", "soc_for_program"]
 
 
 def soc_for_program(prog: Any, *, baud: float = 1e6, clock_hz: float = 25e6) -> Any:
@@ -35,11 +35,52 @@ def soc_for_program(prog: Any, *, baud: float = 1e6, clock_hz: float = 25e6) -> 
                      image=bytes(prog.image))
 
 
-def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1e6) -> Any:
+class SerialTransport:
+    """A :class:`golden.hostproto.Transport` on a serial port (pyserial)."""
+
+    def __init__(self, port: str, baud: float) -> None:
+        try:
+            import serial
+        except ImportError:
+            from golden.errors import UserFileNotFoundError
+            raise UserFileNotFoundError("pyserial is not installed: `pip install pyserial` "
+                                        "(or the 'build' extra)") from None
+        from golden.hostproto import HostLinkError
+        try:
+            self.ser = serial.Serial(port, int(baud), timeout=1.0)
+        except (serial.SerialException, OSError, ValueError) as e:
+            raise HostLinkError(f"cannot open serial port {port}: {e}") from None
+
+    def write(self, data: bytes) -> None:
+        self.ser.write(data)
+        self.ser.flush()
+
+    def read(self, n: int, timeout: float) -> bytes:
+        self.ser.timeout = timeout
+        return self.ser.read(n)
+
+    def close(self) -> None:
+        self.ser.close()
+
+
+def _check_board(info: dict[str, int], prog: Any) -> None:
+    from golden.hostproto import HostLinkError
+    n = len(prog.instrs)
+    if info["ext_bytes"] < prog.ext_bytes or info["imem_instrs"] < n:
+        raise HostLinkError(
+            f"the board's SoC does not match the plan: it has {info['ext_bytes']} bytes of "
+            f"memory and {info['imem_instrs']} instructions, the program needs "
+            f"{prog.ext_bytes} and {n}; load the bitstream of 'fmforge build PLAN'")
+
+
+def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1e6,
+                 port: str | None = None, timeout: float = 5.0) -> Any:
     """A program runner for :func:`compiler.core_run.run_on_core` (as
-    :func:`fmforge.commands.run.rtl_runner`) over the simulated board. ``stats`` accumulates
-    ``match``, ``cycles``, ``predicted_cycles``, ``busy``, ``memory_stall_cycles``,
-    ``link_bytes``, ``link_seconds``, ``sim_seconds``, ``build_seconds``, ``runs``, ``errors``."""
+    :func:`fmforge.commands.run.rtl_runner`) over the simulated board, or with ``port`` over
+    a real board's serial port (the image is then written over the link too, once per image;
+    ``timeout`` seconds per answer). ``stats`` accumulates ``match``, ``cycles``,
+    ``predicted_cycles``, ``busy``, ``memory_stall_cycles``, ``link_bytes``, ``link_seconds``,
+    ``sim_seconds``, ``build_seconds``, ``runs``, ``errors``."""
     import torch
 
     from fmforge.board_sim import BoardSim
@@ -51,6 +92,7 @@ def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1
     stats.update(match=True, cycles=0, predicted_cycles=0, memory_stall_cycles=0,
                  sim_seconds=0.0, build_seconds=0.0, runs=0, busy={"D": 0, "M": 0, "S": 0},
                  errors=[], link_bytes=0, link_seconds=0.0)
+    loaded: set[str] = set()  # images already on the real board
 
     def runner(prog: Any, inputs: dict[str, Any]) -> dict[str, Any]:
         mem = prog.memory(inputs)
@@ -61,12 +103,15 @@ def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1
         gold.ext, gold.sp = mem.ext.clone(), mem.sp.clone()
         run_program(prog.instrs, gold)
         cfg = soc_for_program(prog, baud=baud)
-        if progress:
-            progress(f"board simulation: {len(prog.instrs)} instructions, "
-                     f"{len(prog.image):,} image bytes preloaded")
-        sim = BoardSim(cfg, timeout=600, progress=progress)
+        if port is not None:
+            session: Any = _SerialSession(port, baud, timeout, prog, loaded)
+        else:
+            if progress:
+                progress(f"board simulation: {len(prog.instrs)} instructions, "
+                         f"{len(prog.image):,} image bytes preloaded")
+            session = BoardSim(cfg, timeout=600, progress=progress)
         t0 = time.perf_counter()
-        with sim as host:
+        with session as host:
             for lo, data in ins:
                 host.write_mem(lo, data)
             host.load_program(prog.program_bytes())
@@ -77,13 +122,14 @@ def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1
             got = [host.read_mem(lo, n) for lo, n in outs]
             cnt = host.counters()
             nbytes = host.bytes_sent + host.bytes_received
-        stats["sim_seconds"] += time.perf_counter() - t0 - sim.build_seconds
-        stats["build_seconds"] += sim.build_seconds
+        stats["sim_seconds"] += time.perf_counter() - t0 - session.build_seconds
+        stats["build_seconds"] += session.build_seconds
         ok = all(g == gold.ext[lo:lo + n].numpy().tobytes()
                  for g, (lo, n) in zip(got, outs, strict=True))
         stats["match"] &= ok
         stats["cycles"] += cnt["cycles"]
-        timing_cfg = dataclasses.replace(prog.cfg, latency=cfg.core.latency)
+        timing_cfg = dataclasses.replace(prog.cfg, latency=cfg.core.latency if port is None
+                                         else prog.cfg.latency)
         stats["predicted_cycles"] += program_timing(prog.instrs, timing_cfg).cycles
         stats["memory_stall_cycles"] += cnt["mem_stall"]
         for q in "DMS":
@@ -96,6 +142,36 @@ def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1
         return {name: prog.read(mem, name) for name in prog.outputs}
 
     return runner
+
+
+class _SerialSession:
+    """A real board over its serial port: ``with`` gives a checked :class:`Host` with the
+    program's image on the board (written once per image digest)."""
+
+    build_seconds = 0.0
+
+    def __init__(self, port: str, baud: float, timeout: float, prog: Any,
+                 loaded: set[str]) -> None:
+        self.port, self.baud, self.timeout, self.prog, self.loaded = (port, baud, timeout, prog,
+                                                                      loaded)
+
+    def __enter__(self) -> Any:
+        from golden.hostproto import Host
+        self.t = SerialTransport(self.port, self.baud)
+        try:
+            host = Host(self.t, timeout=self.timeout)
+            _check_board(host.info(), self.prog)
+            key = self.prog.digest()
+            if key not in self.loaded:
+                host.write_mem(0, bytes(self.prog.image))
+                self.loaded.add(key)
+        except BaseException:
+            self.t.close()
+            raise
+        return host
+
+    def __exit__(self, *exc: Any) -> None:
+        self.t.close()
 
 
 def board_report(r: dict[str, Any], stats: dict[str, Any]) -> None:

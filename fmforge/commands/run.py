@@ -97,6 +97,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--board-sim", action="store_true",
                    help="run the core programs through the host runtime on the Verilated board "
                         "SoC, every frame over its UART pins (fmforge.board_run)")
+    p.add_argument("--port", metavar="DEV", help="run the core programs on a board over this "
+                   "serial port (its bitstream from 'fmforge build PLAN'; fmforge.board_run)")
+    p.add_argument("--port-baud", type=int_range(1200, 12_000_000), default=1_000_000,
+                   help="serial baud rate (default: 1000000, the SoC's)")
+    p.add_argument("--port-timeout", type=float, default=5.0, help="seconds per answer")
     p.add_argument("--sentences", help="text file, one sentence per line (default: shipped set)")
     p.add_argument("--limit", type=int_range(1, 2**20), help="run at most this many inputs")
     p.add_argument("--rows", type=int_range(1, 64), default=8,
@@ -180,10 +185,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     runner = rtl_runner(stats, None if args.json else (
         lambda m: print(f"   {m}", file=sys.stderr, flush=True))) if args.sim else None
-    if args.board_sim:  # the board SoC through its UART (fmforge.board_run)
+    if args.board_sim or args.port:  # the board SoC through its UART (fmforge.board_run)
         from fmforge.board_run import board_report, board_runner
         runner = board_runner(stats, None if args.json else (
-            lambda m: print(f"   {m}", file=sys.stderr, flush=True)))
+            lambda m: print(f"   {m}", file=sys.stderr, flush=True)), port=args.port,
+            baud=args.port_baud, timeout=args.port_timeout)
     r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner,
                     memory=memory)
     progs = r.pop("_programs")
@@ -198,8 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                       "ops": r["unit_busy"]["ops"]},
                  sim_seconds=stats["sim_seconds"], build_seconds=stats["build_seconds"],
                  rtl_errors=stats["errors"])
-    elif args.board_sim:
+    elif args.board_sim or args.port:
         board_report(r, stats)
+        r["engine"] = "board" if args.port else "board-sim"
     else:
         r["engine"] = "golden"
     if out_dir is not None:
