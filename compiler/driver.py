@@ -185,15 +185,17 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
                   objective: str = "latency", seq_len: int | None = None,
                   calib: int = 16, float_ffn_down: bool = False,
                   sparse: str | None = None, ffn_down: str = "int16",
-                  min_cosine: float | None = None) -> Compiled:
+                  min_cosine: float | None = DEFAULT_MIN_COSINE) -> Compiled:
     """Compile ``model`` for ``devices`` (see :mod:`compiler.targets` for device specs);
     ``float_ffn_down``, ``ffn_down`` and ``sparse`` as in :func:`prepare_graph`.
 
-    ``min_cosine`` (``fmforge compile --min-cosine``, whose default is
-    :data:`DEFAULT_MIN_COSINE`): measure what running each op kind in integer costs on the
-    calibration samples (:mod:`compiler.accuracy`) and keep the plan's estimated output cosine
-    at or above it (the plan's ``accuracy`` section reports the estimate); None skips the
-    measurement and places ops on cost alone.
+    ``min_cosine`` (default :data:`DEFAULT_MIN_COSINE`, as ``fmforge compile --min-cosine``):
+    measure what running each op kind in integer costs on the calibration samples
+    (:mod:`compiler.accuracy`) and keep the plan's estimated output cosine at or above it (the
+    plan's ``accuracy`` section reports the estimate); None skips the measurement and places
+    ops on cost alone, so nothing stops a cheaper but lossy placement: MiniLM's int8 layer
+    norms (cosine 0.69) whenever the cost model prefers them on the accelerator (the energy
+    objective, or seq_len 128 with a host whose measured layer norm is slow).
     """
     devs = parse_devices(devices)
     lm = model if isinstance(model, LoadedModel) else load_model(model, seq_len)

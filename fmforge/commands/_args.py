@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 __all__ = ["Bounded", "int_range", "float_range", "positive_int", "annotate_ranges", "add_verbose", "add_json",
-           "write_atomic", "check_output_file", "check_output_dir", "SEED", "MAX_THREADS"]
+           "write_atomic", "check_output_file", "check_output_dir", "SEED", "SEQ_LEN", "MAX_THREADS"]
 
 
 class Bounded:
@@ -55,6 +55,9 @@ def float_range(lo: float, hi: float) -> Bounded:
 
 #: seeds: any 32-bit unsigned value
 SEED = int_range(0, 2**32 - 1)
+#: model sequence lengths: compiler.frontend.MAX_SEQ_LEN (the plan schema's cap; repeated here
+#: so the CLI parser needs no torch import, a test checks they agree)
+SEQ_LEN = int_range(1, 512)
 #: torch CPU threads: at most four per core, never more than 256
 MAX_THREADS = max(1, min(256, 4 * (os.cpu_count() or 1)))
 

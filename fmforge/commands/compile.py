@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from fmforge.commands._args import (
+    SEQ_LEN,
     add_json,
     check_output_file,
     float_range,
@@ -28,6 +29,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--devices", default="ulx3s-85f,cpu", help="comma-separated devices "
                    "(see 'fmforge devices'; default ulx3s-85f,cpu)")
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("--seq-len", type=SEQ_LEN, default=None, metavar="N",
+                   help="sequence length the model is compiled for (its example and calibration "
+                   "inputs; fmforge execute pads to it): token models of the zoo, minilm and "
+                   "gpt2-small (default 32), gpt2-tiny and the transformers *-tiny models "
+                   "(default 16, at most 128); ignored by encoder-tiny, vit-tiny, wav2vec2-tiny "
+                   "and FILE.py models")
     p.add_argument("--ffn-down", choices=("int16", "int8", "float"), default="int16",
                    help="FFN down-projection (linear reading the GELU output): int16 input as two "
                    "int8 passes (default), plain int8, or float on the host")
@@ -99,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserValueError(f"plan file {str(out)!r} would be overwritten by its PNG timeline "
                              f"({png.name}): give the plan a .json name")
     torch.set_num_threads(1)
-    c = compile_model(args.model, args.devices, args.objective,
+    c = compile_model(args.model, args.devices, args.objective, seq_len=args.seq_len,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
                       sparse=args.sparse, min_cosine=args.min_cosine, calib=args.calib)
     text = dumps_plan(c.plan)
