@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fmforge.commands._args import add_json, check_output_file, int_range
+from fmforge.commands._args import add_json, check_output_file, float_range, int_range
 from golden.errors import UserValueError
 
 __all__ = ["register", "rtl_runner", "run", "write_trace"]
@@ -101,7 +101,8 @@ def register(subparsers: Any) -> None:
                    "serial port (its bitstream from 'fmforge build PLAN'; fmforge.board_run)")
     p.add_argument("--port-baud", type=int_range(1200, 12_000_000), default=1_000_000,
                    help="serial baud rate (default: 1000000, the SoC's)")
-    p.add_argument("--port-timeout", type=float, default=5.0, help="seconds per answer")
+    p.add_argument("--port-timeout", type=float_range(0.01, 3600), default=5.0,
+                   help="seconds per answer")
     p.add_argument("--sentences", help="text file, one sentence per line (default: shipped set)")
     p.add_argument("--limit", type=int_range(1, 2**20), help="run at most this many inputs")
     p.add_argument("--rows", type=int_range(1, 64), default=8,
