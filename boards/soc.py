@@ -13,8 +13,10 @@
 The host link owns the external memory except while the core runs (START to ``done``); the
 protocol is docs/hostlink.md. :class:`SocTop` puts a :class:`Soc` on a board: the sync domain on
 the board oscillator, the UART on the board's ``uart`` pins (on the ULX3S the FT231X), LEDs 0-2
-show done, error and running. This first SoC keeps the external memory in block RAM (small models);
-the board's SDRAM through LiteDRAM and a PLL for the core clock are the next steps (issue 10).
+show done, error and running. The external memory is block RAM (small models; simulated and
+built) or the board's SDRAM through LiteDRAM (``memory="sdram"``: elaborated and synthesised, not
+yet simulated with an SDRAM model nor placed and routed). The SoC runs on the board oscillator: a
+PLL for the core clock is still to come (issue 10).
 """
 
 from __future__ import annotations
