@@ -104,5 +104,8 @@ class CoreSpec(UnitSpec):
         out["estimated"] = True
         out["basis"] = ("sum of the GEMM engine (GemmSpec), one lane each of softmax, layer norm "
                         "and GELU (their measured builds), scratchpad and instruction memory; "
-                        "the core itself is not yet built")
+                        "an underestimate: the first real build of a small SoC (4x4 core, 256 B "
+                        "scratchpad, buffers of 8) placed at 58,070 LUTs and 99 DSPs on ECP5-85F "
+                        "(31.2 MHz after placement, not routed) against 7,672 LUTs and 56 DSPs "
+                        "predicted: the multi-ported scratchpad and control are not yet counted")
         return out

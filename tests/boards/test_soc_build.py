@@ -121,6 +121,7 @@ def test_build_plan_json(plans, monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.bitstream  # deselected from `make test` (pyproject addopts): 30+ minutes of P&R
 def test_real_soc_bitstream(tmp_path):
     """One real ECP5 build of a small SoC (4x4 core, 256 B scratchpad, GEMM buffers of 8,
     8 KiB of memory): a bitstream and a nextpnr report within the board. (The numbers, and how
