@@ -535,7 +535,10 @@ def _interrupt(argv, patch, sig, env, wait_for="ready", stream="stdout"):
 
     import psutil
 
-    script = f"import sys\n{patch}\nfrom fmforge.cli import main\nsys.exit(main(sys.argv[1:]))"
+    # SIGINT as in a terminal, even when the suite itself runs as a background job (whose
+    # children inherit SIGINT ignored)
+    script = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              f"{patch}\nfrom fmforge.cli import main\nsys.exit(main(sys.argv[1:]))")
     p = subprocess.Popen([sys.executable, "-c", script, *argv], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=env)
     pipe = p.stdout if stream == "stdout" else p.stderr
