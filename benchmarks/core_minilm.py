@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     out["ulx3s_85f_core"] = {
         "array": "12x12", "clock_mhz": fmax,
         "clock_basis": "the 8x8 GEMM engine with requantizer measured on ECP5-85F "
-                       "(hw.gemm.GemmSpec.measured); the whole core is not yet built",
+                       "(hw.gemm.GemmSpec.measured): optimistic, the whole core is not yet "
+                       "built and the first small SoC placed at 31 MHz (hw.core_spec basis)",
         "program_cycles": cyc, "program_seconds": cyc / (fmax * 1e6),
         "plan_latency_s": board["totals"]["latency_s"],
         "plan_energy_j": board["totals"]["energy_j"]}

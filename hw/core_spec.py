@@ -63,12 +63,8 @@ class CoreSpec(UnitSpec):
             check_int(name, getattr(self, name), 1, hi)
 
     def config(self) -> CoreConfig:
-        """The timing/lowering configuration."""
-        return CoreConfig(rows=self.rows, cols=self.cols, dataflow=self.dataflow,
-                          latency=self.latency, bytes_per_cycle=self.bytes_per_cycle,
-                          queue_depth=self.queue_depth, sp_bytes=self.sp_bytes,
-                          imem_instrs=self.imem_instrs, max_m=self.max_m, max_k=self.max_k,
-                          max_n=self.max_n)
+        """The timing/lowering configuration: the same parameters, one list (CoreConfig's)."""
+        return CoreConfig(**{f: getattr(self, f) for f in CoreConfig.__dataclass_fields__})
 
     def build(self) -> Any:
         from hw.core import Core
