@@ -10,10 +10,12 @@ from golden.sparse.base import (
     FILTERS,
     AttentionResult,
     DenseFilter,
+    IntFilterResult,
     SparseAttentionFilter,
     attend_candidates,
     available_filters,
     make_filter,
+    quantize_qk_int8,
 )
 from golden.sparse.elsa import ElsaFilter
 from golden.sparse.energon import EnergonFilter
@@ -27,6 +29,7 @@ __all__ = [
     "ElsaFilter",
     "EnergonFilter",
     "FILTERS",
+    "IntFilterResult",
     "METHODS",
     "SangerFilter",
     "SparseAttentionFilter",
@@ -34,6 +37,7 @@ __all__ = [
     "attend_candidates",
     "available_filters",
     "make_filter",
+    "quantize_qk_int8",
 ]
 
 #: the five sparse methods, in the order tables list them

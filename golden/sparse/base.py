@@ -33,6 +33,8 @@ from golden.errors import UserValueError
 
 __all__ = [
     "AttentionResult",
+    "IntFilterResult",
+    "quantize_qk_int8",
     "DenseFilter",
     "FILTERS",
     "SparseAttentionFilter",
@@ -56,6 +58,36 @@ class AttentionResult:
 
     out: torch.Tensor
     mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class IntFilterResult:
+    """Output of ``SparseAttentionFilter.mask_int`` (the integer contract an RTL filter is
+    checked against): the keep ``mask`` bool ``[B, H, Lq, Lk]``, and for filters that prune
+    whole tokens or heads (SpAtten) the surviving ``tokens`` (int64 ``[B, n_t]``, ascending)
+    and ``heads`` (int64 ``[B, n_h]``, ascending); ``state`` carries a filter's integer state
+    to the next layer (SpAtten's importance accumulators), None for stateless filters."""
+
+    mask: torch.Tensor
+    tokens: torch.Tensor | None = None
+    heads: torch.Tensor | None = None
+    state: Any = None
+
+
+def quantize_qk_int8(x: torch.Tensor, key_mask: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, float]:
+    """int8 codes of a float Q or K ``[B, H, L, d]`` with one per-tensor scale, as the core's
+    requantized Q/K GEMM outputs are: ``scale = max|x| / 127`` over real tokens (``key_mask``
+    ``[B, L]``, padding rows ignored; 1.0 for an all-zero tensor), ``code = clamp(round(x /
+    scale), -127, 127)`` (round half to even). Returns ``(codes int64, scale)``."""
+    xd = x.double()
+    if key_mask is not None:
+        xd_real = xd.masked_fill(~key_mask.bool()[:, None, :, None], 0.0)
+    else:
+        xd_real = xd
+    amax = float(xd_real.abs().amax()) if xd_real.numel() else 0.0
+    scale = amax / 127.0 if amax > 0 else 1.0
+    return torch.round(xd / scale).clamp(-127, 127).to(torch.int64), scale
 
 
 def check_range(name: str, value: Any, lo: float | None, hi: float | None, *,
@@ -208,6 +240,22 @@ class SparseAttentionFilter(ABC):
     def mask(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, *,
              layer: int = 0) -> torch.Tensor:
         """Candidate mask bool ``[B, H, Lq, Lk]`` (False for padding keys and padding queries)."""
+
+    # -- the integer contract (what an RTL filter in hw/ computes bit for bit) ---------------
+    def int_params(self, scale_q: float, scale_k: float, d: int, *, layer: int = 0
+                   ) -> dict[str, int]:
+        """The filter's run-time integer constants for int8 Q/K of per-tensor scales
+        ``scale_q``/``scale_k`` and head size ``d`` at ``layer`` (computed on the host, loaded
+        into the RTL filter's parameter port): thresholds, multipliers, shifts."""
+        raise NotImplementedError(f"{self.name}: no integer contract yet")
+
+    def mask_int(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor,
+                 params: dict[str, int], state: Any = None) -> IntFilterResult:
+        """The integer contract: int8 codes ``q`` ``[B, H, Lq, d]`` and ``k`` ``[B, H, Lk, d]``
+        (int64 tensors holding values in [-127, 127]), the key mask bool ``[B, Lk]`` and the
+        :meth:`int_params` constants in; the keep mask (and pruned tokens/heads) out. Every
+        quantity is an integer; ``docs/sparse_attention.md`` states each format and rounding."""
+        raise NotImplementedError(f"{self.name}: no integer contract yet")
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_mask: torch.Tensor | None = None, *, layer: int = 0) -> AttentionResult:
