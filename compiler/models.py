@@ -192,3 +192,22 @@ def embed(
             pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
             outs.append(torch.nn.functional.normalize(pooled, p=2, dim=-1))
     return torch.cat(outs, dim=0)
+
+
+def capture_qk(n_sentences: int = 4, *, start: int = 0, max_length: int = 128
+               ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Real MiniLM attention inputs, one ``(q, k, key_mask)`` per layer (float ``[B, H, L, d]``
+    and bool ``[B, L]``) for shipped sentences ``start .. start + n_sentences`` run densely;
+    the stimulus of the sparse-filter co-simulations and benchmarks."""
+    model, tok = load_minilm()
+    sentences = load_sentences()[start:start + n_sentences]
+    got: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def grab(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor,
+             layer: int = 0) -> torch.Tensor:
+        got.append((q.detach().clone(), k.detach().clone(), key_mask.clone()))
+        return dense_attention(q, k, v, key_mask, layer)
+
+    embed(model, tok, sentences, attention_fn=grab, batch_size=len(sentences) or 1,
+          max_length=max_length)
+    return got
