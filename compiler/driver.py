@@ -159,10 +159,11 @@ def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = Fa
     t0 = time.perf_counter()
     g = export_graph(model.module, model.example_inputs, source=model.name)
     t1 = time.perf_counter()
-    passes: list[Pass] = [Canonicalize(), Quantize(calibration_samples(model, calib, g),
+    samples = calibration_samples(model, calib, g)
+    passes: list[Pass] = [Canonicalize(), Quantize(samples,
                                                    ffn_down="float" if float_ffn_down else ffn_down)]
     if sparse:
-        passes.append(sparsify_from_spec(sparse))
+        passes.append(sparsify_from_spec(sparse, samples))
     try:
         run_passes(g, passes)
     except RuntimeError as e:  # torch failing inside a user model on a calibration input

@@ -329,26 +329,22 @@ def _linear16(x: torch.Tensor, ql: Any, dev: dict[str, Any], shape: Sequence[int
 def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
                       stats: dict[str, int] | None = None) -> Any:
     """Attention with the op's sparse filter ANDed into its mask (float, on the host)."""
-    from compiler.passes.sparsify import sparse_filters
+    from compiler.passes.sparsify import attention_masks, sparse_filters
     spec = node.attrs["sparse_filter"]
     fn = sparse_filters().get(spec["name"])
     if fn is None:
         raise UserLookupError(f"op {node.name}: sparse filter {spec['name']!r} is not registered")
     q, k = args[0], args[1]
-    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
     shape = (*q.shape[:-1], k.shape[-2])
-    if mask is not None:
-        allowed = (mask if mask.dtype == torch.bool else mask > -1e30).expand(shape)
-        key_mask = allowed.reshape(q.shape[0], -1, k.shape[-2]).any(1)
-    else:
-        allowed = torch.ones(shape, dtype=torch.bool)
-        key_mask = None
+    allowed, key_mask = attention_masks(q, k, args, kwargs)
     extra = {"layer": int(spec["layer"])} if "layer" in spec else {}
+    if spec.get("calibration") is not None:
+        extra["calibration"] = spec["calibration"]
     keep = fn(q, k, key_mask, **extra, **spec.get("params", {})).expand(shape) & allowed
     # a row without candidates (padding queries) keeps the model's own mask: no empty softmax
     keep = keep | (allowed & ~keep.any(-1, keepdim=True))
-    if stats is not None and key_mask is not None:
-        real = allowed & key_mask[:, None, :, None]  # real query rows only
+    if stats is not None:
+        real = allowed if key_mask is None else allowed & key_mask[:, None, :, None]  # real rows
         stats["kept"] = stats.get("kept", 0) + int((keep & real).sum())
         stats["valid"] = stats.get("valid", 0) + int(real.sum())
     a = list(args)

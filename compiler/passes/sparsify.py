@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from compiler.ir import Graph
 from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 
-__all__ = ["SparsifyAttention", "SparseFilter", "golden_filter", "parse_sparse_spec",
+__all__ = ["SparsifyAttention", "SparseFilter", "attention_masks", "golden_filter", "parse_sparse_spec",
            "register_sparse_filter", "sparse_filters", "sparsify_from_spec"]
 
 SparseFilter = Callable[..., Any]
@@ -33,11 +35,14 @@ def golden_filter(method: str) -> SparseFilter:
     # sparsity` reports), not to the constructor's
     defaults = dict(getattr(FILTERS.get(method), "default", {}) or {})
 
-    def fn(q: Any, k: Any, key_mask: Any, *, layer: int = 0, **params: Any) -> Any:
+    def fn(q: Any, k: Any, key_mask: Any, *, layer: int = 0, calibration: Any = None,
+           **params: Any) -> Any:
         params = {**defaults, **params}
-        key = repr(sorted(params.items()))
+        key = repr((sorted(params.items()), calibration))
         if key not in cache:
             cache[key] = make_filter(method, **params)
+            if calibration is not None:
+                cache[key].load_calibration(calibration)
         f = cache[key]
         if layer == 0 and key_mask is not None:
             f.reset(key_mask)  # stateful filters (SpAtten) start a new sequence at layer 0
@@ -82,9 +87,11 @@ def parse_sparse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def sparsify_from_spec(spec: str) -> SparsifyAttention:
+def sparsify_from_spec(spec: str, samples: list[tuple[Any, ...]] | None = None
+                       ) -> SparsifyAttention:
     """The :class:`SparsifyAttention` pass of a ``METHOD[:knob=value]`` spec; the knobs are checked
-    by building the filter once (errors name the spec)."""
+    by building the filter once (errors name the spec). ``samples`` (graph inputs) calibrate
+    filters that learn parameters (ELSA's thresholds, Sanger's clips)."""
     name, params = parse_sparse_spec(spec)
     _register_golden()
     if name in _FILTERS and name in _golden_methods():
@@ -93,7 +100,7 @@ def sparsify_from_spec(spec: str) -> SparsifyAttention:
             make_filter(name, **params)
         except (TypeError, ValueError) as e:
             raise UserValueError(f"sparse spec {spec!r}: {e}") from None
-    return SparsifyAttention(name, params)
+    return SparsifyAttention(name, params, samples=samples)
 
 
 def _golden_methods() -> tuple[str, ...]:
@@ -102,6 +109,18 @@ def _golden_methods() -> tuple[str, ...]:
     except ImportError:  # pragma: no cover
         return ()
     return tuple(METHODS)
+
+
+def attention_masks(q: Any, k: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                    ) -> tuple[Any, Any]:
+    """An attention op's allowed query-key pairs (bool ``[..., L, S]``, from its ``attn_mask``
+    argument; all True without one) and the key mask ``[B, S]`` (None without a mask)."""
+    mask = args[3] if len(args) > 3 else kwargs.get("attn_mask")
+    shape = (*q.shape[:-1], k.shape[-2])
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool), None
+    allowed = (mask if mask.dtype == torch.bool else mask > -1e30).expand(shape)
+    return allowed, allowed.reshape(q.shape[0], -1, k.shape[-2]).any(1)
 
 
 def register_sparse_filter(name: str, fn: SparseFilter) -> None:
@@ -125,7 +144,8 @@ class SparsifyAttention(Pass):
     ensures = frozenset({"sparsified"})
 
     def __init__(self, filter_name: str, params: dict[str, Any] | None = None,
-                 layers: set[str] | None = None) -> None:
+                 layers: set[str] | None = None, samples: list[tuple[Any, ...]] | None = None
+                 ) -> None:
         _register_golden()
         if filter_name not in _FILTERS:
             raise PassError(f"unknown sparse filter {filter_name!r}; registered: "
@@ -133,6 +153,7 @@ class SparsifyAttention(Pass):
         self.filter_name = filter_name
         self.params = dict(params or {})
         self.layers = layers
+        self.samples = samples
 
     def run(self, graph: Graph) -> None:
         layer = 0
@@ -144,6 +165,46 @@ class SparsifyAttention(Pass):
                 n.attrs["sparse_filter"] = {"name": self.filter_name, "params": self.params,
                                             "layer": layer}
             layer += 1
+        cal = self._calibrate(graph)
+        if cal is not None:
+            for n in graph.nodes:
+                if "sparse_filter" in n.attrs:
+                    n.attrs["sparse_filter"]["calibration"] = cal
+
+    def _calibrate(self, graph: Graph) -> dict[str, Any] | None:
+        """Calibrate a golden filter that learns parameters on the calibration samples: run
+        the float graph, capture each filtered attention's ``(q, k, key_mask)`` per layer, and
+        return the filter's :meth:`calibration_state` (None when it learns nothing)."""
+        if self.filter_name not in _golden_methods():
+            return None
+        from golden.sparse import FILTERS, make_filter
+        if not getattr(FILTERS[self.filter_name], "needs_calibration", False):
+            return None
+        if not self.samples:
+            raise PassError(f"sparse filter {self.filter_name!r} learns its parameters from "
+                            "calibration data; the compiler was given no calibration samples")
+        from compiler.interp import run_graph
+        per_layer: dict[int, list[tuple[Any, Any, Any]]] = {}
+
+        def observe(node: Any, val: Any, args: tuple[Any, ...]) -> None:
+            spec = node.attrs.get("sparse_filter")
+            if spec is None or node.op != "attention":
+                return
+            q, k = args[0], args[1]
+            _, key_mask = attention_masks(q, k, args, {})
+            if key_mask is None:
+                key_mask = torch.ones(q.shape[0], k.shape[-2], dtype=torch.bool)
+            per_layer.setdefault(int(spec["layer"]), []).append(
+                (q.detach().float(), k.detach().float(), key_mask))
+
+        for sample in self.samples:
+            run_graph(graph, list(sample), observe=observe)
+        if not per_layer:
+            return None
+        f = make_filter(self.filter_name, **{**dict(FILTERS[self.filter_name].default),
+                                             **self.params})
+        samples = [per_layer.get(i, []) for i in range(max(per_layer) + 1)]
+        return f.calibration_state(samples)
 
     def check(self, graph: Graph) -> None:
         if not any("sparse_filter" in n.attrs for n in graph.nodes):

@@ -235,6 +235,25 @@ class SparseAttentionFilter(ABC):
         ``(q, k, key_mask)`` captured from the dense model."""
         del samples
 
+    def calibration_state(self, samples: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+                          ) -> dict[str, Any]:
+        """Run :meth:`calibrate` and return what it learned as JSON-ready data: every instance
+        attribute it set or replaced (tensors as ``{"tensor": values, "dtype": name}``), so a
+        plan can carry the calibration and :meth:`load_calibration` restores it exactly."""
+        before = dict(vars(self))
+        self.calibrate(samples)
+        return {name: _to_json(v) for name, v in vars(self).items()
+                if name not in before or before[name] is not v}
+
+    def load_calibration(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`calibration_state` (unknown attribute names are an error)."""
+        if not isinstance(state, dict):
+            raise UserValueError(f"{self.name} calibration must be an object, not {state!r}")
+        for name, v in state.items():
+            if not hasattr(self, name) or name.startswith("_"):
+                raise UserValueError(f"{self.name} calibration names unknown attribute {name!r}")
+            setattr(self, name, _from_json(v))
+
     # -- the filter ------------------------------------------------------------------------
     @abstractmethod
     def mask(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, *,
@@ -268,6 +287,28 @@ class SparseAttentionFilter(ABC):
                  layer: int) -> torch.Tensor:
         """``attention_fn`` form for ``compiler.models.embed``."""
         return self.attend(q, k, v, key_mask, layer=layer).out
+
+
+def _to_json(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return {"tensor": v.tolist(), "dtype": str(v.dtype).removeprefix("torch.")}
+    if isinstance(v, list | tuple):
+        return [_to_json(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _to_json(x) for k, x in v.items()}
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    raise UserValueError(f"calibration value of type {type(v).__name__} cannot be stored in a plan")
+
+
+def _from_json(v: Any) -> Any:
+    if isinstance(v, dict) and set(v) == {"tensor", "dtype"}:
+        return torch.tensor(v["tensor"], dtype=getattr(torch, str(v["dtype"])))
+    if isinstance(v, list):
+        return [_from_json(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _from_json(x) for k, x in v.items()}
+    return v
 
 
 def _default_key_mask(k: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:

@@ -74,3 +74,25 @@ def test_sanger_on_minilm_attention():
     assert r["cosine_min"] >= 0.95
     with pytest.raises(ValueError, match="sanger"):
         compile_model("encoder-tiny", "cpu:mode=roofline", sparse="sanger:threshold=2")
+
+
+def test_elsa_calibrates_on_the_calibration_split_and_the_plan_carries_it():
+    import json
+    c = compile_model("encoder-tiny", "asic,cpu:mode=roofline", sparse="elsa:p=1")
+    att = [o["sparse_filter"] for o in c.plan["ops"] if o["op"] == "attention"]
+    cal = att[0]["calibration"]
+    assert len(att) == 2 and all(a["calibration"] == cal for a in att)
+    assert len(cal["thresholds"]) == 2 and all(0 < t < 1 for t in cal["thresholds"])
+    plan = json.loads(json.dumps(c.plan))  # the executor reads the thresholds from the plan
+    r = execute_plan(plan, limit=4)
+    assert 0.05 < r["sparse_keep_ratio"] < 0.9 and r["cosine_min"] > 0.95
+    # a different calibration in the plan changes the mask: the executor uses it, not its own
+    for o in plan["ops"]:
+        if o["op"] == "attention":
+            o["sparse_filter"]["calibration"] = {"thresholds": [0.0, 0.0]}
+    assert execute_plan(plan, limit=4)["sparse_keep_ratio"] > r["sparse_keep_ratio"]
+    for o in plan["ops"]:
+        if o["op"] == "attention":
+            o["sparse_filter"]["calibration"] = {"bogus": 1}
+    with pytest.raises(ValueError, match="unknown attribute 'bogus'"):
+        execute_plan(plan, limit=1)
