@@ -8,19 +8,33 @@ L2-normalised, fake-quantised symmetrically to ``bits`` bits with
 ``s_hat`` over real keys; key j is a candidate iff ``P_hat_j > threshold``. The clip values
 (``clip``, an EMA of max|x| in the authors' training) are the maxima of ``|x|/|x|_row`` over
 the calibration data per layer, for Q and K separately; without calibration the maximum of
-the current sequence and head is used.
+the current sequence and head is used. This is the float twin (``integer=False``).
 
-Integer model (``integer=True``): the 4-bit codes and their dot product ``D`` are int64;
-row norms are unsigned fixed point with 8 fraction bits (``round(|x| * 256)``); the base-2
-logit with 8 fraction bits is ``z = floor(D * nq * nk * c / 2**(cf + 8))`` with
-``c = round(log2(e) * 2**cf / (scale_q * scale_k * sqrt(d)))``, ``cf = 16 + 2 * max(0, bits -
-4)`` (more fraction bits for wider codes, whose larger scales would round ``c`` to a few
-levels), the shift being ``cf + 8``; ``e_j = 2**-(max z - z_j)``
-from ``exp2_neg_fixed`` (64-entry LUT, 15 fraction bits); key j is a candidate iff
-``e_j * 2**16 > round(threshold * 2**16) * sum_j e_j`` (no division). ``threshold = 0``
-keeps every real key.
+Integer contract (``integer=True``; :meth:`SangerFilter.int_params` on the host,
+:meth:`SangerFilter.mask_int` in the RTL filter ``hw.sparse_sanger``). In: int8 codes of Q
+and K (int64 in [-127, 127], one scale per tensor, :func:`golden.sparse.base.quantize_qk_int8`).
+No float, square root or division:
 
-The float twin computes ``P_hat`` in float64 from the same fake-quantised codes.
+1. Row codes (:func:`sanger_row_codes`, ``b = bits``, ``top = 2**(b-1) - 1``): per row of
+   ``d`` codes, ``L`` = bit length of ``max_i |x_i|`` (0 for a zero row), row shift
+   ``s = max(0, L - (b - 1))`` in ``[0, 8 - b]``, code ``c_i = clamp(rne(x_i / 2**s), -top,
+   top)``, ``rne`` the rounding right shift half to even, ``(x + 2**(s-1) - 1 + ((x >> s) & 1))
+   >> s`` for ``s >= 1`` (arithmetic shifts), ``x`` itself for ``s = 0``. A power-of-two
+   block scale per row stands for the float twin's row normalisation (the largest code of a
+   row is 4..7 for 4 bits).
+2. Dot ``D = sum_i cq_i * ck_i`` (signed, ``|D| <= d * top**2``).
+3. Base-2 logit with 8 fraction bits: ``z = floor(D * mult * 2**(sq + sk) / 2**shift)`` (exact
+   product, arithmetic right shift); the host's ``mult * 2**-shift`` is
+   ``log2(e) * 2**8 * scale_q * scale_k / sqrt(d)`` (``mult`` 16-bit unsigned, ``shift`` the
+   largest in [0, 63] with ``mult < 2**16``, ``mult`` rounded half to even).
+4. Per query row over its valid keys: ``zmax``; ``x = zmax - z >= 0``; ``e =
+   exp2_neg_fixed(x, 8)`` (64-entry LUT, 15 fraction bits, ``e = 2**15`` at the maximum and 0
+   once ``x >= 16 * 2**8``); ``S = sum e``.
+5. Key j is kept iff ``e_j * 2**16 > thr * S`` with ``thr = round(threshold * 2**16)`` (half to
+   even, in [0, 2**16]); ``keep_all`` (threshold 0) keeps every valid key. A real query row
+   left empty (only when ``thr * S >= 2**31``) keeps its first key with ``z = zmax``.
+
+Padding keys are never kept; padding query rows (self-attention) are empty.
 """
 
 from __future__ import annotations
@@ -32,28 +46,113 @@ import torch
 
 from golden.errors import UserValueError
 from golden.sparse.base import (
+    IntFilterResult,
     SparseAttentionFilter,
     _default_key_mask,
     check_range,
     ensure_nonempty,
     exp2_neg_fixed,
+    quantize_qk_int8,
     register_filter,
     valid_pairs,
 )
 
-__all__ = ["SangerFilter", "sanger_quantize"]
+__all__ = ["SangerFilter", "check_int_param", "check_qk_codes", "rne_shift", "sanger_logits_int",
+           "sanger_quantize", "sanger_row_codes", "sanger_mult_shift"]
 
 ALLOWED_BITS = (2, 4, 6, 8)
-NORM_FRAC_BITS = 8
 LOGIT_FRAC_BITS = 8
 THRESH_FRAC_BITS = 16
+MULT_BITS = 16
+MAX_SHIFT = 63
+#: names of the run-time constants of :meth:`SangerFilter.int_params`
+INT_PARAMS = ("keep_all", "thr", "mult", "shift")
 
 
 def sanger_quantize(x: torch.Tensor, bits: int, clip: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric ``bits``-bit codes (int64) of ``x`` with clip value ``clip``, and the scale."""
+    """Float twin: symmetric ``bits``-bit codes (int64) of ``x`` with clip value ``clip``, and the scale."""
     top = 2 ** (bits - 1) - 1
     scale = top / torch.as_tensor(clip, dtype=torch.float64).clamp_min(1e-30)
     return torch.round(x.double() * scale).clamp(-top, top).to(torch.int64), scale
+
+
+def check_qk_codes(q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """Validate the inputs of a ``mask_int``: int8 codes ``q`` ``[B, H, Lq, d]``, ``k``
+    ``[B, H, Lk, d]`` (integer tensors in [-127, 127]) and ``key_mask`` ``[B, Lk]``; returns
+    the key mask as bool. Raises ``ValueError`` naming the bad input."""
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool \
+                or t.dim() != 4:
+            raise UserValueError(f"{name} must be an int64 tensor [B, H, L, d] of int8 codes "
+                                 f"(quantize_qk_int8), not {getattr(t, 'dtype', type(t).__name__)} "
+                                 f"{tuple(getattr(t, 'shape', ()))}")
+        if t.numel() and (int(t.min()) < -127 or int(t.max()) > 127):
+            raise UserValueError(f"{name} codes must lie in [-127, 127], not [{int(t.min())}, {int(t.max())}]")
+    if q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:
+        raise UserValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in B, H and d")
+    if not isinstance(key_mask, torch.Tensor) or tuple(key_mask.shape) != (k.shape[0], k.shape[2]):
+        raise UserValueError(f"key_mask must be a bool tensor [B, Lk] = [{k.shape[0]}, {k.shape[2]}], "
+                             f"not {tuple(getattr(key_mask, 'shape', ()))}")
+    return key_mask.bool()
+
+
+def check_int_param(params: dict[str, int], name: str, lo: int, hi: int) -> int:
+    """``params[name]`` as an int in ``[lo, hi]`` (``ValueError`` naming it otherwise)."""
+    if not isinstance(params, dict):
+        raise UserValueError(f"params must be the dict of int_params(), not {type(params).__name__}")
+    if name not in params:
+        raise UserValueError(f"params lacks {name!r} (int_params() gives {', '.join(sorted(params)) or 'it'})")
+    v = params[name]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise UserValueError(f"params[{name!r}] must be an integer, not {v!r}")
+    if not lo <= v <= hi:
+        raise UserValueError(f"params[{name!r}] must be in [{lo}, {hi}], not {v}")
+    return v
+
+
+def rne_shift(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """``x / 2**s`` rounded half to even, for int64 ``x`` and shifts ``s >= 0`` (broadcast):
+    ``(x + 2**(s-1) - 1 + ((x >> s) & 1)) >> s`` with arithmetic shifts, ``x`` for ``s = 0``."""
+    s = torch.as_tensor(s, dtype=torch.int64)
+    half = torch.where(s > 0, (torch.ones_like(s) << (s - 1).clamp_min(0)) - 1, torch.zeros_like(s))
+    r = (x + half + ((x >> s) & 1)) >> s
+    return torch.where(s > 0, r, x)
+
+
+def sanger_row_codes(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``bits``-bit codes of int8 code rows ``x`` ``[..., d]`` with a power-of-two scale per row
+    (module docstring, step 1): ``(codes [..., d], shifts [..., 1])``, both int64."""
+    if bits not in ALLOWED_BITS:
+        raise UserValueError(f"bits must be one of {ALLOWED_BITS}, not {bits!r}")
+    top = 2 ** (bits - 1) - 1
+    m = x.abs().amax(-1, keepdim=True)
+    length = torch.zeros_like(m)
+    for b in range(1, 8):       # bit length of m in [0, 127]
+        length = length + (m >= (1 << (b - 1))).to(torch.int64)
+    s = (length - (bits - 1)).clamp_min(0)
+    return rne_shift(x, s).clamp(-top, top), s
+
+
+def sanger_logits_int(q: torch.Tensor, k: torch.Tensor, bits: int, mult: int, shift: int) -> torch.Tensor:
+    """Base-2 logits int64 ``[B, H, Lq, Lk]`` with 8 fraction bits (module docstring, steps
+    1-3) of int8 codes ``q``, ``k``."""
+    qc, sq = sanger_row_codes(q, bits)
+    kc, sk = sanger_row_codes(k, bits)
+    dot = qc @ kc.transpose(-1, -2)
+    return ((dot * mult) << (sq + sk.transpose(-1, -2))) >> shift
+
+
+def sanger_mult_shift(value: float) -> tuple[int, int]:
+    """``(mult, shift)`` with ``mult * 2**-shift ~= value``: ``shift`` the largest in [0, 63]
+    with ``round(value * 2**shift) < 2**16``, ``mult`` that rounding (half to even)."""
+    check_range("logit multiplier", value, 0.0, None, lo_open=True)
+    shift = MAX_SHIFT
+    while shift > 0 and round(value * 2.0 ** shift) >= 2 ** MULT_BITS:
+        shift -= 1
+    mult = round(value * 2.0 ** shift)
+    if mult >= 2 ** MULT_BITS:
+        raise UserValueError(f"Q/K scales too large for the Sanger logit multiplier ({value:g} >= 2^16)")
+    return mult, shift
 
 
 @register_filter
@@ -107,6 +206,8 @@ class SangerFilter(SparseAttentionFilter):
         return self.layer_thresholds[layer]
 
     def calibrate(self, samples: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]) -> None:
+        """Learn the float twin's per-layer clips (the integer contract scales each row by a
+        power of two instead and needs none)."""
         clips = []
         for layer in samples:
             cq = ck = 0.0
@@ -126,42 +227,74 @@ class SangerFilter(SparseAttentionFilter):
             return torch.tensor(self.clips[layer][which], dtype=torch.float64)
         return xn.abs().masked_fill(~key_mask[:, None, :, None], 0).amax((-1, -2), keepdim=True)
 
+    # -- the integer contract ----------------------------------------------------------------
+    def int_params(self, scale_q: float, scale_k: float, d: int, *, layer: int = 0) -> dict[str, int]:
+        """Run-time constants for int8 Q/K of scales ``scale_q``, ``scale_k`` and head size
+        ``d`` at ``layer`` (module docstring): ``keep_all`` (0/1), ``thr`` (17-bit unsigned,
+        16 fraction bits), ``mult`` (16-bit unsigned) and ``shift`` (0..63)."""
+        check_range("scale_q", scale_q, 0.0, None, lo_open=True)
+        check_range("scale_k", scale_k, 0.0, None, lo_open=True)
+        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
+            raise UserValueError(f"d (head size) must be a positive integer, not {d!r}")
+        thr = self.threshold_at(layer)
+        mult, shift = sanger_mult_shift(math.log2(math.e) * 2 ** LOGIT_FRAC_BITS * scale_q * scale_k
+                                        / math.sqrt(d))
+        return {"keep_all": int(thr == 0), "thr": round(thr * 2 ** THRESH_FRAC_BITS),
+                "mult": mult, "shift": shift}
+
+    def mask_int(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor,
+                 params: dict[str, int], state: Any = None) -> IntFilterResult:
+        """The integer contract (module docstring): int8 codes ``q``, ``k`` and :meth:`int_params`
+        in, the keep mask out. Bit for bit what ``hw.sparse_sanger`` computes."""
+        del state
+        key_mask = check_qk_codes(q, k, key_mask)
+        keep_all = check_int_param(params, "keep_all", 0, 1)
+        thr = check_int_param(params, "thr", 0, 2 ** THRESH_FRAC_BITS)
+        mult = check_int_param(params, "mult", 0, 2 ** MULT_BITS - 1)
+        shift = check_int_param(params, "shift", 0, MAX_SHIFT)
+        valid = valid_pairs(key_mask, q.shape[1], q.shape[2])
+        if keep_all:
+            return IntFilterResult(valid.clone())
+        z = sanger_logits_int(q.to(torch.int64), k.to(torch.int64), self.bits, mult, shift)
+        zm = z.masked_fill(~valid, -(2 ** 62))
+        e = exp2_neg_fixed(zm.amax(-1, keepdim=True) - zm, LOGIT_FRAC_BITS).masked_fill(~valid, 0)
+        cand = (e << THRESH_FRAC_BITS) > thr * e.sum(-1, keepdim=True)
+        return IntFilterResult(ensure_nonempty(cand & valid, z, valid))
+
+    # -- the filter ----------------------------------------------------------------------------
+    def _int8(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, layer: int
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+        q8, sq = quantize_qk_int8(q, key_mask if q.shape[2] == k.shape[2] else None)
+        k8, sk = quantize_qk_int8(k, key_mask)
+        return q8, k8, self.int_params(sq, sk, q.shape[-1], layer=layer)
+
     def predicted_logits(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, layer: int
                          ) -> torch.Tensor:
-        """Predicted scores: int64 base-2 logits (8 fraction bits) or float64 natural logits."""
+        """Predicted scores: int64 base-2 logits (8 fraction bits; the integer contract on
+        ``quantize_qk_int8`` codes) or float64 natural logits (the float twin)."""
+        if self.integer:
+            q8, k8, prm = self._int8(q, k, key_mask, layer)
+            return sanger_logits_int(q8, k8, self.bits, prm["mult"], prm["shift"])
         d = q.shape[-1]
         qd, kd = q.double(), k.double()
         nq, nk = qd.norm(dim=-1, keepdim=True), kd.norm(dim=-1, keepdim=True)
         qn, kn = qd / nq.clamp_min(1e-30), kd / nk.clamp_min(1e-30)
         qc, sq = sanger_quantize(qn, self.bits, self._clip(qn, key_mask, layer, 0))
         kc, sk = sanger_quantize(kn, self.bits, self._clip(kn, key_mask, layer, 1))
-        if not self.integer:
-            dots = qc.double() @ kc.double().transpose(-1, -2)
-            return dots / (sq * sk) * nq * nk.transpose(-1, -2) / math.sqrt(d)
-        dot = qc @ kc.transpose(-1, -2)
-        nq8 = torch.round(nq * 2 ** NORM_FRAC_BITS).to(torch.int64)
-        nk8 = torch.round(nk * 2 ** NORM_FRAC_BITS).to(torch.int64).transpose(-1, -2)
-        sc = sq * sk
-        cf = 16 + 2 * max(0, self.bits - 4)      # c keeps ~7 significant bits for every width
-        c = torch.round(math.log2(math.e) * 2 ** cf / (sc * math.sqrt(d))).to(torch.int64)
-        shift = 2 * NORM_FRAC_BITS + cf - LOGIT_FRAC_BITS
-        return (dot * nq8 * nk8 * c) >> shift
+        dots = qc.double() @ kc.double().transpose(-1, -2)
+        return dots / (sq * sk) * nq * nk.transpose(-1, -2) / math.sqrt(d)
 
     def mask(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None, *,
              layer: int = 0) -> torch.Tensor:
         key_mask = _default_key_mask(k, key_mask)
         valid = valid_pairs(key_mask, q.shape[1], q.shape[2])
         thr = self.threshold_at(layer)
+        if self.integer:
+            q8, k8, prm = self._int8(q, k, key_mask, layer)
+            return self.mask_int(q8, k8, key_mask, prm).mask
         if thr == 0:
             return valid.clone()
         z = self.predicted_logits(q, k, key_mask, layer)
-        if self.integer:
-            zm = z.masked_fill(~valid, -(2 ** 62))
-            x = zm.amax(-1, keepdim=True) - zm
-            e = exp2_neg_fixed(x, LOGIT_FRAC_BITS).masked_fill(~valid, 0)
-            tq = round(thr * 2 ** THRESH_FRAC_BITS)
-            cand = (e << THRESH_FRAC_BITS) > tq * e.sum(-1, keepdim=True)
-        else:
-            p = torch.softmax(z.masked_fill(~valid, float("-inf")), -1)
-            cand = torch.nan_to_num(p, nan=0.0) > thr
+        p = torch.softmax(z.masked_fill(~valid, float("-inf")), -1)
+        cand = torch.nan_to_num(p, nan=0.0) > thr
         return ensure_nonempty(cand & valid, z, valid)

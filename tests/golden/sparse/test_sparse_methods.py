@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from golden.sparse import make_filter
+from golden.sparse.base import quantize_qk_int8
 from golden.sparse.elsa import ElsaFilter, elsa_calibrate_layer, elsa_projection, elsa_theta_bias
 from golden.sparse.energon import energon_round_keep
-from golden.sparse.sanger import SangerFilter
+from golden.sparse.sanger import SangerFilter, sanger_row_codes
 from golden.sparse.spatten import SpattenFilter
 
 
@@ -196,12 +197,21 @@ def test_sanger_integer_and_float_agree_away_from_threshold():
     thr = 0.05
     fi, ff = SangerFilter(threshold=thr, integer=True), SangerFilter(threshold=thr, integer=False)
     mi, mf = fi.mask(q, k), ff.mask(q, k)
-    z = ff.predicted_logits(q, k, torch.ones(2, 12, dtype=torch.bool), 0)
-    p = torch.softmax(z, -1)
-    # integer exp2 LUT (~1.1 %), 8-bit norms and the logit floor: 5 % band around the threshold
+    # the integer contract scales each row by a power of two (no division by the row norm), so
+    # its 4-bit codes differ from the float twin's: the masks agree on most pairs, not all
+    assert (mi == mf).double().mean() > 0.93
+    # away from the threshold the integer datapath (exp2 LUT ~1.1 %, 16-bit multiplier, logit
+    # floor) equals its own algorithm in float: the same row codes, exact scale, float softmax
+    q8, sq = quantize_qk_int8(q)
+    k8, sk = quantize_qk_int8(k)
+    qc, eq = sanger_row_codes(q8, 4)
+    kc, ek = sanger_row_codes(k8, 4)
+    s = (qc @ kc.transpose(-1, -2)).double() * 2.0 ** (eq + ek.transpose(-1, -2)).double() \
+        * sq * sk / math.sqrt(32)
+    p = torch.softmax(s, -1)
     far = (p - thr).abs() > 0.05 * thr
-    assert torch.equal(mi & far, mf & far)
-    assert (mi == mf).double().mean() > 0.97
+    assert torch.equal(mi & far, (p > thr) & far)
+    assert far.double().mean() > 0.9
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -215,9 +225,10 @@ def test_sanger_layer_thresholds_and_wide_codes(bits):
     with pytest.raises(ValueError, match=r"layer_thresholds\[1\]"):
         SangerFilter(layer_thresholds=[0.1, 1.5])
     # the integer logit constant keeps its precision for wide codes: integer ~ float twin
+    # (4-bit: the integer contract's power-of-two row scale differs from the twin's norm)
     mi = SangerFilter(threshold=0.05, bits=bits).mask(q, k)
     mf = SangerFilter(threshold=0.05, bits=bits, integer=False).mask(q, k)
-    assert (mi == mf).double().mean() > 0.97
+    assert (mi == mf).double().mean() > (0.97 if bits == 8 else 0.93)
 
 
 # ---------------------------------------------------------------- real model
