@@ -90,12 +90,14 @@ def test_post_scoring_integer_and_float_agree_on_grid(T):
     g = torch.Generator().manual_seed(7)
     q = torch.randint(-100, 100, (2, 2, 9, 16), generator=g).double() / 16
     k = torch.randint(-100, 100, (2, 2, 9, 16), generator=g).double() / 16
+    q[0, 0, 0, 0] = k[0, 0, 0, 0] = 127 / 16       # per-tensor int8 scale exactly 1/16
     km = torch.ones(2, 9, dtype=torch.bool)
     km[1, 6:] = False
     mi = A3Filter(m=0.5, T=T, integer=True).mask(q, k, km)
     mf = A3Filter(m=0.5, T=T, integer=False).mask(q, k, km)
-    # inputs on the 9-bit grid: the integer threshold floor(t*sqrt(d)*256) is exact, so the
-    # masks differ only where s_max - s is within one LSB (2^-8) of t*sqrt(d)
+    # inputs on the int8 grid of scale 1/16 (codes exact): the integer threshold
+    # floor(t*sqrt(d)*256) is exact, so the masks differ only where s_max - s is within one
+    # LSB (2^-8) of t*sqrt(d)
     dots = q @ k.transpose(-1, -2)
     t = math.log(100 / T) * 4
     near = ((dots.amax(-1, keepdim=True) - dots - t).abs() < 2 ** -8)

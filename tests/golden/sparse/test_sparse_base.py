@@ -113,7 +113,7 @@ def test_keep_all_setting_is_dense_attention(name, integer):
     ("spatten", {"msb_bits": 6, "lsb_bits": 4}, "msb_bits + lsb_bits must be 12"),
     ("energon", {"alpha": 1.0}, "alpha (Energon threshold offset) must be in [-1, 1)"),
     ("energon", {"alpha": -1.5}, "alpha"),
-    ("energon", {"rounds": ((4, 0),)}, "bits in [1, 16]"),
+    ("energon", {"rounds": ((4, 0),)}, "bits in [1, 8]"),
     ("sanger", {"threshold": -0.01}, "threshold (Sanger probability threshold) must be in [0, 1)"),
     ("sanger", {"threshold": 1.0}, "threshold"),
     ("sanger", {"bits": 3}, "bits must be one of"),
