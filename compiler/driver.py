@@ -302,6 +302,7 @@ def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[st
                 fallback.append({"op": n.name, "kind": n.op, "device": dname,
                                  "reason": "; ".join(reasons)})
     placed = {d.name: [n for n in graph.nodes if result.placement[n.name] == d.name] for d in devs}
+    alternatives = _alternatives(problem, result, devs, lat, energy)
     return {
         "format": PLAN_FORMAT, "version": PLAN_VERSION,
         "model": {"source": lm.name, "seq_len": lm.seq_len, "graph_fingerprint": graph.fingerprint(),
@@ -319,4 +320,31 @@ def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[st
         "assumptions": list(ASSUMPTIONS),
         **({"accuracy": _accuracy_entry(problem, result, groups, n_calib)}
            if groups is not None else {}),
+        **({"alternatives": alternatives} if alternatives else {}),
     }
+
+
+def _alternatives(problem: Problem, result: Result, devs: list[Target], lat: float,
+                  energy: float) -> list[dict[str, Any]]:
+    """Why an accelerator got fewer ops than it can run: per accelerator, the same model priced
+    with every op it supports moved onto it (the rest where the plan has them; link transfers
+    included, the accuracy budget not), beside the plan's latency and energy."""
+    out = []
+    for i, d in enumerate(devs):
+        if not d.integer:
+            continue
+        can = [op for op in problem.ops if problem.cost[op][i] is not None]
+        moved = [op for op in can if result.placement[op] != d.name]
+        if not can or not moved:
+            continue
+        alt = dict(result.placement)
+        alt.update({op: d.name for op in can})
+        ev = evaluate(problem, alt)
+        entry: dict[str, Any] = {"device": d.name, "ops": len(can), "ops_moved": len(moved),
+                                 "feasible": ev is not None, "plan_latency_s": lat,
+                                 "plan_energy_j": energy}
+        if ev is not None:
+            entry.update({"latency_s": ev[0], "energy_j": ev[1],
+                          "transfer_s": sum(float(e.get("transfer_in_s", 0.0)) for e in ev[2])})
+        out.append(entry)
+    return out

@@ -56,7 +56,10 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
             "params": {"object": {}, "extra": "any"}, "ops": {"array": "string"},
             "predicted": {"object": {}, "extra": "any"}}}},
             "resources_used": _RES, "resources_available": _RES},
-            "optional": {"clock_mhz": "number", "model": "any", "programs": {"array": {"object": {
+            "optional": {"clock_mhz": "number", "model": "any", "board": "string",
+                         "weight_load": {"object": {"bytes": "integer", "seconds": _NUM,
+                                                    "note": "string"}},
+                         "programs": {"array": {"object": {
                 "ops": {"array": "string"}, "instructions": "integer",
                 "predicted_cycles": "integer", "busy_cycles": {"object": {}, "extra": "integer"},
                 "program_sha256": "string", "image_sha256": "string", "image_bytes": "integer",
@@ -86,6 +89,10 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
                                           "reason": "string"}}},
     "assumptions": {"array": "string"},
 }, "optional": {
+    # per accelerator, the plan priced with every op it supports moved onto it (driver)
+    "alternatives": {"array": {"object": {
+        "device": "string", "ops": "integer", "ops_moved": "integer", "feasible": "boolean",
+        "plan_latency_s": _NUM, "plan_energy_j": _NUM}, "extra": "any"}},
     # the accuracy budget (compiler.accuracy): present when the compile measured it
     "accuracy": {"object": {
         "min_cosine": {"range": "number", "min": -1, "max": 1},

@@ -89,6 +89,17 @@ def report(result: dict[str, Any]) -> str:
         lines.append("fallback ops (no accelerator can run them): "
                      + ", ".join(f"{k} x{v}" for k, v in sorted(kinds.items()))
                      + f"; e.g. {fb[0]['op']}: {fb[0]['reason']}")
+    for a in result.get("alternatives", []):
+        if not a["feasible"]:
+            lines.append(f"{a['device']}: the {a['ops']} ops it can run do not fit it together")
+            continue
+        lat_w = "faster" if a["plan_latency_s"] <= a["latency_s"] else "slower"
+        en_w = "less" if a["plan_energy_j"] <= a["energy_j"] else "more"
+        lines.append(f"why not more on {a['device']}: all {a['ops']} ops it can run there "
+                     f"({a['ops_moved']} moved) would take {a['latency_s'] * 1e3:.3f} ms (link "
+                     f"transfers {a['transfer_s'] * 1e3:.3f} ms) and {a['energy_j'] * 1e3:.3f} mJ;"
+                     f" the plan is {lat_w} and uses {en_w} energy "
+                     f"({a['plan_latency_s'] * 1e3:.3f} ms, {a['plan_energy_j'] * 1e3:.3f} mJ)")
     lines.append(f"timeline: {result['timeline']}")
     return "\n".join(lines)
 
@@ -138,5 +149,6 @@ def summarize(plan: dict[str, Any], path: str, seconds: float) -> dict[str, Any]
             "predicted_energy_j": plan["totals"]["energy_j"], "compile_seconds": seconds,
             "devices": devices, "fallback_ops": plan["fallback_ops"],
             "partition": plan["partition"],
+            **({"alternatives": plan["alternatives"]} if "alternatives" in plan else {}),
             "expected_cosine": (plan.get("accuracy") or {}).get("expected_cosine"),
             **({"accuracy": plan["accuracy"]} if "accuracy" in plan else {})}
