@@ -341,17 +341,24 @@ def _sparse_attention(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
     if spec.get("calibration") is not None:
         extra["calibration"] = spec["calibration"]
     keep = fn(q, k, key_mask, **extra, **spec.get("params", {})).expand(shape) & allowed
-    # a row without candidates (padding queries) keeps the model's own mask: no empty softmax
-    keep = keep | (allowed & ~keep.any(-1, keepdim=True))
+    # a row without candidates keeps the model's own mask (no empty softmax); a real query row
+    # the filter emptied (a head SpAtten pruned) outputs zero below and counts as nothing kept
+    empty = ~keep.any(-1, keepdim=True)
+    real = allowed if key_mask is None else allowed & key_mask[:, None, :, None]  # real rows
+    pruned = empty & real.any(-1, keepdim=True)
+    keep = keep | (allowed & empty)
     if stats is not None:
-        real = allowed if key_mask is None else allowed & key_mask[:, None, :, None]  # real rows
-        stats["kept"] = stats.get("kept", 0) + int((keep & real).sum())
+        stats["kept"] = stats.get("kept", 0) + int((keep & real & ~pruned).sum())
         stats["valid"] = stats.get("valid", 0) + int(real.sum())
     a = list(args)
     if len(a) > 3:
         a[3] = keep
-        return float_impl(node, tuple(a), kwargs)
-    return float_impl(node, tuple(a), {**kwargs, "attn_mask": keep})
+        out = float_impl(node, tuple(a), kwargs)
+    else:
+        out = float_impl(node, tuple(a), {**kwargs, "attn_mask": keep})
+    if bool(pruned.any()):
+        out.masked_fill_(pruned, 0.0)  # in place: keeps the layout later views rely on
+    return out
 
 
 def plan_inputs(lm: Any, index: int = 0) -> tuple[torch.Tensor, ...]:
@@ -439,7 +446,14 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
         if any(d["kind"] == "core" for d in plan["devices"]):  # core regions: the golden core
             from compiler.core_run import core_impl
             impl = core_impl(plan, graph, impl)
-    start = getattr(impl, "start", lambda inputs: None)
+    start_impl = getattr(impl, "start", lambda inputs: None)
+
+    def start(inputs: Any) -> None:
+        # every input is a new batch: filters with state across layers (SpAtten) forget it
+        from compiler.passes.sparsify import reset_sparse_filters
+        reset_sparse_filters()
+        start_impl(inputs)
+
     cos: list[float] = []
     err = 0.0
     if lm.name == "minilm":

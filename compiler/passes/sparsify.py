@@ -19,7 +19,7 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 
 __all__ = ["SparsifyAttention", "SparseFilter", "attention_masks", "golden_filter", "parse_sparse_spec",
-           "register_sparse_filter", "sparse_filters", "sparsify_from_spec"]
+           "register_sparse_filter", "reset_sparse_filters", "sparse_filters", "sparsify_from_spec"]
 
 SparseFilter = Callable[..., Any]
 _FILTERS: dict[str, SparseFilter] = {}
@@ -48,6 +48,12 @@ def golden_filter(method: str) -> SparseFilter:
             f.reset(key_mask)  # stateful filters (SpAtten) start a new sequence at layer 0
         return f.mask(q, k, key_mask, layer=layer)
 
+    def reset() -> None:
+        """Forget the state of every cached instance (a new input batch starts)."""
+        for f in cache.values():
+            f.reset(None)
+
+    fn.reset = reset  # type: ignore[attr-defined]
     return fn
 
 
@@ -128,6 +134,16 @@ def register_sparse_filter(name: str, fn: SparseFilter) -> None:
     if not name or not callable(fn):
         raise UserValueError("register_sparse_filter needs a name and a callable")
     _FILTERS[name] = fn
+
+
+def reset_sparse_filters() -> None:
+    """Start a new input batch: filters with state across layers (SpAtten's importances and
+    survivors) forget it. The executor calls this before every input; a registered filter
+    opts in with a ``reset()`` attribute."""
+    for fn in list(_FILTERS.values()):
+        reset = getattr(fn, "reset", None)
+        if callable(reset):
+            reset()
 
 
 def sparse_filters() -> dict[str, SparseFilter]:
