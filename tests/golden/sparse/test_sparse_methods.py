@@ -111,17 +111,22 @@ def test_spatten_cascade_prunes_least_attended_tokens_and_never_restores():
 
 
 def test_spatten_head_pruning_zeroes_pruned_heads():
+    # head importance = sum over query rows of the row's largest probability (the Q/K-side
+    # filter sees no V): the heads with the most concentrated attention survive
     b, h, n, d = 1, 4, 6, 8
     km = torch.ones(b, n, dtype=torch.bool)
-    f = SpattenFilter(token_keep=1.0, head_keep=0.5, num_layers=4, integer=False)
-    f.reset(km)
-    q, k = _rand(6, b, h, n, d), _rand(7, b, h, n, d)
-    v = torch.ones(b, h, n, d) * torch.tensor([1.0, 5.0, 0.1, 3.0])[None, :, None, None]
-    outs = [f.attend(q, k, v, km, layer=layer).out for layer in range(4)]
-    heads = [t[0].tolist() for t in f.trace.heads]
-    assert heads[0] == heads[1] == [True] * 4                 # first ceil(0.3*4) = 2 layers
-    assert heads[2] == [False, True, False, True]              # largest |out|: heads 1 and 3
-    assert float(outs[2][0, 0].abs().max()) == 0.0
+    q, k = torch.zeros(b, h, n, d), torch.zeros(b, h, n, d)
+    q[..., 0] = torch.tensor([0.5, 4.0, 0.0, 2.0])[None, :, None]   # per-head logit gain
+    k[..., 0] = torch.arange(n, dtype=torch.float32)
+    v = _rand(5, b, h, n, d)
+    for integer in (False, True):
+        f = SpattenFilter(token_keep=1.0, head_keep=0.5, num_layers=4, integer=integer)
+        f.reset(km)
+        outs = [f.attend(q, k, v, km, layer=layer).out for layer in range(4)]
+        heads = [t[0].tolist() for t in f.trace.heads]
+        assert heads[0] == heads[1] == [True] * 4             # first ceil(0.3*4) = 2 layers
+        assert heads[2] == [False, True, False, True]          # sharpest rows: heads 1 and 3
+        assert float(outs[2][0, 0].abs().max()) == 0.0
 
 
 def test_spatten_progressive_quantization_refetches_flat_rows_only():
