@@ -96,11 +96,13 @@ def _register_plan(units: Any) -> None:
                     "not fit the board; reports measured resources and Fmax beside the plan's.")
     q.add_argument("plan", help="plan JSON written by 'fmforge compile'")
     q.add_argument("--device", metavar="NAME", help="the plan's core device (default: its only one)")
-    q.add_argument("--board", default="ulx3s-85f", metavar="BOARD",
-                   help=f"target board (default: ulx3s-85f): {', '.join(board_names())}")
-    q.add_argument("--memory", choices=("bram", "sdram"), default="bram",
-                   help="external memory: on-chip block RAM (small models; default) or the "
-                        "board's SDRAM through LiteDRAM (needs the 'build' extra)")
+    q.add_argument("--board", default=None, metavar="BOARD",
+                   help="target board (default: the device's board, core:board=B, else "
+                        f"ulx3s-85f): {', '.join(board_names())}")
+    q.add_argument("--memory", choices=("bram", "sdram"), default=None,
+                   help="external memory: on-chip block RAM (small models; the default for a "
+                        "plain core device) or the board's SDRAM through LiteDRAM (the default "
+                        "for core:board=B; needs the 'build' extra)")
     q.add_argument("--ext-kb", type=int_range(1, 1 << 20), default=None,
                    help="external memory KiB (default: what the plan's programs use, or 64)")
     q.add_argument("--baud", type=float_range(1200, 12e6), default=1e6,
@@ -143,10 +145,16 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
 
     plan = load_plan(args.plan)
     dev = _core_device(plan, args.device)
-    board = get_board(args.board)
+    planned_board = dev.get("params", {}).get("board")
+    if planned_board and args.board and get_board(args.board).name != planned_board:
+        from golden.errors import UserValueError
+        raise UserValueError(f"device {dev['name']!r} was planned for {planned_board}, not "
+                             f"{args.board}: recompile for that board")
+    board = get_board(args.board or planned_board or "ulx3s-85f")
+    memory = args.memory or ("sdram" if planned_board else "bram")
     cfg = soc_config_for_device(dev, ext_bytes=None if args.ext_kb is None else args.ext_kb * 1024,
                                 clock_hz=board.clock_mhz * 1e6, baud=args.baud,
-                                max_row=args.max_row, memory=args.memory, board=board.name)
+                                max_row=args.max_row, memory=memory, board=board.name)
     check_soc_fits(cfg, board)  # before any tool (build_soc checks again, cheaply)
     res, pred = build_soc(cfg, board, name="fmforge_soc", build_dir=args.output,
                           target_mhz=args.target_mhz, seed=args.seed, progress=_progress,

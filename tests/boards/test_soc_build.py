@@ -134,3 +134,29 @@ def test_real_soc_bitstream(tmp_path):
     assert Path(res.bitstream).stat().st_size > 100_000
     assert res.fmax_mhz > 0 and res.dsps >= 16  # at least the 4x4 array's multipliers
     assert 0 < res.luts <= res.luts_total and 0 < res.brams <= res.brams_total
+
+
+def test_build_board_plan_defaults_to_its_board_and_sdram(monkeypatch, capsys, tmp_path):
+    from compiler.driver import compile_model
+    from compiler.plan import dumps_plan
+    c = compile_model("encoder-tiny", "core:board=ulx3s-85f,cpu:mode=roofline", "energy")
+    plan = tmp_path / "board.json"
+    plan.write_text(dumps_plan(c.plan))
+    seen = {}
+
+    def fake_build(top, board, **kw):
+        seen.update(kw, top=top, board=board)
+        return BuildResult(board=board.name, name=kw["name"], bitstream=str(tmp_path / "x.bit"),
+                           log="", fmax_mhz=30.0, target_mhz=25.0, luts=30000, ffs=20000,
+                           dsps=120, brams=112, luts_total=83640, ffs_total=83640, dsps_total=156,
+                           brams_total=208, seconds=1.0, key="k", seed=1)
+
+    monkeypatch.setattr(soc_build, "build_unit", fake_build)
+    capsys.readouterr()
+    assert main(["build", str(plan), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["board"] == "ulx3s-85f" and r["soc"]["memory"] == "SDRAM (LiteDRAM)"
+    assert r["soc"]["memory_latency"] == c.plan["devices"][0]["params"]["latency"]
+    assert r["clock_mhz_planned"] == 25.0 and r["timing_met"] is True
+    assert main(["build", str(plan), "--board", "ulx3s-25f"]) == 2
+    assert "planned for ulx3s-85f, not ulx3s-25f" in capsys.readouterr().err
