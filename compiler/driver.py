@@ -313,7 +313,7 @@ def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[st
         "ops": ops,
         "schedule": sched,
         "totals": {"latency_s": lat, "energy_j": energy, "per_device": per_dev},
-        "partition": {"algorithm": "dp", "exact": result.exact, "states": result.states,
+        "partition": {"algorithm": result.algorithm, "exact": result.exact, "states": result.states,
                       "objective_value": result.objective_value,
                       "greedy_objective": greedy.objective_value},
         "fallback_ops": fallback,
