@@ -142,9 +142,13 @@ def resolve_target(target: str) -> Any:
     if target == "getitem":
         return operator.getitem
     parts = target.split(".")
-    if parts[0] != "aten" or len(parts) != 3:
+    if len(parts) != 3:
         raise UserLookupError(f"cannot resolve operator {target!r}")
-    return getattr(getattr(torch.ops.aten, parts[1]), parts[2])
+    try:  # aten, or a custom operator a library registered (torch.library), run as it is
+        return getattr(getattr(getattr(torch.ops, parts[0]), parts[1]), parts[2])
+    except (AttributeError, RuntimeError):
+        raise UserLookupError(f"cannot resolve operator {target!r}: no such torch operator "
+                              "(is the library that registers it imported?)") from None
 
 
 def _target_name(t: Any) -> str:
@@ -153,6 +157,18 @@ def _target_name(t: Any) -> str:
     if isinstance(t, torch._ops.OpOverload):
         return str(t)
     raise UserLookupError(f"operator {t!r} is not an ATen operator")
+
+
+def _source_line(n: Any) -> str:
+    """``, at FILE:LINE`` of the model code that made fx node ``n`` (torch.export's stack trace
+    of it, innermost frame), or "" when export recorded none."""
+    import re
+    trace = str(n.meta.get("stack_trace") or "")
+    hits = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    if not hits:
+        return ""
+    f, line = hits[-1]
+    return f", at {f.rsplit('/', 1)[-1]}:{line}"
 
 
 def _dtype_name(d: torch.dtype) -> str:
@@ -238,10 +254,20 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
                 continue
             stack = n.meta.get("nn_module_stack") or {}
             owner = list(stack.values())[-1][0] if stack else ""
+            try:
+                resolve_target(target)
+            except UserLookupError as e:
+                raise UserLookupError(f"model {source}: op {n.name} ({target}, from "
+                                      f"{owner or 'the model'}{_source_line(n)}): {e}; register "
+                                      "the operator before compiling, or rewrite that code with "
+                                      "ATen operators") from None
             out, multi = _types(n.meta.get("val"), n.name)
-            nodes.append(Node(name=n.name, op="other", target=target, args=conv(tuple(n.args)),
-                              kwargs=conv(dict(n.kwargs)), out=out, module=str(owner),
-                              multi=multi))
+            node = Node(name=n.name, op="other", target=target, args=conv(tuple(n.args)),
+                        kwargs=conv(dict(n.kwargs)), out=out, module=str(owner), multi=multi)
+            where = _source_line(n)
+            if where:
+                node.attrs["source"] = where.removeprefix(", at ")
+            nodes.append(node)
         elif n.op == "output":
             res = n.args[0]
             if isinstance(res, (tuple, list)):

@@ -11,7 +11,10 @@
   2 layers, hidden 64, 4 heads, FFN 128, vocabulary 1000, returning the last hidden state):
   ``bert-tiny``, ``opt-tiny``, ``t5-tiny`` (T5 encoder), ``llama-tiny``, ``mistral-tiny`` and
   ``qwen2-tiny`` (RMSNorm, SwiGLU, rotary embeddings, 2 key/value heads: grouped-query
-  attention) take token ids ``[1, seq_len]`` (default 16); ``vit-tiny`` a ``[1, 3, 32, 32]``
+  attention) and ``mixtral-tiny`` (the same with a mixture of 4 experts, top-2 routing, in
+  transformers' default form: its expert matmuls are the custom operator
+  ``transformers.grouped_mm_fallback``, run on the host) take token ids ``[1, seq_len]``
+  (default 16); ``vit-tiny`` a ``[1, 3, 32, 32]``
   image (8x8 patches) and ``wav2vec2-tiny`` 1600 audio samples ``[1, 1600]`` (two conv layers),
   both with no sequence length (``seq_len`` is ignored).
 """
@@ -138,6 +141,9 @@ def _tiny_config(arch: str) -> tuple[Any, str, str]:
         cfg = {"llama": tr.LlamaConfig, "mistral": tr.MistralConfig, "qwen2": tr.Qwen2Config}
         cls = {"llama": "LlamaModel", "mistral": "MistralModel", "qwen2": "Qwen2Model"}
         return cfg[arch](**_DECODER), cls[arch], "input_ids"
+    if arch == "mixtral":  # 4 experts, top-2 routing (transformers' default eager MoE block)
+        return (tr.MixtralConfig(**_DECODER, num_local_experts=4, num_experts_per_tok=2),
+                "MixtralModel", "input_ids")
     if arch == "vit":
         return (tr.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                              intermediate_size=128, image_size=32, patch_size=8),
@@ -152,7 +158,7 @@ def _tiny_config(arch: str) -> tuple[Any, str, str]:
 
 
 #: the tiny ``transformers`` architectures of the zoo (``<arch>-tiny``)
-HF_TINY = ("bert", "opt", "t5", "llama", "mistral", "qwen2", "vit", "wav2vec2")
+HF_TINY = ("bert", "opt", "t5", "llama", "mistral", "qwen2", "mixtral", "vit", "wav2vec2")
 
 
 def hf_tiny(arch: str, seq_len: int = 16) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
