@@ -78,6 +78,7 @@ __all__ = [
     "keep_q16",
     "spatten_initial_state",
     "spatten_keep_count",
+    "spatten_probs_int",
     "spatten_radix_select",
     "spatten_step",
     "spatten_step_int",
@@ -241,6 +242,15 @@ def _softmax_consts(mult: int, shift: int) -> SoftmaxParams:
     return SoftmaxParams(mult, shift, _SM_FRAC_BITS, exp2_table(_SM_FRAC_BITS), -(-need // mult), 0.0)
 
 
+def spatten_probs_int(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor, sm_mult: int,
+                      sm_shift: int) -> torch.Tensor:
+    """The softmax unit's uint8 probability codes (int64 ``[B, H, Lq, Lk]``) of int8 codes
+    ``q``, ``k`` over the candidates ``mask``: ``softmax_int(q . k, (sm_mult, sm_shift), mask)``,
+    0 outside the candidates. The input stream of ``hw.sparse_spatten``."""
+    qi, ki = q.to(torch.int64), k.to(torch.int64)
+    return softmax_int(qi @ ki.transpose(-1, -2), _softmax_consts(sm_mult, sm_shift), mask)
+
+
 def _param(params: dict[str, int], name: str, lo: int, hi: int) -> int:
     if not isinstance(params, dict):
         raise UserValueError(f"params must be the dict of int_params(), not {type(params).__name__}")
@@ -380,12 +390,10 @@ class SpattenFilter(SparseAttentionFilter):
         st = spatten_initial_state(key_mask, h) if state is None else state
         _check_state(st, b, k.shape[2], h)
         m = valid_pairs(key_mask, h, lq) & st.tokens[:, None, None, :] & st.heads[:, :, None, None]
-        sm = _softmax_consts(mult, shift)
-        qi, ki = q.to(torch.int64), k.to(torch.int64)
-        p = softmax_int(qi @ ki.transpose(-1, -2), sm, m)
+        p = spatten_probs_int(q, k, m, mult, shift)
         if drop:
-            qm, km = (qi >> drop) << drop, (ki >> drop) << drop
-            p_msb = softmax_int(qm @ km.transpose(-1, -2), sm, m)
+            qi, ki = q.to(torch.int64), k.to(torch.int64)
+            p_msb = spatten_probs_int((qi >> drop) << drop, (ki >> drop) << drop, m, mult, shift)
         else:
             p_msb = p
         rows = m.any(-1)
