@@ -44,7 +44,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compiler.ir import Graph
-from compiler.partition_exact import _tracked, search
+from compiler.partition_exact import DeadEnd, _tracked, search
 from compiler.targets.base import LinkSpec, Target
 from golden.errors import UserValueError
 
@@ -383,10 +383,17 @@ def partition_dp_classic(p: Problem, max_states: int = 50000) -> Result:
 
 
 def _search(p: Problem, max_states: int, time_limit_s: float | None) -> Result:
-    try:
-        out = search(p, max_states, time_limit_s)
-    except ValueError as e:
-        raise NoDeviceError(str(e)) from None
+    for attempt in range(4):  # a bounded search whose kept states dead-end: keep more
+        try:
+            out = search(p, max_states * 8 ** attempt, time_limit_s)
+            break
+        except ValueError as e:
+            raise NoDeviceError(str(e)) from None
+        except DeadEnd as e:
+            dead = e
+    else:
+        raise NoDeviceError(f"no placement found within the limits ({dead.reason}); the states "
+                            "kept could not be completed within the device capacities")
     placement = {op: p.devices[d] for op, d in zip(p.ops, out.placement, strict=True)}
     ev = evaluate(p, placement)
     assert ev is not None, "the search returned an infeasible placement"

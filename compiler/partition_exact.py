@@ -45,14 +45,14 @@ import numpy as np
 if TYPE_CHECKING:
     from compiler.partition import Problem
 
-__all__ = ["SearchOutcome", "search", "search_order"]
+__all__ = ["DeadEnd", "SearchOutcome", "search", "search_order"]
 
 #: states above which the pairwise dominance check is preceded by a cheaper per-coordinate one
 _PAIRWISE_MAX = 6000
 #: states above which only the per-coordinate check runs (the pairwise one is quadratic)
 _PAIRWISE_LIMIT = 15000
-#: states kept per step once the time limit is reached
-_LATE_WIDTH = 1000
+#: once past the time limit, each step keeps max_states // _LATE_SHRINK states
+_LATE_SHRINK = 50
 #: numpy elements per block of the pairwise check
 _BLOCK = 1 << 22
 
@@ -68,6 +68,15 @@ class SearchOutcome:
     states: int
     lower_bound: float
     reason: str = ""
+
+
+class DeadEnd(Exception):
+    """A bounded search kept only states that cannot be completed within the capacities."""
+
+    def __init__(self, lower_bound: float, reason: str) -> None:
+        super().__init__(reason)
+        self.lower_bound = lower_bound
+        self.reason = reason
 
 
 def _readers(p: Problem, order: list[int]) -> dict[str, list[int]]:
@@ -261,7 +270,8 @@ def search(p: Problem, max_states: int = 50000, time_limit_s: float | None = Non
            ) -> SearchOutcome:
     """Exact placement of ``p`` without its accuracy budget (see the module docstring).
 
-    Raises ValueError (wrapped by the caller) when no placement fits the capacities.
+    Raises ValueError (wrapped by the caller) when no placement fits the capacities, and
+    :class:`DeadEnd` when a bounded search kept no state that can be completed.
     """
     t_start = time.perf_counter()
     order = search_order(p)
@@ -353,12 +363,14 @@ def search(p: Problem, max_states: int = 50000, time_limit_s: float | None = Non
                         entries.append((ent, d))
         new_front = {kk: b for kk, b in new_front.items() if b}
         if not new_front:
+            if not exact:  # every placement is beyond a dropped state
+                raise DeadEnd(lower_bound, reason)
             raise ValueError(f"no placement fits the device capacities (at op {op})")
         new_front = _prune(rg, new_front, sigs, bool(tracked))
         count = sum(len(b) for b in new_front.values())
         over_time = time_limit_s is not None and time.perf_counter() - t_start > time_limit_s
         if count > max_states or (over_time and count > 1):
-            width = max_states if count > max_states else min(max_states, _LATE_WIDTH)
+            width = max_states if count > max_states else max(1, max_states // _LATE_SHRINK)
             ranked = []
             for kk, b in new_front.items():
                 h = rest[k + 1] + sum(rg.lower(sd, m) for sd, m in zip(sigs, kk, strict=True))
