@@ -464,7 +464,8 @@ class SparseA3(wiring.Component):
 # ---------------------------------------------------------------------- unit spec
 
 A3_RESOURCE_RULE = (
-    "estimated: one hard multiplier per int8 product (dim, as the GEMM's measured rule); "
+    "estimated: one hard multiplier per int8 product (dim, as the GEMM's measured rule) and "
+    "one for M = m_q8 * n (yosys synth_ecp5 of dim 8, 16 keys: 9 MULT18X18D); "
     "LUTs: 1 per bit of each comparator/mux of the two dim-input queue trees ((dim-1) x "
     "(2 x 16 + col + idx) each), of the dot adder tree ((dim-1) x dot bits), of the head "
     "refill muxes (dim x 2 x (16 + idx)), 4 per key for the candidate scan, greedy/cum "
@@ -520,6 +521,6 @@ class SparseA3Spec(UnitSpec):
                 + d * 2 * (16 + w["idx"]) + 4 * n + w["greedy"] + w["cum"] + 300)
         ffs = (d * (8 + 2 * 16 + 2 * w["idx"] + 2 * w["n"] + 16 + w["idx"] + 8) + 3 * n
                + w["cum"] + 2 * w["dot"] + 2 * w["m"] + 12 + 24 + 6 * w["idx"] + 64)
-        return {"dsps": d, "luts": luts, "ffs": ffs, "brams": None,
+        return {"dsps": d + 1, "luts": luts, "ffs": ffs, "brams": None,
                 "buffer_bits": self.buffer_bits, "estimated": True, "basis": A3_RESOURCE_RULE}
 

@@ -322,7 +322,8 @@ class SparseEnergon(wiring.Component):
 
 ENERGON_RESOURCE_RULE = (
     "estimated: one hard multiplier per int8 product (dim, as the GEMM's measured rule) plus "
-    "the threshold's four wide multipliers at ceil(a/18) x ceil(b/18) 18x18 blocks each; "
+    "the threshold's four wide multipliers at ceil(a/18) x ceil(b/18) 18x18 blocks each "
+    "(yosys synth_ecp5 of dim 8, 16 keys: 14 MULT18X18D, as this rule); "
     "LUTs: 1 per bit of the variable shifters (2 x dim x 8 x 3), the score adder tree "
     "((dim-1) x score bits), the stats and threshold adders/comparators, 2 per key for the "
     "keep decode, plus 300 for control; FFs: every register bit; buffers: the key and two "
