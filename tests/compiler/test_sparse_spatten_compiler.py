@@ -13,14 +13,13 @@ def test_spatten_through_the_compiler_prunes():
                       sparse="spatten:token_keep=0.5:head_keep=0.5")
     att = [o for o in c.plan["ops"] if o["op"] == "attention"]
     assert len(att) == 6 and all(o["sparse_filter"]["name"] == "spatten" for o in att)
-    r = execute_plan(c.plan, limit=2)
+    sent = "the cat sat on the mat while the dog slept by the door"
+    r1 = execute_plan(c.plan, sentences=[sent])
     # layer 0 dense, layers 1-5 keep 75 %..25 % of the tokens, heads halved from layer 2:
-    # about 0.3 of the real pairs; keep 1.0 was the bug (the state never advanced in mask)
-    assert 0.15 < r["sparse_keep_ratio"] < 0.5, r["sparse_keep_ratio"]
-    # the same sentence twice: per-input reset gives the same keep ratio both times
-    r1 = execute_plan(c.plan, sentences=["the cat sat on the mat"])
-    r2 = execute_plan(c.plan, sentences=["the cat sat on the mat"] * 2)
-    assert r2["sparse_keep_ratio"] == r1["sparse_keep_ratio"] < 0.6
-    reset_sparse_filters()   # no state left behind
-    fn = sparse_filters()["spatten"]
-    assert callable(getattr(fn, "reset", None))
+    # about 0.4 of the real pairs; keep 1.0 was the bug (the state never advanced in mask)
+    assert 0.15 < r1["sparse_keep_ratio"] < 0.6, r1["sparse_keep_ratio"]
+    # the same sentence twice: the state restarts with every input, so the ratio is the same
+    r2 = execute_plan(c.plan, sentences=[sent, sent])
+    assert r2["sparse_keep_ratio"] == r1["sparse_keep_ratio"]
+    assert callable(getattr(sparse_filters()["spatten"], "reset", None))
+    reset_sparse_filters()
