@@ -1,12 +1,18 @@
 """Running ``imc`` linears in the executor: the golden crossbar model, programmed once per op.
 
 :class:`ImcRun` holds what a run of a plan on crossbars needs beyond the plan: the device
-non-idealities (:class:`golden.imc.CrossbarNoise`, ideal by default), a seed, and optionally a
-number of spare columns per crossbar (fault remapping; default: the device's ``spare_cols``).
+non-idealities (:class:`golden.imc.CrossbarNoise`, ideal by default), a seed, and optionally
+overrides of the device's fault mitigations (``spare_cols`` spare columns per crossbar,
+``fault_aware`` re-encoding of the differential pairs around stuck cells; default: the device's).
 Each op's weights are programmed once (:func:`golden.imc.program`, seeded by the run seed and
 the op's name, so a draw does not depend on which other ops are on crossbars) and reused for
-every input; every MVM draws fresh read noise from a per-op counter. The numbers are the same
-whatever the order of the inputs' calls within an op.
+every input; every call (the tokens of one input) draws fresh read noise from a per-op counter.
+The numbers are the same whatever the order of the inputs' calls within an op.
+
+The mapping comes from the plan's device parameters (:func:`crossbar_config`): plans written
+before the noise-robust mapping (no ``signed_inputs`` / ``fault_aware`` keys) run as they were
+compiled, with offset-binary inputs. Why the robust mapping is the default, and what each part
+costs, is in :mod:`golden.imc` and :mod:`compiler.targets.imc`.
 """
 
 from __future__ import annotations
@@ -35,14 +41,20 @@ def fault_noise(base: CrossbarNoise, stuck_rate: float = 0.0, drift_s: float = 0
     return base.with_(**kw)
 
 
-def crossbar_config(params: dict[str, Any], spare_cols: int | None = None) -> CrossbarConfig:
-    """The crossbar geometry of an ``imc`` device's plan parameters."""
+def crossbar_config(params: dict[str, Any], spare_cols: int | None = None,
+                    fault_aware: bool | None = None) -> CrossbarConfig:
+    """The crossbar geometry and mapping of an ``imc`` device's plan parameters (``spare_cols``
+    and ``fault_aware`` override the device's when given)."""
+    diff = bool(params.get("differential", 0))
     return CrossbarConfig(rows=int(params["xbar"]), cols=int(params["xbar"]),
                           cell_bits=int(params["cell_bits"]), dac_bits=int(params["dac_bits"]),
                           adc_bits=int(params["adc_bits"]),
                           spare_cols=int(params.get("spare_cols", 0) if spare_cols is None
                                          else spare_cols),
-                          differential=bool(params.get("differential", 0)))
+                          differential=diff,
+                          signed_inputs=bool(params.get("signed_inputs", 0)),
+                          fault_aware=diff and bool(params.get("fault_aware", 0) if fault_aware is None
+                                                    else fault_aware))
 
 
 @dataclasses.dataclass
@@ -52,6 +64,7 @@ class ImcRun:
     noise: CrossbarNoise = dataclasses.field(default_factory=CrossbarNoise)
     seed: int = 0
     spare_cols: int | None = None
+    fault_aware: bool | None = None
     _progs: dict[str, Programmed] = dataclasses.field(default_factory=dict, repr=False)
     _calls: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -60,7 +73,8 @@ class ImcRun:
         p = self._progs.get(name)
         if p is None:
             op_seed = (self.seed * 2654435761 + zlib.crc32(name.encode())) % 2**62
-            p = program(wq, crossbar_config(params, self.spare_cols), self.noise, op_seed)
+            cfg = crossbar_config(params, self.spare_cols, self.fault_aware)
+            p = program(wq, cfg, self.noise, op_seed)
             self._progs[name] = p
         return p
 
@@ -75,7 +89,11 @@ class ImcRun:
         return crossbar_linear(xq, prog, bias, mult, shift, read_seed=read_seed)
 
     def stats(self) -> dict[str, int]:
-        """Programmed ops, stuck cells left in use and columns moved onto spares."""
+        """Programmed ops, stuck cells left in use, columns moved onto spares, weights given a
+        fault-aware encoding and weights no encoding could represent exactly."""
+        progs = self._progs.values()
         return {"ops": len(self._progs),
-                "faulty_cells": sum(p.faulty_cells for p in self._progs.values()),
-                "remapped_columns": sum(p.remapped for p in self._progs.values())}
+                "faulty_cells": sum(p.faulty_cells for p in progs),
+                "remapped_columns": sum(p.remapped for p in progs),
+                "reencoded_weights": sum(p.reencoded for p in progs),
+                "residual_weights": sum(p.residual for p in progs)}

@@ -3,7 +3,7 @@
 This is the oracle of the in-memory-compute macro (``hw.imc``) and of the compiler's ``imc``
 target. It computes ``requant(sat32(x[M,K] @ w[K,N] + bias))`` the way a crossbar does, with
 optional device non-idealities; with ideal settings and an ADC that resolves every column sum it
-equals :func:`golden.gemm.gemm_int` exactly.
+equals :func:`golden.gemm.gemm_int` exactly, whatever the encodings below.
 
 Mapping (what is stored where)
 ------------------------------
@@ -17,18 +17,38 @@ Mapping (what is stored where)
   ``K`` is cut into ``T = ceil(K / rows)`` row tiles of ``rows`` word lines, ``N`` into
   ``ceil(N / cols)`` column tiles of ``cols`` bit lines: a ``K x N`` matrix occupies
   ``T * ceil(N / cols) * A`` crossbars (:func:`crossbar_count`).
-* Inputs in offset binary ``xu = x + 128`` are applied bit-serially, ``dac_bits`` per step, most
-  significant digit first: ``I = ceil(8 / dac_bits)`` steps per row tile; step ``i`` drives word
-  line ``k`` with level ``a = (xu >> dac_bits*(I-1-i)) & (2**dac_bits - 1)``.
+* Inputs, *offset binary* (default): ``xu = x + 128`` is applied bit-serially, ``dac_bits`` per
+  step, most significant digit first: ``I = ceil(8 / dac_bits)`` steps per row tile; step ``i``
+  drives word line ``k`` with level ``a = (xu >> dac_bits*(I-1-i)) & (2**dac_bits - 1)``.
+* Inputs, *sign-magnitude in two phases* (``signed_inputs``, needs the differential encoding):
+  phase + drives the digits of ``x+ = max(x, 0)``, phase - those of ``x- = max(-x, 0)`` (both
+  0..128, so a small ``|x|`` leaves its high steps without current), and in phase - the code
+  lanes of every ``u+`` array and its ``u-`` array are swapped (a 2:1 multiplexer per ADC lane in
+  the array interface), which multiplies the phase's products by -1. The periphery (``hw.imc``)
+  is unchanged: it sees ``T' = 2T`` row tiles (phase-major: tile ``p*T + t``) holding ``[W; -W]``
+  and the input words ``[x+ ; x-]`` in offset binary (:func:`macro_inputs`), with a zero weight
+  sum register (the column sums of ``[W; -W]`` cancel) and ``k' = T*rows + K``
+  (:meth:`CrossbarConfig.macro_k`); the result is ``x+ @ W - x- @ W = x @ W`` exactly.
+
+Why the default offset-binary input fails under noise (measured on MiniLM's linears, whose int8
+activations have standard deviations of 1.4 to 10 LSB): the error a code carries is
+``sum_k xu_k * (g_k - d_k)`` over the rows its step drives, and ``xu = x + 128`` drives the most
+significant step (weight ``2**7``) on every row with ``x >= 0`` and nearly every lower step on a
+row with ``x < 0``, whatever ``|x|``; each code's analog error near half an LSB flips its ADC code
+by one LSB, which the shift-add multiplies by ``2**(dac_bits*i + cell_bits*j)`` (up to ``2**13``).
+The signal ``x @ w`` scales with ``|x|`` (small); the error with 128. With sign-magnitude inputs
+the error scales with ``|x|`` too: MiniLM's per-linear relative error under
+:data:`REALISTIC_NOISE` drops from 1.2..24 (offset binary in and out) to 0.01..0.04 (two-phase
+inputs, differential weights). Cost: two conversions per step instead of one (twice the ADC
+energy and time per MVM) and the differential weights' twice the crossbars.
 
 Physics (conductances in units of one cell level)
 --------------------------------------------------
 A cell programmed to digit ``d`` has conductance ``g = d`` in units of ``(G_on - G_off) / L``
 (``L = 2**cell_bits - 1``); the off-state current ``G_off * sum(a)`` is assumed cancelled by a
 reference column. The bit line of column ``n`` in slice ``j`` and row tile ``t`` carries, for one
-step, the current (Kirchhoff; no wire resistance, no sneak paths, linear I-V)::
-
-    c = sum_k a_k * g[k, n] + e_read,      e_read ~ N(0, read_sigma * sqrt(sum_k (a_k g_k)**2))
+step, the current (Kirchhoff; no wire resistance, no sneak paths, linear I-V)
+``c = sum_k a_k * g[k, n]``.
 
 Non-idealities (:class:`CrossbarNoise`; all off by default; fractions are of the full
 conductance range ``L``), drawn from one seeded ``torch.Generator``:
@@ -36,7 +56,8 @@ conductance range ``L``), drawn from one seeded ``torch.Generator``:
 * programming noise: ``g = d + N(0, prog_sigma * L)`` once, when the crossbar is programmed,
   for an off cell (``d = 0``) ``N(0, off_sigma_ratio * prog_sigma * L)``: aihwkit's fit of Wan et
   al. (Nature 2022) ReRAM data gives 0.35 uS at g = 0 against about 2 uS mid-range (ratio 0.17),
-  clipped to ``[0, 1.5 L]``;
+  clipped to ``[0, 1.5 L]``; the deviation ``g - d`` is held in bfloat16 (a relative rounding of
+  2**-9 of a random draw);
 * conductance drift (power law, as in PCM models, e.g. aihwkit's ``PCMLikeNoiseModel``):
   ``g(t) = g * (t / drift_t0) ** -nu`` for ``t = drift_t > drift_t0``, ``nu ~ N(drift_nu,
   drift_nu_sigma)`` per cell, clipped at 0; with ``drift_compensation`` the ADC reference is
@@ -44,10 +65,38 @@ conductance range ``L``), drawn from one seeded ``torch.Generator``:
 * stuck-at faults: each cell independently stuck at ``L`` (stuck-on, low resistance) with
   probability ``stuck_on`` or at 0 (stuck-off) with probability ``stuck_off``; stuck cells
   neither carry programming noise nor drift;
-* read noise: a fresh Gaussian per cell and step, ``read_sigma`` times the cell's conductance
-  (1/f noise scales with it; for an on cell it is that fraction of ``g_max``), summed on the
-  bit line (``e_read``);
+* read noise: a conductance fluctuation of every on cell (``g >= 0.5`` level),
+  ``g * max(0, 1 + read_sigma * z)``, ``z ~ N(0, 1)`` clipped to +-8, drawn afresh for every call
+  (one batch of MVMs, the tokens of one input: about 100 us of macro time) and frozen within it,
+  as aihwkit's inference tiles redraw their weight read noise once per forward pass (an
+  assumption: the cells' random-telegraph and 1/f fluctuations are slow against one call);
+  an off cell's 1% of a conductance below 0.05 level is neglected;
 * ADC offset: a static per-column offset ``N(0, adc_offset_sigma)`` in ADC LSBs.
+
+Fault mitigation (post-programming test)
+----------------------------------------
+Real macros verify every write (program-and-verify); a cell that does not move under
+SET/RESET pulses is reported stuck, so after programming the host knows the stuck map. Two
+remedies, both run by :func:`program`:
+
+* ``fault_aware`` (differential encoding only; the default of the compiler's ``imc`` target):
+  a weight ``w`` only needs ``u+ - u- = w``, and a pair of ``S``-digit magnitudes (each up to
+  ``2**(cell_bits*S) - 1``, 255 for 2-bit cells) has many such pairs. Each weight whose plain
+  digits disagree with a stuck cell of its ``2S`` cells is re-encoded as the pair that keeps
+  every stuck cell at its stuck level and minimizes first ``|u+ - u- - w|``, then the programming
+  noise variance of the pair (on cells weigh ``16**j``, off cells ``0.17**2 * 16**j``): a
+  stuck-on top digit of ``u+`` (``u+ >= 192``) is cancelled by ``u- = u+ - w`` for every
+  ``w >= -63``. Cost: one re-write of the re-encoded pairs and a table search on the host per
+  distinct stuck pattern; the periphery's weight-sum register holds the sums of the encoded
+  values (exact). Weights no pair can represent keep the nearest value (``Programmed.encoded``).
+* ``spare_cols`` spare bit lines per crossbar: without ``fault_aware`` (ATT-style remapping), in
+  each crossbar the ``spare_cols`` columns with the largest stuck error ``sum_k |g_stuck - d|``
+  move onto spare bit lines (which have stuck cells of their own, drawn from the same rates)
+  when that lowers the error; with ``fault_aware``, per row tile and column tile the
+  ``spare_cols`` logical columns with the largest residual ``sum_k |encoded - w|`` move, in all
+  ``A`` arrays at once, onto the spares and are re-encoded around the spares' faults, when that
+  lowers the residual. Cost: ``spare_cols`` extra bit lines and ADC lanes per crossbar and a
+  column multiplexer.
 
 ADC and digital recombination
 -----------------------------
@@ -58,27 +107,34 @@ Every bit line has an ``adc_bits``-bit ADC whose LSB is ``2**adc_shift`` levels,
 
     code = clamp(floor(c / 2**adc_shift + 0.5 + offset), 0, 2**adc_bits - 1)
 
-(round half up; saturating). For integer ``c`` and no offset this is ``(c + 2**(s-1)) >> s``,
-``c`` itself when ``s = 0``. The digital periphery recombines (:func:`crossbar_recombine`)::
+(round half up; saturating). With ``adc_shift = 0`` the current splits into the ideal integer
+column sum ``c0 = sum_k a_k d_k`` and the error ``e = sum_k a_k (g_k - d_k)``, so
+``code = clamp(c0 + floor(e + 0.5 + offset))``; ``e + 0.5 + offset`` is evaluated as one
+bfloat16 matrix product (float32 accumulation; a resolution of 2**-8 LSB next to the decision
+threshold, far below the analog noise). The digital periphery recombines
+(:func:`crossbar_recombine`)::
 
     acc = sum_{t,i,a} sign_a * code[t,i,a] << (adc_shift + dac_bits*(I-1-i) + cell_bits*j(a))
     dot = acc - 128 * sum_k xu_k - 128 * sum_k wu_k + K * 128**2   # offset binary: correction
     dot = acc - 128 * sum_k w_k                                     # differential: correction
     y   = sat32(dot + bias);   out = requantize(y, mult, shift) or y
 
-(``sign_a`` is -1 for the arrays of ``u-``.) The weight sums are taken from the intended weights
-(per-column constants, ``wsum``), ``sum_k xu_k`` from the
-digital input. Exactness: with no noise and ``full_scale < 2**adc_bits`` (``adc_shift = 0``, no
+(``sign_a`` is -1 for the arrays of ``u-``.) The weight sums (``Programmed.wsum``, 0 for
+two-phase inputs) are those of the encoded weights, ``sum_k xu_k`` is taken from the digital
+input. Exactness: with no noise and ``full_scale < 2**adc_bits`` (``adc_shift = 0``, no
 clipping) every code equals its column sum and ``out == gemm_int(x, w, bias, mult, shift)``.
 
 Float twin and error bound: the twin is :func:`golden.gemm.gemm_float`. Without noise and with
 no code clipped, each code is within ``2**(adc_shift-1)`` levels of its column sum, so
-``|dot - x @ w| <= T * P * 2**(adc_shift-1) * sum_{i,j} 2**(dac_bits*i + cell_bits*j)``
-(``P`` = 2 differential, else 1)
+``|dot - x @ w| <= T' * P * 2**(adc_shift-1) * sum_{i,j} 2**(dac_bits*i + cell_bits*j)``
+(``P`` = 2 differential, else 1; ``T'`` the macro's row tiles)
 (:func:`ideal_error_bound`); 0 when ``adc_shift = 0``.
 
-Speed: everything is batched torch (one ``bmm`` over the row tiles, float32 where it is exact);
-no Python loop runs over rows, columns, steps or slices.
+Speed: everything is batched torch with no Python loop over rows, columns, steps or slices (one
+loop over row tiles). With ``adc_shift = 0`` and no code able to clip, :func:`crossbar_linear`
+never materializes the codes: ``dot = x @ encoded + sum(weights * floor(e + 0.5 + offset))``,
+one bfloat16 product over the driven (step, token) rows per tile and one float32 product with
+the rows' shift weights; a step with no driven row carries no current and is skipped.
 """
 
 from __future__ import annotations
@@ -94,8 +150,13 @@ from golden.gemm import check_int8, gemm_int
 from golden.requant import INT32_MAX, INT32_MIN, requantize, saturate
 
 __all__ = ["CrossbarConfig", "CrossbarNoise", "Programmed", "crossbar_count", "program",
-           "input_digits", "crossbar_codes", "crossbar_recombine", "crossbar_linear",
-           "ideal_error_bound", "REALISTIC_NOISE"]
+           "input_digits", "macro_inputs", "crossbar_codes", "crossbar_recombine",
+           "crossbar_linear", "ideal_error_bound", "REALISTIC_NOISE"]
+
+_BF = torch.bfloat16
+#: read-noise draws are clipped to this many standard deviations (the clip keeps the no-clipping
+#: check of the fast path a guarantee; a |z| > 8 draw has probability 1.2e-15)
+_Z_CLIP = 8.0
 
 
 def _pos(name: str, v: object, hi: int) -> int:
@@ -108,13 +169,15 @@ def _pos(name: str, v: object, hi: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class CrossbarConfig:
-    """Crossbar geometry and converters (see the module docstring).
+    """Crossbar geometry, converters and mapping (see the module docstring).
 
     ``rows``/``cols``: word and bit lines of one crossbar; ``cell_bits``: bits per cell;
     ``dac_bits``: input bits per step; ``adc_bits``: ADC resolution; ``adc_range``: the largest
     column sum the ADC converts without clipping (None: the full scale); ``spare_cols``: spare
     bit lines per crossbar for fault remapping (:func:`program`); ``differential``: the weight
-    encoding (module docstring).
+    encoding; ``signed_inputs``: sign-magnitude inputs in two phases; ``fault_aware``: re-encode
+    the differential pairs around the stuck cells found after programming (the last two need
+    ``differential``).
     """
 
     rows: int = 128
@@ -125,6 +188,8 @@ class CrossbarConfig:
     adc_range: int | None = None
     spare_cols: int = 0
     differential: bool = False
+    signed_inputs: bool = False
+    fault_aware: bool = False
 
     def __post_init__(self) -> None:
         _pos("rows", self.rows, 4096)
@@ -138,6 +203,10 @@ class CrossbarConfig:
                 or not 0 <= self.spare_cols <= self.cols:
             raise UserValueError(f"spare_cols must be an integer in [0, cols={self.cols}], "
                                  f"not {self.spare_cols!r}")
+        for f in ("signed_inputs", "fault_aware"):
+            if getattr(self, f) and not self.differential:
+                raise UserValueError(f"{f} needs the differential weight encoding "
+                                     "(differential=True)")
 
     @property
     def slices(self) -> int:
@@ -151,8 +220,13 @@ class CrossbarConfig:
 
     @property
     def steps(self) -> int:
-        """Input steps per row tile, ``I = ceil(8 / dac_bits)``."""
+        """Input steps per row tile and phase, ``I = ceil(8 / dac_bits)``."""
         return math.ceil(8 / self.dac_bits)
+
+    @property
+    def phases(self) -> int:
+        """Input phases: 2 for sign-magnitude inputs, else 1."""
+        return 2 if self.signed_inputs else 1
 
     @property
     def levels(self) -> int:
@@ -179,6 +253,14 @@ class CrossbarConfig:
     def lossless(self) -> bool:
         """True when every ideal column sum converts exactly (shift 0, no clipping)."""
         return self.adc_shift == 0 and self.full_scale <= 2**self.adc_bits - 1
+
+    def macro_tiles(self, k: int) -> int:
+        """Row tiles the macro (``hw.imc``) steps through for ``K = k``: ``phases * T``."""
+        return self.phases * math.ceil(k / self.rows)
+
+    def macro_k(self, k: int) -> int:
+        """The macro's ``k`` (rows in use): ``k``, or ``T*rows + k`` for two-phase inputs."""
+        return math.ceil(k / self.rows) * self.rows + k if self.signed_inputs else k
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +297,12 @@ class CrossbarNoise:
         """True when no non-ideality is on."""
         return (self.prog_sigma == 0 and self.read_sigma == 0 and self.stuck_on == 0
                 and self.stuck_off == 0 and self.adc_offset_sigma == 0
-                and (self.drift_t <= self.drift_t0 or (self.drift_nu == 0 and self.drift_nu_sigma == 0)))
+                and not self.drifts)
+
+    @property
+    def drifts(self) -> bool:
+        """True when the conductances drift (``drift_t > drift_t0`` and a nonzero exponent)."""
+        return self.drift_t > self.drift_t0 and (self.drift_nu > 0 or self.drift_nu_sigma > 0)
 
     def with_(self, **kw: Any) -> CrossbarNoise:
         """A copy with some fields replaced."""
@@ -224,10 +311,11 @@ class CrossbarNoise:
 
 #: "realistic" ReRAM settings used by the benchmarks: programming noise 2% of the conductance
 #: range after program-and-verify (aihwkit's ReRamWan2022NoiseModel, a fit to Wan et al., Nature
-#: 2022, gives 2.8% at g_max and about 5% mid-range for one-shot analog programming), read noise
+#: 2022, gives 2.8% at g_max and about 5% mid-range for one-shot analog programming; iterating
+#: write pulses with a verify read tightens the spread to the verify window), read noise
 #: 1% (the figure aihwkit's ReRAM models suggest for short-term read noise), a 0.1 LSB ADC offset
 #: spread (what is left after a per-column offset calibration; an uncalibrated 0.5 LSB spread moves
-#: a third of the codes and ruins every result), no faults, read right after programming
+#: a third of the codes), no faults, read right after programming
 REALISTIC_NOISE = CrossbarNoise(prog_sigma=0.02, read_sigma=0.01, adc_offset_sigma=0.1)
 
 
@@ -240,13 +328,15 @@ def crossbar_count(k: int, n: int, cfg: CrossbarConfig) -> int:
 class Programmed:
     """A weight matrix as programmed into crossbars.
 
-    ``g``: effective conductances ``[T, rows, A, N]`` (float; None for an ideal device, whose
-    conductances are the digits), ``digits``: the intended digits ``[T, rows, A, N]`` (uint8),
-    ``wq``: the intended int8 weights ``[K, N]`` (int64),
-    ``wsum``: ``sum_k wu[k, n]`` (offset binary) or ``sum_k w[k, n]`` (differential; int64
-    ``[N]``), ``adc_offset``: ``[T, A, N]`` LSB or None,
-    ``k``: the real rows, ``remapped``: columns moved onto spares, ``faulty_cells``: stuck cells
-    left in the used columns.
+    ``digits``: the intended digits ``[T, rows, A, N]`` (uint8), ``dg``: the deviation of the
+    effective conductances from them, ``g - digits`` (bfloat16, same shape; None for an ideal
+    device), ``wq``: the int8 weights ``[K, N]`` (int64), ``encoded``: the weights the digits
+    encode (``wq`` unless a fault-aware encoding could not represent a weight),
+    ``wsum``: the weight-sum register of the periphery, ``sum_k (encoded + 128)`` (offset binary),
+    ``sum_k encoded`` (differential) or 0 (two-phase inputs; int64 ``[N]``), ``adc_offset``:
+    ``[T, A, N]`` LSB or None, ``k``: the real rows, ``remapped``: columns moved onto spares,
+    ``faulty_cells``: stuck cells left in the used rows, ``reencoded``: weights given a
+    fault-aware encoding.
     """
 
     cfg: CrossbarConfig
@@ -256,24 +346,47 @@ class Programmed:
     digits: torch.Tensor
     wq: torch.Tensor
     wsum: torch.Tensor
-    g: torch.Tensor | None
+    dg: torch.Tensor | None
     adc_offset: torch.Tensor | None
     remapped: int = 0
     faulty_cells: int = 0
+    encoded: torch.Tensor | None = None
+    reencoded: int = 0
+    _cache: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.encoded is None:
+            self.encoded = self.wq
+
+    @property
+    def g(self) -> torch.Tensor | None:
+        """Effective conductances ``[T, rows, A, N]`` (float32; None for an ideal device)."""
+        return None if self.dg is None else self.digits.to(torch.float32) + self.dg.to(torch.float32)
+
+    @property
+    def residual(self) -> int:
+        """Weights whose encoding differs from the intended value."""
+        return int((self.encoded != self.wq).sum())
 
 
-def _digits(wq: torch.Tensor, cfg: CrossbarConfig) -> tuple[torch.Tensor, int]:
-    k, n = wq.shape
-    t = math.ceil(k / cfg.rows)
-    parts = [wq + 128] if not cfg.differential else [wq.clamp(min=0), (-wq).clamp(min=0)]
+def _split(v: torch.Tensor, cfg: CrossbarConfig) -> list[torch.Tensor]:
+    """The stored unsigned values of weights ``v``: ``[v + 128]`` or ``[v+, v-]``."""
+    return [v + 128] if not cfg.differential else [v.clamp(min=0), (-v).clamp(min=0)]
+
+
+def _digit_planes(parts: list[torch.Tensor], cfg: CrossbarConfig) -> torch.Tensor:
+    """Digits ``[..., A, C]`` of stored values ``parts`` (each ``[..., C]``)."""
     sh = torch.arange(cfg.slices, dtype=torch.int64) * cfg.cell_bits
-    out = []
-    for u in parts:
-        up = torch.zeros(t * cfg.rows, n, dtype=torch.int64)
-        up[:k] = u  # rows beyond K hold digit 0 (their inputs are 0 too)
-        out.append((up[:, None, :] >> sh[None, :, None]) & cfg.levels)  # [Kp, S, N]
-    d = torch.cat(out, 1)
-    return d.reshape(t, cfg.rows, cfg.arrays, n).to(torch.uint8), t
+    return torch.cat([(u.unsqueeze(-2) >> sh[:, None]) & cfg.levels for u in parts], -2)
+
+
+def _pad_rows(v: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """``v[K, ...]`` padded with zeros to ``T * rows`` and viewed ``[T, rows, ...]``."""
+    k = v.shape[0]
+    t = math.ceil(k / cfg.rows)
+    out = torch.zeros((t * cfg.rows, *v.shape[1:]), dtype=v.dtype)
+    out[:k] = v
+    return out.reshape(t, cfg.rows, *v.shape[1:])
 
 
 def _signs(cfg: CrossbarConfig) -> torch.Tensor:
@@ -293,129 +406,387 @@ def _stuck(shape: tuple[int, ...], noise: CrossbarNoise, gen: torch.Generator) -
     return st
 
 
+def _stuck_level(st: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """The digit a stuck cell holds (int64; 0 where healthy: read only where ``st != 0``)."""
+    return torch.where(st == 1, cfg.levels, 0).to(torch.int64)
+
+
+# ----------------------------------------------------------------------------- fault-aware pairs
+
+def _pair_tables(cfg: CrossbarConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per magnitude ``u`` in ``0..U-1`` its digits ``[U, S]`` and its noise variance proxy
+    (on cells ``16**j``, off cells ``0.17**2 * 16**j``, relative to ``cell_bits = 2``)."""
+    s, cb = cfg.slices, cfg.cell_bits
+    top = min(2 ** (cb * s), 512)
+    u = torch.arange(top, dtype=torch.int64)
+    dig = (u[:, None] >> (cb * torch.arange(s))) & cfg.levels
+    sig = torch.where(dig > 0, 1.0, 0.17**2) * (2.0 ** (2 * cb * torch.arange(s)))[None, :]
+    return dig, sig.sum(1)
+
+
+def _solve_patterns(sp: torch.Tensor, sm: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """Best pairs ``[P, 256, 2]`` (``u+``, ``u-`` for ``w = -128..127``) for stuck patterns
+    ``sp``, ``sm`` (``[P, S]``, states 0/1/2 of the ``u+`` and ``u-`` digits)."""
+    dig, var = _pair_tables(cfg)
+    top = dig.shape[0]
+    lv = torch.tensor([0, cfg.levels, 0])
+    ws = torch.arange(-128, 128, dtype=torch.int64)
+    up = torch.arange(top, dtype=torch.int64)
+    out = []
+    for c0 in range(0, sp.shape[0], 16):
+        a, b = sp[c0:c0 + 16].long(), sm[c0:c0 + 16].long()
+        fp = ((a[:, None, :] == 0) | (dig[None] == lv[a][:, None, :])).all(-1)  # [P, U]
+        fm = ((b[:, None, :] == 0) | (dig[None] == lv[b][:, None, :])).all(-1)
+        idx = torch.arange(top).expand_as(fm)
+        nxt = torch.where(fm, idx, top).flip(-1).cummin(-1).values.flip(-1)  # next feasible >= t
+        prv = torch.where(fm, idx, -1).cummax(-1).values  # previous feasible <= t
+        tau = (up[None, :] - ws[:, None]).clamp(0, top - 1)  # [256, U]: the ideal u-
+        cand = torch.stack([nxt[:, tau], prv[:, tau]], -1)  # [P, 256, U, 2]
+        ok = (cand >= 0) & (cand < top) & fp[:, None, :, None]
+        cm = cand.clamp(0, top - 1)
+        err = (up[None, None, :, None] - cm - ws[None, :, None, None]).abs().double()
+        cost = err * 2.0**20 + var[up][None, None, :, None] + var[cm]
+        cost = torch.where(ok, cost, math.inf).reshape(cost.shape[0], 256, -1)
+        best = cost.argmin(-1)  # [P, 256]
+        u_p = best // 2
+        u_m = cm.reshape(cm.shape[0], 256, -1).gather(-1, best[..., None])[..., 0]
+        out.append(torch.stack([u_p, u_m], -1))
+    return torch.cat(out) if out else torch.zeros(0, 256, 2, dtype=torch.int64)
+
+
+def _fault_aware(w: torch.Tensor, st: torch.Tensor,
+                 cfg: CrossbarConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits ``[T, R, A, C]`` and encoded weights ``[T, R, C]`` of weights ``w[T, R, C]`` with
+    stuck map ``st[T, R, A, C]`` (module docstring)."""
+    s = cfg.slices
+    digits = _digit_planes(_split(w, cfg), cfg)  # [T, R, A, C]
+    enc = w.clone()
+    clash = ((st != 0) & (_stuck_level(st, cfg) != digits)).any(-2)  # [T, R, C]
+    if not bool(clash.any()):
+        return digits, enc
+    sel = clash.nonzero(as_tuple=True)
+    pat = st.permute(0, 1, 3, 2)[sel].long()  # [F, A]
+    p3 = 3 ** torch.arange(s, dtype=torch.int64)
+    key = (pat[:, :s] * p3).sum(1) * 3**s + (pat[:, s:] * p3).sum(1)
+    uk, inv = torch.unique(key, return_inverse=True)
+    digs = torch.stack([(uk // 3**s // 3**j) % 3 for j in range(s)], 1)
+    digm = torch.stack([(uk % 3**s // 3**j) % 3 for j in range(s)], 1)
+    table = _solve_patterns(digs, digm, cfg)  # [P, 256, 2]
+    pair = table[inv, w[sel] + 128]  # [F, 2]
+    new = _digit_planes([pair[:, 0:1], pair[:, 1:2]], cfg)[..., 0]  # [F, A]
+    d = digits.permute(0, 1, 3, 2).clone()
+    d[sel] = new
+    digits = d.permute(0, 1, 3, 2).contiguous()
+    enc[sel] = pair[:, 0] - pair[:, 1]
+    return digits, enc
+
+
+# ----------------------------------------------------------------------------- programming
+
 def program(wq: torch.Tensor, cfg: CrossbarConfig = CrossbarConfig(),
             noise: CrossbarNoise = CrossbarNoise(), seed: int = 0) -> Programmed:
     """Program int8 weights ``wq[K, N]`` into crossbars (draws the static non-idealities).
 
-    With ``cfg.spare_cols > 0`` a post-programming test is assumed to read the stuck cells of
-    every crossbar; in each crossbar the ``spare_cols`` columns with the largest stuck error
-    ``sum_k |g_stuck - d|`` are moved onto spare bit lines (which may hold stuck cells of their
-    own, drawn from the same rates) when that lowers the error.
+    Draw order from ``seed``: the stuck map, the spares' stuck maps (``spare_cols``), the
+    programming noise, the drift exponents, the ADC offsets. With stuck cells, ``fault_aware``
+    and ``spare_cols`` apply the mitigations of the module docstring (a post-programming test is
+    assumed to report every stuck cell).
     """
     wq = check_int8("w", wq)
     if wq.dim() != 2:
         raise UserValueError(f"weights must be [K, N], not {tuple(wq.shape)}")
     k, n = wq.shape
-    digits, t = _digits(wq, cfg)
-    wsum = wq.sum(0) if cfg.differential else (wq + 128).sum(0)
-    if noise.ideal:
-        return Programmed(cfg, noise, k, n, digits, wq, wsum, None, None)
-    gen = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
-    L = float(cfg.levels)
-    d = digits.to(torch.float32)
-    g = d.clone()
-    if noise.prog_sigma:
-        sig = torch.where(digits == 0, noise.off_sigma_ratio, 1.0) * (noise.prog_sigma * L)
-        g += torch.randn(g.shape, generator=gen) * sig
-        g.clamp_(0.0, L * 1.5)  # a conductance is never negative; over-programming is bounded
-    if noise.drift_t > noise.drift_t0 and (noise.drift_nu or noise.drift_nu_sigma):
-        nu = (noise.drift_nu + noise.drift_nu_sigma * torch.randn(g.shape, generator=gen)).clamp_(min=0)
-        ratio = noise.drift_t / noise.drift_t0
-        g *= torch.exp(-nu * math.log(ratio))
-        if noise.drift_compensation:
-            g *= ratio ** noise.drift_nu
-    remapped = faulty = 0
-    if noise.stuck_on or noise.stuck_off:
-        st = _stuck(tuple(g.shape), noise, gen)
-        if cfg.spare_cols:
-            st, remapped = _remap(st, digits, cfg, noise, gen)
-        g = torch.where(st == 1, torch.full_like(g, L), torch.where(st == 2, torch.zeros_like(g), g))
-        faulty = int((st != 0).reshape(t * cfg.rows, cfg.arrays, n)[:k].sum())
-    off = None
-    if noise.adc_offset_sigma:
-        off = torch.randn((t, cfg.arrays, n), generator=gen) * noise.adc_offset_sigma
-    return Programmed(cfg, noise, k, n, digits, wq, wsum, g, off, remapped, faulty)
+    wp = _pad_rows(wq, cfg)  # [T, R, N]
+    t = wp.shape[0]
+    digits = _digit_planes(_split(wp, cfg), cfg)  # [T, R, A, N]
+    enc = wp
+    remapped = faulty = reenc = 0
+    off = dg = None
+    if not noise.ideal:
+        gen = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
+        L = float(cfg.levels)
+        st = None
+        if noise.stuck_on or noise.stuck_off:
+            st = _stuck(tuple(digits.shape), noise, gen)
+            used = _pad_rows(torch.ones(k, dtype=torch.bool), cfg)[:, :, None, None]
+            st.masked_fill_(~used, 0)  # rows beyond K are never driven
+            plain = digits
+            if cfg.fault_aware:
+                digits, enc = _fault_aware(wp, st, cfg)
+            if cfg.spare_cols:
+                st, digits, enc, remapped = _remap(st, digits, enc, wp, cfg, noise, gen)
+            faulty = int((st != 0).sum())
+            reenc = int((digits != plain).any(2).sum())
+        d = digits.to(torch.float32)
+        g = d.clone()
+        if noise.prog_sigma:
+            sig = torch.where(digits == 0, noise.off_sigma_ratio, 1.0) * (noise.prog_sigma * L)
+            g += torch.randn(g.shape, generator=gen) * sig
+            g.clamp_(0.0, L * 1.5)  # a conductance is never negative; over-programming is bounded
+        if noise.drifts:
+            nu = (noise.drift_nu + noise.drift_nu_sigma * torch.randn(g.shape, generator=gen)).clamp_(min=0)
+            ratio = noise.drift_t / noise.drift_t0
+            g *= torch.exp(-nu * math.log(ratio))
+            if noise.drift_compensation:
+                g *= ratio ** noise.drift_nu
+        if st is not None:
+            g = torch.where(st == 1, torch.full_like(g, L), torch.where(st == 2, torch.zeros_like(g), g))
+        if noise.adc_offset_sigma:
+            off = torch.randn((t, cfg.arrays, n), generator=gen) * noise.adc_offset_sigma
+        packed = torch.empty(t, cfg.rows + 1, cfg.arrays * n, dtype=_BF)
+        packed[:, :cfg.rows] = (g - d).reshape(t, cfg.rows, -1)
+        packed[:, cfg.rows] = 0.5 if off is None else (off + 0.5).reshape(t, -1)
+        dg = packed[:, :cfg.rows].view(t, cfg.rows, cfg.arrays, n)
+    enc = enc.reshape(-1, n)[:k].contiguous()
+    if cfg.signed_inputs:
+        wsum = torch.zeros(n, dtype=torch.int64)
+    else:
+        wsum = enc.sum(0) if cfg.differential else (enc + 128).sum(0)
+    prog = Programmed(cfg, noise, k, n, digits.to(torch.uint8), wq, wsum, dg, off, remapped,
+                      faulty, enc, reenc)
+    if dg is not None:
+        prog._cache["packed"] = packed
+    return prog
 
 
-def _remap(st: torch.Tensor, digits: torch.Tensor, cfg: CrossbarConfig, noise: CrossbarNoise,
-           gen: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Move each crossbar's worst columns onto its spare bit lines (see :func:`program`)."""
-    t, r, s, n = st.shape
-    c, sp = cfg.cols, cfg.spare_cols
+def _remap(st: torch.Tensor, digits: torch.Tensor, enc: torch.Tensor, wp: torch.Tensor,
+           cfg: CrossbarConfig, noise: CrossbarNoise, gen: torch.Generator
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Move the worst columns onto spare bit lines (module docstring); returns the stuck map,
+    digits, encoded weights and the count of moved columns."""
+    t, r, a, n = st.shape
+    c, sp = cfg.cols, min(cfg.spare_cols, cfg.cols)
     u = math.ceil(n / c)
-    L = cfg.levels
-
-    def err(stk: torch.Tensor, dg: torch.Tensor) -> torch.Tensor:  # [t, r, s, u, c'] -> [t, s, u, c']
-        e = torch.where(stk == 1, L - dg.to(torch.int64),
-                        torch.where(stk == 2, dg.to(torch.int64), torch.zeros_like(dg, dtype=torch.int64)))
-        return e.sum(1)
-
     pad = u * c - n
-    stp = torch.nn.functional.pad(st, (0, pad)).reshape(t, r, s, u, c)
-    dgp = torch.nn.functional.pad(digits, (0, pad)).reshape(t, r, s, u, c)
-    col_err = err(stp, dgp)  # [t, s, u, c]
-    spare = _stuck((t, r, s, u, sp), noise, gen)  # the spares' own faults
-    worst = col_err.topk(sp, dim=-1).indices  # [t, s, u, sp]
-    idx = worst[:, None].expand(t, r, s, u, sp)
-    dig_w = dgp.gather(-1, idx)
-    spare_err = err(spare, dig_w)  # [t, s, u, sp]: spare k holding column worst[k]
-    better = spare_err < col_err.gather(-1, worst)
-    new = stp.gather(-1, idx)
-    new = torch.where(better[:, None], spare, new)
-    stp = stp.scatter(-1, idx, new)
-    return stp.reshape(t, r, s, u * c)[..., :n], int(better.sum())
+
+    def cols(x: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., u, c]
+        return torch.nn.functional.pad(x, (0, pad)).reshape(*x.shape[:-1], u, c)
+
+    def back(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(*x.shape[:-2], u * c)[..., :n]
+
+    if not cfg.fault_aware:  # ATT-style: per crossbar, by stuck error of its own cells
+        lvl = _stuck_level(st, cfg)
+        e = torch.where(st != 0, (lvl - digits.long()).abs(), 0)
+        col_err = cols(e).sum(1)  # [t, a, u, c]
+        spare = _stuck((t, r, a, u, sp), noise, gen)
+        worst = col_err.topk(sp, dim=-1).indices  # [t, a, u, sp]
+        idx = worst[:, None].expand(t, r, a, u, sp)
+        dw = cols(digits).gather(-1, idx).long()
+        spare_err = torch.where(spare != 0, (_stuck_level(spare, cfg) - dw).abs(), 0).sum(1)
+        better = spare_err < col_err.gather(-1, worst)
+        new = torch.where(better[:, None], spare, cols(st).gather(-1, idx))
+        return back(cols(st).scatter(-1, idx, new)), digits, enc, int(better.sum())
+    # fault-aware: whole logical columns (all A arrays), by residual |encoded - w|
+    res = cols((enc - wp).abs()).sum(1)  # [t, u, c]
+    spare = _stuck((t, r, a, u, sp), noise, gen)
+    worst = res.topk(sp, dim=-1).indices  # [t, u, sp]
+    wi = worst[:, None].expand(t, r, u, sp)
+    w_sub = cols(wp).gather(-1, wi).reshape(t, r, u * sp)
+    d2, e2 = _fault_aware(w_sub, spare.reshape(t, r, a, u * sp), cfg)
+    res2 = (e2 - w_sub).abs().sum(1).reshape(t, u, sp)
+    better = res2 < res.gather(-1, worst)  # [t, u, sp]
+    b_r = better[:, None].expand(t, r, u, sp)
+    new_enc = torch.where(b_r, e2.reshape(t, r, u, sp), cols(enc).gather(-1, wi))
+    enc = back(cols(enc).scatter(-1, wi, new_enc))
+    ia = worst[:, None, None].expand(t, r, a, u, sp)
+    b_a = better[:, None, None].expand(t, r, a, u, sp)
+    new_st = torch.where(b_a, spare, cols(st).gather(-1, ia))
+    new_d = torch.where(b_a, d2.reshape(t, r, a, u, sp), cols(digits).gather(-1, ia))
+    st = back(cols(st).scatter(-1, ia, new_st))
+    digits = back(cols(digits).scatter(-1, ia, new_d))
+    return st, digits, enc, int(better.sum())
 
 
-def input_digits(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
-    """DAC levels ``[I, M, T*rows]`` of int8 inputs ``xq[M, K]`` (step 0 = most significant;
-    rows beyond K are 0)."""
+# ----------------------------------------------------------------------------- inputs
+
+def macro_inputs(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """The int8 words the macro receives for ``xq[M, K]``: ``[M, T'*rows]`` (rows beyond ``K``
+    hold -128, i.e. offset-binary 0); with two-phase inputs the offset-binary words of
+    ``[x+ ; x-]`` (``x+ - 128`` and ``x- - 128``), each half padded to ``T*rows``."""
     xq = check_int8("x", xq)
     m, k = xq.shape
     t = math.ceil(k / cfg.rows)
-    xu = torch.zeros(m, t * cfg.rows, dtype=torch.int64)
-    xu[:, :k] = xq + 128
+    out = torch.full((m, cfg.phases, t * cfg.rows), -128, dtype=torch.int64)
+    if cfg.signed_inputs:
+        out[:, 0, :k] = xq.clamp(min=0) - 128
+        out[:, 1, :k] = (-xq).clamp(min=0) - 128
+    else:
+        out[:, 0, :k] = xq
+    return out.reshape(m, -1)
+
+
+def _levels(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """DAC levels ``[I, M, T'*rows]`` of the macro's words (step 0 = most significant)."""
+    xu = macro_inputs(xq, cfg) + 128
     sh = (cfg.steps - 1 - torch.arange(cfg.steps, dtype=torch.int64)) * cfg.dac_bits
     return (xu[None] >> sh[:, None, None]) & (2**cfg.dac_bits - 1)
 
 
-def _float_codes(xq: torch.Tensor, prog: Programmed, seed: int | None) -> torch.Tensor:
-    """ADC codes as floats ``[T, I*M, A*N]`` (the layout of the batched product)."""
+def input_digits(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """DAC levels ``[I, M, T'*rows]`` of int8 inputs ``xq[M, K]`` (step 0 = most significant;
+    rows beyond K are 0; two-phase inputs: phase + in the first ``T*rows``)."""
+    return _levels(check_int8("x", xq), cfg)
+
+
+# ----------------------------------------------------------------------------- the array
+
+def _read_state(prog: Programmed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On cells of the packed matrix: flat indices, their deviations and conductances (float32),
+    cached."""
+    c = prog._cache.get("read")
+    if c is None:
+        pk = prog._cache["packed"]
+        r = prog.cfg.rows
+        g = torch.zeros(pk.shape, dtype=torch.float32)
+        g[:, :r] = prog.g.reshape(pk.shape[0], r, -1)
+        idx = (g.view(-1) >= 0.5).nonzero().squeeze(1)
+        c = prog._cache["read"] = (idx, pk.view(-1)[idx].to(torch.float32), g.view(-1)[idx])
+    return c
+
+
+def _call_mat(prog: Programmed, read_seed: int | None) -> torch.Tensor | None:
+    """This call's packed matrix ``[T, rows + 1, A*N]`` (bfloat16): the conductance deviations
+    ``g - d`` plus a fresh read-noise draw (module docstring) and the threshold row
+    ``offset + 0.5``; None for an ideal array."""
+    if prog.dg is None:
+        return None
+    pk = prog._cache["packed"]
+    rs = prog.noise.read_sigma
+    if not rs:
+        return pk
+    if read_seed is None:
+        raise UserValueError("read noise needs a seed")
+    idx, base, g = _read_state(prog)
+    gen = torch.Generator().manual_seed(int(read_seed) & (2**63 - 1))
+    z = torch.randn(idx.shape, generator=gen).clamp_(-_Z_CLIP, _Z_CLIP)
+    mat = pk.clone()
+    # g_call = g * max(0, 1 + read_sigma * z): the deviation grows by g * max(-1, read_sigma * z)
+    mat.view(-1).index_put_((idx,), (base + g * z.mul_(rs).clamp_(min=-1.0)).to(_BF))
+    return mat
+
+
+def _no_clip(prog: Programmed) -> bool:
+    """True when no code of ``prog`` can clip: ``adc_shift = 0``, every ADC offset above -0.5
+    LSB (a current is never negative) and the largest column current, all rows driven at the top
+    level, read noise at its clip, plus offset and rounding, below the top code."""
     cfg = prog.cfg
-    m, k = xq.shape
-    if k != prog.k:
-        raise UserValueError(f"input has K={k}, the programmed weights K={prog.k}")
-    t, r, s, n = prog.digits.shape
-    a = input_digits(xq, cfg)  # [I, M, T*R]
-    nsteps = cfg.steps
-    exact32 = cfg.full_scale < 2**24
-    dt = torch.float32 if exact32 or prog.g is not None else torch.float64
-    xa = a.to(dt).reshape(nsteps * m, t, r).permute(1, 0, 2)  # [T, I*M, R]
-    g = prog.digits.to(dt) if prog.g is None else prog.g.to(dt)
-    cur = torch.bmm(xa, g.reshape(t, r, s * n))  # [T, I*M, A*N]
-    noise = prog.noise
-    if noise.read_sigma:
-        if seed is None:
-            raise UserValueError("read noise needs a seed")
-        gen = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
-        sd = torch.bmm(xa * xa, (g * g).reshape(t, r, s * n)).mul_(noise.read_sigma ** 2).sqrt_()
-        cur.addcmul_(torch.randn(cur.shape, generator=gen, dtype=dt), sd)
-    sh = cfg.adc_shift
+    if cfg.adc_shift:
+        return False
+    c = prog._cache.get("no_clip")
+    if c is None:
+        top = 2**cfg.adc_bits - 1
+        if prog.dg is None:
+            c = cfg.full_scale <= top and prog.adc_offset is None
+        else:
+            off_lo = float(prog.adc_offset.min()) if prog.adc_offset is not None else 0.0
+            off_hi = float(prog.adc_offset.max()) if prog.adc_offset is not None else 0.0
+            colmax = float(prog.g.sum(1).max()) * (2**cfg.dac_bits - 1)
+            colmax *= 1 + _Z_CLIP * prog.noise.read_sigma
+            c = off_lo > -0.5 and colmax + off_hi + 0.5 < top + 1
+        prog._cache["no_clip"] = c
+    return c
+
+
+def _tile_m(levels: torch.Tensor, prog: Programmed, mat: torch.Tensor, t: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``m = e + offset + 0.5`` of the driven rows of physical row tile ``t`` (``adc_shift = 0``),
+    one bfloat16 product; the rounding error of a code is ``floor(m)``.
+
+    ``levels`` ``[I, M, T'*R]``. Returns the driven rows (flat ``(p, i, m)`` indices), their
+    ``m`` ``[rows, A*N]`` (bfloat16) and the rounding error of a row that drives nothing
+    (``floor(offset + 0.5)``, float32 ``[A*N]``)."""
+    cfg = prog.cfg
+    r = cfg.rows
+    nt = prog.digits.shape[0]
+    lv = levels.reshape(levels.shape[0], levels.shape[1], cfg.phases, nt, r)[:, :, :, t]
+    lv = lv.permute(2, 0, 1, 3).reshape(-1, r)  # [(p, i, m), R]
+    act = lv.any(1).nonzero().squeeze(1)
+    q0 = torch.floor(mat[t, r].to(torch.float32))
+    x = torch.ones(act.numel(), r + 1, dtype=_BF)
+    x[:, :r] = lv[act]
+    return act, torch.mm(x, mat[t]), q0
+
+
+def _row_weights(rows: torch.Tensor, cfg: CrossbarConfig, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token index and signed shift weight ``(-1)**p * 2**(dac_bits*(I-1-i))`` of flat rows."""
+    steps = cfg.steps
+    p = rows // (steps * m)
+    i = (rows // m) % steps
+    w = torch.exp2(((steps - 1 - i) * cfg.dac_bits).to(torch.float64)) * (1 - 2 * p).to(torch.float64)
+    return rows % m, w
+
+
+def _array_weights(cfg: CrossbarConfig) -> torch.Tensor:
+    """``sign_a * 2**(cell_bits*j(a))`` per array (float64)."""
+    j = torch.arange(cfg.arrays, dtype=torch.int64) % cfg.slices
+    return torch.exp2((j * cfg.cell_bits).to(torch.float64)) * _signs(cfg).to(torch.float64)
+
+
+def _error_dot(xq: torch.Tensor, prog: Programmed, mat: torch.Tensor) -> torch.Tensor:
+    """``dot - x @ encoded`` (float64 ``[M, N]``) when no code can clip (module docstring)."""
+    cfg = prog.cfg
+    m = xq.shape[0]
+    levels = _levels(xq, cfg)
+    a, n = cfg.arrays, prog.n
+    y = torch.zeros(m, a * n, dtype=torch.float32)  # exact: small integers times powers of 2
+    allrows = torch.arange(cfg.phases * cfg.steps * m)
+    for t in range(prog.digits.shape[0]):
+        act, mm, q0 = _tile_m(levels, prog, mat, t)
+        if act.numel():
+            tok, w = _row_weights(act, cfg, m)
+            pm = torch.zeros(m, act.numel())
+            pm[tok, torch.arange(act.numel())] = w.to(torch.float32)
+            y.addmm_(pm, mm.to(torch.float32).floor_())
+        if bool(q0.any()):  # rows that drive nothing still convert floor(0.5 + offset)
+            idle = torch.ones(allrows.numel(), dtype=torch.bool)
+            idle[act] = False
+            tok, w = _row_weights(allrows[idle], cfg, m)
+            per_tok = torch.zeros(m, dtype=torch.float64).index_add_(0, tok, w)
+            y += (per_tok[:, None] * q0[None, :]).to(torch.float32)
+    return torch.einsum("man,a->mn", y.to(torch.float64).reshape(m, a, n), _array_weights(cfg))
+
+
+def _codes(xq: torch.Tensor, prog: Programmed, mat: torch.Tensor | None) -> torch.Tensor:
+    """ADC codes ``[T', I, A, M, N]`` (int64, macro tile order, phase - lanes swapped)."""
+    cfg = prog.cfg
+    m = xq.shape[0]
+    if xq.shape[1] != prog.k:
+        raise UserValueError(f"input has K={xq.shape[1]}, the programmed weights K={prog.k}")
+    levels = _levels(xq, cfg)  # [I, M, T'*R]
+    nt, r, a, n = prog.digits.shape
+    ph, steps = cfg.phases, cfg.steps
+    lv = levels.reshape(steps, m, ph, nt, r).permute(3, 2, 0, 1, 4).reshape(nt, ph * steps * m, r)
     top = 2**cfg.adc_bits - 1
-    if prog.g is None and prog.adc_offset is None and sh == 0:
-        return cur.clamp_(0, top)  # integers already
-    cur.mul_(1.0 / 2**sh).add_(0.5)
-    if prog.adc_offset is not None:
-        cur.add_(prog.adc_offset.to(dt).reshape(t, 1, s * n))
-    return cur.floor_().clamp_(0, top)
+    if cfg.adc_shift == 0:  # ideal column sums (exact in float32: below 2**24) + rounding errors
+        c0 = torch.bmm(lv.to(torch.float32), prog.digits.to(torch.float32).reshape(nt, r, a * n))
+        for t in range(nt if mat is not None else 0):
+            act, mm, q0 = _tile_m(levels, prog, mat, t)
+            c0[t] += q0
+            c0[t, act] += torch.floor(mm.to(torch.float32)) - q0
+        codes = c0.round_().clamp_(0, top)
+    else:
+        g = prog.digits.to(torch.float64)
+        if mat is not None:
+            g = g + mat[:, :r].to(torch.float64).reshape(nt, r, a, n)
+        cur = torch.bmm(lv.to(torch.float64), g.reshape(nt, r, a * n))
+        cur.mul_(1.0 / 2**cfg.adc_shift).add_(0.5)
+        if prog.adc_offset is not None:
+            cur.add_(prog.adc_offset.to(torch.float64).reshape(nt, 1, a * n))
+        codes = cur.floor_().clamp_(0, top)
+    codes = codes.to(torch.int64).reshape(nt, ph, steps, m, a, n).permute(1, 0, 2, 4, 3, 5)
+    if ph == 2:  # phase -: the u+ and u- lanes swapped
+        s = cfg.slices
+        codes = torch.stack([codes[0], torch.cat([codes[1][:, :, s:], codes[1][:, :, :s]], 2)])
+    return codes.reshape(ph * nt, steps, a, m, n)
 
 
 def crossbar_codes(xq: torch.Tensor, prog: Programmed, seed: int | None = None) -> torch.Tensor:
-    """ADC codes ``[T, I, A, M, N]`` (int64) of ``xq[M, K]`` on ``prog``; ``seed`` seeds the
+    """ADC codes ``[T', I, A, M, N]`` (int64) of ``xq[M, K]`` on ``prog`` as the macro receives
+    them (``T' = phases * T``; phase - with the ``u+``/``u-`` lanes swapped); ``seed`` seeds the
     read noise (needed when ``read_sigma > 0``)."""
     xq = check_int8("x", xq)
-    t, _, a, n = prog.digits.shape
-    c = _float_codes(xq, prog, seed)
-    return c.to(torch.int64).reshape(t, prog.cfg.steps, xq.shape[0], a, n).permute(0, 1, 3, 2, 4)
+    return _codes(xq, prog, _call_mat(prog, seed))
 
 
 def _recombine(per: torch.Tensor, xq: torch.Tensor, prog: Programmed, bias: torch.Tensor | None,
@@ -428,8 +799,14 @@ def _recombine(per: torch.Tensor, xq: torch.Tensor, prog: Programmed, bias: torc
     wts = wts * _signs(cfg).to(torch.float64)
     acc = torch.einsum("iman,ia->mn", per, wts).to(torch.int64)  # exact below 2**53
     dot = acc - 128 * prog.wsum[None, :]
-    if not cfg.differential:
+    if not cfg.differential:  # offset-binary input correction
         dot = dot - 128 * (xq + 128).sum(1, keepdim=True) + prog.k * 128 * 128
+    return _finish(dot, bias, mult, shift)
+
+
+def _finish(dot: torch.Tensor, bias: torch.Tensor | None, mult: torch.Tensor | None,
+            shift: torch.Tensor | None) -> torch.Tensor:
+    """Bias, int32 saturation, requantizer."""
     if bias is not None:
         dot = dot + torch.as_tensor(bias).to(torch.int64)
     y = saturate(dot, INT32_MIN, INT32_MAX)
@@ -441,7 +818,7 @@ def _recombine(per: torch.Tensor, xq: torch.Tensor, prog: Programmed, bias: torc
 def crossbar_recombine(codes: torch.Tensor, xq: torch.Tensor, prog: Programmed,
                        bias: torch.Tensor | None = None, mult: torch.Tensor | None = None,
                        shift: torch.Tensor | None = None) -> torch.Tensor:
-    """The digital periphery: shift-add of ``codes[T, I, A, M, N]``, offset correction, bias,
+    """The digital periphery: shift-add of ``codes[T', I, A, M, N]``, offset correction, bias,
     int32 saturation and the optional requantizer (module docstring). Int64 ``[M, N]``."""
     xq = check_int8("x", xq)
     per = codes.sum(0).to(torch.float64).permute(0, 2, 1, 3)  # [I, M, A, N]
@@ -458,33 +835,43 @@ def crossbar_linear(xq: torch.Tensor, wq: torch.Tensor | Programmed,
     ``mult``/``shift``), int64 ``[M, N]``.
 
     ``wq`` is int8 weights (programmed here with ``seed``) or a :class:`Programmed` matrix (then
-    ``cfg``/``noise``/``seed`` are its own). ``read_seed`` seeds the read noise (default: derived
-    from ``seed``). ``fast``: an ideal, lossless configuration returns :func:`gemm_int` directly
-    (the same values; tests check it with ``fast=False``). Rows run ``chunk`` at a time.
+    ``cfg``/``noise``/``seed`` are its own). ``read_seed`` seeds this call's read noise (default:
+    derived from ``seed``). ``fast``: an ideal, lossless configuration returns :func:`gemm_int`
+    directly, and a configuration whose codes cannot clip adds the rounding errors to
+    ``x @ encoded`` without materializing the codes (the same values; tests check both against
+    ``fast=False``, which recombines the codes of :func:`crossbar_codes`). Rows run ``chunk``
+    at a time (the read noise of a call is one draw).
     """
     prog = wq if isinstance(wq, Programmed) else program(wq, cfg, noise, seed)
     xq = check_int8("x", xq)
-    if fast and prog.g is None and prog.adc_offset is None and prog.cfg.lossless \
-            and not prog.noise.read_sigma:
-        return gemm_int(xq, prog.wq, bias, mult, shift)
+    if xq.shape[1] != prog.k:
+        raise UserValueError(f"input has K={xq.shape[1]}, the programmed weights K={prog.k}")
+    if fast and prog.dg is None and prog.adc_offset is None and prog.cfg.lossless:
+        return gemm_int(xq, prog.encoded, bias, mult, shift)
     rs = (seed * 1000003 + 17) if read_seed is None else read_seed
+    mat = _call_mat(prog, rs)
     outs = []
+    no_clip = fast and mat is not None and _no_clip(prog)
     for c0 in range(0, max(xq.shape[0], 1), chunk):
         xc = xq[c0:c0 + chunk]
-        c = _float_codes(xc, prog, rs + c0)  # [T, I*M, A*N]; sums of codes exact in float64
-        per = c.to(torch.float64).sum(0).reshape(prog.cfg.steps, xc.shape[0], prog.cfg.arrays, prog.n)
-        outs.append(_recombine(per, xc, prog, bias, mult, shift))
+        if no_clip:
+            ideal = xc.to(torch.float64) @ prog.encoded.to(torch.float64)  # exact below 2**53
+            dot = (ideal + _error_dot(xc, prog, mat)).round_().to(torch.int64)
+            outs.append(_finish(dot, bias, mult, shift))
+        else:
+            codes = _codes(xc, prog, mat)
+            per = codes.sum(0).to(torch.float64).permute(0, 2, 1, 3)
+            outs.append(_recombine(per, xc, prog, bias, mult, shift))
     return torch.cat(outs) if outs else torch.zeros(0, prog.n, dtype=torch.int64)
 
 
 def ideal_error_bound(cfg: CrossbarConfig, k: int) -> int:
     """Largest ``|dot - x @ w|`` of a noise-free crossbar whose codes do not clip
-    (module docstring): ``T * P * 2**(s-1) * sum_{i,j} 2**(dac_bits*i + cell_bits*j)``, 0 for
+    (module docstring): ``T' * P * 2**(s-1) * sum_{i,j} 2**(dac_bits*i + cell_bits*j)``, 0 for
     s = 0."""
     s = cfg.adc_shift
     if s == 0:
         return 0
-    t = math.ceil(k / cfg.rows)
     tot = sum(2 ** (cfg.dac_bits * i + cfg.cell_bits * j)
               for i in range(cfg.steps) for j in range(cfg.slices))
-    return t * (2 if cfg.differential else 1) * 2 ** (s - 1) * tot
+    return cfg.macro_tiles(k) * (2 if cfg.differential else 1) * 2 ** (s - 1) * tot
