@@ -16,6 +16,9 @@ from hw.imc import ImcSpec
 from hw.layernorm import LayerNormSpec
 from hw.requant import RequantSpec
 from hw.softmax import SoftmaxSpec
+from hw.sparse_a3 import SparseA3Spec
+from hw.sparse_energon import SparseEnergonSpec
+from hw.sparse_spatten import SpattenSpec
 from hw.spec import UnitParamError, UnitSpec
 
 __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
@@ -23,8 +26,11 @@ __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
 #: unit kind -> parameter class
 UNITS: dict[str, type[UnitSpec]] = {
     cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec,
-                              CoreSpec, ImcSpec)
+                              CoreSpec, ImcSpec, SparseA3Spec, SparseEnergonSpec,
+                              SpattenSpec)
 }
+# the sparse-attention filters (hw/sparse_*.py) compute ``sparse_filter``: the keep mask of an
+# attention op's query-key pairs from its int8 Q and K, not an IR op of their own
 # ImcSpec also computes ``linear`` (on crossbars): it comes after GemmSpec, so that per-op lookup
 # (unit_for_op, the fpga/asic targets) keeps the GEMM engine; the imc target names it itself
 

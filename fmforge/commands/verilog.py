@@ -139,6 +139,24 @@ def _imc_spec(args: argparse.Namespace):
                    differential=args.differential, requant=args.requant)
 
 
+def _spatten_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=int_range(1, 64), default=4, help="probability codes per word (default 4)")
+    p.add_argument("--max-tokens", type=int_range(1, 4096), default=128,
+                   help="longest sequence (default 128)")
+    p.add_argument("--max-heads", type=int_range(1, 256), default=12, help="most heads (default 12)")
+    p.add_argument("--token-bits", type=int_range(1, 64), default=24,
+                   help="token importance accumulator bits (default 24)")
+    p.add_argument("--head-bits", type=int_range(1, 64), default=20,
+                   help="head importance accumulator bits (default 20)")
+
+
+def _spatten_spec(args: argparse.Namespace):
+    from hw.sparse_spatten import SpattenSpec
+
+    return SpattenSpec(lanes=args.lanes, max_tokens=args.max_tokens, max_heads=args.max_heads,
+                       token_bits=args.token_bits, head_bits=args.head_bits)
+
+
 #: registry unit kind -> (CLI flags, spec from the parsed flags); help comes from the spec class
 CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "gemm": (add_gemm_args, gemm_spec_from_args),
@@ -148,18 +166,49 @@ CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "layernorm": (_layernorm_args, _layernorm_spec),
     "core": (_core_args, _core_spec),
     "imc": (_imc_args, _imc_spec),
+    "sparse_spatten": (_spatten_args, _spatten_spec),
 }
+
+
+def _field_cli(cls: Any) -> tuple[Any, Any] | None:
+    """CLI flags made from a spec's dataclass fields when every one is an int or a bool with a
+    default (``--max-keys 128``); the spec's own checks give the range errors. None otherwise."""
+    import dataclasses
+
+    fields = dataclasses.fields(cls)
+    if not all(f.default is not dataclasses.MISSING and type(f.default) in (int, bool)
+               for f in fields):
+        return None
+
+    def add_args(p: argparse.ArgumentParser) -> None:
+        for f in fields:
+            flag = "--" + f.name.replace("_", "-")
+            if type(f.default) is bool:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                               help=f"{f.name} (default: {f.default})")
+            else:
+                p.add_argument(flag, type=int_range(0, 1 << 30), default=f.default,
+                               help=f"{f.name} (default {f.default})")
+
+    def spec(args: argparse.Namespace) -> Any:
+        return cls(**{f.name: getattr(args, f.name) for f in fields})
+
+    return add_args, spec
 
 
 def _units() -> dict[str, tuple[str, Any, Any]]:
     """unit name -> (help, add_arguments, make_component), for every unit of the registry."""
     from hw.registry import UNITS as REGISTRY
 
-    missing = set(REGISTRY) - set(CLI_UNITS)
+    cli = dict(CLI_UNITS)
+    for kind, cls in REGISTRY.items():
+        if kind not in cli and (made := _field_cli(cls)) is not None:
+            cli[kind] = made
+    missing = set(REGISTRY) - set(cli)
     assert not missing, f"registry units without CLI flags: {missing}"
     out = {}
     for kind, cls in REGISTRY.items():
-        add_args, spec = CLI_UNITS[kind]
+        add_args, spec = cli[kind]
         out[kind] = (cls.summary, add_args,
                      lambda a, spec=spec: spec(a).build())
     return out
