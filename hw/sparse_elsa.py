@@ -273,12 +273,13 @@ class SparseElsa(wiring.Component):
 
 
 ELSA_RESOURCE_RULE = (
-    "estimated, not built: LUTs = the hash unit (d log2 d butterfly adders at y bits each, d "
-    "8x8 squarers at 32 LUTs each, the n2 adder tree at n2 bits per adder) + P x (k-bit xor "
-    "and popcount at 2k, the (k+1)-entry table mux at 18 x (k+1) / 4, a 48-bit compare) + the "
-    "P-lane max tree (est bits per lane) + 300 for control and the keep register demux; "
-    "DSPs = P x 2 (18 x n2 products) + 2 (thr x n2max); FFs: every register bit; buffers: the "
-    "key buffer")
+    "estimated, not placed: fitted to yosys synth_ecp5 cell counts of four configurations "
+    "(max_keys 16, hash_bits = dim, dim 8/16 x lanes 2/4; LUTs = LUT4 + 2 x CCU2C; within 3 %): "
+    "LUTs = 26 d log2(d) (sign flips, butterflies, squared-norm tree) + 282 P (per lane: xor, "
+    "popcount, table, compare, max tree) + 2 max_keys + 136; FFs = 1.5 P d + 70.5 P + 9.4 d + "
+    "max_keys + 208; DSPs (MULT18X18D) = d (the squarers) + (P + 2) x ceil(n2 / 18) (L[H] x n2 "
+    "per lane, thr x n2max). The key buffer (max_keys x (hash_bits + n2 + 1) bits) is LUT RAM "
+    "(DPR16X4) at these depths; asic: buffer_bits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,12 +335,10 @@ class SparseElsaSpec(UnitSpec):
     def resources(self, family: str) -> dict[str, Any]:
         if family not in ("ecp5", "ice40", "asic"):
             raise UnitParamError(f"family must be one of ecp5, ice40, asic, not {family!r}")
-        w = elsa_widths(self.dim, self.max_keys)
-        d, p, kb = self.dim, self.lanes, self.bits
+        d, p, n = self.dim, self.lanes, self.max_keys
         lg = (d - 1).bit_length()
-        luts = (d * lg * w["y"] + d * 32 + (d - 1) * w["n2"]
-                + p * (2 * kb + 18 * (kb + 1) // 4 + 48) + p * w["est"] + 300)
-        ffs = (d * 8 + kb + w["n2"] + w["r"] + p * (w["h"] + w["n2"] + w["est"] + 2)
-               + self.max_keys + w["est"] + 3 * w["idx"] + 33 + 64)
-        return {"dsps": 2 * p + 2, "luts": luts, "ffs": ffs, "brams": None,
+        m18 = -(-elsa_widths(d, n)["n2"] // 18)
+        luts = 26 * d * lg + 282 * p + 2 * n + 136
+        ffs = round(1.5 * p * d + 70.5 * p + 9.4 * d) + n + 208
+        return {"dsps": d + (p + 2) * m18, "luts": luts, "ffs": ffs, "brams": None,
                 "buffer_bits": self.buffer_bits, "estimated": True, "basis": ELSA_RESOURCE_RULE}

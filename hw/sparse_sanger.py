@@ -71,7 +71,7 @@ from hw.lib import check_positive, check_stalls
 from hw.spec import UnitParamError, UnitSpec, check_int
 
 __all__ = ["SANGER_ROW_OVERHEAD", "FilterFraming", "SparseSanger", "SparseSangerSpec", "best_lane",
-           "check_filter_shape", "exp2_lut", "filter_row_layout", "sum_tree",
+           "check_filter_shape", "code_product", "exp2_lut", "filter_row_layout", "sum_tree",
            "sanger_cycles", "sanger_edges", "sanger_param_layout", "sanger_widths", "words_of"]
 
 #: per-row cycles besides the three W-cycle passes: QLOAD 1, QUANT 1, DOT pipeline 5, SUM and
@@ -155,6 +155,16 @@ def best_lane(vals: list, valid: list, better) -> tuple:
             nxt.append(items[-1])
         items = nxt
     return items[0]
+
+
+def code_product(a: Any, c: Any, bits: int) -> Any:
+    """``a * c`` of two signed ``bits``-bit codes. Up to 4 bits as shift-and-add (``bits - 1``
+    partial products and the sign bit's), so synthesis keeps these small products in LUTs
+    instead of spending a hard multiplier on each; wider codes multiply."""
+    if bits > 4:
+        return a * c
+    terms = [Mux(c[j], a << j, 0) for j in range(bits - 1)]
+    return sum_tree(terms) - Mux(c[bits - 1], a << (bits - 1), 0)
 
 
 def sum_tree(vals: list) -> Any:
@@ -350,7 +360,7 @@ class SparseSanger(wiring.Component):
                          d_v.eq(c_v), d_w.eq(c_w)]
             for c in range(p):
                 key = kr[c].data
-                m.d.sync += [prods[c][i].eq(qc[i] * key.c[i]) for i in range(d)]
+                m.d.sync += [prods[c][i].eq(code_product(qc[i], key.c[i], b)) for i in range(d)]
                 m.d.sync += [lv["a"][c].eq(key.real & (Cat(Const(c, lp), r_w) < fr.nk)
                                            if lp else key.real & (r_w < fr.nk)),
                              ls["a"][c].eq(key.s),
@@ -437,12 +447,14 @@ class SparseSanger(wiring.Component):
 
 
 SANGER_RESOURCE_RULE = (
-    "estimated, not built: LUTs = P x (d b-bit multipliers at b*b/2 LUTs each, the d-input "
-    "adder tree at 1 LUT per sum bit, the D x 16 multiplier at dot*16/2 LUTs unless on DSPs, "
-    "two barrel shifters at z*log2 steps each, 3 x 64-entry LUT muxes x 16 bits / 4, "
-    "e shifter 16*4, 32-bit compare) + d x (rounding muxes 9*(9-b) + abs 8) + the P-lane max "
-    "tree (z bits per lane) + 400 for control and the keep register demux; DSPs = P (D x "
-    "mult); FFs: every pipeline register bit; buffers: key, z buffers")
+    "estimated, not placed: fitted to yosys synth_ecp5 cell counts of four configurations "
+    "(bits 4, max_keys 16, dim 8/16 x lanes 2/4; LUTs = LUT4 + 2 x CCU2C; exact to 0.1 %): "
+    "LUTs = 56 P d (the shift-and-add b-bit products and adder trees) + 708 P (per lane: "
+    "shifters, x subtract, exp LUT and shifter, compare, max tree) + 132 d (row quantizer, "
+    "query codes) + 2 max_keys + 42; FFs = 12.6 P d + 189 P + 12.2 d + max_keys + 226; DSPs "
+    "(MULT18X18D) = P (D x mult) + 2 (thr x S). bits 2 is counted as bits 4; bits 6 and 8 "
+    "multiply on DSPs (d P more, 40 LUTs fewer each). Key and z buffers (max_keys x (d b + "
+    "4) and max_keys x (z + 1) bits) are LUT RAM (DPR16X4) at these depths; asic: buffer_bits")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -492,16 +504,12 @@ class SparseSangerSpec(UnitSpec):
     def resources(self, family: str) -> dict[str, Any]:
         if family not in ("ecp5", "ice40", "asic"):
             raise UnitParamError(f"family must be one of ecp5, ice40, asic, not {family!r}")
-        w = sanger_widths(self.dim, self.bits, self.max_keys)
-        d, p, b = self.dim, self.lanes, self.bits
-        lg = max(1, (w["z"] - 1).bit_length())
-        per_lane = (d * (b * b // 2 + 1) + (d - 1) * w["dot"] // 2 + w["dot"] * MULT_BITS // 2
-                    + 2 * w["z"] * lg + 3 * 64 * 16 // 4 + 16 * 4 + 32)
-        luts = p * per_lane + d * (9 * (9 - b) + 8) + p * w["z"] + 400
-        ffs = (d * (8 + b) + p * (d * 2 * b + w["dot"] + w["prod"] + w["z"] + w["x"] + 16 * 2 + 8)
-               + w["sum"] + w["ts"] + self.max_keys + 2 * w["z"] + 3 * w["idx"] + 17 + 16 + 6 + 64)
-        return {"dsps": p, "luts": luts, "ffs": ffs, "brams": None, "buffer_bits": self.buffer_bits,
-                "estimated": True, "basis": SANGER_RESOURCE_RULE}
+        d, p, n = self.dim, self.lanes, self.max_keys
+        wide = self.bits > 4
+        luts = (56 - 40 * wide) * p * d + 708 * p + 132 * d + 2 * n + 42
+        ffs = round(12.6 * p * d + 189 * p + 12.2 * d) + n + 226
+        return {"dsps": p + 2 + wide * p * d, "luts": luts, "ffs": ffs, "brams": None,
+                "buffer_bits": self.buffer_bits, "estimated": True, "basis": SANGER_RESOURCE_RULE}
 
 
 # the shift range of the prm port must hold every shift int_params() gives
