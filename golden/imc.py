@@ -424,34 +424,60 @@ def _pair_tables(cfg: CrossbarConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return dig, sig.sum(1)
 
 
+#: solved stuck patterns, ``(cell_bits, key) -> [256, 2]`` (patterns recur across matrices)
+_PAIRS: dict[tuple[int, int], torch.Tensor] = {}
+
+
 def _solve_patterns(sp: torch.Tensor, sm: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
     """Best pairs ``[P, 256, 2]`` (``u+``, ``u-`` for ``w = -128..127``) for stuck patterns
-    ``sp``, ``sm`` (``[P, S]``, states 0/1/2 of the ``u+`` and ``u-`` digits)."""
+    ``sp``, ``sm`` (``[P, S]``, states 0/1/2 of the ``u+`` and ``u-`` digits).
+
+    Every feasible pair (stuck digits at their levels) is binned by its difference; each bin keeps
+    its lowest-variance pair; ``w`` takes its own bin, or the nearest nonempty one."""
     dig, var = _pair_tables(cfg)
     top = dig.shape[0]
     lv = torch.tensor([0, cfg.levels, 0])
-    ws = torch.arange(-128, 128, dtype=torch.int64)
-    up = torch.arange(top, dtype=torch.int64)
+    u = torch.arange(top, dtype=torch.int64)
+    nb = 2 * top - 1
+    bins = (u[:, None] - u[None, :] + top - 1).reshape(-1)  # difference u+ - u-, shifted
+    cost = torch.round((var[:, None] + var[None, :]) * 1000).to(torch.int64)  # < 2**24
+    key = ((cost << 18) | (u[:, None] * top + u[None, :])).reshape(-1)  # pair index < 2**18
+    big = torch.iinfo(torch.int64).max
+    want = torch.arange(-128, 128, dtype=torch.int64) + top - 1  # the bin of each w
+    idx = torch.arange(nb)
     out = []
-    for c0 in range(0, sp.shape[0], 16):
-        a, b = sp[c0:c0 + 16].long(), sm[c0:c0 + 16].long()
+    for c0 in range(0, sp.shape[0], 32):
+        a, b = sp[c0:c0 + 32].long(), sm[c0:c0 + 32].long()
         fp = ((a[:, None, :] == 0) | (dig[None] == lv[a][:, None, :])).all(-1)  # [P, U]
         fm = ((b[:, None, :] == 0) | (dig[None] == lv[b][:, None, :])).all(-1)
-        idx = torch.arange(top).expand_as(fm)
-        nxt = torch.where(fm, idx, top).flip(-1).cummin(-1).values.flip(-1)  # next feasible >= t
-        prv = torch.where(fm, idx, -1).cummax(-1).values  # previous feasible <= t
-        tau = (up[None, :] - ws[:, None]).clamp(0, top - 1)  # [256, U]: the ideal u-
-        cand = torch.stack([nxt[:, tau], prv[:, tau]], -1)  # [P, 256, U, 2]
-        ok = (cand >= 0) & (cand < top) & fp[:, None, :, None]
-        cm = cand.clamp(0, top - 1)
-        err = (up[None, None, :, None] - cm - ws[None, :, None, None]).abs().double()
-        cost = err * 2.0**20 + var[up][None, None, :, None] + var[cm]
-        cost = torch.where(ok, cost, math.inf).reshape(cost.shape[0], 256, -1)
-        best = cost.argmin(-1)  # [P, 256]
-        u_p = best // 2
-        u_m = cm.reshape(cm.shape[0], 256, -1).gather(-1, best[..., None])[..., 0]
-        out.append(torch.stack([u_p, u_m], -1))
+        ok = (fp[:, :, None] & fm[:, None, :]).reshape(fp.shape[0], -1)
+        k = torch.where(ok, key[None, :], big)
+        best = torch.full((fp.shape[0], nb), big).scatter_reduce_(1, bins.expand_as(k), k, "amin")
+        valid = best < big
+        nxt = torch.where(valid, idx, nb).flip(-1).cummin(-1).values.flip(-1)[:, want]
+        prv = torch.where(valid, idx, -1).cummax(-1).values[:, want]
+        dn = torch.where(nxt < nb, nxt - want, nb)
+        dp = torch.where(prv >= 0, want - prv, nb)
+        pick = torch.where(dn < dp, nxt, torch.where(dp < dn, prv, torch.where(
+            best.gather(1, nxt.clamp(max=nb - 1)) <= best.gather(1, prv.clamp(min=0)), nxt, prv)))
+        pair = best.gather(1, pick) & (2**18 - 1)
+        out.append(torch.stack([pair // top, pair % top], -1))
     return torch.cat(out) if out else torch.zeros(0, 256, 2, dtype=torch.int64)
+
+
+def _pairs_for(keys: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
+    """Solved pairs ``[P, 256, 2]`` of pattern keys (cached in :data:`_PAIRS`)."""
+    s = cfg.slices
+    new = [int(k) for k in keys.tolist() if (cfg.cell_bits, int(k)) not in _PAIRS]
+    if new:
+        nk = torch.tensor(new, dtype=torch.int64)
+        sp = torch.stack([(nk // 3**s // 3**j) % 3 for j in range(s)], 1)
+        sm = torch.stack([(nk % 3**s // 3**j) % 3 for j in range(s)], 1)
+        if len(_PAIRS) + len(new) > 200_000:
+            _PAIRS.clear()
+        for kk, tab in zip(new, _solve_patterns(sp, sm, cfg), strict=True):
+            _PAIRS[(cfg.cell_bits, kk)] = tab
+    return torch.stack([_PAIRS[(cfg.cell_bits, int(k))] for k in keys.tolist()])
 
 
 def _fault_aware(w: torch.Tensor, st: torch.Tensor,
@@ -469,9 +495,7 @@ def _fault_aware(w: torch.Tensor, st: torch.Tensor,
     p3 = 3 ** torch.arange(s, dtype=torch.int64)
     key = (pat[:, :s] * p3).sum(1) * 3**s + (pat[:, s:] * p3).sum(1)
     uk, inv = torch.unique(key, return_inverse=True)
-    digs = torch.stack([(uk // 3**s // 3**j) % 3 for j in range(s)], 1)
-    digm = torch.stack([(uk % 3**s // 3**j) % 3 for j in range(s)], 1)
-    table = _solve_patterns(digs, digm, cfg)  # [P, 256, 2]
+    table = _pairs_for(uk, cfg)  # [P, 256, 2]
     pair = table[inv, w[sel] + 128]  # [F, 2]
     new = _digit_planes([pair[:, 0:1], pair[:, 1:2]], cfg)[..., 0]  # [F, A]
     d = digits.permute(0, 1, 3, 2).clone()
