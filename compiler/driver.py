@@ -178,8 +178,13 @@ def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = Fa
 
 def _device_entry(d: Target, spec: str, nodes: list[Any]) -> dict[str, Any]:
     link = None if d.is_host else d.link.to_json()
+    hw = d.hardware(nodes)
+    if d.integer:  # the sparse-attention filter units beside the attention it runs
+        from compiler.passes.sparsify import filter_units
+        hw["units"] = [*hw["units"], *filter_units(nodes, getattr(getattr(d, "board", None),
+                                                                   "family", "asic"))]
     return {"name": d.name, "kind": d.kind, "spec": spec, "params": d.params(), "link": link,
-            "hardware": d.hardware(nodes)}
+            "hardware": hw}
 
 
 def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f,cpu",

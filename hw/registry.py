@@ -17,7 +17,9 @@ from hw.layernorm import LayerNormSpec
 from hw.requant import RequantSpec
 from hw.softmax import SoftmaxSpec
 from hw.sparse_a3 import SparseA3Spec
+from hw.sparse_elsa import SparseElsaSpec
 from hw.sparse_energon import SparseEnergonSpec
+from hw.sparse_sanger import SparseSangerSpec
 from hw.sparse_spatten import SpattenSpec
 from hw.spec import UnitParamError, UnitSpec
 
@@ -26,8 +28,8 @@ __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
 #: unit kind -> parameter class
 UNITS: dict[str, type[UnitSpec]] = {
     cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec,
-                              CoreSpec, ImcSpec, SparseA3Spec, SparseEnergonSpec,
-                              SpattenSpec)
+                              CoreSpec, ImcSpec, SparseA3Spec, SparseElsaSpec,
+                              SparseEnergonSpec, SpattenSpec, SparseSangerSpec)
 }
 # the sparse-attention filters (hw/sparse_*.py) compute ``sparse_filter``: the keep mask of an
 # attention op's query-key pairs from its int8 Q and K, not an IR op of their own

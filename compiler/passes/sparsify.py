@@ -129,6 +129,43 @@ def attention_masks(q: Any, k: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     return allowed, allowed.reshape(q.shape[0], -1, k.shape[-2]).any(1)
 
 
+def filter_units(nodes: list[Any], family: str = "asic") -> list[dict[str, Any]]:
+    """The sparse-filter units a device builds for the attention ops it runs (``nodes`` placed on
+    it) that carry a golden filter: one unit per method, sized for the largest of those ops (head
+    size ``dim``, keys ``max_keys`` / ``max_tokens``, heads ``max_heads``; accumulators wide
+    enough for every layer), as a plan's ``hardware.units`` entry with the spec's resources."""
+    import dataclasses
+
+    from hw.registry import UNITS
+
+    by_method: dict[str, list[Any]] = {}
+    for n in nodes:
+        spec = n.attrs.get("sparse_filter")
+        if n.op == "attention" and spec and f"sparse_{spec['name']}" in UNITS:
+            by_method.setdefault(spec["name"], []).append(n)
+    out = []
+    for method, ops in sorted(by_method.items()):
+        cls = UNITS[f"sparse_{method}"]
+        d = max(int(o.attrs["d"]) for o in ops)
+        keys = max(int(o.attrs["s"]) for o in ops)
+        rows = max(int(o.attrs["l"]) for o in ops)
+        heads = max(int(o.attrs.get("q_heads") or o.attrs["bh"]) for o in ops)
+        layers = len(ops)
+        known = {"dim": d, "max_keys": max(2, keys), "max_tokens": keys, "max_heads": heads,
+                 "lanes": 4,
+                 "token_bits": (255 * heads * rows * layers).bit_length(),
+                 "head_bits": (255 * rows * layers).bit_length()}
+        knobs = ops[0].attrs["sparse_filter"].get("params", {})  # e.g. Sanger's bits
+        fields = [f.name for f in dataclasses.fields(cls)]
+        params = {k: known[k] for k in fields if k in known}
+        params.update({k: v for k, v in knobs.items() if k in fields and isinstance(v, int)})
+        unit = cls(**params)
+        out.append({"id": f"sparse_{method}", "unit": cls.kind, "module": cls.component,
+                    "params": unit.to_json(), "ops": [o.name for o in ops],
+                    "predicted": dict(unit.resources(family))})
+    return out
+
+
 def register_sparse_filter(name: str, fn: SparseFilter) -> None:
     """Make a sparse-attention filter available under ``name``."""
     if not name or not callable(fn):

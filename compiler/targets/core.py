@@ -152,6 +152,9 @@ class CoreTarget(Target):
 
         if node.op not in CORE_UNIT_OPS:
             r = (Support(False, f"the core has no instruction for {node.op}"), OpCost(0, 0))
+        elif node.op == "attention" and node.attrs.get("sparse_filter"):
+            r = (Support(False, "the core's attention program is dense: it does not apply a "
+                                "sparse filter's keep mask (yet)"), OpCost(0, 0))
         elif node.attrs.get("keep_float") and node.op != "gelu":
             r = (Support(False, f"kept in float: {node.attrs['keep_float']}"), OpCost(0, 0))
         elif node.op == "layout" and not node.inputs:

@@ -96,3 +96,29 @@ def test_elsa_calibrates_on_the_calibration_split_and_the_plan_carries_it():
             o["sparse_filter"]["calibration"] = {"bogus": 1}
     with pytest.raises(ValueError, match="unknown attribute 'bogus'"):
         execute_plan(plan, limit=1)
+
+
+def test_sparse_attention_is_not_placed_on_the_dense_core_and_filter_units_size_from_ops():
+    from compiler.ir import Node
+    from compiler.passes.sparsify import filter_units
+    c = compile_model("encoder-tiny", "core,cpu:mode=roofline", sparse="energon")
+    att = [o for o in c.plan["ops"] if o["op"] == "attention"]
+    assert att and all(not o["device"].startswith("core") for o in att)
+    core = next(d for d in c.plan["devices"] if d["kind"] == "core")
+    assert not [u for u in core["hardware"]["units"] if u["unit"].startswith("sparse")]
+    # a device that runs filtered attention lists the filter unit, sized for its largest op
+    ops = [Node(name=f"a{i}", op="attention", target="t", args=(), kwargs={}, out=(),
+                attrs={"bh": 12, "l": 20, "s": s, "d": 32,
+                       "sparse_filter": {"name": "spatten", "params": {}, "layer": i}})
+           for i, s in enumerate((20, 24))]
+    (u,) = filter_units(ops)
+    assert u["unit"] == "sparse_spatten" and u["ops"] == ["a0", "a1"]
+    assert u["params"]["max_tokens"] == 24 and u["params"]["max_heads"] == 12
+    assert u["params"]["token_bits"] == (255 * 12 * 20 * 2).bit_length()
+    spec = spec_from_json("sparse_spatten", u["params"])
+    assert spec.resources("asic") == u["predicted"]
+    for o in ops:
+        o.attrs["sparse_filter"] = {"name": "sanger", "params": {"threshold": 0.02, "bits": 6}}
+    (u,) = filter_units(ops)
+    assert u["unit"] == "sparse_sanger" and u["params"]["bits"] == 6
+    assert (u["params"]["dim"], u["params"]["max_keys"]) == (32, 24)
