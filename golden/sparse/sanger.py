@@ -35,6 +35,17 @@ No float, square root or division:
    left empty (only when ``thr * S >= 2**31``) keeps its first key with ``z = zmax``.
 
 Padding keys are never kept; padding query rows (self-attention) are empty.
+
+Golden-only knob, the **mass rule** (``mass`` / ``layer_masses``; ours, not in the Sanger
+paper or code, and not implemented by ``hw.sparse_sanger``): instead of step 5, key j is kept
+iff the predicted mass of the keys *strictly* more probable than j is below ``1 - mass``,
+``A_j * 2**16 < (2**16 - m) * S`` with ``A_j = sum of e_i over valid keys with e_i > e_j``
+and ``m = round(mass * 2**16)`` (half to even, in [0, 2**16)): the smallest set of the most
+probable keys, ties kept together, whose predicted mass reaches ``1 - mass`` (a per-row
+"top-p" on ``P_hat``; the row maximum is always kept). ``mass = 0`` keeps every valid key.
+Integers only (:func:`sanger_mass_keep_int`); the host gives ``m`` as ``params["mass"]``
+(:meth:`SangerFilter.int_params`), and :meth:`SangerFilter.mask_int`, the contract of the
+RTL unit, refuses such params. The float twin applies the same rule to ``P_hat``.
 """
 
 from __future__ import annotations
@@ -58,7 +69,8 @@ from golden.sparse.base import (
 )
 
 __all__ = ["SangerFilter", "check_int_param", "check_qk_codes", "rne_shift", "sanger_logits_int",
-           "sanger_quantize", "sanger_row_codes", "sanger_mult_shift"]
+           "sanger_mass_keep", "sanger_mass_keep_int", "sanger_quantize", "sanger_row_codes",
+           "sanger_mult_shift"]
 
 ALLOWED_BITS = (2, 4, 6, 8)
 LOGIT_FRAC_BITS = 8
@@ -142,6 +154,28 @@ def sanger_logits_int(q: torch.Tensor, k: torch.Tensor, bits: int, mult: int, sh
     return ((dot * mult) << (sq + sk.transpose(-1, -2))) >> shift
 
 
+def sanger_mass_keep_int(e: torch.Tensor, valid: torch.Tensor, m: int) -> torch.Tensor:
+    """The mass rule (module docstring) on int64 exp codes ``e`` ``[..., n]`` (0 outside
+    ``valid``): key j is kept iff ``A_j * 2**16 < (2**16 - m) * S``, ``A_j`` the sum of the
+    codes strictly above ``e_j`` in its row, ``S`` the row sum. Integers only."""
+    asc = torch.sort(e, dim=-1).values                      # ascending; padding adds 0
+    prefix = torch.nn.functional.pad(asc.cumsum(-1), (1, 0))
+    at_most = torch.gather(prefix, -1, torch.searchsorted(asc, e, right=True))
+    s = prefix[..., -1:]
+    above = s - at_most                                     # sum of codes > e_j
+    return ((above << THRESH_FRAC_BITS) < (2 ** THRESH_FRAC_BITS - m) * s) & valid
+
+
+def sanger_mass_keep(p: torch.Tensor, valid: torch.Tensor, mass: float) -> torch.Tensor:
+    """Float twin of :func:`sanger_mass_keep_int` on probabilities ``p`` (0 outside ``valid``):
+    keep j iff the mass strictly above ``p_j`` is below ``1 - mass``."""
+    p = p.double().masked_fill(~valid, 0.0)
+    asc = torch.sort(p, dim=-1).values
+    prefix = torch.nn.functional.pad(asc.cumsum(-1), (1, 0))
+    above = prefix[..., -1:] - torch.gather(prefix, -1, torch.searchsorted(asc, p, right=True))
+    return (above < 1.0 - mass) & valid
+
+
 def sanger_mult_shift(value: float) -> tuple[int, int]:
     """``(mult, shift)`` with ``mult * 2**-shift ~= value``: ``shift`` the largest in [0, 63]
     with ``round(value * 2**shift) < 2**16``, ``mult`` that rounding (half to even)."""
@@ -161,7 +195,11 @@ class SangerFilter(SparseAttentionFilter):
     all); ``bits`` of the prediction in {2, 4, 6, 8}; ``layer_thresholds`` (one per layer,
     each in [0, 1)) overrides ``threshold`` per layer. Per-layer thresholds are our
     extension (the authors' configs use one threshold for the whole model); they are meant
-    to be chosen on calibration data (``benchmarks/sparse_attention_accuracy.py``)."""
+    to be chosen on calibration data (``benchmarks/sparse_attention_accuracy.py``).
+
+    ``mass`` in [0, 1) (or ``layer_masses``, one per layer) replaces the threshold by the
+    golden-only mass rule (module docstring; ours, no RTL): per row the most probable keys
+    up to a predicted mass of ``1 - mass``. Give either a threshold or a mass, not both."""
 
     name = "sanger"
     needs_calibration = True
@@ -172,10 +210,26 @@ class SangerFilter(SparseAttentionFilter):
     )
     default: ClassVar[dict[str, Any]] = {"threshold": 0.01}
 
-    def __init__(self, *, threshold: float = 0.002, bits: int = 4,
+    def __init__(self, *, threshold: float | None = None, bits: int = 4,
                  layer_thresholds: list[float] | tuple[float, ...] | None = None,
+                 mass: float | None = None,
+                 layer_masses: list[float] | tuple[float, ...] | None = None,
                  integer: bool = True) -> None:
         super().__init__(integer=integer)
+        if (mass is not None or layer_masses is not None) and (threshold is not None
+                                                               or layer_thresholds is not None):
+            raise UserValueError("give Sanger either a probability threshold (threshold, "
+                                 "layer_thresholds) or a mass (mass, layer_masses), not both")
+        if mass is not None and layer_masses is not None:
+            raise UserValueError("give Sanger either mass or layer_masses, not both")
+        self.mass = None if mass is None else check_range(
+            "mass (Sanger predicted mass left out per row)", mass, 0.0, 1.0, hi_open=True)
+        self.layer_masses = None if layer_masses is None else tuple(
+            check_range(f"layer_masses[{i}] (Sanger predicted mass left out per row)", m, 0.0, 1.0,
+                        hi_open=True) for i, m in enumerate(layer_masses))
+        if self.layer_masses is not None and not self.layer_masses:
+            raise UserValueError("layer_masses must hold one mass per layer, not an empty list")
+        threshold = 0.002 if threshold is None else threshold
         self.threshold = check_range("threshold (Sanger probability threshold)", threshold, 0.0, 1.0,
                                      hi_open=True)
         if bits not in ALLOWED_BITS:
@@ -195,7 +249,26 @@ class SangerFilter(SparseAttentionFilter):
         if self.layer_thresholds is not None:
             p = {"layers": "/".join(f"{t:g}" for t in self.layer_thresholds), **p}
             del p["threshold"]
+        if self.mass is not None or self.layer_masses is not None:
+            del p["threshold"]
+            p = ({"mass": self.mass} if self.mass is not None
+                 else {"mass_layers": "/".join(f"{m:g}" for m in self.layer_masses or ())}) | p
         return p
+
+    @property
+    def uses_mass(self) -> bool:
+        """True when the golden-only mass rule replaces the threshold (no RTL)."""
+        return self.mass is not None or self.layer_masses is not None
+
+    def mass_at(self, layer: int) -> float:
+        """The mass left out per row at ``layer`` (mass rule only)."""
+        if self.layer_masses is None:
+            if self.mass is None:
+                raise UserValueError("this Sanger filter uses a probability threshold, not a mass")
+            return self.mass
+        if not 0 <= layer < len(self.layer_masses):
+            raise UserValueError(f"layer {layer} has no Sanger mass ({len(self.layer_masses)} given)")
+        return self.layer_masses[layer]
 
     def threshold_at(self, layer: int) -> float:
         """The probability threshold used at ``layer``."""
@@ -236,17 +309,27 @@ class SangerFilter(SparseAttentionFilter):
         check_range("scale_k", scale_k, 0.0, None, lo_open=True)
         if isinstance(d, bool) or not isinstance(d, int) or d < 1:
             raise UserValueError(f"d (head size) must be a positive integer, not {d!r}")
-        thr = self.threshold_at(layer)
         mult, shift = sanger_mult_shift(math.log2(math.e) * 2 ** LOGIT_FRAC_BITS * scale_q * scale_k
                                         / math.sqrt(d))
+        if self.uses_mass:      # golden-only (sanger_mass_keep_int); mask_int refuses it
+            mass = self.mass_at(layer)
+            return {"keep_all": int(mass == 0), "thr": 0, "mult": mult, "shift": shift,
+                    "mass": round(mass * 2 ** THRESH_FRAC_BITS)}
+        thr = self.threshold_at(layer)
         return {"keep_all": int(thr == 0), "thr": round(thr * 2 ** THRESH_FRAC_BITS),
                 "mult": mult, "shift": shift}
 
     def mask_int(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor,
                  params: dict[str, int], state: Any = None) -> IntFilterResult:
         """The integer contract (module docstring): int8 codes ``q``, ``k`` and :meth:`int_params`
-        in, the keep mask out. Bit for bit what ``hw.sparse_sanger`` computes."""
+        in, the keep mask out. Bit for bit what ``hw.sparse_sanger`` computes. Params of the
+        golden-only mass rule (a ``mass`` entry) are refused: the unit has no such rule
+        (:meth:`mask_mass_int` is its golden model)."""
         del state
+        if isinstance(params, dict) and "mass" in params:
+            raise UserValueError("the Sanger mass rule is golden-only: the sparse_sanger unit "
+                                 "implements the probability threshold (mask_int) only; use "
+                                 "mask_mass_int, or a threshold for the RTL")
         key_mask = check_qk_codes(q, k, key_mask)
         keep_all = check_int_param(params, "keep_all", 0, 1)
         thr = check_int_param(params, "thr", 0, 2 ** THRESH_FRAC_BITS)
@@ -260,6 +343,23 @@ class SangerFilter(SparseAttentionFilter):
         e = exp2_neg_fixed(zm.amax(-1, keepdim=True) - zm, LOGIT_FRAC_BITS).masked_fill(~valid, 0)
         cand = (e << THRESH_FRAC_BITS) > thr * e.sum(-1, keepdim=True)
         return IntFilterResult(ensure_nonempty(cand & valid, z, valid))
+
+    def mask_mass_int(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor,
+                      params: dict[str, int]) -> IntFilterResult:
+        """The golden-only mass rule in integers (module docstring): as :meth:`mask_int`, with
+        step 5 replaced by :func:`sanger_mass_keep_int` for ``params["mass"]``. No RTL."""
+        key_mask = check_qk_codes(q, k, key_mask)
+        keep_all = check_int_param(params, "keep_all", 0, 1)
+        m = check_int_param(params, "mass", 0, 2 ** THRESH_FRAC_BITS - 1)
+        mult = check_int_param(params, "mult", 0, 2 ** MULT_BITS - 1)
+        shift = check_int_param(params, "shift", 0, MAX_SHIFT)
+        valid = valid_pairs(key_mask, q.shape[1], q.shape[2])
+        if keep_all:
+            return IntFilterResult(valid.clone())
+        z = sanger_logits_int(q.to(torch.int64), k.to(torch.int64), self.bits, mult, shift)
+        zm = z.masked_fill(~valid, -(2 ** 62))
+        e = exp2_neg_fixed(zm.amax(-1, keepdim=True) - zm, LOGIT_FRAC_BITS).masked_fill(~valid, 0)
+        return IntFilterResult(ensure_nonempty(sanger_mass_keep_int(e, valid, m), z, valid))
 
     # -- the filter ----------------------------------------------------------------------------
     def _int8(self, q: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor, layer: int
@@ -288,13 +388,15 @@ class SangerFilter(SparseAttentionFilter):
              layer: int = 0) -> torch.Tensor:
         key_mask = _default_key_mask(k, key_mask)
         valid = valid_pairs(key_mask, q.shape[1], q.shape[2])
-        thr = self.threshold_at(layer)
         if self.integer:
             q8, k8, prm = self._int8(q, k, key_mask, layer)
+            if self.uses_mass:
+                return self.mask_mass_int(q8, k8, key_mask, prm).mask
             return self.mask_int(q8, k8, key_mask, prm).mask
-        if thr == 0:
+        knob = self.mass_at(layer) if self.uses_mass else self.threshold_at(layer)
+        if knob == 0:
             return valid.clone()
         z = self.predicted_logits(q, k, key_mask, layer)
-        p = torch.softmax(z.masked_fill(~valid, float("-inf")), -1)
-        cand = torch.nan_to_num(p, nan=0.0) > thr
+        p = torch.nan_to_num(torch.softmax(z.masked_fill(~valid, float("-inf")), -1), nan=0.0)
+        cand = sanger_mass_keep(p, valid, knob) if self.uses_mass else p > knob
         return ensure_nonempty(cand & valid, z, valid)
