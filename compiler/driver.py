@@ -27,14 +27,16 @@ from compiler.partition import (
 from compiler.passes import Canonicalize, Quantize, run_passes
 from compiler.passes.base import Pass
 from compiler.passes.canonicalize import LAYOUT_TARGETS
+from compiler.passes.smooth import Smooth, drop_host_smoothing, parse_smooth
 from compiler.passes.sparsify import sparsify_from_spec
 from compiler.plan import PLAN_FORMAT, PLAN_VERSION, check_plan
 from compiler.targets import Target, parse_devices
 from compiler.zoo import MODELS
 from golden.errors import UserValueError
 
-__all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "DEFAULT_MIN_COSINE", "EVAL_SENTENCES",
-           "MAX_CALIB", "calibration_samples", "compile_model", "prepare_graph", "token_inputs"]
+__all__ = ["ASSUMPTIONS", "CALIB_SENTENCES", "Compiled", "DEFAULT_MIN_COSINE", "DEFAULT_SMOOTH",
+           "EVAL_SENTENCES", "MAX_CALIB", "calibration_samples", "compile_model", "prepare_graph",
+           "token_inputs"]
 
 #: assumptions stated in every plan
 ASSUMPTIONS = [
@@ -67,6 +69,10 @@ class Compiled:
     #: (core device, program) per core region (files written beside the plan by the CLI)
     core_programs: list[Any] = field(default_factory=list)
 
+
+#: activation smoothing ``fmforge compile --smooth`` applies by default (compiler.passes.smooth;
+#: measurements in docs/compiler.md, "Accuracy: smoothing and scales")
+DEFAULT_SMOOTH = "auto"
 
 #: the accuracy floor ``fmforge compile`` applies by default (estimated output cosine)
 DEFAULT_MIN_COSINE = 0.99
@@ -147,21 +153,28 @@ def calibration_samples(model: LoadedModel, n: int = 16,
 
 
 def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = False,
-                  sparse: str | None = None, ffn_down: str = "int16"
+                  sparse: str | None = None, ffn_down: str = "int16",
+                  smooth: str | float = DEFAULT_SMOOTH, host_smooth: bool = True
                   ) -> tuple[Graph, dict[str, float]]:
-    """Export, canonicalize, quantize (and sparsify when ``sparse`` names a filter spec, see
-    :func:`compiler.passes.sparsify.parse_sparse_spec`); returns the graph and step timings.
+    """Export, canonicalize, smooth, quantize (and sparsify when ``sparse`` names a filter spec,
+    see :func:`compiler.passes.sparsify.parse_sparse_spec`); returns the graph and step timings.
 
     ``ffn_down`` (``int16``, ``int8`` or ``float``) picks how linears that read a GELU output
     are quantized (see :mod:`compiler.passes.quantize`); ``float_ffn_down=True`` is
-    ``ffn_down="float"`` (the old behaviour: float on the host).
+    ``ffn_down="float"`` (the old behaviour: float on the host). ``smooth`` (``auto``, ``off``
+    or an alpha in 0..1) and ``host_smooth`` (per-channel host quantizers allowed): activation
+    smoothing, :mod:`compiler.passes.smooth`.
     """
+    smooth = parse_smooth(smooth)
+    down = "float" if float_ffn_down else ffn_down
     t0 = time.perf_counter()
     g = export_graph(model.module, model.example_inputs, source=model.name)
     t1 = time.perf_counter()
     samples = calibration_samples(model, calib, g)
-    passes: list[Pass] = [Canonicalize(), Quantize(samples,
-                                                   ffn_down="float" if float_ffn_down else ffn_down)]
+    passes: list[Pass] = [Canonicalize()]
+    if smooth != "off":
+        passes.append(Smooth(samples, smooth, host=host_smooth, ffn_down=down))
+    passes.append(Quantize(samples, ffn_down=down))
     if sparse:
         passes.append(sparsify_from_spec(sparse, samples))
     try:
@@ -191,9 +204,11 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
                   objective: str = "latency", seq_len: int | None = None,
                   calib: int = 16, float_ffn_down: bool = False,
                   sparse: str | None = None, ffn_down: str = "int16",
-                  min_cosine: float | None = DEFAULT_MIN_COSINE) -> Compiled:
+                  min_cosine: float | None = DEFAULT_MIN_COSINE,
+                  smooth: str | float = DEFAULT_SMOOTH) -> Compiled:
     """Compile ``model`` for ``devices`` (see :mod:`compiler.targets` for device specs);
-    ``float_ffn_down``, ``ffn_down`` and ``sparse`` as in :func:`prepare_graph`.
+    ``float_ffn_down``, ``ffn_down``, ``sparse`` and ``smooth`` as in :func:`prepare_graph`
+    (per-channel host quantizers only without a ``core`` device).
 
     ``min_cosine`` (default :data:`DEFAULT_MIN_COSINE`, as ``fmforge compile --min-cosine``):
     measure what running each op kind in integer costs on the calibration samples
@@ -204,9 +219,12 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
     objective, or seq_len 128 with a host whose measured layer norm is slow).
     """
     devs = parse_devices(devices)
+    smooth = parse_smooth(smooth)  # refused before any work
     lm = model if isinstance(model, LoadedModel) else load_model(model, seq_len)
     t0 = time.perf_counter()
-    graph, timings = prepare_graph(lm, calib, float_ffn_down, sparse, ffn_down)
+    # the core quantizes its int8 values per tensor: only folded smoothing with a core device
+    graph, timings = prepare_graph(lm, calib, float_ffn_down, sparse, ffn_down, smooth,
+                                   host_smooth=not any(d.kind == "core" for d in devs))
     t1 = time.perf_counter()
     problem = build_problem(graph, devs, objective)
     t2 = time.perf_counter()
@@ -219,6 +237,8 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
                                                  pooled=lm.name == "minilm")
         n_calib = len(samples)
     greedy = _greedy(problem, result)
+    kind = {d.name: d.kind for d in devs}  # a host quantizer needs its producer on the host
+    drop_host_smoothing(graph, {op: kind[d] for op, d in result.placement.items()})
     t3 = time.perf_counter()
     timings.update({"costing_s": t2 - t1, "partition_s": t3 - t2})
     plan = _make_plan(lm, graph, devs, [s.strip() for s in devices.split(",") if s.strip()],
@@ -255,6 +275,8 @@ def _quant_entry(q: dict[str, Any]) -> dict[str, Any]:
     e = {"in_scales": list(q["in_scales"]), "out_scale": q["out_scale"]}
     if q.get("out_scales"):
         e["out_scales"] = list(q["out_scales"])
+    if q.get("smooth"):
+        e["smooth"] = {k: (list(v) if k == "factors" else v) for k, v in q["smooth"].items()}
     for k in ("in_bits", "out_bits"):
         if k in q:
             e[k] = int(q[k])

@@ -44,6 +44,7 @@ from compiler.passes.quantize import (
     quantize_tensor,
     softmax_keep,
 )
+from compiler.passes.smooth import restore_smoothing
 from golden.errors import UserLookupError, UserValueError
 from golden.gemm import gemm_int
 from golden.requant import INT32_MAX, INT32_MIN
@@ -86,11 +87,12 @@ def rebuild_graph(plan: dict[str, Any]) -> tuple[Graph, Any]:
         if o["quant"] is not None:
             n.attrs["quant"] = {"in_scales": list(o["quant"]["in_scales"]),
                                 "out_scale": o["quant"]["out_scale"]}
-            for k in ("out_scales", "in_bits", "out_bits"):
+            for k in ("out_scales", "in_bits", "out_bits", "smooth"):
                 if o["quant"].get(k):
                     n.attrs["quant"][k] = o["quant"][k]
         if o["sparse_filter"]:
             n.attrs["sparse_filter"] = o["sparse_filter"]
+    restore_smoothing(g, plan)  # the plan's folded smoothing, into the rebuilt parameters
     g.properties.add("quantized")
     return g, lm
 
@@ -135,14 +137,14 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
         q = node.attrs["quant"]
         shape = node.out[0].shape
         if node.op == "linear":
-            ql = linear_qparams(graph, node)
+            ql = linear_qparams(graph, node, host_smooth=True)
             k = node.attrs["k"]
             x = args[node.attrs.get("x_arg", 0)]
             if q.get("in_bits") == 16:
                 return _linear16(x, ql, dev, shape, rec=lambda **kw: rec(node, **kw),
                                  imc=lambda v, z: imc.linear(node.name, v, ql.wq, z, None, None,
                                                              dev["params"]))
-            xq = quantize_tensor(x, ql.in_scale).reshape(-1, k)
+            xq = ql.quantize_input(x).reshape(-1, k)
             if kind == "imc":
                 y = imc.linear(node.name, xq, ql.wq, ql.bias, ql.mult, ql.shift, dev["params"])
             elif q.get("out_bits") == 32:  # engine without requant: int32 out, scaled on the host

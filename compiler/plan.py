@@ -36,6 +36,15 @@ _TENSOR = {"object": {"shape": {"array": "integer"}, "dtype": "string"}}
 _LINK = {"object": {"name": "string", "bandwidth_bytes_s": ("number", "null"),
                     "latency_s": "number", "power_w": "number"}}
 _RES = {"object": {}, "extra": ("integer", "number", "null")}
+#: a linear's activation smoothing (compiler.passes.smooth): factors per input channel, the form
+#: (folded into the producer's parameters, or a per-channel quantizer on the host with its own
+#: input scale), the calibration metric with and without it
+_SMOOTH = {"object": {"alpha": {"range": "number", "min": 0, "max": 1},
+                      "form": {"enum": ["fold", "host"]},
+                      "factors": {"array": _SCALE, "min": 1},
+                      "error": {"range": "number", "min": 0, "max": 1e30},
+                      "error_off": {"range": "number", "min": 0, "max": 1e30}},
+           "optional": {"into": "string", "in_scale": _SCALE}}
 PLAN_SCHEMA: dict[str, Any] = {"object": {
     "format": {"enum": [PLAN_FORMAT]},
     "version": {"enum": [PLAN_VERSION]},
@@ -75,7 +84,8 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
                                            "out_scale": _SCALE},
                                "optional": {"out_scales": {"array": _SCALE, "min": 1},
                                             "in_bits": {"enum": [8, 16]},
-                                            "out_bits": {"enum": [8, 32]}}}},
+                                            "out_bits": {"enum": [8, 32]},
+                                            "smooth": _SMOOTH}}},
         "sparse_filter": {"nullable": {"object": {"name": "string"}, "extra": "any"}}}}},
     "schedule": {"array": {"object": {"op": "string", "device": "string", "transfer_in_s": _NUM,
                                       "start_s": _NUM, "end_s": _NUM, "energy_j": _NUM}}},

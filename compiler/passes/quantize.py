@@ -103,6 +103,15 @@ class QLinear:
     in_scale: float
     out_scale: float
     out_scales: torch.Tensor | None = None  # [N] float64 when the output is per channel
+    #: [K] float64 smoothing factors of a per-channel host quantizer (``wq`` holds ``W * s``)
+    in_smooth: torch.Tensor | None = None
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The int8 operand (int64) of the float input ``x[..., K]``: ``clamp(round(x /
+        in_scale), -128, 127)``, or with smoothing ``clamp(round(x / (in_scale * s)), ...)``."""
+        if self.in_smooth is None:
+            return quantize_tensor(x, self.in_scale)
+        return quantize_tensor(x, self.in_scale * self.in_smooth)
 
     def dequantize(self, y: torch.Tensor) -> torch.Tensor:
         """Real values (float64) of the int8 result ``y[..., N]``."""
@@ -116,16 +125,34 @@ def linear_weight(graph: Graph, node: Node) -> torch.Tensor:
     return w.t() if node.attrs["w_layout"] == "kn" else w
 
 
-def linear_qparams(graph: Graph, node: Node) -> QLinear:
-    """Integer parameters of a quantized ``linear`` node (cached in ``node.attrs['_q']``)."""
-    cached = node.attrs.get("_q")
+def linear_qparams(graph: Graph, node: Node, host_smooth: bool = False) -> QLinear:
+    """Integer parameters of a quantized ``linear`` node (cached in ``node.attrs['_q']``).
+
+    ``host_smooth=True`` (the executor's per-op path): a linear with a per-channel host
+    quantizer (``quant["smooth"]["form"] == "host"``, :mod:`compiler.passes.smooth`) gets the
+    int8 weights of ``W * s``, ``in_scale`` = the smoothed input's scale and ``in_smooth`` =
+    ``s`` (cached in ``attrs['_qs']``); by default, and for every other linear, the unsmoothed
+    parameters (what a backend without that quantizer, the core, runs)."""
+    q = node.attrs.get("quant")
+    sm = (q or {}).get("smooth")
+    host = bool(host_smooth and sm and sm.get("form") == "host")
+    key = "_qs" if host else "_q"
+    cached = node.attrs.get(key)
     if isinstance(cached, QLinear):
         return cached
-    q = node.attrs.get("quant")
     if not q:
         raise PassError(f"node {node.name} is not quantized (run the quantize pass)")
-    wq, ws = quantize_weight(linear_weight(graph, node))
+    w = linear_weight(graph, node)
     s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
+    smooth = None
+    if host:
+        smooth = torch.tensor([float(v) for v in sm["factors"]], dtype=torch.float64)
+        if smooth.shape[0] != w.shape[1]:
+            raise PassError(f"node {node.name}: {smooth.shape[0]} smoothing factors for "
+                            f"{w.shape[1]} input channels")
+        w = w.detach().to(torch.float64) * smooth[None, :]
+        s_in = float(sm["in_scale"])
+    wq, ws = quantize_weight(w)
     so = q.get("out_scales")
     s_outs = torch.tensor([float(v) for v in so], dtype=torch.float64) if so else None
     if s_outs is not None and s_outs.shape[0] != ws.shape[0]:
@@ -148,8 +175,8 @@ def linear_qparams(graph: Graph, node: Node) -> QLinear:
     ql = QLinear(wq=wq.t().contiguous(), w_scale=ws, bias=bias,
                  mult=torch.tensor(mults, dtype=torch.int64),
                  shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in, out_scale=s_out,
-                 out_scales=s_outs)
-    node.attrs["_q"] = ql
+                 out_scales=s_outs, in_smooth=smooth)
+    node.attrs[key] = ql
     return ql
 
 
@@ -329,6 +356,7 @@ class Quantize(Pass):
         wide: set[str] = set()
         for n in graph.nodes:
             n.attrs.pop("_q", None)
+            n.attrs.pop("_qs", None)
             down = n.op == "linear" and producer_kind(n.inputs[0]) == "gelu"
             if down and self.ffn_down == "float":
                 n.attrs["keep_float"] = ("FFN down-projection reads the GELU output; kept in "
@@ -357,6 +385,10 @@ class Quantize(Pass):
                 so = [max(float(v), _EPS) / 127.0 for v in chan_max[n.name]]
                 n.attrs["quant"]["out_scales"] = so
                 n.attrs["quant"]["out_scale"] = max(so)
+            if n.op == "linear" and n.attrs.get("smooth") and n.name not in wide:
+                n.attrs["quant"]["smooth"] = dict(n.attrs["smooth"])  # compiler.passes.smooth
+                if n.attrs["smooth"]["form"] == "host":
+                    linear_qparams(graph, n, host_smooth=True)  # its requantizer fits too
             if n.op == "linear":
                 _check_linear_range(graph, n)
             elif n.op == "matmul":

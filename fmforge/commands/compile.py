@@ -7,6 +7,7 @@ from typing import Any
 
 from fmforge.commands._args import (
     SEQ_LEN,
+    Bounded,
     add_json,
     check_output_file,
     float_range,
@@ -16,6 +17,22 @@ from fmforge.commands._args import (
 from golden.errors import UserValueError
 
 __all__ = ["register", "run", "report"]
+
+
+class _Smooth(Bounded):
+    """argparse type of ``--smooth``: ``auto``, ``off`` or an alpha in 0..1 (a bounded number)."""
+
+    def __init__(self) -> None:
+        super().__init__(float, 0.0, 1.0)
+        self.__name__ = "smoothing"
+
+    def __call__(self, text: str) -> str | float:  # type: ignore[override]
+        if text.strip().lower() in ("auto", "off"):
+            return text.strip().lower()
+        try:
+            return super().__call__(text)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"expected auto, off or an alpha: {e}") from None
 
 
 def register(subparsers: Any) -> None:
@@ -48,6 +65,11 @@ def register(subparsers: Any) -> None:
                    "model (each op kind's integer cost measured on the calibration samples) must "
                    "stay >= C; op kinds that would break it stay in float (default 0.99; -1 "
                    "turns the budget off)")
+    p.add_argument("--smooth", type=_Smooth(), default="auto", metavar="auto|off|ALPHA",
+                   help="SmoothQuant-style activation smoothing of the int8 linears: auto (default) "
+                   "picks, per group of linears reading one value, no smoothing or an alpha in "
+                   "0.3..0.8 by their int8 output error on the calibration samples; ALPHA smooths "
+                   "every group with that alpha; off disables it (docs/compiler.md)")
     p.add_argument("--calib", type=int_range(1, 256), default=16, metavar="N",
                    help="calibration samples (default 16): held-out shipped sentences for minilm; "
                    "else the example input and random inputs of its shapes (token ids over the "
@@ -119,7 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(1)
     c = compile_model(args.model, args.devices, args.objective, seq_len=args.seq_len,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
-                      sparse=args.sparse, min_cosine=args.min_cosine, calib=args.calib)
+                      sparse=args.sparse, min_cosine=args.min_cosine, calib=args.calib,
+                      smooth=args.smooth)
     text = dumps_plan(c.plan)
     write_timeline(c.plan, png)
     core_files = []

@@ -1,0 +1,505 @@
+"""SmoothQuant-style activation smoothing, chosen per linear group on the calibration samples.
+
+An int8 linear ``y = x @ W^T`` with a per-tensor activation scale loses the small channels of
+``x`` when a few channels are large (MiniLM's layer-norm outputs: one channel up to 28, the
+median channel 1.5). Smoothing moves that range into the weights, which are quantized per output
+channel: with one factor per input channel ``s_j = max|x_j|^a / max|W[:, j]|^(1-a)``,
+``y = (x / s) @ (W * s)^T`` exactly, and ``x / s`` is flat enough for one int8 scale.
+
+**Groups.** The linears that read the same value share one factor vector (``max|W[:, j]|`` over
+all of them): the value is divided by ``s`` once. Candidates: 8-bit-input ``linear`` ops with a
+parameter weight; a linear that reads a GELU output is left alone under ``ffn_down="int16"`` or
+``"float"`` (its input is 16 bits or float already).
+
+**Forms** (recorded per linear in ``attrs["smooth"]["form"]`` and in the plan):
+
+* ``fold``: the value's producer absorbs ``1 / s`` in its own parameters, so the float graph
+  itself computes ``x / s`` and every backend (GEMM engines, crossbars, the core) just sees
+  other int8 weights and scales. Allowed when the value reaches only the group's linears,
+  through channel-keeping layout ops that nobody else reads, from: a ``layer_norm`` (gamma and
+  beta divided by ``s``), an ``rms_norm`` (its weight), a ``linear`` (its output rows and bias),
+  or a ``mul`` one of whose operands is such a linear (SwiGLU's ``silu(gate) * up``: ``up``'s
+  rows). The group's weights get their columns multiplied by ``s`` in ``graph.params`` (new
+  tensors; the model's own are untouched). Llama/Mistral/Qwen2 RMSNorm -> q/k/v and -> gate/up,
+  up -> down; GPT-2/OPT/ViT pre-LN blocks.
+* ``host``: a per-channel activation quantizer, for a value other ops read too (post-LN BERT:
+  the layer norm's output is also the residual). The float graph is unchanged; the linear's
+  integer operands are ``xq = clamp(round(x / (s_in' * s)), -128, 127)`` (``s_in'`` =
+  ``attrs["smooth"]["in_scale"]``, absmax of ``x / s`` on the calibration samples) and the int8
+  weights of ``W * s`` per output channel (:func:`compiler.passes.quantize.linear_qparams` with
+  ``host_smooth=True``, what the executor runs); bias and requantizer on the grid
+  ``s_in' * s_w[c]``. The division happens where the host quantizes the value for the
+  accelerator, so it holds only while the value's producer (``"into"``, through layout ops)
+  runs on a float device: once the partition (or an edited plan) puts the producer on an
+  integer device, whose int8 output the linear reads as it is, :func:`drop_host_smoothing`
+  removes the record and the linear runs unsmoothed with its plain ``quant["in_scales"]``
+  (calibrated as always). The compile does that before writing the plan and the executor again
+  for the plan it runs. A group whose producer is a ``linear`` / ``matmul`` is not smoothed this
+  way (a GEMM runs on the accelerator). Only when ``host=True``: a compile with a ``core``
+  device passes ``False``, because the core quantizes its own int8 values per tensor; a core
+  that runs such a linear anyway (``fmforge run`` of an asic plan) gets the unsmoothed
+  parameters, which ``linear_qparams`` returns by default.
+
+**Choice** (``alpha="auto"``): per group, the candidates are no smoothing and
+``a`` in :data:`AUTO_ALPHAS`; the metric is the relative squared error of the group's int8
+outputs on the calibration inputs, ``sum ||Xq Wq^T - X W^T||^2 / sum ||X W^T||^2`` (activations
+per tensor with the absmax scale of ``X / s``, weights ``W * s`` per output channel, at most
+:data:`MAX_ROWS` rows); the lowest wins, except that the ``host`` form must beat no smoothing by
+:data:`HOST_GAIN` (it costs the producer its accelerator). A number ``a`` in 0..1 smooths every
+group that has a form with that ``a``; ``"off"`` smooths nothing (the pass is not run).
+
+Each smoothed linear records ``{"alpha", "form", "factors" (s, one per input channel),
+"error", "error_off"}``, plus ``"into"`` (the node that absorbed ``1 / s`` for ``fold``, the
+producer of the value for ``host``; absent for a graph input) and ``"in_scale"`` (``host``).
+The quantize pass copies it into ``quant["smooth"]`` and the plan; :func:`restore_smoothing`
+re-applies the folds to a graph rebuilt from the model (the executor), bit for bit: the factors
+travel as JSON floats and the folds run in the same order with the same float64 arithmetic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from compiler.interp import run_graph
+from compiler.ir import Graph, Node, Param, Ref
+from compiler.passes.base import Pass, PassError
+from compiler.passes.quantize import _CHANNEL_KEEPING, FFN_DOWN_MODES, quantize_weight
+from golden.errors import UserValueError
+
+__all__ = ["AUTO_ALPHAS", "FLOAT_KINDS", "HOST_GAIN", "MAX_ROWS", "SMOOTH_FORMS", "Smooth",
+           "SmoothGroup", "drop_host_smoothing", "parse_smooth", "restore_smoothing",
+           "smooth_factors", "smooth_groups"]
+
+#: alphas ``auto`` tries per group (besides no smoothing)
+AUTO_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+#: ``auto`` keeps a ``host`` smoothing only when its error is at most this fraction of the
+#: unsmoothed error (it keeps the producer on the host)
+HOST_GAIN = 0.9
+#: calibration rows per group the metric uses (evenly spaced within each sample)
+MAX_ROWS = 512
+#: the two ways a smoothing reaches the integers (module doc)
+SMOOTH_FORMS = ("fold", "host")
+#: device kinds that run ops in float (the host quantizes their outputs for an accelerator)
+FLOAT_KINDS = ("cpu", "gpu")
+_EPS = 1e-5
+
+
+def parse_smooth(value: Any) -> str | float:
+    """``"auto"``, ``"off"`` or an alpha in 0..1 (a number or its text); ``UserValueError``
+    naming the value otherwise."""
+    if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+        return value.strip().lower()
+    what = f"smoothing must be auto, off or an alpha in 0..1, not {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UserValueError(what)
+    try:
+        a = float(value)
+    except ValueError:
+        raise UserValueError(what) from None
+    if not (math.isfinite(a) and 0.0 <= a <= 1.0):
+        raise UserValueError(what)
+    return a
+
+
+@dataclass
+class SmoothGroup:
+    """The linears reading one value, and how a smoothing of that value reaches the integers."""
+
+    value: str
+    linears: tuple[str, ...]
+    #: ``fold``, ``host`` or None (neither is possible)
+    form: str | None
+    #: fold: the node whose parameters absorb 1/s; host: the value's producer (None: an input)
+    into: str | None
+    #: why the form is what it is (for messages and tests)
+    why: str
+
+
+def _x_arg(n: Node) -> Any:
+    i = n.attrs.get("x_arg", 0)
+    return n.args[i] if len(n.args) > i else None
+
+
+def _last_dim(graph: Graph, v: str) -> int | None:
+    t = graph.value_type(v)
+    return int(t[0].shape[-1]) if t and t[0].shape else None
+
+
+def _keeps_channels(graph: Graph, n: Node) -> bool:
+    """A layout op that leaves the last (channel) axis as it is."""
+    if n.op != "layout" or not any(k in n.target for k in _CHANNEL_KEEPING):
+        return False
+    if len(n.inputs) != 1 or not n.out or not n.out[0].shape:
+        return False
+    return _last_dim(graph, n.inputs[0]) == int(n.out[0].shape[-1])
+
+
+def _param_uses(graph: Graph) -> dict[str, int]:
+    uses: dict[str, int] = {}
+    for n in graph.nodes:
+        for w in n.weights:
+            uses[w] = uses.get(w, 0) + 1
+    return uses
+
+
+def _own_param(a: Any, uses: dict[str, int]) -> bool:
+    return isinstance(a, Param) and uses.get(a.name, 0) == 1
+
+
+def _linear_foldable(n: Node, k: int, uses: dict[str, int]) -> bool:
+    """A linear whose output rows (and bias) may absorb 1/s: parameter weight and bias that no
+    other node reads, ``k`` output channels."""
+    if n.op != "linear" or n.attrs.get("transpose_b") or not n.attrs.get("weight"):
+        return False
+    if uses.get(n.attrs["weight"], 0) != 1:
+        return False
+    if n.attrs.get("bias") and uses.get(n.attrs["bias"], 0) != 1:
+        return False
+    return bool(n.out and n.out[0].shape and int(n.out[0].shape[-1]) == k)
+
+
+def _chain_to(graph: Graph, nodes: dict[str, Node], users: dict[str, list[str]],
+              v: str) -> str:
+    """Walk back from ``v`` through channel-keeping layout ops, each the only reader of its
+    input; returns the first value that is not such a layout output."""
+    while v in nodes and _keeps_channels(graph, nodes[v]):
+        src = nodes[v].inputs[0]
+        if users.get(src) != [v]:
+            break
+        v = src
+    return v
+
+
+def _fold_target(graph: Graph, nodes: dict[str, Node], users: dict[str, list[str]],
+                 uses: dict[str, int], v: str, linears: Sequence[str]) -> tuple[Node | None, str]:
+    """The node whose parameters absorb ``1 / s`` for the group reading ``v`` (module doc), or
+    None and the reason."""
+    readers = users.get(v, [])
+    if sorted(readers) != sorted(linears):
+        others = [u for u in readers if u not in linears]
+        return None, f"{v} is also read by {', '.join(others) or 'the graph outputs'}"
+    if any(r.name == v for r in graph.outputs):
+        return None, f"{v} is a graph output"
+    k = _last_dim(graph, v)
+    for lin in linears:
+        if uses.get(nodes[lin].attrs["weight"], 0) != 1:
+            return None, f"the weight of {lin} is shared"
+    root = _chain_to(graph, nodes, users, v)
+    if root not in nodes:
+        return None, f"{root} is a graph input"
+    p = nodes[root]
+    if p.op in ("layer_norm", "rms_norm"):
+        shape = p.args[1] if len(p.args) > 1 else None
+        if not isinstance(shape, (list, tuple)) or len(shape) != 1 or int(shape[0]) != k:
+            return None, f"{root} normalizes more than the channel axis"
+        if len(p.args) < 3 or not _own_param(p.args[2], uses):
+            return None, f"{root} has no weight of its own"
+        if p.op == "layer_norm" and len(p.args) > 3 and p.args[3] is not None \
+                and not _own_param(p.args[3], uses):
+            return None, f"{root} has no bias of its own"
+        return p, f"{p.op} {root}"
+    if p.op == "linear":
+        if _linear_foldable(p, k or 0, uses):
+            return p, f"output channels of {root}"
+        return None, f"{root}'s parameters are shared or its weight is computed"
+    if p.op == "mul" and p.target == "aten.mul.Tensor" and len(p.inputs) == 2:
+        # x * y with x and y distinct: dividing one operand by s divides the product by s
+        for a in p.args[:2]:
+            if not isinstance(a, Ref) or users.get(a.name) != [root] \
+                    or _last_dim(graph, a.name) != k:
+                continue
+            src = _chain_to(graph, nodes, users, a.name)
+            n = nodes.get(src)
+            if n is not None and _linear_foldable(n, k or 0, uses):
+                return n, f"output channels of {src} (through {root})"
+        return None, f"no operand of {root} is a linear of its own"
+    return None, f"{root} ({p.op}) has no per-channel parameters"
+
+
+def _producer(nodes: dict[str, Node], v: str) -> str:
+    while v in nodes and nodes[v].op == "layout" and nodes[v].inputs:
+        v = nodes[v].inputs[0]
+    return v
+
+
+def smooth_groups(graph: Graph, host: bool = True, ffn_down: str = "int16") -> list[SmoothGroup]:
+    """The smoothing groups of ``graph`` in graph order (module doc): every value read by an
+    eligible linear, with the form its smoothing would take (None: no form applies)."""
+    if ffn_down not in FFN_DOWN_MODES:
+        raise UserValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, "
+                             f"not {ffn_down!r}")
+    nodes = graph.node_map()
+    users = graph.users()
+    uses = _param_uses(graph)
+    by_value: dict[str, list[str]] = {}
+    for n in graph.nodes:
+        if n.op != "linear" or n.attrs.get("transpose_b") or not n.attrs.get("weight") \
+                or n.attrs.get("keep_float"):
+            continue
+        x = _x_arg(n)
+        if not isinstance(x, Ref) or n.attrs.get("w_layout") not in ("nk", "kn"):
+            continue
+        src = _producer(nodes, x.name)
+        if ffn_down != "int8" and src in nodes and nodes[src].op == "gelu":
+            continue  # 16-bit or float input already
+        by_value.setdefault(x.name, []).append(n.name)
+    out = []
+    for v, lins in by_value.items():
+        target, why = _fold_target(graph, nodes, users, uses, v, lins)
+        if target is not None:
+            out.append(SmoothGroup(v, tuple(lins), "fold", target.name, why))
+            continue
+        src = _producer(nodes, v)
+        kind = nodes[src].op if src in nodes else "input"
+        if not host:
+            out.append(SmoothGroup(v, tuple(lins), None, None,
+                                   f"cannot fold ({why}); no host quantizer with a core device"))
+        elif kind in ("linear", "matmul"):
+            out.append(SmoothGroup(v, tuple(lins), None, None,
+                                   f"cannot fold ({why}); the producer {src} is a GEMM"))
+        else:
+            out.append(SmoothGroup(v, tuple(lins), "host", src if src in nodes else None,
+                                   f"cannot fold ({why}): per-channel quantizer on the host"))
+    return out
+
+
+def _weight_nk(graph: Graph, name: str) -> torch.Tensor:
+    n = graph.node(name)
+    w = graph.params[n.attrs["weight"]]
+    return (w.t() if n.attrs["w_layout"] == "kn" else w).detach().to(torch.float64)
+
+
+def smooth_factors(xmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> list[float]:
+    """``s_j = max|x_j|^a / max|W_j|^(1-a)`` (float64, clamped to [1e-5, 1e5]; 1 for a channel
+    whose activation or weights are all zero), as a list of floats (what the plan stores)."""
+    x, w = xmax.to(torch.float64), wmax.to(torch.float64)
+    s = x.clamp_min(_EPS) ** alpha / w.clamp_min(_EPS) ** (1.0 - alpha)
+    s = torch.where((x > 0) & (w > 0), s.clamp(_EPS, 1.0 / _EPS), torch.ones_like(s))
+    return [float(v) for v in s]
+
+
+def _rel_error(x: torch.Tensor, xmax: torch.Tensor, ws: Sequence[torch.Tensor],
+               refs: Sequence[torch.Tensor], s: torch.Tensor | None) -> float:
+    """The metric of the module doc for factors ``s`` (None: no smoothing)."""
+    s = torch.ones_like(xmax) if s is None else s
+    sx = max(float((xmax / s).max()), 1e-12) / 127.0
+    xq = torch.clamp(torch.round(x / s / sx), -128, 127).to(torch.float32)
+    num = den = 0.0
+    for w, ref in zip(ws, refs, strict=True):
+        wq, sw = quantize_weight(w * s[None, :])
+        y = (xq @ wq.to(torch.float32).t()).to(torch.float64) * (sx * sw)[None, :]
+        num += float(((y - ref) ** 2).sum())
+        den += float((ref ** 2).sum())
+    return num / max(den, 1e-30)
+
+
+def _fold(graph: Graph, group: Sequence[str], into: str, factors: Sequence[float]) -> None:
+    """Apply one fold: the group's weight columns times ``s``, ``into``'s parameters over
+    ``s`` (new tensors in ``graph.params``)."""
+    s = torch.tensor(list(factors), dtype=torch.float64)
+    nodes = graph.node_map()
+
+    def scaled(name: str, f: torch.Tensor) -> None:
+        p = graph.params[name]
+        graph.params[name] = (p.detach().to(torch.float64) * f).to(p.dtype)
+
+    for lin in group:
+        n = nodes[lin]
+        scaled(n.attrs["weight"], s[None, :] if n.attrs["w_layout"] == "nk" else s[:, None])
+    p = nodes[into]
+    inv = 1.0 / s
+    if p.op in ("layer_norm", "rms_norm"):
+        scaled(p.args[2].name, inv)
+        if p.op == "layer_norm" and len(p.args) > 3 and isinstance(p.args[3], Param):
+            scaled(p.args[3].name, inv)
+    elif p.op == "linear":
+        scaled(p.attrs["weight"], inv[:, None] if p.attrs["w_layout"] == "nk" else inv[None, :])
+        if p.attrs.get("bias"):
+            scaled(p.attrs["bias"], inv)
+    else:  # pragma: no cover - _fold_target returns only these kinds
+        raise PassError(f"smooth: cannot fold into {into} ({p.op})")
+
+
+class Smooth(Pass):
+    """Choose and apply activation smoothing on ``samples`` (see the module doc); run it after
+    canonicalize and before quantize."""
+
+    name = "smooth"
+    requires = frozenset({"canonical"})
+    ensures = frozenset({"smoothed"})
+
+    def __init__(self, samples: Sequence[Sequence[torch.Tensor]], alpha: str | float = "auto",
+                 host: bool = True, ffn_down: str = "int16") -> None:
+        if not samples:
+            raise UserValueError("smoothing needs at least one calibration sample")
+        self.alpha = parse_smooth(alpha)
+        if ffn_down not in FFN_DOWN_MODES:
+            raise UserValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, "
+                                 f"not {ffn_down!r}")
+        self.samples = [tuple(s) for s in samples]
+        self.host = host
+        self.ffn_down = ffn_down
+        #: per group: (group, chosen alpha or None, {candidate: error}) after run
+        self.report: list[tuple[SmoothGroup, float | None, dict[str, float]]] = []
+
+    def _stats(self, graph: Graph, values: set[str]
+               ) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Per value: the per-channel absmax of each sample ``[S, K]`` and up to
+        ``MAX_ROWS / S`` rows of each sample (evenly spaced)."""
+        cmax: dict[str, list[torch.Tensor]] = {}
+        rows: dict[str, list[torch.Tensor]] = {}
+        per = max(1, MAX_ROWS // len(self.samples))
+
+        def see(name: str, val: Any) -> None:
+            if name not in values or not isinstance(val, torch.Tensor) \
+                    or not val.is_floating_point():
+                return
+            x = val.detach().reshape(-1, val.shape[-1]).to(torch.float64)
+            cmax.setdefault(name, []).append(x.abs().amax(0))
+            rows.setdefault(name, []).append(x[::max(1, math.ceil(x.shape[0] / per))])
+
+        for s in self.samples:
+            for (name, _), t in zip(graph.inputs, s, strict=True):
+                see(name, t)
+            run_graph(graph, s, observe=lambda n, v, a: see(n.name, v))
+        return {v: (torch.stack(cmax[v]), rows[v]) for v in cmax
+                if len(cmax[v]) == len(self.samples)}
+
+    def _errors(self, cmax: torch.Tensor, rows: list[torch.Tensor], ws: list[torch.Tensor],
+                cands: Sequence[float]) -> dict[str, float]:
+        """The metric per candidate (``"off"`` and each alpha), two-fold over the samples: the
+        factors and the input scale from the even samples, the error on the odd ones' rows, and
+        the other way round (one sample: fitted and measured on it)."""
+        n = cmax.shape[0]
+        idx = list(range(n))
+        folds = [(idx[0::2], idx[1::2]), (idx[1::2], idx[0::2])] if n > 1 else [(idx, idx)]
+        wmax = torch.stack([w.abs().amax(0) for w in ws]).amax(0)
+        errs = dict.fromkeys(["off", *(f"{a:g}" for a in cands)], 0.0)
+        for fit, test in folds:
+            xmax = cmax[fit].amax(0)
+            x = torch.cat([rows[i] for i in test])
+            refs = [x @ w.t() for w in ws]
+            errs["off"] += _rel_error(x, xmax, ws, refs, None) / len(folds)
+            for a in cands:
+                s = torch.tensor(smooth_factors(xmax, wmax, a), dtype=torch.float64)
+                errs[f"{a:g}"] += _rel_error(x, xmax, ws, refs, s) / len(folds)
+        return errs
+
+    def run(self, graph: Graph) -> None:
+        groups = [g for g in smooth_groups(graph, self.host, self.ffn_down) if g.form]
+        self.report = []
+        if not groups:
+            return
+        stats = self._stats(graph, {g.value for g in groups})
+        folds: list[tuple[SmoothGroup, list[float]]] = []
+        nodes = graph.node_map()
+        for g in groups:
+            if g.value not in stats:
+                continue
+            cmax, rows = stats[g.value]
+            ws = [_weight_nk(graph, lin) for lin in g.linears]
+            cands = AUTO_ALPHAS if self.alpha == "auto" else (float(self.alpha),)
+            errs = self._errors(cmax, rows, ws, cands)
+            best = min(cands, key=lambda a: errs[f"{a:g}"])
+            if self.alpha == "auto":
+                need = errs["off"] * (HOST_GAIN if g.form == "host" else 1.0)
+                if not errs[f"{best:g}"] < need:
+                    self.report.append((g, None, errs))
+                    continue
+            self.report.append((g, best, errs))
+            xmax = cmax.amax(0)
+            wmax = torch.stack([w.abs().amax(0) for w in ws]).amax(0)
+            s = smooth_factors(xmax, wmax, best)  # from all the samples
+            rec: dict[str, Any] = {"alpha": best, "form": g.form, "factors": s,
+                                   "error": errs[f"{best:g}"], "error_off": errs["off"]}
+            if g.into is not None:
+                rec["into"] = g.into
+            if g.form == "host":
+                st = torch.tensor(s, dtype=torch.float64)
+                rec["in_scale"] = max(float((xmax / st).max()), 1e-8) / 127.0
+            else:
+                folds.append((g, s))
+            for lin in g.linears:
+                nodes[lin].attrs["smooth"] = dict(rec)
+        for g, s in folds:  # graph order, as restore_smoothing applies them
+            assert g.into is not None
+            _fold(graph, g.linears, g.into, s)
+
+    def check(self, graph: Graph) -> None:
+        for n in graph.nodes:
+            rec = n.attrs.get("smooth")
+            if rec is None:
+                continue
+            s = rec["factors"]
+            k = _last_dim(graph, _x_arg(n).name)
+            if len(s) != k or not all(math.isfinite(v) and v > 0 for v in s):
+                raise PassError(f"smooth: node {n.name} has {len(s)} factors for {k} channels "
+                                "or a factor that is not positive and finite")
+
+
+def drop_host_smoothing(graph: Graph, kinds: dict[str, str]) -> list[str]:
+    """Remove the ``host`` smoothing of every linear whose value's producer runs on an integer
+    device (``kinds``: op name -> device kind; module doc); returns their names."""
+    dropped = []
+    for n in graph.nodes:
+        q = n.attrs.get("quant") or {}
+        sm = q.get("smooth")
+        if n.op != "linear" or not sm or sm.get("form") != "host":
+            continue
+        into = sm.get("into")
+        if into is not None and kinds.get(into, "cpu") not in FLOAT_KINDS:
+            del q["smooth"]
+            n.attrs.pop("smooth", None)
+            n.attrs.pop("_qs", None)
+            dropped.append(n.name)
+    return dropped
+
+
+def restore_smoothing(graph: Graph, plan: dict[str, Any] | None = None) -> None:
+    """Re-apply the folds recorded in the linears' ``quant["smooth"]`` (a plan's) to a graph
+    rebuilt from the model, in the order the pass applied them, and (given the ``plan``) drop
+    the host smoothing its placement does not allow (:func:`drop_host_smoothing`);
+    ``UserValueError`` when the record does not fit the graph (the fold target differs, or the
+    linears reading one value disagree on the factors)."""
+    if plan is not None:
+        kind = {d["name"]: d["kind"] for d in plan["devices"]}
+        drop_host_smoothing(graph, {o["name"]: kind[o["device"]] for o in plan["ops"]})
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for n in graph.nodes:
+        rec = (n.attrs.get("quant") or {}).get("smooth")
+        if n.op != "linear" or not rec:
+            continue
+        if rec.get("form") not in SMOOTH_FORMS:
+            raise UserValueError(f"op {n.name}: smoothing form {rec.get('form')!r} is not one of "
+                                 f"{', '.join(SMOOTH_FORMS)}")
+        if rec["form"] == "host":
+            continue
+        x = _x_arg(n)
+        groups.setdefault(x.name, []).append((n.name, rec))
+    if not groups:
+        return
+    nodes = graph.node_map()
+    users = graph.users()
+    uses = _param_uses(graph)
+    for v, members in groups.items():
+        lins = [m for m, _ in members]
+        recs = [r for _, r in members]
+        if any(r["factors"] != recs[0]["factors"] or r.get("into") != recs[0].get("into")
+               for r in recs):
+            raise UserValueError(f"plan smoothing of {', '.join(lins)} (they read {v}) records "
+                                 "different factors: recompile the plan")
+        target, why = _fold_target(graph, nodes, users, uses, v, lins)
+        if target is None or target.name != recs[0].get("into"):
+            raise UserValueError(f"plan smoothing of {', '.join(lins)} folds into "
+                                 f"{recs[0].get('into')!r}, which the model does not allow "
+                                 f"({why}): recompile the plan")
+        if len(recs[0]["factors"]) != _last_dim(graph, v):
+            raise UserValueError(f"plan smoothing of {', '.join(lins)}: "
+                                 f"{len(recs[0]['factors'])} factors for {_last_dim(graph, v)} "
+                                 "channels: recompile the plan")
+        _fold(graph, lins, target.name, recs[0]["factors"])

@@ -1,0 +1,256 @@
+"""Activation smoothing (compiler/passes/smooth.py): exact in float, better in int8, recorded in
+the plan so the executor rebuilds the same integers, refused option values.
+
+The models here (factories of this file, loaded by path) have one outlier channel: a layer
+norm whose gamma is 60 on channel 7 and about 1 elsewhere, so a per-tensor int8 scale of its
+output leaves the other channels a few levels. ``pre``: the norm feeds only ``fc1`` (the
+smoothing folds into gamma/beta); ``post``: its output is also the residual (a per-channel
+quantizer on the host).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from compiler.driver import compile_model, prepare_graph
+from compiler.execute import capture_operands, execute_plan, rebuild_graph
+from compiler.frontend import export_graph, load_model
+from compiler.interp import run_graph
+from compiler.passes import Canonicalize, Quantize, run_passes
+from compiler.passes.quantize import linear_qparams, linear_weight, quantize_weight
+from compiler.passes.smooth import Smooth, parse_smooth, smooth_groups
+from compiler.plan import check_plan
+from golden.errors import UserValueError
+
+FILE = Path(__file__)
+D, F, L = 64, 128, 16
+
+
+class Outlier(torch.nn.Module):
+    """LayerNorm (one outlier channel) -> fc1 -> ReLU -> fc2, plus the norm's output (scaled, a
+    second reader) when ``post``."""
+
+    def __init__(self, post: bool) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.post = post
+        self.ln = torch.nn.LayerNorm(D)
+        self.fc1 = torch.nn.Linear(D, F)
+        self.fc2 = torch.nn.Linear(F, D)
+        with torch.no_grad():
+            self.ln.weight.copy_(1 + 0.2 * torch.randn(D, generator=g))
+            self.ln.bias.copy_(0.1 * torch.randn(D, generator=g))
+            self.ln.weight[7] = 60.0
+            self.ln.bias[7] = 5.0
+            for fc in (self.fc1, self.fc2):
+                fc.weight.copy_(torch.randn(fc.weight.shape, generator=g) / fc.in_features ** 0.5)
+                fc.bias.copy_(0.1 * torch.randn(fc.bias.shape, generator=g))
+            self.fc1.weight[:, 7] /= 60.0  # the outlier channel's share of fc1 stays ordinary
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x)
+        y = self.fc2(torch.relu(self.fc1(h)))
+        return y + 0.02 * h if self.post else y
+
+
+def _make(post: bool) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    x = torch.randn(1, L, D, generator=torch.Generator().manual_seed(1))
+    return Outlier(post).eval(), (x,)
+
+
+def pre() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    return _make(False)
+
+
+def post() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    return _make(True)
+
+
+def _linears_on_asic(plan: dict) -> dict:
+    """The plan with every linear on the ASIC and every other op on the CPU."""
+    plan = json.loads(json.dumps(plan))  # what a plan file holds
+    dev = {d["kind"]: d["name"] for d in plan["devices"]}
+    for o in plan["ops"]:
+        o["device"] = dev["asic"] if o["op"] == "linear" else dev["cpu"]
+    return plan
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """(smooth mode, model) -> compile result, each compiled once."""
+    out = {}
+    for name in ("pre", "post"):
+        for mode in ("off", "auto"):
+            out[mode, name] = compile_model(f"{FILE}:{name}", "asic,cpu:mode=roofline",
+                                            smooth=mode, min_cosine=None)
+    return out
+
+
+@pytest.mark.parametrize("name, form", [("pre", "fold"), ("post", "host")])
+def test_smoothing_preserves_the_float_function(name, form):
+    lm = load_model(f"{FILE}:{name}")
+    g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+    run_passes(g, [Canonicalize()])
+    before = {k: v.clone() for k, v in g.params.items()}
+    x = lm.example_inputs
+    samples = [x] + [(torch.randn(x[0].shape, generator=torch.Generator().manual_seed(i)),)
+                     for i in range(7)]
+    run_passes(g, [Smooth(samples, 0.5)])
+    fc1 = g.node([n.name for n in g.nodes if n.op == "linear"][0])
+    assert fc1.attrs["smooth"]["form"] == form
+    ln = [n for n in g.nodes if n.op == "layer_norm"][0]
+    changed = {k for k in before if not torch.equal(before[k], g.params[k])}
+    if form == "fold":  # gamma, beta and fc1's weight absorb the factors; nothing else
+        assert changed == {ln.args[2].name, ln.args[3].name, fc1.attrs["weight"]}
+    else:  # the float graph is untouched (the host quantizes per channel)
+        assert changed == set()
+    assert "keep_float" not in ln.attrs
+    # the model's own parameters are not modified
+    assert torch.equal(lm.module.ln.weight, load_model(f"{FILE}:{name}").module.ln.weight)
+    for s in samples[:3]:
+        with torch.no_grad():
+            want = lm.module(*s).double()
+        got = run_graph(g, s)[0].double()
+        assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+    # the int8 operands of fc1 on the norm's real outputs: smoothing lowers the GEMM's error
+    run_passes(g, [Quantize(samples)])
+    h = []
+    run_graph(g, samples[1], observe=lambda n, v, a: h.append(v) if n.name == ln.name else None)
+    xs = h[0].reshape(-1, D).double()
+    with torch.no_grad():
+        ref = lm.module.fc1(h[0] if form == "host" else lm.module.ln(samples[1][0])).double()
+    ql = linear_qparams(g, fc1, host_smooth=True)
+    got = ql.quantize_input(xs).double() @ ql.wq.double() * (ql.in_scale * ql.w_scale)
+    err = float((got + ql.bias * ql.in_scale * ql.w_scale - ref.reshape(-1, F)).norm())
+    assert err < 0.05 * float(ref.norm())
+    if form == "host":  # W * s per output channel, x / s; a backend without it: the plain linear
+        s = torch.tensor(fc1.attrs["smooth"]["factors"], dtype=torch.float64)
+        assert torch.equal(ql.in_smooth, s)
+        assert torch.equal(ql.wq, quantize_weight(linear_weight(g, fc1).double() * s)[0].t())
+        plain = linear_qparams(g, fc1)
+        assert plain.in_smooth is None
+        assert torch.equal(plain.wq, quantize_weight(linear_weight(g, fc1))[0].t())
+        bad = plain.quantize_input(xs).double() @ plain.wq.double() * (
+            plain.in_scale * plain.w_scale)
+        bad_err = float((bad + plain.bias * plain.in_scale * plain.w_scale
+                         - ref.reshape(-1, F)).norm())
+        assert err < 0.5 * bad_err
+
+
+@pytest.mark.parametrize("name", ["pre", "post"])
+def test_smoothing_improves_int8_cosine(compiled, name):
+    res = {}
+    for mode in ("off", "auto"):
+        plan = _linears_on_asic(compiled[mode, name].plan)
+        res[mode] = execute_plan(plan)["cosine_mean"]
+    assert res["off"] < 0.995, res  # the outlier channel costs the plain int8 input
+    assert res["auto"] > 0.999 and res["auto"] - res["off"] > 0.004, res
+
+
+def test_plan_records_smoothing_and_the_executor_rebuilds_it(compiled):
+    for name, form in (("pre", "fold"), ("post", "host")):
+        c = compiled["auto", name]
+        plan = json.loads(json.dumps(c.plan))
+        check_plan(plan)  # the schema knows quant.smooth
+        ops = {o["name"]: o for o in plan["ops"]}
+        fc1 = [o for o in plan["ops"] if o["op"] == "linear"][0]
+        sm = fc1["quant"]["smooth"]
+        assert sm["form"] == form and 0.3 <= sm["alpha"] <= 0.8 and sm["error"] < sm["error_off"]
+        assert len(sm["factors"]) == D and max(sm["factors"]) > 5 * min(sm["factors"])
+        assert sm["into"] == "layer_norm"
+        if form == "host":
+            assert "in_scale" in sm and ops["layer_norm"]["device"] != "asic"
+        g, _ = rebuild_graph(plan)
+        for k, v in c.graph.params.items():  # the folds rebuilt bit for bit
+            assert torch.equal(g.params[k], v), k
+        # the integers the GEMM engine gets, recomputed from the plan alone
+        asic = _linears_on_asic(plan)
+        cap = capture_operands(asic, fc1["name"])
+        xq, wq, bias, mult, shift, y = cap["gemms"][0]
+        x = rebuild_and_input(asic)
+        s = torch.tensor(sm["factors"], dtype=torch.float64)
+        w = linear_weight(g, g.node(fc1["name"])).double()
+        if form == "host":
+            s_in = sm["in_scale"]
+            want_x = torch.clamp(torch.round(x.double() / (s_in * s)), -128, 127)
+            want_w = quantize_weight(w * s)[0]
+        else:
+            s_in = fc1["quant"]["in_scales"][0]
+            want_x = torch.clamp(torch.round(x.double() / s_in), -128, 127)
+            want_w = quantize_weight(w)[0]
+        assert torch.equal(xq, want_x.long().reshape(xq.shape))
+        assert torch.equal(wq, want_w.t())
+
+
+def test_host_smoothing_only_while_the_producer_runs_on_the_host(compiled):
+    """Its layer norm moved to the ASIC, fc1 reads the norm's int8 output as it is: the executor
+    drops the per-channel quantizer and runs the plain linear (as the compile does when the
+    partition places the producer on an integer device)."""
+    plan = _linears_on_asic(compiled["auto", "post"].plan)
+    fc1 = [o for o in plan["ops"] if o["op"] == "linear"][0]
+    assert fc1["quant"]["smooth"]["form"] == "host"
+    ln = [o for o in plan["ops"] if o["name"] == "layer_norm"][0]
+    ln["device"] = [d["name"] for d in plan["devices"] if d["kind"] == "asic"][0]
+    g, _ = rebuild_graph(plan)
+    assert "smooth" not in g.node(fc1["name"]).attrs["quant"]
+    ql = linear_qparams(g, g.node(fc1["name"]), host_smooth=True)
+    assert ql.in_smooth is None and ql.in_scale == fc1["quant"]["in_scales"][0]
+    cap = capture_operands(plan, [fc1["name"], "layer_norm"])
+    y_ln = cap["layer_norm"]["y"]  # the norm's int8 output is fc1's int8 input, unchanged
+    assert torch.equal(cap[fc1["name"]]["gemms"][0][0], y_ln.reshape(-1, D))
+
+
+def rebuild_and_input(plan: dict) -> torch.Tensor:
+    """The float input of the plan's first linear on input 0 (the layer norm's output)."""
+    g, lm = rebuild_graph(plan)
+    seen = {}
+    run_graph(g, lm.example_inputs, observe=lambda n, v, a: seen.setdefault(n.name, v))
+    return seen["layer_norm"]
+
+
+def test_core_devices_get_folds_only():
+    lm = load_model(f"{FILE}:post")
+    g, _ = prepare_graph(lm, 4, host_smooth=False)
+    assert not any(n.attrs.get("smooth") for n in g.nodes)
+    assert not any(n.attrs.get("keep_float") for n in g.nodes if n.op == "layer_norm")
+    groups = smooth_groups(g, host=False)
+    assert groups and all(gr.form is None for gr in groups)
+    lm = load_model(f"{FILE}:pre")
+    g, _ = prepare_graph(lm, 4, host_smooth=False, smooth=0.5)
+    assert [n.attrs["smooth"]["form"] for n in g.nodes if n.attrs.get("smooth")] == ["fold"]
+
+
+@pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan", "inf", "bogus", "", True, None, [0.5]])
+def test_bad_smooth_values_are_refused(bad):
+    with pytest.raises(UserValueError, match="auto, off or an alpha in 0..1"):
+        parse_smooth(bad)
+
+
+def test_smooth_values_accepted():
+    assert parse_smooth("AUTO") == "auto" and parse_smooth(" off") == "off"
+    assert parse_smooth("0.5") == 0.5 and parse_smooth(1) == 1.0 and parse_smooth(0) == 0.0
+
+
+def test_compile_refuses_bad_smooth_before_work(monkeypatch):
+    import compiler.driver as drv
+    monkeypatch.setattr(drv, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    with pytest.raises(UserValueError, match="not 'x'"):
+        compile_model("minilm", "asic,cpu", smooth="x")
+
+
+@pytest.mark.parametrize("value, msg", [("2", "2 is out of range: expected a number in 0..1"),
+                                        ("half", "expected a number in 0..1, not 'half'")])
+def test_cli_smooth_option_errors(value, msg, tmp_path):
+    from fmforge.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main(["compile", "--smooth", value, "-o", str(tmp_path / "p.json")])
+    assert e.value.code == 2
+    assert f"argument --smooth: expected auto, off or an alpha: {msg}" in err.getvalue()
+    assert not (tmp_path / "p.json").exists()
