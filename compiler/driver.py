@@ -131,6 +131,9 @@ def calibration_samples(model: LoadedModel, n: int = 16,
         sents = [allsents[i] for i in idx[:n]]
         ids, am, tt = tokenize(sents, model.seq_len or 32)
         return [(ids[i:i + 1], am[i:i + 1], tt[i:i + 1]) for i in range(len(sents))]
+    own = getattr(model.module, "calibration_inputs", None)
+    if callable(own):  # the model draws its own (a decode step: real KV caches of prefills)
+        return [tuple(model.example_inputs), *(tuple(s) for s in own(n - 1))]
     vocab = token_inputs(graph) if graph is not None else {}
     names = [name for name, _ in graph.inputs] if graph is not None else []
     out = [tuple(model.example_inputs)]

@@ -483,7 +483,11 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                                  f"{lm.name!r} runs its example inputs (leave out --sentences)")
         inputs = [tuple(lm.example_inputs)]
         g = torch.Generator().manual_seed(1234)
+        step = getattr(lm.module, "step_inputs", None)  # a decode step: real caches, held out
         for _ in range(max(0, (limit or n_random) - 1)):
+            if callable(step):
+                inputs.append(tuple(step(g)))
+                continue
             inputs.append(tuple(
                 torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std() if t.is_floating_point()
                 else torch.randint(0, int(t.max()) + 1, t.shape, generator=g).to(t.dtype)

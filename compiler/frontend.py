@@ -94,6 +94,17 @@ def load_model(spec: str = "minilm", seq_len: int | None = None) -> LoadedModel:
                                 or not 1 <= seq_len <= MAX_SEQ_LEN):
         raise UserValueError(f"sequence length must be an integer in 1..{MAX_SEQ_LEN}, "
                              f"not {seq_len!r}")
+    base, phase, ctx = spec.partition("/decode@")
+    if phase:  # a decode step: <decoder>/decode@<context>
+        from compiler.zoo import DECODERS, MAX_CONTEXT, decode_step
+        if base not in DECODERS:
+            raise UserValueError(f"model {spec!r}: a decode step needs a built-in decoder "
+                                 f"({', '.join(DECODERS)}), not {base!r}")
+        if not ctx.isdigit() or not 1 <= int(ctx) <= MAX_CONTEXT:
+            raise UserValueError(f"model {spec!r}: the context (KV-cache length) must be an "
+                                 f"integer in 1..{MAX_CONTEXT}, not {ctx!r}")
+        module, inputs = decode_step(base, seq_len or 1, int(ctx))
+        return LoadedModel(name=spec, module=module, example_inputs=inputs, seq_len=seq_len or 1)
     if spec in MODELS:
         kw: dict[str, Any] = {}
         if seq_len is not None and spec != "encoder-tiny":

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["MODELS", "MiniLMEncoder", "gpt2", "encoder_stack", "hf_tiny", "minilm",
+__all__ = ["DECODERS", "DecodeStep", "MAX_CONTEXT", "MODELS", "MiniLMEncoder", "decode_step", "gpt2", "encoder_stack", "hf_tiny", "minilm",
            "DEFAULT_SEQ_LEN", "HF_TINY"]
 
 #: default sequence length the built-in models are exported at (shipped sentences have <= 21 tokens)
@@ -190,3 +190,77 @@ MODELS: dict[str, Callable[..., tuple[torch.nn.Module, tuple[torch.Tensor, ...]]
     "encoder-tiny": encoder_stack,
     **{f"{a}-tiny": functools.partial(hf_tiny, a) for a in HF_TINY},
 }
+
+
+#: built-in decoders that have a decode step (``<name>/decode@T``, see :func:`decode_step`)
+DECODERS = ("gpt2-tiny", "gpt2-small", "llama-tiny", "mistral-tiny", "qwen2-tiny", "mixtral-tiny")
+#: the longest KV-cache context of a decode step
+MAX_CONTEXT = 512
+
+
+class DecodeStep(torch.nn.Module):
+    """One decode step of a ``transformers`` decoder with its KV cache as explicit inputs:
+    ``(input_ids [1, N], position_ids [1, N], k_0, v_0, ..., k_{L-1}, v_{L-1})`` with every
+    ``k_l``/``v_l`` ``[1, kv_heads, T, head_dim]`` the cache of the ``T`` tokens before ->
+    the last hidden state ``[1, N, hidden]`` of the ``N`` new tokens (the new keys and values
+    are the step's own; a runtime appends them to its cache)."""
+
+    def __init__(self, m: torch.nn.Module, vocab: int = 0, seq_len: int = 1,
+                 context: int = 1) -> None:
+        super().__init__()
+        self.m = m
+        self.vocab, self.seq_len, self.context = vocab, seq_len, context
+
+    def step_inputs(self, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Inputs of one step after a prefill of ``context`` random tokens (the model's own
+        cache), ``seq_len`` random new tokens at their positions."""
+        prompt = torch.randint(0, self.vocab, (1, self.context), generator=g)
+        with torch.no_grad():
+            cache = self.m(input_ids=prompt, use_cache=True).past_key_values
+        kv: list[torch.Tensor] = []
+        for layer in cache.layers:
+            kv += [layer.keys.detach().clone(), layer.values.detach().clone()]
+        ids = torch.randint(0, self.vocab, (1, self.seq_len), generator=g)
+        pos = torch.arange(self.context, self.context + self.seq_len).unsqueeze(0)
+        return (ids, pos, *kv)
+
+    def calibration_inputs(self, n: int) -> list[tuple[torch.Tensor, ...]]:
+        """``n`` calibration inputs: real caches of random prompts (seeded), not noise."""
+        g = torch.Generator().manual_seed(2)
+        return [self.step_inputs(g) for _ in range(n)]
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
+                *kv: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache
+        cache = DynamicCache(config=self.m.config)
+        for layer in range(len(kv) // 2):
+            cache.update(kv[2 * layer], kv[2 * layer + 1], layer)
+        return self.m(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
+                      use_cache=True).last_hidden_state
+
+
+def _decoder_module(name: str, positions: int) -> tuple[torch.nn.Module, int]:
+    """The ``transformers`` base model of built-in decoder ``name`` (GPT-2: with at least
+    ``positions`` learned positions) and its vocabulary size."""
+    if name.startswith("gpt2"):
+        wrapped, _ = MODELS[name](seq_len=positions)
+        m = wrapped.m
+        return m, int(m.config.vocab_size)
+    import logging
+
+    import transformers
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    cfg, cls, _ = _tiny_config(name.removesuffix("-tiny"))
+    torch.manual_seed(0)
+    return getattr(transformers, cls)(cfg).eval(), int(cfg.vocab_size)
+
+
+def decode_step(name: str, seq_len: int = 1, context: int = 16
+                ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """Decode step of built-in decoder ``name``: ``seq_len`` new tokens after a ``context``-token
+    KV cache. The example cache is the model's own, from a prefill of ``context`` seeded random
+    tokens, the new tokens seeded random too; calibration draws more such steps
+    (:meth:`DecodeStep.calibration_inputs`), so it sees real keys and values."""
+    m, vocab = _decoder_module(name, context + seq_len)
+    step = DecodeStep(m, vocab, seq_len, context).eval()
+    return step, step.step_inputs(torch.Generator().manual_seed(1))

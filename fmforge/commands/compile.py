@@ -46,6 +46,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--devices", default="ulx3s-85f,cpu", help="comma-separated devices "
                    "(see 'fmforge devices'; default ulx3s-85f,cpu)")
     p.add_argument("--objective", choices=("latency", "energy"), default="latency")
+    p.add_argument("--phase", choices=("prefill", "decode"), default="prefill",
+                   help="prefill: the model on --seq-len tokens (default); decode: one step of a "
+                   "built-in decoder (gpt2-*, llama/mistral/qwen2/mixtral-tiny) on --seq-len new "
+                   "tokens (default 1) after a KV cache of --context tokens")
+    p.add_argument("--context", type=int_range(1, 512), default=None, metavar="T",
+                   help="KV-cache length of a decode step (with --phase decode)")
     p.add_argument("--seq-len", type=SEQ_LEN, default=None, metavar="N",
                    help="sequence length the model is compiled for (its example and calibration "
                    "inputs; fmforge execute pads to it): token models of the zoo, minilm and "
@@ -139,7 +145,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserValueError(f"plan file {str(out)!r} would be overwritten by its PNG timeline "
                              f"({png.name}): give the plan a .json name")
     torch.set_num_threads(1)
-    c = compile_model(args.model, args.devices, args.objective, seq_len=args.seq_len,
+    model = args.model
+    if args.phase == "decode":
+        if args.context is None:
+            raise UserValueError("--phase decode needs --context T (the KV-cache length)")
+        model = f"{args.model}/decode@{args.context}"
+    elif args.context is not None:
+        raise UserValueError("--context applies to --phase decode only")
+    c = compile_model(model, args.devices, args.objective, seq_len=args.seq_len,
                       ffn_down="float" if args.float_ffn_down else args.ffn_down,
                       sparse=args.sparse, min_cosine=args.min_cosine, calib=args.calib,
                       smooth=args.smooth)
