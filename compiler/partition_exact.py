@@ -68,6 +68,8 @@ class SearchOutcome:
     states: int
     lower_bound: float
     reason: str = ""
+    #: the most states kept after one op
+    peak: int = 0
 
 
 class DeadEnd(Exception):
@@ -312,7 +314,7 @@ def search(p: Problem, max_states: int = 50000, time_limit_s: float | None = Non
         tuple(rg.canon(sig(v), 1 << host) for v in live): {zero: (0.0, 0)}}
     exact, reason = True, ""
     lower_bound = float("inf")
-    total_states = 1
+    total_states = peak = 1
     for k, i in enumerate(order):
         op = p.ops[i]
         reads = list(dict.fromkeys(p.reads[op]))
@@ -388,6 +390,7 @@ def search(p: Problem, max_states: int = 50000, time_limit_s: float | None = Non
                 new_front.setdefault(kk, {})[usage] = (o, ent)
             count = min(count, width)
         total_states += count
+        peak = max(peak, count)
         parents.append(entries)
         frontier = new_front
         live = new_live
@@ -406,7 +409,7 @@ def search(p: Problem, max_states: int = 50000, time_limit_s: float | None = Non
         ent, d = parents[k][ent]
         placement[order[k - 1]] = d
     return SearchOutcome(placement, best[0], exact, total_states,
-                         best[0] if exact else min(best[0], lower_bound), reason)
+                         best[0] if exact else min(best[0], lower_bound), reason, peak)
 
 
 def _prune(rg: _Regret, front: dict[tuple[int, ...], dict[tuple[int, ...], tuple[float, int]]],
