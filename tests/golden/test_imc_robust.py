@@ -220,3 +220,26 @@ def test_unchanged_macro_rtl_runs_two_phase_inputs(monkeypatch, noisy):
     for r in bench.run_imc_pysim(cfg, [3, 1, 2], stall="both", seed=5):
         assert r["match"] and not r["dac_errors"] and not r["error"], r
         assert r["cycles"] == r["predicted_cycles"] and r["tb_edges"] == r["tb_predicted_edges"], r
+
+
+def test_imc_target_defaults_to_the_robust_mapping_and_prices_two_phases():
+    from types import SimpleNamespace
+
+    from compiler.imc_run import crossbar_config
+    from compiler.targets.imc import ImcTarget
+
+    t = ImcTarget()
+    cfg = crossbar_config(t.params())
+    assert (cfg.differential, cfg.signed_inputs, cfg.fault_aware) == (True, True, True)
+    assert t.crossbars_for(384, 1536) == 3 * 12 * 8 and t.crossbars == 8192
+    old = ImcTarget("imc", "differential=0:signed_inputs=0:fault_aware=0")
+    assert t.t_mvm == pytest.approx(2 * old.t_mvm) and t.e_mac == pytest.approx(4 * old.e_mac)
+    spec = t.macro(SimpleNamespace(attrs={"k": 384, "quant": {}}))
+    assert (spec.tiles, spec.k) == (6, 3 * 128 + 384)
+    # plans written before these keys run with offset-binary inputs, as compiled
+    legacy = crossbar_config({"xbar": 128, "cell_bits": 2, "dac_bits": 1, "adc_bits": 9})
+    assert not (legacy.differential or legacy.signed_inputs or legacy.fault_aware)
+    with pytest.raises(UserValueError, match="signed_inputs=1 needs differential=1"):
+        ImcTarget("imc", "differential=0:signed_inputs=1")
+    with pytest.raises(UserValueError, match="parameter fault_aware must be 0 or 1"):
+        ImcTarget("imc", "fault_aware=2")
