@@ -8,14 +8,15 @@ keep the number of states small without losing the optimum:
 1. **Search order.** The objective is a sum, so the ops may be visited in any topological order
    in which every value's readers keep their relative order: a value's copies, and so its
    transfer costs, depend only on the devices of its producer and of its readers *in reader
-   order*. :func:`search_order` picks such an order greedily (an op that frees values first, one
-   that creates a long-lived value late), which shortens the lists of live values.
+   order*. :func:`search_order` picks such an order greedily (among the ops ready to run, the
+   one that frees the most values net of the one it creates), which shortens the lists of live
+   values.
 
 2. **Regret of a holder set.** For a live value ``v`` with its remaining readers (each with the
    devices it may run on) the *regret* ``R_v(a, b)`` is the largest amount by which holding ``v``
    on location set ``a`` can cost more in future transfers than holding it on ``b``, over every
    device sequence of those readers (a max-plus recursion over pairs of holder sets; a maximum of
-   a differences, so ``R_v(a, c) <= R_v(a, b) + R_v(b, c)``). Two sets with ``R(a, b) <= 0`` and
+   differences, so ``R_v(a, c) <= R_v(a, b) + R_v(b, c)``). Two sets with ``R(a, b) <= 0`` and
    ``R(b, a) <= 0`` cost the same in every future, so each set is replaced by the smallest set
    equivalent to it.
 
@@ -24,7 +25,7 @@ keep the number of states small without losing the optimum:
    sum_v R_v(A_v, B_v)``. A state ``A`` therefore dominates ``B`` when that bound is <= 0 and
    ``A`` uses no more of any capacity-limited resource than ``B``: every completion of ``B`` is
    feasible from ``A`` and no cheaper from ``B``. Dominated states are dropped (pairwise, in
-   numpy); dominance is transitive, so one undominated state of every class survives.
+   numpy); dominance is transitive, so every dropped state has a kept one at least as good.
 
 The search is exact when no state is dropped for any other reason. With more than
 ``max_states`` undominated states at one step, or after ``time_limit_s``, it keeps the most
@@ -50,7 +51,7 @@ __all__ = ["DeadEnd", "SearchOutcome", "search", "search_order"]
 #: states above which the pairwise dominance check is preceded by a cheaper per-coordinate one
 _PAIRWISE_MAX = 6000
 #: states above which only the per-coordinate check runs (the pairwise one is quadratic)
-_PAIRWISE_LIMIT = 15000
+_PAIRWISE_LIMIT = 10000
 #: once past the time limit, each step keeps max_states // _LATE_SHRINK states
 _LATE_SHRINK = 50
 #: numpy elements per block of the pairwise check

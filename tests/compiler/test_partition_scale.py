@@ -94,6 +94,26 @@ def test_equals_brute_force_on_random_problems(block):
         assert r.objective_value <= gr.objective_value * (1 + 1e-12) + 1e-15, seed
 
 
+@pytest.mark.parametrize("pairwise_max, pairwise_limit", [(0, 10 ** 9), (0, 0)])
+def test_wide_step_pruning_stays_exact(monkeypatch, pairwise_max, pairwise_limit):
+    """Steps too wide for the pairwise check: the per-coordinate check first, or alone."""
+    import compiler.partition_exact as pe
+
+    monkeypatch.setattr(pe, "_PAIRWISE_MAX", pairwise_max)
+    monkeypatch.setattr(pe, "_PAIRWISE_LIMIT", pairwise_limit)
+    for seed in range(60):
+        p = random_problem(seed)
+        bf = brute_or_none(p)
+        if bf is None:
+            continue
+        r = partition_dp(p)
+        assert r.exact
+        assert r.objective_value == pytest.approx(bf.objective_value, rel=1e-9, abs=1e-15), seed
+    big = chain_of_layers(4)
+    ref = partition_dp_classic(big, max_states=10 ** 7)
+    assert partition_dp(big).objective_value == pytest.approx(ref.objective_value, rel=1e-12)
+
+
 def test_search_order_keeps_dependencies_and_reader_order():
     for seed in range(60):
         p = random_problem(seed)
