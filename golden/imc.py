@@ -646,23 +646,33 @@ def macro_inputs(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
 
 
 def _levels(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
-    """DAC levels ``[I, M, T'*rows]`` of the macro's words (step 0 = most significant)."""
-    xu = macro_inputs(xq, cfg) + 128
+    """DAC levels ``[I, M, T'*rows]`` (uint8) of the macro's words (step 0 = most significant)."""
+    xu = (macro_inputs(xq, cfg) + 128).to(torch.uint8)
     sh = (cfg.steps - 1 - torch.arange(cfg.steps, dtype=torch.int64)) * cfg.dac_bits
-    return (xu[None] >> sh[:, None, None]) & (2**cfg.dac_bits - 1)
+    return torch.stack([(xu >> int(s)) & (2**cfg.dac_bits - 1) for s in sh.tolist()])
 
 
 def input_digits(xq: torch.Tensor, cfg: CrossbarConfig) -> torch.Tensor:
     """DAC levels ``[I, M, T'*rows]`` of int8 inputs ``xq[M, K]`` (step 0 = most significant;
     rows beyond K are 0; two-phase inputs: phase + in the first ``T*rows``)."""
-    return _levels(check_int8("x", xq), cfg)
+    return _levels(check_int8("x", xq), cfg).to(torch.int64)
+
+
+def _tile_rows(xq: torch.Tensor, cfg: CrossbarConfig, nt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per physical row tile, the levels of its (phase, step, token) rows ``[T, P*I*M, rows]``
+    (uint8; flat row ``p*I*M + i*M + m``) and whether each row drives any word line."""
+    levels = _levels(xq, cfg)
+    steps, m = levels.shape[:2]
+    lv = levels.reshape(steps, m, cfg.phases, nt, cfg.rows).permute(3, 2, 0, 1, 4)
+    lv = lv.reshape(nt, cfg.phases * steps * m, cfg.rows)
+    return lv, lv.any(-1)
 
 
 # ----------------------------------------------------------------------------- the array
 
 def _read_state(prog: Programmed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """On cells of the packed matrix: flat indices, their deviations and conductances (float32),
-    cached."""
+    """On cells of the packed matrix: flat indices, their deviations and read-noise standard
+    deviations ``read_sigma * g`` (float32), cached."""
     c = prog._cache.get("read")
     if c is None:
         pk = prog._cache["packed"]
@@ -670,7 +680,8 @@ def _read_state(prog: Programmed) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
         g = torch.zeros(pk.shape, dtype=torch.float32)
         g[:, :r] = prog.g.reshape(pk.shape[0], r, -1)
         idx = (g.view(-1) >= 0.5).nonzero().squeeze(1)
-        c = prog._cache["read"] = (idx, pk.view(-1)[idx].to(torch.float32), g.view(-1)[idx])
+        c = prog._cache["read"] = (idx, pk.view(-1)[idx].to(torch.float32),
+                                   g.view(-1)[idx] * prog.noise.read_sigma)
     return c
 
 
@@ -686,12 +697,12 @@ def _call_mat(prog: Programmed, read_seed: int | None) -> torch.Tensor | None:
         return pk
     if read_seed is None:
         raise UserValueError("read noise needs a seed")
-    idx, base, g = _read_state(prog)
+    idx, base, gsig = _read_state(prog)
     gen = torch.Generator().manual_seed(int(read_seed) & (2**63 - 1))
-    z = torch.randn(idx.shape, generator=gen).clamp_(-_Z_CLIP, _Z_CLIP)
+    z = torch.randn(idx.shape, generator=gen).clamp_(max(-_Z_CLIP, -1.0 / rs), _Z_CLIP)
     mat = pk.clone()
-    # g_call = g * max(0, 1 + read_sigma * z): the deviation grows by g * max(-1, read_sigma * z)
-    mat.view(-1).index_put_((idx,), (base + g * z.mul_(rs).clamp_(min=-1.0)).to(_BF))
+    # g_call = g * max(0, 1 + read_sigma * z): the deviation grows by g * read_sigma * z, z >= -1/rs
+    mat.view(-1).index_put_((idx,), base.addcmul(gsig, z).to(_BF))
     return mat
 
 
@@ -717,24 +728,20 @@ def _no_clip(prog: Programmed) -> bool:
     return c
 
 
-def _tile_m(levels: torch.Tensor, prog: Programmed, mat: torch.Tensor, t: int
+def _tile_m(lv: torch.Tensor, act: torch.Tensor, mat: torch.Tensor, t: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``m = e + offset + 0.5`` of the driven rows of physical row tile ``t`` (``adc_shift = 0``),
     one bfloat16 product; the rounding error of a code is ``floor(m)``.
 
-    ``levels`` ``[I, M, T'*R]``. Returns the driven rows (flat ``(p, i, m)`` indices), their
-    ``m`` ``[rows, A*N]`` (bfloat16) and the rounding error of a row that drives nothing
+    ``lv``, ``act``: :func:`_tile_rows` of tile ``t``. Returns the driven rows (flat indices),
+    their ``m`` ``[rows, A*N]`` (bfloat16) and the rounding error of a row that drives nothing
     (``floor(offset + 0.5)``, float32 ``[A*N]``)."""
-    cfg = prog.cfg
-    r = cfg.rows
-    nt = prog.digits.shape[0]
-    lv = levels.reshape(levels.shape[0], levels.shape[1], cfg.phases, nt, r)[:, :, :, t]
-    lv = lv.permute(2, 0, 1, 3).reshape(-1, r)  # [(p, i, m), R]
-    act = lv.any(1).nonzero().squeeze(1)
+    r = lv.shape[1]
+    rows = act.nonzero().squeeze(1)
     q0 = torch.floor(mat[t, r].to(torch.float32))
-    x = torch.ones(act.numel(), r + 1, dtype=_BF)
-    x[:, :r] = lv[act]
-    return act, torch.mm(x, mat[t]), q0
+    x = torch.ones(rows.numel(), r + 1, dtype=_BF)
+    x[:, :r] = lv[rows]
+    return rows, torch.mm(x, mat[t]), q0
 
 
 def _row_weights(rows: torch.Tensor, cfg: CrossbarConfig, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -756,12 +763,13 @@ def _error_dot(xq: torch.Tensor, prog: Programmed, mat: torch.Tensor) -> torch.T
     """``dot - x @ encoded`` (float64 ``[M, N]``) when no code can clip (module docstring)."""
     cfg = prog.cfg
     m = xq.shape[0]
-    levels = _levels(xq, cfg)
+    nt = prog.digits.shape[0]
+    lv, drive = _tile_rows(xq, cfg, nt)
     a, n = cfg.arrays, prog.n
     y = torch.zeros(m, a * n, dtype=torch.float32)  # exact: small integers times powers of 2
     allrows = torch.arange(cfg.phases * cfg.steps * m)
-    for t in range(prog.digits.shape[0]):
-        act, mm, q0 = _tile_m(levels, prog, mat, t)
+    for t in range(nt):
+        act, mm, q0 = _tile_m(lv[t], drive[t], mat, t)
         if act.numel():
             tok, w = _row_weights(act, cfg, m)
             pm = torch.zeros(m, act.numel())
@@ -782,15 +790,14 @@ def _codes(xq: torch.Tensor, prog: Programmed, mat: torch.Tensor | None) -> torc
     m = xq.shape[0]
     if xq.shape[1] != prog.k:
         raise UserValueError(f"input has K={xq.shape[1]}, the programmed weights K={prog.k}")
-    levels = _levels(xq, cfg)  # [I, M, T'*R]
     nt, r, a, n = prog.digits.shape
     ph, steps = cfg.phases, cfg.steps
-    lv = levels.reshape(steps, m, ph, nt, r).permute(3, 2, 0, 1, 4).reshape(nt, ph * steps * m, r)
+    lv, drive = _tile_rows(xq, cfg, nt)  # [T, P*I*M, R]
     top = 2**cfg.adc_bits - 1
     if cfg.adc_shift == 0:  # ideal column sums (exact in float32: below 2**24) + rounding errors
         c0 = torch.bmm(lv.to(torch.float32), prog.digits.to(torch.float32).reshape(nt, r, a * n))
         for t in range(nt if mat is not None else 0):
-            act, mm, q0 = _tile_m(levels, prog, mat, t)
+            act, mm, q0 = _tile_m(lv[t], drive[t], mat, t)
             c0[t] += q0
             c0[t, act] += torch.floor(mm.to(torch.float32)) - q0
         codes = c0.round_().clamp_(0, top)
@@ -884,7 +891,10 @@ def crossbar_linear(xq: torch.Tensor, wq: torch.Tensor | Programmed,
     for c0 in range(0, max(xq.shape[0], 1), chunk):
         xc = xq[c0:c0 + chunk]
         if no_clip:
-            ideal = xc.to(torch.float64) @ prog.encoded.to(torch.float64)  # exact below 2**53
+            enc = prog._cache.get("enc64")
+            if enc is None:
+                enc = prog._cache["enc64"] = prog.encoded.to(torch.float64)
+            ideal = xc.to(torch.float64) @ enc  # exact below 2**53
             dot = (ideal + _error_dot(xc, prog, mat)).round_().to(torch.int64)
             outs.append(_finish(dot, bias, mult, shift))
         else:
