@@ -232,16 +232,21 @@ def compile_model(model: str | LoadedModel = "minilm", devices: str = "ulx3s-85f
     problem = build_problem(graph, devs, objective)
     t2 = time.perf_counter()
     groups, n_calib = None, 0
-    if min_cosine is None:
-        result = partition_dp(problem)
-    else:  # measures what the partition needs (compiler.accuracy)
-        samples = calibration_samples(lm, calib, graph)
-        result, groups = partition_within_budget(problem, graph, devs, samples, min_cosine,
-                                                 pooled=lm.name == "minilm")
-        n_calib = len(samples)
+    kind = {d.name: d.kind for d in devs}
+    while True:
+        if min_cosine is None:
+            result = partition_dp(problem)
+        else:  # measures what the partition needs (compiler.accuracy)
+            samples = calibration_samples(lm, calib, graph)
+            result, groups = partition_within_budget(problem, graph, devs, samples, min_cosine,
+                                                     pooled=lm.name == "minilm")
+            n_calib = len(samples)
+        # a per-channel host quantizer needs its producer on the host: a linear whose producer
+        # went to an integer device runs unsmoothed, and its cost is measured again as such
+        dropped = drop_host_smoothing(graph, {op: kind[d] for op, d in result.placement.items()})
+        if not dropped or min_cosine is None:
+            break
     greedy = _greedy(problem, result)
-    kind = {d.name: d.kind for d in devs}  # a host quantizer needs its producer on the host
-    drop_host_smoothing(graph, {op: kind[d] for op, d in result.placement.items()})
     t3 = time.perf_counter()
     timings.update({"costing_s": t2 - t1, "partition_s": t3 - t2})
     plan = _make_plan(lm, graph, devs, [s.strip() for s in devices.split(",") if s.strip()],

@@ -47,6 +47,12 @@ int8, which would throw the 16 bits away), so it runs in float on the host.
 same) restores the old behaviour: the linear gets ``attrs["keep_float"]`` and stays in float32 on
 the CPU/GPU.
 
+Activation smoothing (:mod:`compiler.passes.smooth`, run before this pass): a linear's
+``attrs["smooth"]`` is copied into ``quant["smooth"]``. Folded smoothing is already in the
+graph's parameters; a per-channel host quantizer (``form == "host"``) keeps ``in_scales`` as the
+plain per-tensor scale (what a backend without it runs) and :func:`linear_qparams` with
+``host_smooth=True`` gives the smoothed integers (``W * s``, ``x / (s_in' * s)``).
+
 Ensures ``quantized``: every ``linear``, ``matmul``, ``softmax``, ``layer_norm``, ``gelu`` and
 ``relu`` node has ``attrs["quant"] = {"in_scales": [...], "out_scale": s}`` (linears possibly also
 ``"out_scales": [...]``) with positive finite scales, and every linear/matmul requantizer is

@@ -72,6 +72,24 @@ def post() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     return _make(True)
 
 
+def llama_outlier() -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    """llama-tiny with a massive channel: every RMSNorm weight times 40 on channel 5 and the
+    linears reading that norm's output over 40 on input column 5 (the float function stays
+    llama-tiny's; the int8 input of q/k/v and gate/up gets one channel 40 times the others)."""
+    from compiler.zoo import hf_tiny
+
+    mod, ex = hf_tiny("llama")
+    with torch.no_grad():
+        for layer in mod.m.layers:
+            a, m = layer.self_attn, layer.mlp
+            for norm, lins in ((layer.input_layernorm, (a.q_proj, a.k_proj, a.v_proj)),
+                               (layer.post_attention_layernorm, (m.gate_proj, m.up_proj))):
+                norm.weight[5] *= 40.0
+                for lin in lins:
+                    lin.weight[:, 5] /= 40.0
+    return mod, ex
+
+
 def _linears_on_asic(plan: dict) -> dict:
     """The plan with every linear on the ASIC and every other op on the CPU."""
     plan = json.loads(json.dumps(plan))  # what a plan file holds
@@ -206,6 +224,30 @@ def test_host_smoothing_only_while_the_producer_runs_on_the_host(compiled):
     assert torch.equal(cap[fc1["name"]]["gemms"][0][0], y_ln.reshape(-1, D))
 
 
+def test_compile_drops_host_smoothing_whose_producer_went_to_the_asic():
+    """Energy objective, no budget: the layer norm goes to the ASIC, so fc1 reads its int8
+    output and the plan has no host smoothing: it executes exactly as the unsmoothed plan.
+    With the budget, every host smoothing left in the plan has its producer on the host."""
+    res, plans = {}, {}
+    for mode in ("off", "auto"):
+        c = compile_model(f"{FILE}:post", "asic,cpu:mode=roofline", "energy", min_cosine=None,
+                          smooth=mode)
+        plans[mode] = c.plan
+        res[mode] = execute_plan(json.loads(json.dumps(c.plan)))
+    dev = {o["name"]: o["device"] for o in plans["auto"]["ops"]}
+    assert dev["layer_norm"] == "asic" and dev["linear"] == "asic"
+    assert not any(o["quant"].get("smooth", {}).get("form") == "host"
+                   for o in plans["auto"]["ops"] if o["quant"])
+    assert res["auto"]["cosine_mean"] == res["off"]["cosine_mean"]
+    c = compile_model(f"{FILE}:post", "asic,cpu:mode=roofline", "energy")
+    kind = {d["name"]: d["kind"] for d in c.plan["devices"]}
+    dev = {o["name"]: kind[o["device"]] for o in c.plan["ops"]}
+    host = [o for o in c.plan["ops"] if (o["quant"] or {}).get("smooth", {}).get("form") == "host"]
+    assert host and all(dev[o["quant"]["smooth"]["into"]] == "cpu" for o in host)
+    r = execute_plan(json.loads(json.dumps(c.plan)))
+    assert r["cosine_mean"] >= c.plan["accuracy"]["min_cosine"]
+
+
 def rebuild_and_input(plan: dict) -> torch.Tensor:
     """The float input of the plan's first linear on input 0 (the layer norm's output)."""
     g, lm = rebuild_graph(plan)
@@ -224,6 +266,21 @@ def test_core_devices_get_folds_only():
     lm = load_model(f"{FILE}:pre")
     g, _ = prepare_graph(lm, 4, host_smooth=False, smooth=0.5)
     assert [n.attrs["smooth"]["form"] for n in g.nodes if n.attrs.get("smooth")] == ["fold"]
+
+
+def test_llama_groups_fold_into_the_norms_and_up():
+    lm = load_model(f"{FILE}:llama_outlier")
+    g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+    run_passes(g, [Canonicalize()])
+    mod = {n.name: n.module.rsplit(".", 1)[-1] for n in g.nodes}
+    got = {tuple(mod[x] for x in gr.linears): (gr.form, g.node(gr.into).op if gr.into else None)
+           for gr in smooth_groups(g)}
+    assert got == {("q_proj", "k_proj", "v_proj"): ("fold", "rms_norm"),
+                   ("gate_proj", "up_proj"): ("fold", "rms_norm"),
+                   ("down_proj",): ("fold", "linear"),  # up_proj's rows, through the SwiGLU mul
+                   ("o_proj",): ("host", "attention")}  # reads the attention's merged heads
+    assert [gr.into for gr in smooth_groups(g) if mod[gr.linears[0]] == "down_proj"][0] in \
+        [n.name for n in g.nodes if mod[n.name] == "up_proj"]
 
 
 @pytest.mark.parametrize("bad", ["1.5", "-0.1", "nan", "inf", "bogus", "", True, None, [0.5]])
