@@ -26,9 +26,10 @@ aggressive setting, the benchmark reports:
 
 The keep target is keep <= 30 % of query-key pairs at mean cosine >= 0.99 on held-out
 sentences, without fine-tuning. It is checked on the 240 shipped sentences (48 calibrate,
-192 are scored) for Sanger's probability threshold and for its golden-only mass rule
-(``golden.sparse.sanger``, no RTL): one mass for the whole model, and per-layer masses chosen
-on the calibration split.
+192 are scored) for Sanger. It covers the probability threshold, one for the model and
+per-layer thresholds (``compiler.sparsity.choose_sanger_layer_thresholds``), and the
+golden-only mass rule (``golden.sparse.sanger``, no RTL), one mass for the model and
+per-layer masses. Per-layer values are chosen on the calibration split.
 
 Usage::
 
@@ -352,13 +353,16 @@ def choose_layer_masses(calib: Sequence[str], *, target: float = COS_TARGET,
 def keep_target(log: Callable[[str], None]) -> dict[str, Any]:
     """The keep target on the 240 shipped sentences, held out (module docstring)."""
     from compiler.models import load_sentences
-    from compiler.sparsity import evaluate
+    from compiler.sparsity import choose_sanger_layer_thresholds, evaluate
 
     sents = load_sentences()
+    thresholds = choose_sanger_layer_thresholds(sents[::5])["layer_thresholds"]
+    log(f"per-layer thresholds chosen on the calibration split: {thresholds}")
     choice = choose_layer_masses(sents[::5])
     log(f"per-layer masses chosen on the calibration split: {choice['layer_masses']}")
     # bits=8: the prediction on the int8 codes themselves (is the 4-bit predictor the limit?)
-    todo = [{"threshold": 0.0325}, {"threshold": 0.0325, "bits": 8}, {"mass": 0.1},
+    todo = [{"threshold": 0.0325}, {"threshold": 0.0325, "bits": 8},
+            {"layer_thresholds": thresholds}, {"mass": 0.1},
             {"mass": 0.125}, {"mass": 0.125, "bits": 8}, {"mass": 0.15},
             {"layer_masses": choice["layer_masses"]}]
     res = evaluate(["sanger"], settings={"sanger": todo}, sentences=sents, holdout=True)
@@ -367,7 +371,7 @@ def keep_target(log: Callable[[str], None]) -> dict[str, Any]:
     best = min(ok, key=lambda r: r["keep_ratio"]) if ok else None
     return {"n_sentences": res["n_sentences"], "rows": rows, "choice": choice, "best": best,
             "met": best is not None and best["keep_ratio"] <= KEEP_TARGET,
-            "layer_masses": choice["layer_masses"]}
+            "layer_masses": choice["layer_masses"], "layer_thresholds": thresholds}
 
 
 # ------------------------------------------------------------------------------- output
@@ -388,11 +392,12 @@ def tables(doc: dict[str, Any]) -> str:
     out.append("tiles = kept tiles / real tiles of the query-key grid; GEMM = the two GEMMs' part of "
                "the dense cycles (SOFTMAX is the rest); saved = 1 - tile-skip / dense (all; GEMMs only).")
     out.append("")
-    head = (f"{'method':8} {'setting':34} {'keep':>6} {'cos':>7} {'NN':>6} {'tiles':>6} "
+    w = max(len(r["setting"]) for r in doc["rows"])
+    head = (f"{'method':8} {'setting':{w}} {'keep':>6} {'cos':>7} {'NN':>6} {'tiles':>6} "
             f"{'dense cyc/head':>14} {'(GEMM)':>7} {'tile-skip cyc/head':>18} {'saved':>6} {'(GEMM)':>7}")
     out += [head, "-" * len(head)]
     for r in doc["rows"]:
-        out.append(f"{r['method']:8} {r['setting'][:34]:34} {r['keep_ratio']:6.3f} {r['cosine_mean']:7.4f} "
+        out.append(f"{r['method']:8} {r['setting']:{w}} {r['keep_ratio']:6.3f} {r['cosine_mean']:7.4f} "
                    f"{r['nn_agreement']:6.3f} {r['tile_keep']:6.3f} {r['dense_cycles_per_head']:14.1f} "
                    f"{r['dense_gemm_per_head']:7.1f} {r['skip_cycles_per_head']:18.1f} "
                    f"{100 * r['saved']:5.1f}% {100 * r['saved_gemm']:6.1f}%")
@@ -413,7 +418,7 @@ def tables(doc: dict[str, Any]) -> str:
                        f"{_fmt(r['core_skip_cycles'], 'd'):>9}")
         out += ["", "RTL summary (mean per head over the jobs above):"]
         for r in doc["rtl_summary"]:
-            out.append(f"  {r['method']:8} {r['setting'][:34]:34} RTL {r['rtl_per_head']:8.1f}  model "
+            out.append(f"  {r['method']:8} {r['setting']:20} RTL {r['rtl_per_head']:8.1f}  model "
                        f"{r['model_per_head']:8.1f}  exact {r['exact']}/{r['jobs']}  core dense "
                        f"{_fmt(r['core_dense'], '.1f')}  tile-skip {_fmt(r['core_skip'], '.1f')}")
     out += ["", "Filter unit area on ECP5-85F (spec.resources('ecp5'): estimated, not placed; the "
@@ -432,10 +437,11 @@ def tables(doc: dict[str, Any]) -> str:
     if kt:
         out += ["", f"Keep target: keep <= {KEEP_TARGET:.2f} at cos mean >= {COS_TARGET} on "
                 f"{kt['n_sentences']} held-out sentences (Sanger; mass rule golden-only, no RTL):", ""]
-        head = f"{'setting':48} {'keep':>6} {'cos':>7} {'cos min':>7} {'NN':>6}"
+        w = max(len(r["setting"]) for r in kt["rows"])
+        head = f"{'setting':{w}} {'keep':>6} {'cos':>7} {'cos min':>7} {'NN':>6}"
         out += [head, "-" * len(head)]
         for r in kt["rows"]:
-            out.append(f"{r['setting'][:48]:48} {r['keep_ratio']:6.3f} {r['cosine_mean']:7.4f} "
+            out.append(f"{r['setting']:{w}} {r['keep_ratio']:6.3f} {r['cosine_mean']:7.4f} "
                        f"{r['cosine_min']:7.4f} {r['nn_agreement']:6.3f}")
         b = kt["best"]
         out.append(("MET" if kt["met"] else "NOT MET") + (
