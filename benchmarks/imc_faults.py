@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sentences", type=int, default=4)
     ap.add_argument("--base", choices=("ideal", "realistic"), default="realistic")
     ap.add_argument("--stuck", type=_floats,
-                    default=[0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
+                    default=[0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 5e-2, 0.1])
     ap.add_argument("--drift", type=_floats, default=[1e2, 1e4, 1e6, 1e8])
     ap.add_argument("--mitigations", default="none,spares,fault-aware,fault-aware+spares",
                     help="comma-separated subset of " + ", ".join(MITIGATIONS))
@@ -74,12 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-o", "--out", default="benchmarks/out/imc_faults")
+    ap.add_argument("--from-json", nargs="+", metavar="JSON",
+                    help="run nothing: merge the rows of earlier outputs, summarize and plot")
     a = ap.parse_args(argv)
     mits = [m for m in a.mitigations.split(",") if m]
     dmits = [m for m in a.drift_mitigations.split(",") if m]
     for m in mits + dmits:
         if m not in MITIGATIONS:
             ap.error(f"unknown mitigation {m!r}; choose from {', '.join(MITIGATIONS)}")
+
+    if a.from_json:
+        docs = [json.loads(Path(f).read_text()) for f in a.from_json]
+        rows = [r for d in docs for r in d["rows"]]
+        for k in ("device", "base", "sentences", "seed", "spare_cols"):
+            setattr(a, k.replace("-", "_"), docs[0][k])
+        mits = list(dict.fromkeys(r["mitigation"] for r in rows if r["sweep"] == "stuck"))
+        dmits = list(dict.fromkeys(r["mitigation"] for r in rows if r["sweep"] == "drift"))
+        return _report(a, rows, mits, dmits, docs[0]["plan_device_params"])
 
     import torch
 
@@ -119,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     for mit in dmits:
         for v in a.drift:
             point("drift", v, mit)
+    return _report(a, rows, mits, dmits,
+                   next(d["params"] for d in plan["devices"] if d["kind"] == "imc"))
 
+
+def _report(a: argparse.Namespace, rows: list[dict], mits: list[str], dmits: list[str],
+            params: dict) -> int:
+    """Summary, JSON, table and PNG of the measured rows."""
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary: dict[str, dict[str, float | None]] = {}
@@ -129,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                    if r["sweep"] == kind and r["mitigation"] == mit]
             first, interp = crossing(pts)
             summary[f"{kind}:{mit}"] = {"first_below_0.95": first, "interpolated_0.95": interp}
-    doc = {"device": a.device, "plan_device_params": next(d["params"] for d in plan["devices"]
-                                                          if d["kind"] == "imc"),
-           "base": a.base, "sentences": a.sentences, "seed": a.seed,
+    doc = {"device": a.device, "plan_device_params": params, "base": a.base, "sentences": a.sentences, "seed": a.seed,
            "spare_cols": a.spare_cols, "rows": rows, "summary": summary}
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1))
@@ -151,25 +166,31 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib.pyplot as plt
 
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, kind, ms, label, floor in ((axs[0], "stuck", mits, "stuck-at cell rate", 3e-5),
-                                       (axs[1], "drift", dmits, "seconds after programming", 1.0)):
+    for ax, kind, ms, label in ((axs[0], "stuck", mits, "stuck-at cell rate"),
+                                (axs[1], "drift", dmits, "seconds after programming")):
+        mine = [r for r in rows if r["sweep"] == kind]
+        pos = [r["value"] for r in mine if r["value"] > 0]
+        floor = min(pos) / 3 if pos else 1.0  # where a value of 0 is plotted
         for mit in ms:
-            pts = sorted((max(r["value"], floor), r["cosine_mean"]) for r in rows
-                         if r["sweep"] == kind and r["mitigation"] == mit)
+            pts = sorted((r["value"] if r["value"] > 0 else floor, r["cosine_mean"]) for r in mine
+                         if r["mitigation"] == mit)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=mit)
+        ys = [r["cosine_mean"] for r in mine]
         if kind == "stuck":
             for r in rows:
                 if r["sweep"] == "baseline":
                     ax.scatter([floor], [r["cosine_mean"]], marker="x", color="red",
                                label="old mapping (offset binary), no faults")
+                    ys.append(r["cosine_mean"])
         ax.axhline(0.95, color="grey", ls="--", lw=0.8)
         ax.axhline(0.98, color="grey", ls=":", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel(label + (" (0 plotted at the left edge)" if kind == "stuck" else ""))
         ax.set_ylabel("MiniLM embedding cosine vs float (mean)")
-        ax.set_ylim(bottom=max(-0.05, min([r["cosine_mean"] for r in rows] + [0.9]) - 0.02))
-        ax.legend(fontsize=8)
+        ax.set_ylim(min(ys + [0.93]) - 0.02, 1.0)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(f"all linears on {a.device}, base noise {a.base}, {a.sentences} sentences, "
                  f"seed {a.seed}, {a.spare_cols} spare columns")
     fig.tight_layout()
