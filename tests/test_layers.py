@@ -16,8 +16,9 @@ OURS = ("golden", "hw", "sim", "compiler", "boards", "fmforge")
 ALLOWED = {
     "golden": (),
     "hw": ("golden",),
-    "sim": ("hw", "golden"),
-    "compiler": ("hw", "golden", "boards.catalog"),
+    "sim": ("hw", "golden", "compiler.models"),  # real MiniLM Q/K for the sparse benches
+    "compiler": ("hw", "golden", "boards.catalog", "boards.soc", "boards.soc_build"),  # the
+    # board SoC device prices and fit-checks the SoC that `fmforge build` makes
     "boards": ("hw", "golden"),
     "fmforge": OURS,
 }
