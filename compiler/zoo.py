@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["DECODERS", "DecodeStep", "MAX_CONTEXT", "MODELS", "MiniLMEncoder", "decode_step", "gpt2", "encoder_stack", "hf_tiny", "minilm",
+__all__ = ["DECODERS", "DecodeStep", "cache_kwarg", "output_cache", "MAX_CONTEXT", "MODELS", "MiniLMEncoder", "decode_step", "gpt2", "encoder_stack", "hf_tiny", "minilm",
            "DEFAULT_SEQ_LEN", "HF_TINY"]
 
 #: default sequence length the built-in models are exported at (shipped sentences have <= 21 tokens)
@@ -198,61 +198,108 @@ DECODERS = ("gpt2-tiny", "gpt2-small", "llama-tiny", "mistral-tiny", "qwen2-tiny
 MAX_CONTEXT = 512
 
 
-class DecodeStep(torch.nn.Module):
-    """One decode step of a ``transformers`` decoder with its KV cache as explicit inputs:
-    ``(input_ids [1, N], position_ids [1, N], k_0, v_0, ..., k_{L-1}, v_{L-1})`` with every
-    ``k_l``/``v_l`` ``[1, kv_heads, T, head_dim]`` the cache of the ``T`` tokens before ->
-    the last hidden state ``[1, N, hidden]`` of the ``N`` new tokens (the new keys and values
-    are the step's own; a runtime appends them to its cache)."""
+def cache_kwarg(m: torch.nn.Module) -> str:
+    """The keyword ``m.forward`` takes its KV cache by: ``cache`` (transformers 5), else
+    ``past_key_values``."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(m.forward).parameters else "past_key_values"
 
-    def __init__(self, m: torch.nn.Module, vocab: int = 0, seq_len: int = 1,
-                 context: int = 1) -> None:
+
+def output_cache(out: Any) -> Any:
+    """The KV cache of a ``transformers`` model output (``cache`` or ``past_key_values``)."""
+    c = getattr(out, "cache", None)
+    return c if c is not None else out.past_key_values
+
+
+class DecodeStep(torch.nn.Module):
+    """One step of a ``transformers`` decoder on a static KV cache of ``T`` slots, its LM head
+    included:
+
+    ``(input_ids [1, N], position_ids [1, N], cache_mask [1, T], k_0, v_0, ..., k_{L-1},
+    v_{L-1})`` with every ``k_l``/``v_l`` ``[1, kv_heads, T, head_dim]`` the cache slots and
+    ``cache_mask`` 1 where a slot holds an earlier token (0: empty, never attended to) ->
+    ``(logits [1, N, vocab], hidden [1, N, d], k'_0, v'_0, ..., k'_{L-1}, v'_{L-1})``: the LM
+    head's logits and the last hidden state of the ``N`` new tokens, and their own keys and
+    values ``[1, kv_heads, N, head_dim]``, which a runtime writes into free slots
+    (:mod:`compiler.generate`). The new tokens attend to the filled slots and causally to each
+    other; keys carry their positions (rotary or learned), so a slot's index is no position and
+    any ``N + filled <= N + T`` fits. ``head`` is the model's own LM head (GPT-2: tied to the
+    token embedding)."""
+
+    def __init__(self, m: torch.nn.Module, head: torch.nn.Module, vocab: int = 0,
+                 seq_len: int = 1, context: int = 1) -> None:
         super().__init__()
-        self.m = m
+        self.m, self.head = m, head
         self.vocab, self.seq_len, self.context = vocab, seq_len, context
 
-    def step_inputs(self, g: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """Inputs of one step after a prefill of ``context`` random tokens (the model's own
-        cache), ``seq_len`` random new tokens at their positions."""
-        prompt = torch.randint(0, self.vocab, (1, self.context), generator=g)
+    def prefill_cache(self, prompt: torch.Tensor) -> list[torch.Tensor]:
+        """The float model's own keys and values of ``prompt`` ``[1, P]`` (P <= T) in slots
+        ``0..P-1`` of a ``T``-slot cache (zeros beyond), ``[k_0, v_0, ...]``."""
         with torch.no_grad():
-            cache = self.m(input_ids=prompt, use_cache=True).past_key_values
+            cache = output_cache(self.m(input_ids=prompt, use_cache=True))
         kv: list[torch.Tensor] = []
         for layer in cache.layers:
-            kv += [layer.keys.detach().clone(), layer.values.detach().clone()]
+            for t in (layer.keys, layer.values):
+                slots = t.new_zeros(*t.shape[:2], self.context, t.shape[3])
+                slots[:, :, :t.shape[2]] = t
+                kv.append(slots)
+        return kv
+
+    def step_inputs(self, g: torch.Generator, filled: int | None = None
+                    ) -> tuple[torch.Tensor, ...]:
+        """Inputs of one step after a prefill of ``filled`` (default ``context``: every slot)
+        random tokens (the model's own cache), ``seq_len`` random new tokens at their
+        positions."""
+        filled = self.context if filled is None else filled
+        kv = self.prefill_cache(torch.randint(0, self.vocab, (1, max(filled, 1)), generator=g))
+        if filled == 0:
+            kv = [torch.zeros_like(t) for t in kv]
+        mask = torch.zeros(1, self.context, dtype=torch.int64)
+        mask[:, :filled] = 1
         ids = torch.randint(0, self.vocab, (1, self.seq_len), generator=g)
-        pos = torch.arange(self.context, self.context + self.seq_len).unsqueeze(0)
-        return (ids, pos, *kv)
+        pos = torch.arange(filled, filled + self.seq_len).unsqueeze(0)
+        return (ids, pos, mask, *kv)
 
     def calibration_inputs(self, n: int) -> list[tuple[torch.Tensor, ...]]:
-        """``n`` calibration inputs: real caches of random prompts (seeded), not noise."""
+        """``n`` calibration inputs: real caches of random prompts (seeded), not noise; every
+        other one fills a random part of the slots (generation runs on partly filled caches)."""
         g = torch.Generator().manual_seed(2)
-        return [self.step_inputs(g) for _ in range(n)]
+        return [self.step_inputs(g, None if i % 2 == 0 else
+                                 int(torch.randint(0, self.context, (1,), generator=g)))
+                for i in range(n)]
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                *kv: torch.Tensor) -> torch.Tensor:
+                cache_mask: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:
         from transformers import DynamicCache
         cache = DynamicCache(config=self.m.config)
         for layer in range(len(kv) // 2):
             cache.update(kv[2 * layer], kv[2 * layer + 1], layer)
-        return self.m(input_ids=input_ids, position_ids=position_ids, past_key_values=cache,
-                      use_cache=True).last_hidden_state
+        t = kv[0].shape[2]
+        mask = torch.cat([cache_mask, torch.ones_like(input_ids, dtype=cache_mask.dtype)], 1)
+        h = self.m(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                   use_cache=True, **{cache_kwarg(self.m): cache}).last_hidden_state
+        new = [x[:, :, t:] for layer in cache.layers for x in (layer.keys, layer.values)]
+        return (self.head(h), h, *new)
 
 
-def _decoder_module(name: str, positions: int) -> tuple[torch.nn.Module, int]:
+def _decoder_module(name: str, positions: int) -> tuple[torch.nn.Module, torch.nn.Module, int]:
     """The ``transformers`` base model of built-in decoder ``name`` (GPT-2: with at least
-    ``positions`` learned positions) and its vocabulary size."""
-    if name.startswith("gpt2"):
-        wrapped, _ = MODELS[name](seq_len=positions)
-        m = wrapped.m
-        return m, int(m.config.vocab_size)
+    ``positions`` learned positions), its LM head and its vocabulary size: the causal-LM class
+    built with seed 0, whose base model has the weights of the zoo's ``name`` (the head is
+    GPT-2's tied embedding, else its own random ``lm_head``)."""
     import logging
 
     import transformers
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    cfg, cls, _ = _tiny_config(name.removesuffix("-tiny"))
+    if name.startswith("gpt2"):
+        wrapped, _ = MODELS[name](seq_len=positions)
+        cfg, cls = wrapped.m.config, "GPT2LMHeadModel"
+    else:
+        cfg, base, _ = _tiny_config(name.removesuffix("-tiny"))
+        cls = base.replace("Model", "ForCausalLM")
     torch.manual_seed(0)
-    return getattr(transformers, cls)(cfg).eval(), int(cfg.vocab_size)
+    lm = getattr(transformers, cls)(cfg).eval()
+    return lm.base_model, lm.lm_head, int(cfg.vocab_size)
 
 
 def decode_step(name: str, seq_len: int = 1, context: int = 16
@@ -261,6 +308,6 @@ def decode_step(name: str, seq_len: int = 1, context: int = 16
     KV cache. The example cache is the model's own, from a prefill of ``context`` seeded random
     tokens, the new tokens seeded random too; calibration draws more such steps
     (:meth:`DecodeStep.calibration_inputs`), so it sees real keys and values."""
-    m, vocab = _decoder_module(name, context + seq_len)
-    step = DecodeStep(m, vocab, seq_len, context).eval()
+    m, head, vocab = _decoder_module(name, context + seq_len)
+    step = DecodeStep(m, head, vocab, seq_len, context).eval()
     return step, step.step_inputs(torch.Generator().manual_seed(1))
