@@ -61,11 +61,12 @@ from typing import Any, ClassVar
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from golden.errors import UserValueError
 from golden.sparse.a3 import M_Q8_MAX
 from hw.lib import check_positive, check_stalls
+from hw.sparse_sanger import filter_ports
 from hw.spec import UnitParamError, UnitSpec, check_int
 
 __all__ = ["A3_ROW_OVERHEAD", "SparseA3", "SparseA3Spec", "a3_cycles", "a3_edges", "a3_m_iter",
@@ -194,18 +195,9 @@ class SparseA3(wiring.Component):
             raise UserValueError(f"max_keys must be at least 2, not {max_keys}")
         self._w = w = a3_widths(dim, max_keys)
         row = data.StructLayout({"data": data.ArrayLayout(signed(8), dim), "last": unsigned(1)})
-        super().__init__({
-            "prm": In(a3_param_layout()),
-            "i_key": In(stream.Signature(row)),
+        super().__init__(filter_ports(a3_param_layout(), row, max_keys, {
             "i_order": In(stream.Signature(data.StructLayout({
-                "data": data.ArrayLayout(unsigned(w["idx"]), dim), "last": unsigned(1)}))),
-            "i_query": In(stream.Signature(row)),
-            "o_mask": Out(stream.Signature(data.StructLayout({
-                "keep": unsigned(max_keys), "last": unsigned(1)}))),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+                "data": data.ArrayLayout(unsigned(w["idx"]), dim), "last": unsigned(1)})))}))
 
     dim = property(lambda self: self._dim, doc="Values per key / query row.")
     max_keys = property(lambda self: self._max_keys, doc="Keys the buffers hold.")

@@ -51,8 +51,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, memory, wiring
 
 from golden.errors import UserValueError
 from golden.sparse.elsa import THR_EXTRA_BITS, elsa_cos_lut, elsa_signs
@@ -61,6 +60,7 @@ from hw.sparse_sanger import (
     FilterFraming,
     best_lane,
     check_filter_shape,
+    filter_ports,
     filter_row_layout,
     sum_tree,
     words_of,
@@ -131,17 +131,7 @@ class SparseElsa(wiring.Component):
         self._dim, self._max_keys, self._lanes = dim, max_keys, lanes
         self._hash_bits, self._seed = hash_bits, seed
         self._w = elsa_widths(dim, max_keys)
-        row = filter_row_layout(dim)
-        super().__init__({
-            "prm": In(elsa_param_layout()),
-            "i_key": In(stream.Signature(row)),
-            "i_query": In(stream.Signature(row)),
-            "o_mask": Out(stream.Signature(data.StructLayout({
-                "keep": unsigned(max_keys), "last": unsigned(1)}))),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+        super().__init__(filter_ports(elsa_param_layout(), filter_row_layout(dim), max_keys))
 
     def elaborate(self, platform) -> Module:
         m = Module()

@@ -51,11 +51,11 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from amaranth import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, memory, wiring
 
 from golden.errors import UserValueError
 from hw.lib import check_positive, check_stalls
+from hw.sparse_sanger import filter_ports
 from hw.spec import UnitParamError, UnitSpec, check_int
 
 __all__ = ["MAX_ROUNDS", "SparseEnergon", "SparseEnergonSpec", "energon_cycles", "energon_edges",
@@ -139,16 +139,7 @@ class SparseEnergon(wiring.Component):
         self._rounds = check_positive("rounds", rounds, MAX_ROUNDS)
         self._w = energon_widths(dim, max_keys)
         row = data.StructLayout({"data": data.ArrayLayout(signed(8), dim), "last": unsigned(1)})
-        super().__init__({
-            "prm": In(energon_param_layout(rounds)),
-            "i_key": In(stream.Signature(row)),
-            "i_query": In(stream.Signature(row)),
-            "o_mask": Out(stream.Signature(data.StructLayout({
-                "keep": unsigned(max_keys), "last": unsigned(1)}))),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+        super().__init__(filter_ports(energon_param_layout(rounds), row, max_keys))
 
     dim = property(lambda self: self._dim, doc="Values per key / query row.")
     max_keys = property(lambda self: self._max_keys, doc="Keys the buffer holds.")

@@ -111,6 +111,18 @@ def filter_row_layout(dim: int) -> data.StructLayout:
                               "last": unsigned(1)})
 
 
+def filter_ports(prm: data.StructLayout, row: data.StructLayout, max_keys: int,
+                 extra: dict | None = None) -> dict:
+    """The members of a sparse filter's signature: ``prm`` (its run-time constants),
+    ``i_key``, the filter's ``extra`` inputs, ``i_query`` (both streams of ``row``), ``o_mask`` (one ``max_keys``-bit keep mask per query, ``last`` on a head's final query) and
+    the ``busy``/``cycles``/``error`` status outputs."""
+    return {"prm": In(prm), "i_key": In(stream.Signature(row)), **(extra or {}),
+            "i_query": In(stream.Signature(row)),
+            "o_mask": Out(stream.Signature(data.StructLayout({
+                "keep": unsigned(max_keys), "last": unsigned(1)}))),
+            "busy": Out(1), "cycles": Out(32), "error": Out(1)}
+
+
 def exp2_lut() -> list[int]:
     """The 64 entries of :func:`golden.sparse.base.exp2_neg_fixed`'s table (15 fraction bits)."""
     return [int(v) for v in exp2_neg_fixed(torch.arange(64, dtype=torch.int64) * 4, 8).tolist()]
@@ -248,17 +260,7 @@ class SparseSanger(wiring.Component):
             raise UserValueError(f"bits must be one of {ALLOWED_BITS}, not {bits!r}")
         self._dim, self._max_keys, self._lanes, self._bits = dim, max_keys, lanes, bits
         self._w = sanger_widths(dim, bits, max_keys)
-        row = filter_row_layout(dim)
-        super().__init__({
-            "prm": In(sanger_param_layout()),
-            "i_key": In(stream.Signature(row)),
-            "i_query": In(stream.Signature(row)),
-            "o_mask": Out(stream.Signature(data.StructLayout({
-                "keep": unsigned(max_keys), "last": unsigned(1)}))),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+        super().__init__(filter_ports(sanger_param_layout(), filter_row_layout(dim), max_keys))
 
     def elaborate(self, platform) -> Module:
         m = Module()
