@@ -202,6 +202,8 @@ NONLINEAR_UNITS = {
     "gelu": ["--lanes", "4"],
     "softmax": ["--lanes", "4", "--max-length", "128"],
     "layernorm": ["--lanes", "4", "--length", "384"],
+    "rmsnorm": ["--lanes", "4", "--length", "384"],
+    "silu": ["--lanes", "4"],
 }
 
 

@@ -15,6 +15,8 @@ from hw.gemm import GemmSpec
 from hw.imc import ImcSpec
 from hw.layernorm import LayerNormSpec
 from hw.requant import RequantSpec
+from hw.rmsnorm import RmsNormSpec
+from hw.silu import SiluSpec
 from hw.softmax import SoftmaxSpec
 from hw.sparse_a3 import SparseA3Spec
 from hw.sparse_elsa import SparseElsaSpec
@@ -28,7 +30,7 @@ __all__ = ["UNITS", "spec_class", "spec_from_json", "unit_for_op"]
 #: unit kind -> parameter class
 UNITS: dict[str, type[UnitSpec]] = {
     cls.kind: cls for cls in (GemmSpec, RequantSpec, GeluSpec, SoftmaxSpec, LayerNormSpec,
-                              CoreSpec, ImcSpec, SparseA3Spec, SparseElsaSpec,
+                              RmsNormSpec, SiluSpec, CoreSpec, ImcSpec, SparseA3Spec, SparseElsaSpec,
                               SparseEnergonSpec, SpattenSpec, SparseSangerSpec)
 }
 # the sparse-attention filters (hw/sparse_*.py) compute ``sparse_filter``: the keep mask of an

@@ -47,6 +47,8 @@ __all__ = [
     "GeluConfig",
     "SoftmaxConfig",
     "LayerNormConfig",
+    "RmsNormConfig",
+    "SiluConfig",
     "check",
     "job_data_words",
     "row_data_words",
@@ -461,6 +463,94 @@ class LayerNormConfig:
                         row_words=w, edge_model=lambda stalls: layernorm_edges(job.rows, n, p, stalls))
 
 
+@dataclass(frozen=True)
+class RmsNormConfig:
+    """A :class:`hw.rmsnorm.RmsNorm` configuration: lanes, N and a seed for gamma.
+
+    gamma ~ N(1, 0.2) per channel (seeded), in_scale 0.05, out_scale 0.05, ``eps`` (default
+    1e-6; ``eps=0`` gives ``eps_int = 0``, so a row of zeros has ``D = 0``). Input int8 words,
+    ``last`` on every row's final word.
+    """
+
+    lanes: int
+    length: int
+    seed: int = 0
+    eps: float = 1e-6
+    name = "rmsnorm"
+    cumulative = True
+
+    def params(self):
+        from golden.rmsnorm import rmsnorm_params
+
+        g = torch.Generator().manual_seed(self.seed)
+        gamma = 1.0 + 0.2 * torch.randn(self.length, generator=g, dtype=torch.float64)
+        return rmsnorm_params(self.length, 0.05, gamma, 0.05, eps=self.eps), gamma
+
+    def spec(self):
+        """The registry spec of the unit under test (this configuration's gamma/eps)."""
+        from hw.rmsnorm import RmsNormSpec
+
+        return RmsNormSpec.from_params(self.params()[0], self.lanes)
+
+    def unit(self):
+        return self.spec().build()
+
+    def stimulus(self, job: Job, length: int | None = None) -> Stimulus:
+        from golden.rmsnorm import rmsnorm_float, rmsnorm_int
+        from hw.rmsnorm import rmsnorm_cycles, rmsnorm_edges
+
+        if length not in (None, self.length):
+            raise UserValueError(f"this rmsnorm unit takes rows of {self.length}, not {length}")
+        prm, gamma = self.params()
+        g = torch.Generator().manual_seed(job.seed)
+        n, p = self.length, self.lanes
+        x = _values((job.rows, n), job.values, -128, 127, g)
+        y = rmsnorm_int(x, prm)
+        ref = (rmsnorm_float(x * 0.05, gamma, eps=self.eps) / 0.05).clamp(-128, 127)
+        err = (y.double() - ref).abs().nan_to_num(0.0)  # eps = 0: a zero row's float twin is 0/0
+        return Stimulus(param=[], data=row_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
+                        predicted_cycles=rmsnorm_cycles(job.rows, n, p),
+                        max_abs_err_lsb=float(err.max()), out_bits=8, lanes=p, row_words=n // p,
+                        edge_model=lambda stalls: rmsnorm_edges(job.rows, n, p, stalls))
+
+
+@dataclass(frozen=True)
+class SiluConfig:
+    """A :class:`hw.silu.Silu` configuration: lanes and the scales its table is compiled for."""
+
+    lanes: int
+    in_scale: float = 0.05
+    out_scale: float = 0.03
+    name = "silu"
+
+    def spec(self):
+        """The registry spec of the unit under test."""
+        from hw.silu import SiluSpec
+
+        return SiluSpec(lanes=self.lanes, in_scale=self.in_scale, out_scale=self.out_scale)
+
+    def unit(self):
+        return self.spec().build()
+
+    @property
+    def tag(self) -> str:
+        return f"silu_p{self.lanes}"
+
+    def stimulus(self, job: Job, length: int) -> Stimulus:
+        from golden.silu import silu_float, silu_int
+        from hw.silu import silu_cycles, silu_edges
+
+        g = torch.Generator().manual_seed(job.seed)
+        p = self.lanes
+        x = _values((job.rows, length), job.values, -128, 127, g)
+        y = silu_int(x, self.spec().params())
+        ref = (silu_float(x * self.in_scale) / self.out_scale).clamp(-128, 127)
+        return Stimulus(param=[], data=job_data_words(x, p, 8), expected=y.reshape(-1, p).tolist(),
+                        predicted_cycles=silu_cycles(job.rows, length, p),
+                        max_abs_err_lsb=float((y.double() - ref).abs().max()), out_bits=8, lanes=p,
+                        edge_model=lambda stalls: silu_edges(job.rows, length, p, stalls))
+
+
 def check(st: Stimulus, words: Sequence[int]) -> dict:
     """Compare raw output words with the expected lanes; ``last`` only on the final word."""
     mism = []
@@ -696,8 +786,13 @@ def cosim_unit(unit: str, *, length: int, rows: int, lanes: int = 1, seed: int =
         cfg = LayerNormConfig(lanes=lanes, length=length, **kw)
     elif unit == "softmax":
         cfg = SoftmaxConfig(lanes=lanes, max_length=-(-length // lanes) * lanes, **kw)
+    elif unit == "rmsnorm":
+        cfg = RmsNormConfig(lanes=lanes, length=length, **kw)
+    elif unit == "silu":
+        cfg = SiluConfig(lanes=lanes, **kw)
     else:
-        raise UserValueError(f"unit must be requant, gelu, relu, softmax or layernorm, not {unit!r}")
+        raise UserValueError("unit must be requant, gelu, relu, softmax, layernorm, rmsnorm or "
+                             f"silu, not {unit!r}")
     jobs = [Job(rows, "random", seed)]
     t0 = time.perf_counter()
     if simulator == "verilator":

@@ -121,8 +121,8 @@ class StreamReplay:
         return self.spec.kind
 
     @property
-    def cumulative(self) -> bool:  # softmax and layer norm count cycles since reset
-        return self.spec.kind in ("softmax", "layernorm")
+    def cumulative(self) -> bool:  # softmax and the norms count cycles since reset
+        return self.spec.kind in ("softmax", "layernorm", "rmsnorm")
 
     def unit(self) -> Any:
         return self.spec.build()
@@ -138,6 +138,8 @@ class StreamReplay:
                                                            y, p)
         elif kind == "layernorm":
             data, expected, row_words = row_data_words(x, p), y.reshape(-1, p).tolist(), n // p
+        elif kind == "rmsnorm":  # int8 rows
+            data, expected, row_words = row_data_words(x, p, 8), y.reshape(-1, p).tolist(), n // p
         else:
             data, expected = job_data_words(x, p, 8), y.reshape(-1, p).tolist()
         return Stimulus(param=[], data=data, expected=expected,

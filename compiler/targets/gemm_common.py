@@ -13,9 +13,10 @@ An op is placed on an accelerator only if a unit of :mod:`hw.registry` computes 
 * the 16-bit-input linear (FFN down): the engine runs the two int8 passes (high and low bytes,
   int32 out); no unit combines them (``256*hi + lo + bias``), so the two int32 results cross the
   host link and the host combines them (priced by the CPU roofline, :func:`host_combine_seconds`).
-* ``softmax`` / ``layer_norm`` / ``gelu`` / ``relu``: one instance of the streaming unit per op
-  (:func:`nonlinear_spec`), because their constants (softmax and GELU scales, layer-norm
-  gamma/beta/eps) are elaboration constants of the RTL: each instance has its own resources.
+* ``softmax`` / ``layer_norm`` / ``rms_norm`` / ``gelu`` / ``relu`` / ``silu``: one instance of
+  the streaming unit per op (:func:`nonlinear_spec`), because their constants (softmax, GELU and
+  SiLU scales, layer-norm gamma/beta/eps, RMSNorm gamma/eps) are elaboration constants of the
+  RTL: each instance has its own resources.
 * ``layout`` ops (view/permute/cat/split/...): hw/ has no loader that reorders data, so they
   run on the host (transfers priced by the partitioner).
 """
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from compiler.ir import Graph, Node, Param
 from golden.errors import UserValueError
@@ -39,7 +42,7 @@ __all__ = ["GEMM_OPS", "NONLINEAR_OPS", "NONLINEAR_LANES", "GemmShape", "UnitTab
 #: IR ops that run on the GEMM engine
 GEMM_OPS = GemmSpec.ops
 #: IR ops that run on a streaming nonlinear unit
-NONLINEAR_OPS = ("softmax", "layer_norm", "gelu", "relu")
+NONLINEAR_OPS = ("softmax", "layer_norm", "gelu", "relu", "rms_norm", "silu")
 #: lanes of the nonlinear unit instances the compiler builds (each lane has its own multipliers)
 NONLINEAR_LANES = 1
 
@@ -179,8 +182,11 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
     constants do not fit the unit (the message says which).
     """
     from golden.layernorm import layernorm_params
+    from golden.rmsnorm import rmsnorm_params
     from hw.gelu import GeluSpec
     from hw.layernorm import LayerNormSpec
+    from hw.rmsnorm import RmsNormSpec
+    from hw.silu import SiluSpec
     from hw.softmax import SoftmaxSpec
 
     if unit_for_op(node.op) is None:
@@ -205,6 +211,17 @@ def nonlinear_spec(node: Node, graph: Graph, lanes: int = NONLINEAR_LANES) -> Un
             beta = beta.detach().reshape(length)
         p = layernorm_params(int(length), s_in, gamma, beta, s_out, eps)
         return LayerNormSpec.from_params(p, lanes if length % lanes == 0 else 1)
+    if node.op == "silu":
+        return SiluSpec(lanes=lanes if length % lanes == 0 else 1, in_scale=s_in, out_scale=s_out)
+    if node.op == "rms_norm":  # aten.rms_norm(x, [n], weight, eps), as compiler.execute reads it
+        args = node.args
+        gamma = _param(graph, args[2]) if len(args) > 2 and args[2] is not None else 1.0
+        if hasattr(gamma, "detach"):
+            gamma = gamma.detach().reshape(length)
+        eps = float(args[3]) if len(args) > 3 and args[3] is not None else \
+            float(torch.finfo(torch.float32).eps)
+        p = rmsnorm_params(int(length), s_in, gamma, s_out, eps)
+        return RmsNormSpec.from_params(p, lanes if length % lanes == 0 else 1)
     raise UserValueError(f"no unit in hw/ computes {node.op}")  # pragma: no cover
 
 

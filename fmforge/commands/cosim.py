@@ -101,6 +101,8 @@ UNITS: dict[str, tuple[str, Any, Any, Any]] = {
     "relu": ("ReLU (requantized) vs golden.gelu.relu_int", _nl_args, _nl_run("relu"), _nl_report),
     "softmax": ("row softmax vs golden.softmax", _nl_args, _nl_run("softmax"), _nl_report),
     "layernorm": ("layer norm vs golden.layernorm", _nl_args, _nl_run("layernorm"), _nl_report),
+    "rmsnorm": ("RMSNorm vs golden.rmsnorm", _nl_args, _nl_run("rmsnorm"), _nl_report),
+    "silu": ("integer SiLU (table) vs golden.silu", _nl_args, _nl_run("silu"), _nl_report),
 }
 
 

@@ -94,6 +94,30 @@ def _layernorm_spec(args: argparse.Namespace):
                            seed=args.seed).spec()  # seeded example gamma/beta
 
 
+def _rmsnorm_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="values per word P (default 1)")
+    p.add_argument("--length", type=int_range(1, 4096), required=True, help="row length N (P must divide it)")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the example gamma (default 0)")
+
+
+def _rmsnorm_spec(args: argparse.Namespace):
+    from sim.nonlinear_bench import RmsNormConfig
+
+    return RmsNormConfig(lanes=args.lanes, length=args.length, seed=args.seed).spec()  # seeded gamma
+
+
+def _silu_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lanes", type=int_range(1, 64), default=1, help="elements per cycle P (default 1)")
+    p.add_argument("--in-scale", type=float_range(1e-6, 100), default=0.05, help="real scale of the int8 input")
+    p.add_argument("--out-scale", type=float_range(1e-6, 100), default=0.03, help="real scale of the int8 output")
+
+
+def _silu_spec(args: argparse.Namespace):
+    from hw.silu import SiluSpec
+
+    return SiluSpec(lanes=args.lanes, in_scale=args.in_scale, out_scale=args.out_scale)
+
+
 def _core_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int_range(1, 64), default=8, help="array rows (default 8)")
     p.add_argument("--cols", type=int_range(1, 64), default=8, help="array columns (default 8)")
@@ -164,6 +188,8 @@ CLI_UNITS: dict[str, tuple[Any, Any]] = {
     "gelu": (_gelu_args, _gelu_spec),
     "softmax": (_softmax_args, _softmax_spec),
     "layernorm": (_layernorm_args, _layernorm_spec),
+    "rmsnorm": (_rmsnorm_args, _rmsnorm_spec),
+    "silu": (_silu_args, _silu_spec),
     "core": (_core_args, _core_spec),
     "imc": (_imc_args, _imc_spec),
     "sparse_spatten": (_spatten_args, _spatten_spec),
