@@ -14,6 +14,9 @@ placed it:
   ``softmax``: :mod:`golden.softmax` (input values at or below the mask
   sentinel, :data:`compiler.passes.quantize.MASK_SENTINEL`, are its mask); ``layer_norm``:
   :mod:`golden.layernorm`; ``layout``: data movement (exact on the int8 grid);
+* fpga / asic ``grouped_linear`` (a mixture of experts' expert GEMMs): the router's offsets
+  (computed on the host) split the rows, and each expert's rows run as one GEMM with that
+  expert's int8 weights and requantizer (:func:`_grouped_linear`);
 * imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
   cells, bit-serial inputs through the DACs, each column's partial sum per crossbar quantized by
   the ADC, shift-add, digital offset correction, bias, requantizer).
@@ -37,7 +40,11 @@ from compiler.frontend import export_graph, load_model
 from compiler.interp import float_impl, run_graph
 from compiler.ir import Graph, Node
 from compiler.passes import Canonicalize, run_passes
+from compiler.passes.canonicalize import grouped_offsets
 from compiler.passes.quantize import (
+    expert_rows,
+    grouped_qparams,
+    grouped_weight,
     linear_qparams,
     linear_weight,
     matmul_qparams,
@@ -156,6 +163,9 @@ def make_impl(graph: Graph, plan: dict[str, Any], stats: dict[str, int] | None =
                 y = gemm_int(xq, ql.wq, ql.bias, ql.mult, ql.shift)
                 rec(node, gemms=[(xq, ql.wq, ql.bias, ql.mult, ql.shift, y)])
             return ql.dequantize(y).to(torch.float32).reshape(tuple(shape))
+        if node.op == "grouped_linear":
+            return _grouped_linear(graph, node, args, kwargs,
+                                   rec=lambda **kw: rec(node, **kw))
         if node.op == "matmul":
             sa, sb, mult, shift = matmul_qparams(node)
             a, b, bf = _matmul_args(node, args, kwargs)
@@ -262,6 +272,8 @@ def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[s
     is the float model, so any disagreement is a wrong reading of the op, not rounding."""
     shape = tuple(node.out[0].shape)
     f = torch.float64
+    if node.op == "grouped_linear":
+        return _grouped_linear(graph, node, args, kwargs, quantize=False)
     if node.op == "linear":
         x = args[node.attrs.get("x_arg", 0)].to(f).reshape(-1, node.attrs["k"])
         y = x @ linear_weight(graph, node).to(f).t()
@@ -300,6 +312,44 @@ def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[s
         raise UserValueError(f"op {node.name} ({node.op}) has no integer implementation in the "
                              "executor")
     return y.to(torch.float32).reshape(shape)
+
+
+def _grouped_linear(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
+                    quantize: bool = True, rec: Any = None) -> torch.Tensor:
+    """A mixture of experts' routed GEMMs (``grouped_linear``): the router's offsets split the
+    (expert-sorted) input rows, and expert ``e``'s rows run through :func:`golden.gemm.gemm_int`
+    with that expert's int8 weights and requantizer (:func:`compiler.passes.quantize.
+    grouped_qparams`), one engine GEMM per expert that got rows; rows past the last offset are
+    0. ``quantize=False``: the same split in float64 (the differential test's reading)."""
+    a = node.attrs
+    k, n, experts = int(a["k"]), int(a["n"]), int(a["experts"])
+    x = args[0].reshape(-1, k)
+    rows = expert_rows(grouped_offsets(node, args, kwargs), experts)
+    if any(r < 0 for r in rows) or sum(rows) > x.shape[0]:
+        raise UserValueError(f"op {node.name}: expert offsets {rows} do not split its "
+                             f"{x.shape[0]} rows")
+    shape = tuple(node.out[0].shape)
+    if not quantize:
+        w = grouped_weight(graph, node).to(torch.float64)
+        y = torch.zeros(x.shape[0], n, dtype=torch.float64)
+        start = 0
+        for e, r in enumerate(rows):
+            y[start:start + r] = x[start:start + r].to(torch.float64) @ w[e].t()
+            start += r
+        return y.to(torch.float32).reshape(shape)
+    qs = grouped_qparams(graph, node)
+    xq = quantize_tensor(x, qs[0].in_scale)
+    yq = torch.zeros(x.shape[0], n, dtype=torch.int64)
+    gemms, start = [], 0
+    for e, r in enumerate(rows):
+        if r:
+            ql, xe = qs[e], xq[start:start + r]
+            yq[start:start + r] = gemm_int(xe, ql.wq, ql.bias, ql.mult, ql.shift)
+            gemms.append((xe, ql.wq, ql.bias, ql.mult, ql.shift, yq[start:start + r]))
+        start += r
+    if rec is not None:
+        rec(gemms=gemms, expert_rows=rows)
+    return _dq(yq, qs[0].out_scale, shape)
 
 
 def split16(x16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -182,6 +182,21 @@ def _source_line(n: Any) -> str:
     return f", at {f.rsplit('/', 1)[-1]}:{line}"
 
 
+def _failing_call(msg: str) -> str:
+    """``; raised by FILE:LINE `code``` of the model code torch.export names in its error (a
+    data-dependent guard, such as a Python loop over the experts an eager MoE's router hit),
+    or ""."""
+    import re
+    m = re.search(r'following call raised this error:\s*File "([^"]+)", line (\d+), in \S+\s*\n'
+                  r'\s*(.+)', msg)
+    if not m:
+        return ""
+    code = m.group(3).strip()[:120]
+    return (f"; raised by {m.group(1).rsplit('/', 1)[-1]}:{m.group(2)} `{code}` (a value that "
+            "depends on the input decides control flow or a shape there: the compiler needs "
+            "static shapes)")
+
+
 def _dtype_name(d: torch.dtype) -> str:
     return str(d).removeprefix("torch.")
 
@@ -191,7 +206,12 @@ def _types(val: Any, where: str) -> tuple[tuple[TensorType, ...], bool]:
         shape = []
         for s in val.shape:
             if not isinstance(s, int):
-                raise UserValueError(f"node {where}: dynamic dimension {s} (export with static shapes)")
+                raise UserValueError(f"{where}: dynamic dimension {s}: its size depends on the "
+                                     "input values (nonzero, torch.where or boolean-mask "
+                                     "indexing, e.g. the tokens a MoE router sent to one "
+                                     "expert); the compiler needs static shapes (give every "
+                                     "expert a fixed capacity, or run it on every token and "
+                                     "weight the result)")
             shape.append(int(s))
         return (TensorType(tuple(shape), _dtype_name(val.dtype)),), False
     if isinstance(val, (tuple, list)):
@@ -224,7 +244,7 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
     except Exception as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserValueError(f"torch.export cannot export model {source or type(module).__name__}: "
-                         f"{type(e).__name__}: {first[:300]}") from None
+                         f"{type(e).__name__}: {first[:300]}{_failing_call(str(e))}") from None
 
     sig = ep.graph_signature
     kinds = {s.arg.name: (s.kind.name, s.target) for s in sig.input_specs
@@ -253,7 +273,7 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
         if n.op == "placeholder":
             kind, fqn = kinds.get(n.name, ("USER_INPUT", None))
             if kind == "USER_INPUT":
-                g_inputs.append((n.name, _types(n.meta["val"], n.name)[0][0]))
+                g_inputs.append((n.name, _types(n.meta["val"], f"input {n.name}")[0][0]))
             else:
                 if fqn not in state:
                     raise UserValueError(f"export of {source}: {kind} {fqn!r} has no value")
@@ -272,7 +292,8 @@ def export_graph(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], *,
                                       f"{owner or 'the model'}{_source_line(n)}): {e}; register "
                                       "the operator before compiling, or rewrite that code with "
                                       "ATen operators") from None
-            out, multi = _types(n.meta.get("val"), n.name)
+            out, multi = _types(n.meta.get("val"), f"op {n.name} ({target}, from "
+                                f"{owner or 'the model'}{_source_line(n)})")
             node = Node(name=n.name, op="other", target=target, args=conv(tuple(n.args)),
                         kwargs=conv(dict(n.kwargs)), out=out, module=str(owner), multi=multi)
             where = _source_line(n)

@@ -3,7 +3,8 @@
 A :class:`Graph` is a list of :class:`Node` in topological order. Every node is one operator
 of the exported model: ``op`` is the canonical kind the targets reason about (``linear``,
 ``matmul``, ``attention``, ``softmax``, ``layer_norm``, ``rms_norm``, ``gelu``, ``silu``,
-``relu``, ``add``, ``mul``, ``embedding``, ``layout`` for pure data-movement ops, ``other`` for anything else), ``target``
+``relu``, ``add``, ``mul``, ``embedding``, ``layout`` for pure data-movement ops,
+``grouped_linear`` for a mixture of experts' routed expert GEMMs, ``other`` for anything else), ``target``
 the ATen overload it came from (``aten.linear.default``), ``args``/``kwargs`` the call with
 :class:`Ref` standing for values (graph inputs or node outputs) and :class:`Param` for weights
 (by reference into ``Graph.params``), ``out`` the output type(s) and ``module`` the
@@ -35,7 +36,7 @@ __all__ = [
 
 #: the canonical operator kinds
 OP_KINDS = ("linear", "matmul", "attention", "softmax", "layer_norm", "gelu", "relu", "add",
-            "mul", "embedding", "layout", "other", "rms_norm", "silu")
+            "mul", "embedding", "layout", "other", "rms_norm", "silu", "grouped_linear")
 
 _DTYPE_BYTES = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
                 "int16": 2, "int8": 1, "uint8": 1, "bool": 1}

@@ -955,7 +955,7 @@ class GemmSpec(UnitSpec):
 
     kind: ClassVar[str] = "gemm"
     summary: ClassVar[str] = "R x C systolic int8 GEMM engine"
-    ops: ClassVar[tuple[str, ...]] = ("linear", "matmul")
+    ops: ClassVar[tuple[str, ...]] = ("linear", "matmul", "grouped_linear")
     golden: ClassVar[str] = "golden.gemm.gemm_int"
     component: ClassVar[str] = "hw.gemm.GemmEngine"
     measured: ClassVar[tuple[Measured, ...]] = (

@@ -21,6 +21,13 @@ GPT-2's Conv1D; ``x_arg`` (default 0) is the position of the activation argument
 heads is grouped-query attention; ``causal`` also when the mask is a constant causal pattern,
 :func:`mark_causal_masks`); a convolution stays ``other`` (no unit runs it) with
 ``attrs["macs"]`` and ``attrs["conv"]``, so accelerator MAC shares count it.
+
+Mixture-of-experts GEMMs: a grouped matmul (:data:`GROUPED_MM_TARGETS`: transformers'
+``grouped_mm_fallback`` custom operator, ``aten._grouped_mm``) whose stacked expert weight is a
+parameter (``permute`` of ``gate_up_proj`` / ``down_proj``, folded as above) becomes a
+``grouped_linear`` with ``attrs`` ``experts, m, k, n, macs, weight, w_layout`` (``"ekn"``: the
+weight is ``[E, K, N]``, expert ``e`` computes ``x[offs[e-1]:offs[e]] @ W[e]``) and
+``offsets_arg`` (where the cumulative rows per expert, computed by the router on the host, are).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, TensorType, map_structure
 from compiler.passes.base import Pass, PassError
 
-__all__ = ["Canonicalize", "CONST_PREFIX", "LAYOUT_TARGETS", "classify", "constant_nodes",
+__all__ = ["Canonicalize", "CONST_PREFIX", "GROUPED_MM_TARGETS", "LAYOUT_TARGETS", "classify",
+           "constant_nodes", "grouped_offsets",
            "evaluate_constants", "fold_weight_constants", "fuse_rms_norm", "mark_causal_masks",
            "mark_grouped_kv"]
 
@@ -42,7 +50,11 @@ CONST_PREFIX = "const:"
 #: argument positions that hold a weight (or bias) of a GEMM-like ATen op
 _WEIGHT_SLOTS = {"aten.linear.default": (1, 2), "aten.addmm.default": (0, 2),
                  "aten.matmul.default": (0, 1), "aten.mm.default": (0, 1),
-                 "aten.bmm.default": (0, 1)}
+                 "aten.bmm.default": (0, 1), **{t: (1,) for t in ("transformers.grouped_mm_fallback.default",
+                                                                  "aten._grouped_mm.default")}}
+#: grouped matrix products ``out[rows of group e] = x[rows of group e] @ W[e]`` with ``W`` of
+#: shape ``[E, K, N]`` and the groups' cumulative end rows ``offs`` (transformers' MoE experts)
+GROUPED_MM_TARGETS = ("transformers.grouped_mm_fallback.default", "aten._grouped_mm.default")
 #: ATen ops never evaluated at compile time (their value is not a function of their inputs)
 _NOT_CONSTANT = ("rand", "bernoulli", "normal", "uniform", "dropout", "empty")
 
@@ -115,6 +127,8 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
         m = shape(a[1])[0]
         return "linear", {"m": m, "k": k, "n": n, "macs": m * k * n, "weight": a[2].name,
                           "bias": a[0].name, "w_layout": "kn", "x_arg": 1}
+    if t in GROUPED_MM_TARGETS:
+        return _grouped_attrs(node, shape)
     if t in _MATMULS:
         if isinstance(a[1], Param) and len(shape(a[1])) == 2:
             k, n = shape(a[1])
@@ -152,6 +166,35 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
         if kind == "gelu":
             attrs["approximate"] = node.kwargs.get("approximate", a[1] if len(a) > 1 else "none")
     return kind, attrs
+
+
+def grouped_offsets(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ``offs`` operand (cumulative end row of each expert) of a grouped matmul node, from
+    its resolved arguments."""
+    i = int(node.attrs.get("offsets_arg", 2))
+    return args[i] if i < len(args) else kwargs.get("offs")
+
+
+def _grouped_attrs(node: Node, shape: Any) -> tuple[str, dict[str, Any]]:
+    """A grouped matmul whose weight ``[E, K, N]`` is a parameter (after weight folding) and
+    whose input is 2-D is a ``grouped_linear``: expert ``e`` computes ``x[offs[e-1]:offs[e]] @
+    W[e]``, so its MACs are ``rows * K * N`` however the rows are routed. Anything else stays
+    ``other`` (run as written, on the host)."""
+    a, kw = node.args, node.kwargs
+    offs = a[2] if len(a) > 2 else kw.get("offs")
+    extra = {k for k, v in kw.items() if v is not None and k != "offs"}
+    if len(a) < 2 or not isinstance(a[1], Param) or not isinstance(a[0], Ref) \
+            or not isinstance(offs, Ref) or extra or len(a) > 3:
+        return "other", {}
+    sx, sw = shape(a[0]), shape(a[1])
+    if len(sx) != 2 or len(sw) != 3 or sx[1] != sw[1]:
+        return "other", {}
+    if len(a) < 3:  # ``offs`` by keyword: the third positional argument of both targets
+        node.args, node.kwargs = (a[0], a[1], offs), {}
+    e, k, n = sw
+    return "grouped_linear", {"experts": e, "m": sx[0], "k": k, "n": n, "macs": sx[0] * k * n,
+                              "weight": a[1].name, "bias": None, "w_layout": "ekn",
+                              "offsets_arg": 2}
 
 
 def _conv_macs(x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], transposed: bool,
@@ -425,6 +468,7 @@ class Canonicalize(Pass):
 
     def check(self, graph: Graph) -> None:
         need = {"linear": ("m", "k", "n", "macs", "weight", "w_layout"),
+                "grouped_linear": ("experts", "m", "k", "n", "macs", "weight", "w_layout"),
                 "matmul": ("batch", "m", "k", "n", "macs"),
                 "attention": ("bh", "l", "s", "d", "macs")}
         for n in graph.nodes:

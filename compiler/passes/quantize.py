@@ -53,6 +53,14 @@ graph's parameters; a per-channel host quantizer (``form == "host"``) keeps ``in
 plain per-tensor scale (what a backend without it runs) and :func:`linear_qparams` with
 ``host_smooth=True`` gives the smoothed integers (``W * s``, ``x / (s_in' * s)``).
 
+Mixture of experts (``grouped_linear``, :mod:`compiler.passes.canonicalize`): the input and
+output are int8 per tensor (one calibrated scale each, shared by every expert, so the router's
+row gather and the experts' results stay on one grid); each expert ``e`` has its own int8
+weights per output channel, ``s_w[e, c] = max|W[e, :, c]| / 127``, and its own requantizer
+``s_in * s_w[e, c] / s_out`` (:func:`grouped_qparams`). Calibration also records how many rows
+the router sent to each expert on each sample (``attrs["expert_rows"]``, one list per sample):
+the targets price the experts' GEMMs with these counts (:mod:`compiler.targets.gemm_common`).
+
 Ensures ``quantized``: every ``linear``, ``matmul``, ``softmax``, ``layer_norm``, ``gelu`` and
 ``relu`` node has ``attrs["quant"] = {"in_scales": [...], "out_scale": s}`` (linears possibly also
 ``"out_scales": [...]``) with positive finite scales, and every linear/matmul requantizer is
@@ -74,14 +82,16 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "linear_qparams", "linear_weight",
+__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "expert_rows", "grouped_qparams",
+           "grouped_weight", "linear_qparams", "linear_weight",
            "MASK_SENTINEL", "matmul_operands", "matmul_qparams", "mse_scale", "param_scale",
            "quantize_tensor", "quantize_weight", "residual_only_linears", "softmax_keep"]
 
 #: how the FFN down-projection (a linear reading a GELU output) is quantized (module doc)
 FFN_DOWN_MODES = ("int16", "int8", "float")
 #: op kinds that get activation scales
-QUANT_KINDS = ("linear", "matmul", "softmax", "layer_norm", "gelu", "relu", "rms_norm", "silu")
+QUANT_KINDS = ("linear", "matmul", "softmax", "layer_norm", "gelu", "relu", "rms_norm", "silu",
+               "grouped_linear")
 _EPS = 1e-8
 
 
@@ -184,6 +194,51 @@ def linear_qparams(graph: Graph, node: Node, host_smooth: bool = False) -> QLine
                  out_scales=s_outs, in_smooth=smooth)
     node.attrs[key] = ql
     return ql
+
+
+def grouped_weight(graph: Graph, node: Node) -> torch.Tensor:
+    """The float expert weights ``[E, N, K]`` of a ``grouped_linear`` node (expert ``e``:
+    ``y = x @ W[e]^T``), from its attrs (the parameter is ``[E, K, N]``, layout ``"ekn"``)."""
+    w = graph.params[node.attrs["weight"]]
+    return w.transpose(1, 2) if node.attrs["w_layout"] == "ekn" else w
+
+
+def grouped_qparams(graph: Graph, node: Node) -> list[QLinear]:
+    """Integer parameters of a quantized ``grouped_linear``, one :class:`QLinear` per expert
+    (int8 weights per output channel of that expert, no bias, the requantizer of ``s_in *
+    s_w[e, c] / s_out``); cached in ``node.attrs['_q']``. PassError names the node and expert
+    whose requantizer is not representable."""
+    cached = node.attrs.get("_q")
+    if isinstance(cached, list):
+        return cached
+    q = node.attrs.get("quant")
+    if not q:
+        raise PassError(f"node {node.name} is not quantized (run the quantize pass)")
+    s_in, s_out = float(q["in_scales"][0]), float(q["out_scale"])
+    out = []
+    for e, w in enumerate(grouped_weight(graph, node)):
+        wq, ws = quantize_weight(w)
+        mults, shifts = [], []
+        for c in range(ws.shape[0]):
+            try:
+                m, s = quantize_multiplier(float(s_in * ws[c] / s_out))
+            except ValueError as err:
+                raise PassError(f"node {node.name}: expert {e}, channel {c}: {err}") from None
+            mults.append(m)
+            shifts.append(s)
+        out.append(QLinear(wq=wq.t().contiguous(), w_scale=ws,
+                           bias=torch.zeros(ws.shape[0], dtype=torch.int64),
+                           mult=torch.tensor(mults, dtype=torch.int64),
+                           shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in,
+                           out_scale=s_out))
+    node.attrs["_q"] = out
+    return out
+
+
+def expert_rows(offs: Any, experts: int) -> list[int]:
+    """Rows per expert of a grouped matmul from its cumulative end rows ``offs``."""
+    ends = [int(v) for v in torch.as_tensor(offs).reshape(-1).tolist()][:experts]
+    return [b - a for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 #: softmax inputs at or below this value (or -inf) are mask positions, not logits: additive
@@ -324,6 +379,7 @@ class Quantize(Pass):
             absmax.setdefault(name, 0.0)
 
         masked = {n.inputs[0] for n in graph.nodes if n.op == "softmax" and n.inputs}
+        routed: dict[str, list[list[int]]] = {}
 
         def observe(node: Node, val: Any, args: tuple[Any, ...]) -> None:
             if node.name in want and isinstance(val, torch.Tensor) and val.is_floating_point():
@@ -338,6 +394,10 @@ class Quantize(Pass):
                     chan_max[node.name] = cm if prev is None else torch.maximum(prev, cm)
                 if self.method == "mse":
                     seen.setdefault(node.name, []).append(a[:: max(1, a.numel() // 65536)])
+            if node.op == "grouped_linear":  # the rows the router sent to each expert
+                from compiler.passes.canonicalize import grouped_offsets
+                routed.setdefault(node.name, []).append(expert_rows(
+                    grouped_offsets(node, args, {}), int(node.attrs["experts"])))
 
         for s in self.samples:
             outs = run_graph(graph, s, observe=observe)
@@ -397,6 +457,9 @@ class Quantize(Pass):
                     linear_qparams(graph, n, host_smooth=True)  # its requantizer fits too
             if n.op == "linear":
                 _check_linear_range(graph, n)
+            elif n.op == "grouped_linear":
+                n.attrs["expert_rows"] = routed.get(n.name, [])
+                grouped_qparams(graph, n)
             elif n.op == "matmul":
                 matmul_qparams(n)
 

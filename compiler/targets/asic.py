@@ -22,11 +22,11 @@ from compiler.targets.gemm_common import (
     NONLINEAR_OPS,
     UnitTable,
     accel_lowering,
+    experts_hit,
     fit_buffers,
     gemm_shape,
     host_combine_cost,
-    is_linear16,
-    op_cycles,
+    node_cycles,
 )
 from golden.errors import UserValueError
 from hw.gemm import GemmSpec
@@ -101,12 +101,15 @@ class AsicTarget(Target):
         if node.op in GEMM_OPS:
             assert self.config is not None
             s = gemm_shape(node)
-            comp, load, _ = op_cycles(self.config, s, channels=not is_linear16(node))
+            comp, load, _ = node_cycles(self.config, node)
             cycles = comp + load
             t = cycles / (self.mhz * 1e6)
             wbytes = s.k * s.n if node.op == "linear" else 0
-            t += wbytes / self.dram_bw
             op_bytes = s.batch * (s.m * s.k + s.k * s.n + s.m * s.n)
+            if node.op == "grouped_linear":  # the weights of the experts that got rows
+                wbytes = round(experts_hit(node) * s.k * s.n)
+                op_bytes = s.m * s.k + wbytes + s.m * s.n
+            t += wbytes / self.dram_bw
             e = s.batch * s.m * s.k * s.n * E_MAC_J + op_bytes * E_SRAM_J_PER_B + \
                 wbytes * E_DRAM_J_PER_B
             host_t, host_e = host_combine_cost(node, self.link)

@@ -3,7 +3,9 @@
 ``mode=measured`` (default): each distinct op (ATen target, argument shapes and dtypes) is timed
 on this machine (one warm-up, then the minimum of 5 runs) and cached in
 ``$FMFORGE_CACHE/cpu_op_times.json`` (default ``~/.cache/fmforge``), keyed also by the torch
-version, the machine and the thread count, so the same inputs give the same plan.
+version, the machine and the thread count, so the same inputs give the same plan. A
+``grouped_linear`` (a mixture of experts' expert GEMMs) is timed with its rows split evenly over
+the experts (zero offsets would route no row and time nothing).
 ``mode=roofline``: ``max(flops / 50 GFLOP/s, bytes / 10 GB/s) + 3 us`` (deterministic everywhere).
 Energy: busy time times an assumed 15 W (two busy cores).
 """
@@ -94,8 +96,11 @@ class CpuTarget(Target):
                 return list(p.shape) + [str(p.dtype)]
             return x
         args = map_structure((node.args, node.kwargs), sig)
-        return json.dumps([node.target, repr(args), torch.__version__, platform.machine(),
-                           platform.processor(), torch.get_num_threads()])
+        key = [node.target, repr(args), torch.__version__, platform.machine(),
+               platform.processor(), torch.get_num_threads()]
+        if node.op == "grouped_linear":  # timed with its rows routed (see _measure)
+            key.append("routed uniformly")
+        return json.dumps(key)
 
     def _load_cache(self) -> dict[str, float]:
         if self._cache is None:
@@ -142,6 +147,10 @@ class CpuTarget(Target):
         fn = resolve_target(node.target)
         args = map_structure(node.args, make)
         kwargs = map_structure(node.kwargs, make)
+        if node.op == "grouped_linear":  # zero offsets would route no row: split them evenly
+            i, e, m = int(node.attrs["offsets_arg"]), int(node.attrs["experts"]), int(node.attrs["m"])
+            offs = torch.tensor([m * (j + 1) // e for j in range(e)], dtype=args[i].dtype)
+            args = (*args[:i], offs, *args[i + 1:])
         best = float("inf")
         with torch.no_grad():
             fn(*args, **kwargs)

@@ -40,8 +40,7 @@ from compiler.targets.gemm_common import (
     choose_config,
     gemm_shape,
     host_combine_cost,
-    is_linear16,
-    op_cycles,
+    node_cycles,
 )
 from hw.gemm import GemmSpec, gemm_dsps
 from hw.spec import UnitSpec
@@ -144,7 +143,8 @@ class FpgaTarget(Target):
                 return Support(False, self._why_no_engine)
             if node.attrs["k"] > self.config.max_k:
                 return Support(False, f"K={node.attrs['k']} exceeds max_k={self.config.max_k}")
-            if node.op == "linear" and self._weight_bytes(node) > self.weight_capacity:
+            if node.op in ("linear", "grouped_linear") \
+                    and self._weight_bytes(node) > self.weight_capacity:
                 return Support(False, f"weights ({self._weight_bytes(node)} B) exceed "
                                       f"{self.weight_home} ({self.weight_capacity} B)")
             return Support(True)
@@ -164,13 +164,14 @@ class FpgaTarget(Target):
     @staticmethod
     def _weight_bytes(node: Node) -> int:
         a = node.attrs
+        if node.op == "grouped_linear":  # every expert's weights and channel table are held
+            return int(a["experts"]) * int(a["k"] * a["n"] + 4 * a["n"])
         return int(a["k"] * a["n"] + 4 * a["n"]) if node.op == "linear" else 0
 
     def cost(self, node: Node, graph: Graph) -> OpCost:
         if node.op in GEMM_OPS:
             assert self.config is not None
-            comp, load, _ = op_cycles(self.config, gemm_shape(node),
-                                      channels=not is_linear16(node))
+            comp, load, _ = node_cycles(self.config, node)
             cycles = comp + load
             t = cycles / (self.mhz * 1e6)
             wb = self._weight_bytes(node)

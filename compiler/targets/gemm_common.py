@@ -10,6 +10,11 @@ An op is placed on an accelerator only if a unit of :mod:`hw.registry` computes 
   :meth:`GemmSpec.cycles` (exact compute model of the RTL) plus :meth:`GemmSpec.load_cycles`
   (one word per cycle per stream, A and B in parallel, the channel table after them; loads do
   not overlap compute, as in the RTL).
+* ``grouped_linear`` (a mixture of experts' expert GEMMs): one engine GEMM per expert that
+  the router sent rows to, ``rows_e x K @ K x N`` with that expert's weights and channel table
+  (:func:`node_cycles`); the routing depends on the data, so the rows per expert are those the
+  router chose on the calibration samples (cycles averaged over them), or uniform when none
+  were recorded (:func:`routed_rows`; the plan's ``lowering.impl`` says which).
 * the 16-bit-input linear (FFN down): the engine runs the two int8 passes (high and low bytes,
   int32 out); no unit combines them (``256*hi + lo + bias``), so the two int32 results cross the
   host link and the host combines them (priced by the CPU roofline, :func:`host_combine_seconds`).
@@ -36,7 +41,8 @@ from hw.registry import unit_for_op
 from hw.spec import UnitSpec
 
 __all__ = ["GEMM_OPS", "NONLINEAR_OPS", "NONLINEAR_LANES", "GemmShape", "UnitTable",
-           "accel_lowering", "choose_config", "gemm_shape", "host_combine_cost", "host_combine_seconds",
+           "accel_lowering", "choose_config", "experts_hit", "gemm_shape", "grouped_lowering",
+           "host_combine_cost", "host_combine_seconds", "node_cycles", "routed_rows",
            "nonlinear_spec", "op_cycles", "fit_buffers", "rows_length"]
 
 #: IR ops that run on the GEMM engine
@@ -324,9 +330,57 @@ def accel_lowering(node: Node) -> dict[str, Any]:
     cls = unit_for_op(node.op)
     assert cls is not None, node.op
     impl = cls.golden
-    if node.op in GEMM_OPS:
+    if node.op == "grouped_linear":
+        impl = grouped_lowering(node)
+    elif node.op in GEMM_OPS:
         impl += " (bias, requant)"
         if is_linear16(node):
             impl = ("golden.gemm.gemm_int x2 (int8 high/low passes, int32 out); "
                     "256*hi + lo + bias on the host")
     return {"unit": UnitTable.unit_id(node), "impl": impl}
+
+
+def routed_rows(node: Node) -> tuple[list[list[int]], str]:
+    """The rows per expert a ``grouped_linear`` is priced with, and where they come from:
+    the router's choices on each calibration sample (``attrs["expert_rows"]``, recorded by
+    :mod:`compiler.passes.quantize`), else uniform top-k routing (the ``m`` routed rows split
+    as evenly as the experts allow)."""
+    seen = [list(r) for r in node.attrs.get("expert_rows") or []]
+    if seen:
+        return seen, f"the router's rows per expert on {len(seen)} calibration samples"
+    e, m = int(node.attrs["experts"]), int(node.attrs["m"])
+    return [[m // e + (1 if i < m % e else 0) for i in range(e)]], "uniform routing"
+
+
+def node_cycles(spec: GemmSpec, node: Node) -> tuple[int, int, int]:
+    """``(compute_cycles, load_cycles, commands)`` of a GEMM-engine op. A ``grouped_linear``
+    runs one GEMM per expert that got rows (``rows_e x K @ K x N`` with that expert's weights
+    and channel table), priced with :func:`routed_rows` and averaged over the samples."""
+    if node.op != "grouped_linear":
+        return op_cycles(spec, gemm_shape(node), channels=not is_linear16(node))
+    samples, _ = routed_rows(node)
+    k, n = int(node.attrs["k"]), int(node.attrs["n"])
+    tot = [0, 0, 0]
+    for rows in samples:
+        for r in rows:
+            if r > 0:
+                for i, v in enumerate(op_cycles(spec, GemmShape(1, r, k, n))):
+                    tot[i] += v
+    c, ld, cmd = (round(v / len(samples)) for v in tot)
+    return c, ld, cmd
+
+
+def experts_hit(node: Node) -> float:
+    """Mean number of experts of a ``grouped_linear`` that get rows (whose weights the engine
+    loads), over :func:`routed_rows`."""
+    samples, _ = routed_rows(node)
+    return sum(sum(1 for r in rows if r > 0) for rows in samples) / len(samples)
+
+
+def grouped_lowering(node: Node) -> str:
+    """The plan's ``lowering.impl`` text of a ``grouped_linear`` (says how it was priced)."""
+    samples, source = routed_rows(node)
+    mean = [round(sum(col) / len(samples), 2) for col in zip(*samples, strict=True)]
+    return (f"golden.gemm.gemm_int per expert (int8 weights and requant per expert; the router "
+            f"and the row gather/scatter on the host); priced with {source}: mean rows per "
+            f"expert {mean}")

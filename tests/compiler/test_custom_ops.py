@@ -1,6 +1,7 @@
-"""Custom (non-ATen) operators and transformers' default MoE block (its grouped matmul is a
-custom operator): compiled with the operator on the host, executed exactly; an op with nowhere to
-run is named with its model source line."""
+"""Custom (non-ATen) operators: compiled with the operator on the host, executed exactly; an op
+with nowhere to run is named with its model source line. transformers' default MoE block (its
+grouped matmul is a custom operator) is recognised as a ``grouped_linear`` that an accelerator
+runs (test_moe.py)."""
 
 from pathlib import Path
 
@@ -32,5 +33,6 @@ def test_mixtral_default_moe_block_compiles_and_executes():
     c = compile_model("mixtral-tiny", "asic,cpu:mode=roofline")
     grouped = [o for o in c.plan["ops"] if o["target"] == "transformers.grouped_mm_fallback.default"]
     assert len(grouped) == 4  # gate-up and down of each layer's experts
+    assert {o["op"] for o in grouped} == {"grouped_linear"}
     r = execute_plan(c.plan, limit=2)
     assert r["cosine_min"] > 0.95
