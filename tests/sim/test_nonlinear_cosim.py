@@ -14,6 +14,8 @@ from sim.nonlinear_bench import (
     Job,
     LayerNormConfig,
     RequantConfig,
+    RmsNormConfig,
+    SiluConfig,
     SoftmaxConfig,
     result_problems,
     run_verilator,
@@ -133,3 +135,45 @@ def test_layernorm_short_row_is_reported(tmp_path):
     words[3] |= 1 << (32 * 4)  # `last` on the 4th of 16 words
     (r,) = run_verilator(LAYERNORM, [job], data_override=[words], test_dir=tmp_path)
     assert r["error"], "a row shorter than N must raise the unit's error flag"
+
+
+RMSNORM = RmsNormConfig(lanes=4, length=64)
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+def test_rmsnorm_cosim(stall, tmp_path):
+    s = SALT[stall]
+    jobs = _jobs(stall, 8) + [Job(3, "rowconst", 70 + s), Job(2, "nearconst", 80 + s),
+                              Job(2, "onehot", 90 + s)]
+    results = run_verilator(RMSNORM, jobs, stall=stall, seed=13, monitor=stall == "both",
+                            test_dir=tmp_path)
+    assert len(results) == len(jobs)
+    for r in results:
+        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+        assert r["max_abs_err_lsb"] <= 0.51  # documented: within 0.51 LSB of the float RMSNorm
+
+
+def test_rmsnorm_short_row_is_reported(tmp_path):
+    job = Job(1, "random", 1)
+    words = RMSNORM.stimulus(job).data
+    words[3] |= 1 << (8 * 4)  # `last` on the 4th of 16 words
+    (r,) = run_verilator(RMSNORM, [job], data_override=[words], test_dir=tmp_path)
+    assert r["error"], "a row shorter than N must raise the unit's error flag"
+
+
+@pytest.mark.parametrize("stall", STALL_MODES)
+def test_silu_cosim(stall, tmp_path):
+    # every int8 value ("all", 256-long rows; lane c reads the values = c mod 4), random rows
+    # and the edges
+    cfg = SiluConfig(lanes=4)
+    jobs = _jobs(stall, 16) + [Job(4, "all", 0)]
+    results = run_verilator(cfg, jobs, length=256, stall=stall, seed=7, monitor=stall == "both",
+                            test_dir=tmp_path)
+    assert len(results) == len(jobs)
+    for r in results:
+        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+        assert r["max_abs_err_lsb"] <= 0.5 + 1e-9  # documented: the float SiLU rounded
