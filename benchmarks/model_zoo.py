@@ -9,9 +9,14 @@ ops are faster on the host than across the link, so latency keeps them there). `
 CLI's default 0.99; -1 places on cost alone). ``gpt2-small`` (the same architecture as
 ``gpt2-tiny``, 12 layers of 768) only with ``--models``. Causal decoders also report token
 agreement (:func:`token_agreement`: the next token of a tied-embedding head, executed plan vs
-float model). ``--json`` prints one JSON object.
+float model). Decoders with a decode step (``compiler.zoo.DECODERS``) also run greedy
+generation (:func:`generation`, ``--generate N`` tokens, default 8, 0 turns it off): their
+``decode@16`` step compiled the same way, 4 random prompts of 8 tokens through it with the
+model's own LM head and the executor's KV cache (:mod:`compiler.generate`); free-running and
+teacher-forced token agreement with the float model's greedy tokens. ``--json`` prints one JSON
+object.
 
-    python -m benchmarks.model_zoo [--devices asic,cpu ...] [--models a,b] [--json]
+    python -m benchmarks.model_zoo [--devices asic,cpu ...] [--models a,b] [--generate N] [--json]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from compiler.driver import compile_model
 from compiler.execute import execute_plan, make_impl
 from compiler.frontend import load_model
 from compiler.interp import run_graph
+from compiler.zoo import DECODERS as DECODE_STEPS
 from compiler.zoo import MODELS
 
 __all__ = ["main", "measure"]
@@ -67,9 +73,27 @@ def token_agreement(c: Any, lm: Any, n: int = 4) -> float:
     return same / total
 
 
+def generation(model: str, devices: str, min_cosine: float | None, calib: int, objective: str,
+               n_tokens: int, context: int = 16, n_prompts: int = 4,
+               prompt_len: int = 8) -> dict[str, Any]:
+    """Greedy generation of ``n_tokens`` tokens through ``model``'s decode step (``decode@
+    context``, compiled like the row's model), ``n_prompts`` random prompts of ``prompt_len``
+    tokens: free-running and teacher-forced token agreement, teacher-forced logits cosine."""
+    from compiler.generate import generate_plan
+
+    c = compile_model(f"{model}/decode@{context}", devices, objective, min_cosine=min_cosine,
+                      calib=calib)
+    r = generate_plan(c.plan, n_tokens, n_prompts=n_prompts, prompt_len=prompt_len)
+    return {"gen_agreement": r["token_agreement"],
+            "gen_teacher_forced": r["teacher_forced_agreement"],
+            "gen_logits_cosine_mean": r["logits_cosine_mean"],
+            "gen_lm_head_device": r["lm_head"]["device"]}
+
+
 def measure(model: str, devices: str, min_cosine: float | None, calib: int = 16,
-            objective: str = "latency") -> dict[str, Any]:
-    """One row: compile and execute ``model`` on ``devices``."""
+            objective: str = "latency", generate: int = 8) -> dict[str, Any]:
+    """One row: compile and execute ``model`` on ``devices`` (decoders: and ``generate`` tokens
+    of greedy generation through their decode step, :func:`generation`; 0: not)."""
     lm = load_model(model)
     t = time.perf_counter()
     c = compile_model(lm, devices, objective, min_cosine=min_cosine, calib=calib)
@@ -80,7 +104,13 @@ def measure(model: str, devices: str, min_cosine: float | None, calib: int = 16,
     share = sum(per[d]["macs"] for d in accel) / total
     r = execute_plan(c.plan, limit=16 if model == "minilm" else 4)
     agree = token_agreement(c, lm) if model.split("-")[0] in DECODERS else None
-    return {"model": model, "devices": devices, "objective": objective, "compile_s": compile_s, "macs": total,
+    gen: dict[str, Any] = {}
+    if generate and model in DECODE_STEPS:
+        try:
+            gen = generation(model, devices, min_cosine, calib, objective, generate)
+        except Exception as e:  # the row stands without it
+            gen = {"gen_error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+    return {**gen, "model": model, "devices": devices, "objective": objective, "compile_s": compile_s, "macs": total,
             "accel_share": share, "cosine_mean": r["cosine_mean"], "cosine_min": r["cosine_min"],
             "expected_cosine": (c.plan.get("accuracy") or {}).get("expected_cosine"),
             "fallback": _fallback(c.plan),
@@ -96,6 +126,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--objective", nargs="+", default=["latency", "energy"],
                     choices=("latency", "energy"))
+    ap.add_argument("--generate", type=int, default=8, metavar="N",
+                    help="greedy generation of N tokens through each decoder's decode step "
+                    "(default 8; 0: off)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -105,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for devices in args.devices:
             for obj in args.objective:
                 try:
-                    rows.append(measure(model, devices, budget, args.calib, obj))
+                    rows.append(measure(model, devices, budget, args.calib, obj,
+                                        args.generate))
                 except Exception as e:  # a model that does not compile is a row, not a crash
                     rows.append({"model": model, "devices": devices, "objective": obj,
                                  "error": f"{type(e).__name__}: "
@@ -118,16 +152,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {"rows": rows}
 
 
+def _gen(r: dict[str, Any]) -> str:
+    """The generation column: free-running / teacher-forced agreement, ``error`` or ``-``."""
+    if "gen_error" in r:
+        return "error"
+    if "gen_agreement" not in r:
+        return "-"
+    return f"{r['gen_agreement']:.3f}/{r['gen_teacher_forced']:.3f}"
+
+
 def _print(r: dict[str, Any], header: bool) -> None:
     if header:
         print(f"{'model':<15}{'devices':<10}{'objective':<10}{'compile s':>10}{'MMACs':>9}{'accel %':>9}"
-              f"{'cos mean':>10}{'cos min':>9}{'tokens':>8}  fallback ops (kind x count, first reason)")
+              f"{'cos mean':>10}{'cos min':>9}{'tokens':>8}{'generated':>12}  fallback ops (kind x count, first reason)")
     if "error" in r:
         print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}  error: {r['error']}")
         return
     print(f"{r['model']:<15}{r['devices']:<10}{r['objective']:<10}{r['compile_s']:>10.2f}{r['macs'] / 1e6:>9.2f}"
           f"{100 * r['accel_share']:>9.1f}{r['cosine_mean']:>10.5f}{r['cosine_min']:>9.5f}"
-          f"{'-' if r['token_agreement'] is None else format(r['token_agreement'], '.3f'):>8}  "
+          f"{'-' if r['token_agreement'] is None else format(r['token_agreement'], '.3f'):>8}"
+          f"{_gen(r):>12}  "
           f"{r['fallback'] or '-'}", flush=True)
 
 

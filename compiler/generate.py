@@ -25,8 +25,10 @@ plan placed ops on accelerators). The float reference is the model's own increme
   the float token at every step (the fairer measure once sequences diverge), with the logits and
   hidden-state cosines of those steps;
 * the float model's top-1 margin (largest minus second largest logit), overall and where the
-  teacher-forced argmax differs: random-initialised models have near-uniform logits, so argmax
-  agreement is a stringent measure.
+  teacher-forced argmax differs, and the share of teacher-forced steps whose margin exceeds
+  twice the executor's largest logit error there (``margin_exceeds_error``: at those steps no
+  error of that size can change the argmax; below it, it may): random-initialised models have
+  near-uniform logits, so argmax agreement is a stringent measure.
 
 The cache must hold every fed token but the last: a prompt of ``P`` tokens and ``n`` generated
 tokens feed ``P + n - 1`` tokens, so ``P + n - 2 <= T`` (``n >= 2``); anything longer is
@@ -256,6 +258,7 @@ def generate_plan(plan: dict[str, Any], n_tokens: int, prompts: Sequence[Sequenc
     lcos = [[0.0] * n_tokens for _ in prompts]
     hcos = [[0.0] * n_tokens for _ in prompts]
     margins = [[0.0] * n_tokens for _ in prompts]
+    errs = [[0.0] * n_tokens for _ in prompts]
     runs = 0
     for i, p in enumerate(prompts):
         ref, ref_logits, ref_hidden = float_greedy(step, p, n_tokens)
@@ -283,6 +286,7 @@ def generate_plan(plan: dict[str, Any], n_tokens: int, prompts: Sequence[Sequenc
             lcos[i][s] = _cos(tf_out[s][0], ref_logits[s])
             hcos[i][s] = _cos(tf_out[s][1], ref_hidden[s])
             margins[i][s] = _margin(ref_logits[s])
+            errs[i][s] = float((tf_out[s][0].double() - ref_logits[s].double()).abs().max())
         first = next((s for s in range(n_tokens) if free[s] != ref[s]), None)
         per_prompt.append({"prompt": p, "float_tokens": ref, "tokens": free,
                            "teacher_forced_tokens": tf_pred, "first_divergence": first})
@@ -321,6 +325,8 @@ def generate_plan(plan: dict[str, Any], n_tokens: int, prompts: Sequence[Sequenc
         "hidden_cosine_mean": sum(hcos[i][s] for i, s in flat) / cells,
         "float_margin_mean": sum(margins[i][s] for i, s in flat) / cells,
         "float_margin_at_mismatch_mean": sum(miss) / len(miss) if miss else None,
+        "logits_max_abs_err_mean": sum(errs[i][s] for i, s in flat) / cells,
+        "margin_exceeds_error": sum(margins[i][s] > 2 * errs[i][s] for i, s in flat) / cells,
         "lm_head": {"op": head.get("name"), "device": head.get("device"),
                     "k": int(step.head.in_features), "n": int(step.head.out_features)},
         "gemms_per_device": linears,

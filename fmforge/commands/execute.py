@@ -139,7 +139,9 @@ def generation_report(r: dict[str, Any]) -> str:
         f"{r['logits_cosine_mean']:.5f}, hidden min {r['hidden_cosine_min']:.5f} mean "
         f"{r['hidden_cosine_mean']:.5f}; float top-1 margin mean {r['float_margin_mean']:.4g}"
         + (f" ({margin:.4g} where the teacher-forced token differs)" if margin is not None
-           else ""),
+           else "")
+        + f", largest logit error mean {r['logits_max_abs_err_mean']:.4g}; margin above twice "
+        f"the error (argmax safe) at {100 * r['margin_exceeds_error']:.0f}% of the steps",
         f"LM head {head['op']} ({head['k']}x{head['n']}) on {head['device']}; GEMMs per device: "
         + ", ".join(f"{k} {v}" for k, v in sorted(r["gemms_per_device"].items())),
         "per step (free-running / teacher-forced agreement, teacher-forced logits cosine mean): "

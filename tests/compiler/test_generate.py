@@ -59,6 +59,7 @@ def test_without_quantization_generation_is_the_float_models(which, request):
     assert r["token_agreement"] == 1.0 and r["teacher_forced_agreement"] == 1.0
     assert r["exact_sequences"] == 2 and r["first_divergence"] == [None, None]
     assert r["logits_cosine_min"] > 1 - 1e-9 and r["hidden_cosine_min"] > 1 - 1e-9
+    assert r["logits_max_abs_err_mean"] < 1e-5 and r["margin_exceeds_error"] == 1.0
     for p in r["prompts"]:
         assert p["tokens"] == p["float_tokens"] == float_greedy(graph[1].module, p["prompt"], 4)[0]
     # runs: the prompt in chunks of the plan's seq_len, then one run per decode step
@@ -75,6 +76,9 @@ def test_quantized_generation_on_the_accelerator(gpt2):
     assert 0.9 < r["logits_cosine_min"] < 1 - 1e-6 and 0.9 < r["hidden_cosine_mean"] < 1 - 1e-6
     assert 0.5 <= r["teacher_forced_agreement"] <= 1.0
     assert r["float_margin_mean"] > 0 and len(r["steps"]) == 4
+    # a step whose float margin exceeds twice the logit error cannot have flipped
+    assert r["margin_exceeds_error"] <= r["teacher_forced_agreement"]
+    assert r["logits_max_abs_err_mean"] > 1e-4
     for p in r["prompts"]:
         d = p["first_divergence"]
         n = 4 if d is None else d
