@@ -23,8 +23,10 @@ A row of zeros has ``c = 0``, so its output is 0 whatever ``r`` is.
 
 Error bound (the same arithmetic as the layer norm, whose bound is measured): within 1 LSB of the
 float twin's output quantized with the same scale, and within 0.51 LSB of the unrounded float
-output; measured by ``tests/golden/test_rmsnorm.py`` on random rows (scales 0.005..0.2, gamma of
-both signs, eps 1e-6..1e-2) and on the RMSNorm inputs of the zoo's ``llama-tiny``.
+output; measured by ``tests/golden/test_silu_rmsnorm.py`` on random rows (scales 0.005..0.2,
+gamma of both signs, eps 1e-6..1e-2) and on the RMSNorm inputs of the zoo's ``llama-tiny``.
+
+Hardware: ``hw.rmsnorm.RmsNorm`` computes this bit for bit (``docs/nonlinear.md``).
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ Run time: ``out = T[q + 128]``.
 Error bound: the output is the float twin :func:`silu_float` of the dequantized input rounded
 to the output grid, so within 0.5 LSB of it where it does not saturate (``silu(x) >= -0.2785``
 is never below ``-128 * out_scale`` for ``out_scale >= 0.0022``); measured by
-``tests/golden/test_silu.py`` over every int8 input at several scales and on the gate
+``tests/golden/test_silu_rmsnorm.py`` over every int8 input at several scales and on the gate
 pre-activations of the zoo's ``llama-tiny``.
+
+Hardware: ``hw.silu.Silu`` holds the table in a ROM (``docs/nonlinear.md``).
 """
 
 from __future__ import annotations

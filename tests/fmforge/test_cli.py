@@ -70,7 +70,7 @@ def test_cosim_gemm_json_keys_amaranth_simulator(capsys):
     assert r["timing_ok"] and r["tb_cycles"] > r["cycles"]
 
 
-@pytest.mark.parametrize("unit", ["requant", "gelu", "softmax", "layernorm"])
+@pytest.mark.parametrize("unit", ["requant", "gelu", "softmax", "layernorm", "rmsnorm", "silu"])
 def test_cosim_nonlinear_json_has_testbench_edges(unit, capsys):
     rc = main(["cosim", unit, "--len", "4", "--rows", "2", "--lanes", "2", "--stall", "both",
                "--simulator", "amaranth", "--json"])
@@ -79,3 +79,11 @@ def test_cosim_nonlinear_json_has_testbench_edges(unit, capsys):
     # the testbench's own count: the model plus the stall edges it saw
     stalls = r["tb_sink_stalls"] + r["tb_source_stalls"]
     assert r["tb_cycles"] == r["tb_predicted_cycles"] == r["predicted_cycles"] + stalls
+
+
+@pytest.mark.parametrize(("unit", "flags"), [("rmsnorm", ["--length", "8", "--lanes", "2"]),
+                                             ("silu", ["--lanes", "2", "--in-scale", "0.1"])])
+def test_verilog_of_the_decoder_units(unit, flags, capsys):
+    assert main(["verilog", unit, *flags, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["unit"] == unit and r["bytes"] > 1000
