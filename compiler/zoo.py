@@ -12,8 +12,10 @@
   ``bert-tiny``, ``opt-tiny``, ``t5-tiny`` (T5 encoder), ``llama-tiny``, ``mistral-tiny`` and
   ``qwen2-tiny`` (RMSNorm, SwiGLU, rotary embeddings, 2 key/value heads: grouped-query
   attention) and ``mixtral-tiny`` (the same with a mixture of 4 experts, top-2 routing, in
-  transformers' default form: its expert matmuls are the custom operator
-  ``transformers.grouped_mm_fallback``, run on the host) take token ids ``[1, seq_len]``
+  transformers' default form: its expert matmuls, the custom operator
+  ``transformers.grouped_mm_fallback`` over the stacked expert weights, become
+  ``grouped_linear`` ops that the GEMM engine runs, int8 per expert, while the router's top-k,
+  sort and gathers run on the host; docs/compiler.md, "Mixture of experts") take token ids ``[1, seq_len]``
   (default 16); ``vit-tiny`` a ``[1, 3, 32, 32]``
   image (8x8 patches) and ``wav2vec2-tiny`` 1600 audio samples ``[1, 1600]`` (two conv layers),
   both with no sequence length (``seq_len`` is ignored).
