@@ -53,7 +53,8 @@ def op_flops(node: Node) -> float:
     a = node.attrs
     if node.op in ("linear", "matmul", "attention") or a.get("macs"):  # convolutions too
         return 2.0 * a["macs"]
-    per = {"softmax": 5, "layer_norm": 8, "gelu": 10, "relu": 1, "add": 1, "mul": 1}
+    per = {"softmax": 5, "layer_norm": 8, "rms_norm": 6, "gelu": 10, "silu": 6, "relu": 1,
+           "add": 1, "mul": 1}
     el = sum(t.numel for t in node.out)
     return float(per.get(node.op, 1 if node.op != "layout" else 0) * el)
 
