@@ -17,7 +17,9 @@ integer, through the plan executor's own per-op implementation
 (:func:`compiler.execute.make_impl`), so the figure is what ``fmforge execute`` would see for
 that group alone. The model output is compared per sample by cosine similarity: for MiniLM the
 sentence embedding (mean pooling over the attention mask, as ``fmforge execute`` compares), else
-all outputs flattened. A group's ``cosine`` is the mean over the samples and its ``drop`` is
+each output on its own, the smallest cosine counting (a decode step's logits and hidden state
+are not averaged away by its many key/value outputs). A group's ``cosine`` is the mean over the
+samples and its ``drop`` is
 ``1 - cosine`` (never below 0). Results are cached in ``graph.analyses`` (keyed by the group's
 ops, their scales and the samples), so a second partition of the same graph costs nothing.
 
@@ -131,13 +133,19 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(-1.0, min(1.0, float(a @ b) / den))
 
 
-def _summary(outs: Sequence[Any], inputs: Sequence[torch.Tensor], pooled: bool) -> torch.Tensor:
-    """What is compared: MiniLM's mean-pooled embedding, else every output flattened."""
+def _summary(outs: Sequence[Any], inputs: Sequence[torch.Tensor], pooled: bool
+             ) -> list[torch.Tensor]:
+    """What is compared: MiniLM's mean-pooled embedding, else every tensor output."""
     if pooled:
         h, mask = outs[0], inputs[1].unsqueeze(-1).to(outs[0].dtype)
-        return (h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-    return torch.cat([o.detach().double().flatten() for o in outs
-                      if isinstance(o, torch.Tensor)])
+        return [(h * mask).sum(1) / mask.sum(1).clamp_min(1e-9)]
+    return [o.detach() for o in outs if isinstance(o, torch.Tensor)]
+
+
+def _min_cos(got: Sequence[torch.Tensor], ref: Sequence[torch.Tensor]) -> float:
+    """The smallest cosine over the outputs (a decode step's logits are judged on their own,
+    not drowned in its keys and values)."""
+    return min((_cos(a, b) for a, b in zip(got, ref, strict=True)), default=1.0)
 
 
 def _samples_key(samples: Sequence[Sequence[torch.Tensor]]) -> str:
@@ -181,7 +189,7 @@ def measure_groups(graph: Graph, devices: Sequence[Target], groups: Sequence[Gro
             ops = [{"name": n.name, "device": idev["name"] if n.name in members
                     else host["name"]} for n in graph.nodes]
             impl = make_impl(graph, {"devices": [host, idev], "ops": ops})
-            cos = [_cos(_summary(run_graph(graph, s, impl=impl), s, pooled), r)
+            cos = [_min_cos(_summary(run_graph(graph, s, impl=impl), s, pooled), r)
                    for s, r in zip(samples, refs, strict=True)]
             cache[k] = sum(cos) / len(cos)
     return [Group(g.key, g.kind, g.numerics, g.ops, g.devices, cache[k], len(samples))
