@@ -20,7 +20,6 @@ end-to-end edge count seen at the ports (:func:`gelu_edges`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -31,10 +30,12 @@ from golden.errors import UserValueError
 from golden.gelu import GeluParams, gelu_int, gelu_params, relu_int, relu_params
 from hw.lib import (
     FrameControl,
-    check_lanes_divide,
     check_positive,
+    check_scales,
     check_stalls,
-    elementwise_cycles,
+    elementwise_job_cycles,
+    lane_stream,
+    stream_unit_ports,
 )
 from hw.requant import NONLINEAR_QOR_COMMAND, REQUANT_STAGES, requant_stages
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
@@ -53,11 +54,7 @@ def gelu_cycles(rows: int, length: int, lanes: int) -> int:
 
     ``rows * length / P`` words, one per cycle, plus :data:`GELU_LATENCY` (both modes).
     """
-    check_positive("rows", rows)
-    check_positive("length", length)
-    check_positive("lanes", lanes)
-    check_lanes_divide(lanes, length)
-    return elementwise_cycles(rows * length // lanes, GELU_LATENCY)
+    return elementwise_job_cycles(rows, length, lanes, GELU_LATENCY)
 
 
 def gelu_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
@@ -137,14 +134,8 @@ class Gelu(wiring.Component):
             raise UserValueError(f"requant mult must be int32 and shift in [0, 63], not ({mult}, {shift})")
         self._params = params if mode == "gelu" and not runtime else None
         self._mult, self._shift = mult, shift
-        io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
-        ports = {
-            "i_data": In(stream.Signature(io)),
-            "o_data": Out(stream.Signature(io)),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        }
+        io = lane_stream(lanes)
+        ports = stream_unit_ports(io, io)
         if runtime:
             ports["o_data"] = Out(stream.Signature(data.StructLayout({
                 "data": data.ArrayLayout(signed(8), lanes),
@@ -252,11 +243,7 @@ class GeluSpec(UnitSpec):
         check_int("lanes", self.lanes, 1, 64)
         if self.mode not in MODES:
             raise UnitParamError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        for f in ("in_scale", "out_scale"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise UnitParamError(f"{f} must be a positive finite number, not {v!r}")
+        check_scales(self)
         try:
             if self.mode == "gelu":
                 gelu_params(self.in_scale, self.out_scale)

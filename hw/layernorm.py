@@ -28,6 +28,7 @@ that count plus the stall edges (:func:`layernorm_edges`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +45,7 @@ from golden.layernorm import (
     MAX_N,
     RECIP_K,
     SQRT_BITS,
+    Y_FRAC,
     LayerNormParams,
     layernorm_int,
 )
@@ -64,15 +66,27 @@ __all__ = ["LayerNorm", "LayerNormSpec", "layernorm_cycles", "layernorm_edges",
 
 _STAT_SETUP = 11  # S1^2 and N*S2 partial products and sums, D, bytes of z, z, k, shifts, D'
 _NORM_STAGES = 15
+LOAD, STAT, NORM = 0, 1, 2  # the row phases (shared with hw.rmsnorm)
 
 
-def _tree_levels(lanes: int) -> int:
+def tree_levels(lanes: int) -> int:
+    """Register levels of a P-lane pairwise sum tree, ``ceil(log2 P)``."""
     return (lanes - 1).bit_length()
 
 
 def _stat_cycles(lanes: int) -> int:
     # the LOAD pipeline drains first: rounding, saturation, squares, lane-sum tree, accumulate
-    return (_tree_levels(lanes) + 3) + _STAT_SETUP + SQRT_BITS + (RECIP_K + 1)
+    return (tree_levels(lanes) + 3) + _STAT_SETUP + SQRT_BITS + (RECIP_K + 1)
+
+
+def norm_cycles(rows: int, length: int, lanes: int, overhead: Callable[[int], int]) -> int:
+    """``rows * (2W + overhead(P))``, ``W = N/P``: the two-pass row units' cycle model (the
+    layer norm's and :mod:`hw.rmsnorm`'s), its arguments checked."""
+    check_positive("rows", rows)
+    check_positive("length", length, MAX_N)
+    check_positive("lanes", lanes)
+    check_lanes_divide(lanes, length)
+    return rows * (2 * (length // lanes) + overhead(lanes))
 
 
 def layernorm_row_overhead(lanes: int) -> int:
@@ -90,11 +104,7 @@ def layernorm_cycles(rows: int, length: int, lanes: int) -> int:
 
     ``W = N/P`` and the overhead is :func:`layernorm_row_overhead` (92 for P = 4).
     """
-    check_positive("rows", rows)
-    check_positive("length", length, 4096)
-    check_positive("lanes", lanes)
-    check_lanes_divide(lanes, length)
-    return rows * (2 * (length // lanes) + layernorm_row_overhead(lanes))
+    return norm_cycles(rows, length, lanes, layernorm_row_overhead)
 
 
 def layernorm_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
@@ -113,6 +123,187 @@ def layernorm_param_layout() -> data.StructLayout:
     (``eps_int < 2**62``)."""
     return data.StructLayout({"n": unsigned(13), "in_shift": unsigned(6),
                               "g_shift": unsigned(6), "eps": unsigned(62)})
+
+
+# ---------------------------------------------------------------------- shared with hw.rmsnorm
+# The row units' common structure: a LOAD / STAT / NORM phase counter ``k``, lane-sum trees into
+# row accumulators, the bit length of D, the square root and the reciprocal sequencers, the NORM
+# pipeline's valid/last chain and the phase control. Each builder adds its statements in the
+# order the units always had, so their Verilog is unchanged.
+
+
+def norm_phases(m: Module, comp: wiring.Component, k_states: int):
+    """``adv`` (the output is not blocked), ``phase``, the step counter ``k`` (``k_states``
+    values) and ``accept`` of a LOAD/STAT/NORM row unit ``comp``."""
+    adv = Signal(name="adv")
+    m.d.comb += adv.eq(~(comp.o_data.valid & ~comp.o_data.ready))
+    phase = Signal(2, name="phase")
+    k = Signal(range(k_states), name="k")
+    accept = row_unit_bookkeeping(m, adv, phase == LOAD, comp.i_data, comp.o_data,
+                                  comp.cycles, comp.busy)
+    return adv, phase, k, accept
+
+
+def lane_sums(m: Module, adv, leaves, valid, first, sums):
+    """Pairwise lane-sum trees (one register level each, ``tree_levels(P)`` levels) of the
+    per-lane values ``leaves[t]`` into row accumulators, restarted where ``first`` (a row's
+    first word) comes out of the tree. ``sums[t]`` is ``(node prefix, shape, accumulator
+    name)``; returns the accumulators."""
+    trees, tv, tf, j = [list(t) for t in leaves], valid, first, 0
+    while len(trees[0]) > 1:
+        j += 1
+        width = (len(trees[0]) + 1) // 2
+        nxt = [[Signal(shp, name=f"{pre}_{j}_{c}") for c in range(width)] for pre, shp, _ in sums]
+        nv, nf = Signal(name=f"wv{j}"), Signal(name=f"wf{j}")
+        with m.If(adv):
+            m.d.sync += [nv.eq(tv), nf.eq(tf)]
+            for c in range(width):
+                m.d.sync += [n[c].eq(sum(t[2 * c:2 * c + 2])) for t, n in zip(trees, nxt, strict=True)]
+        trees, tv, tf = nxt, nv, nf
+    accs = [Signal(shp, name=nm) for _, shp, nm in sums]
+    with m.If(adv & tv):
+        m.d.sync += [a.eq(Mux(tf, 0, a) + t[0]) for a, t in zip(accs, trees, strict=True)]
+    return accs
+
+
+def leading_one(v, widths):
+    """(any bit set, position of the leading one) of ``v`` by a binary search over ``widths``."""
+    pos = []
+    for w in widths:
+        h = v[w:2 * w].any()
+        pos.append(h)
+        v = Mux(h, v[w:2 * w], v[0:w])
+    return v[0], Cat(*reversed(pos))
+
+
+class RootReciprocal:
+    """The STAT sequencers after D (``dd``, uint64): ``z = bit_length(D)``, ``k = (40 - z) >> 1``,
+    the shifts, ``D' = D << 2k`` or ``D >> -2k``, ``s = isqrt(D')`` (one root bit per cycle) and
+    ``r = floor(2**40 / s)`` by restoring division (one quotient bit per cycle, ``quo``).
+
+    ``ysh_bits``: width of ``sh`` (``22 - k - 1``, the output rounding shift less one);
+    ``drem_bits``, ``quo_bits``: the divider's remainder and quotient; ``skip``: leading
+    quotient steps left out (0: all 41, the dividend's 1 entering at the first step; else the
+    remainder starts at ``2**(skip - 1)``, the dividend's low bits all 0).
+    """
+
+    def __init__(self, m: Module, *, ysh_bits: int, drem_bits: int, quo_bits: int,
+                 skip: int = 0) -> None:
+        self.dd = dd = Signal(unsigned(64), name="D")
+        self.z = Signal(range(65), name="z")
+        # bit length of D by a binary search for its leading one: a 64-way priority chain of
+        # `with m.If(dd[b])` here made Yosys 0.70's ABC9 abort in abc9_ops -reintegrate
+        # over two cycles: each byte's "any" flag and leading-one position, then the top byte
+        self.b_any = Signal(8, name="byte_any")
+        self.b_pos = [Signal(3, name=f"byte_pos{t}") for t in range(8)]
+        self.b_any_c, self.b_pos_c = [], []
+        for t in range(8):
+            an, ps = leading_one(dd[8 * t:8 * t + 8], (4, 2, 1))
+            self.b_any_c.append(an)
+            self.b_pos_c.append(ps)
+        top_any, top = leading_one(self.b_any, (4, 2, 1))
+        pos_sel = Signal(3, name="pos_sel")
+        with m.Switch(top):
+            for t in range(8):
+                with m.Case(t):
+                    m.d.comb += pos_sel.eq(self.b_pos[t])
+        self.zc = Mux(top_any, Cat(pos_sel, top) + 1, 0)
+        self.kk = Signal(signed(8), name="kk")
+        # 2k (k >= 0), -2k (k < 0)
+        self.shl, self.shr = Signal(6, name="shl"), Signal(5, name="shr")
+        self.sh = Signal(ysh_bits, name="ysh")  # 22 - k - 1, k in [-12, 20]
+        self.rem = Signal(unsigned(42), name="srem")
+        self.root = Signal(unsigned(42), name="root")
+        self.one = Signal(unsigned(42), name="one")
+        self.trial = Signal(unsigned(42), name="trial")
+        m.d.comb += self.trial.eq(self.root | self.one)  # root and one never share a bit
+        self.drem = Signal(unsigned(drem_bits), name="drem")
+        self.skip = skip
+        self.dfirst = None if skip else Signal(name="dfirst")
+        self.quo = Signal(unsigned(quo_bits), name="quo")
+        self.drem2 = Signal(unsigned(drem_bits + 1), name="drem2")
+        low = Const(0, 1) if skip else self.dfirst  # the dividend's next bit
+        m.d.comb += self.drem2.eq(Cat(low, self.drem))
+
+    def steps(self, m: Module, k, k1: int) -> None:
+        """The STAT statements from cycle ``k1`` (D final): bytes of z, z, k, shifts, D', then
+        the root steps and the divider steps."""
+        kk, dd = self.kk, self.dd
+        rem, root, one, trial = self.rem, self.root, self.one, self.trial
+        j0 = k1 + 5 + SQRT_BITS  # first divider cycle
+        with m.If(k == k1):
+            m.d.sync += [self.b_any.eq(Cat(*self.b_any_c))] + \
+                [self.b_pos[t].eq(self.b_pos_c[t]) for t in range(8)]
+        with m.If(k == k1 + 1):
+            m.d.sync += self.z.eq(self.zc)
+        with m.If(k == k1 + 2):
+            m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - self.z) >> 1)
+        with m.If(k == k1 + 3):
+            m.d.sync += [self.shl.eq(Mux(kk >= 0, kk, 0) << 1),
+                         self.shr.eq(Mux(kk < 0, -kk, 0) << 1),
+                         self.sh.eq(RECIP_K - Y_FRAC - 4 - 1 - kk)]
+        with m.If(k == k1 + 4):
+            m.d.sync += [rem.eq(Mux(kk >= 0, dd << self.shl, dd >> self.shr)[0:41]),
+                         root.eq(0), one.eq(1 << (2 * SQRT_BITS - 2))]
+        with m.If((k >= k1 + 5) & (k < j0)):
+            with m.If(rem >= trial):
+                m.d.sync += [rem.eq(rem - trial), root.eq((root >> 1) | one)]
+            with m.Else():
+                m.d.sync += root.eq(root >> 1)
+            m.d.sync += one.eq(one >> 2)
+        drem, drem2, quo = self.drem, self.drem2, self.quo
+        if self.dfirst is not None:
+            m.d.sync += self.dfirst.eq(k == j0 - 1)
+        with m.If(k == j0 - 1):  # the remainder after the skipped steps
+            m.d.sync += [drem.eq(1 << (self.skip - 1) if self.skip else 0), quo.eq(0)]
+        with m.If(k >= j0):
+            with m.If(drem2 >= root):
+                m.d.sync += [drem.eq(drem2 - root), quo.eq(Cat(1, quo))]
+            with m.Else():
+                m.d.sync += [drem.eq(drem2), quo.eq(Cat(0, quo))]
+
+
+def norm_valid_chain(m: Module, adv, o, phase, k, words, stages: int) -> None:
+    """The NORM pipeline's ``stages`` valid/last registers, ending in ``o.valid`` and
+    ``o.payload.last``: a word enters in NORM for ``k < words``."""
+    nv = [Signal(name=f"nv{t}") for t in range(stages)]
+    nl = [Signal(name=f"nl{t}") for t in range(stages)]
+    with m.If(adv):
+        m.d.sync += [nv[1].eq((phase == NORM) & (k < words)), nl[1].eq(k == words - 1)]
+        m.d.sync += [nv[t + 1].eq(nv[t]) for t in range(1, stages - 1)]
+        m.d.sync += nl[2].eq(nv[1] & nl[1])
+        m.d.sync += [nl[t + 1].eq(nl[t]) for t in range(2, stages - 1)]
+        m.d.sync += [o.valid.eq(nv[-1]), o.payload.last.eq(nl[-1])]
+
+
+def norm_control(m: Module, comp: wiring.Component, adv, phase, k, accept, words,
+                 stat_cycles: int, norm_stages: int, stat: Callable[[], None]) -> None:
+    """The phase control: LOAD counts ``words`` accepted words (a missing or early ``last`` sets
+    ``error``), STAT runs ``stat()``'s statements for ``stat_cycles`` cycles, NORM
+    ``words + norm_stages``."""
+    i = comp.i_data
+    with m.If(adv):
+        with m.Switch(phase):
+            with m.Case(LOAD):
+                with m.If(accept):
+                    with m.If(k == words - 1):
+                        m.d.sync += [phase.eq(STAT), k.eq(0)]
+                        with m.If(~i.payload.last):
+                            m.d.sync += comp.error.eq(1)
+                    with m.Else():
+                        m.d.sync += k.eq(k + 1)
+                        with m.If(i.payload.last):
+                            m.d.sync += comp.error.eq(1)
+            with m.Case(STAT):
+                m.d.sync += k.eq(k + 1)
+                stat()
+                with m.If(k == stat_cycles - 1):
+                    m.d.sync += [phase.eq(NORM), k.eq(0)]
+            with m.Case(NORM):
+                with m.If(k == words + norm_stages - 1):
+                    m.d.sync += [phase.eq(LOAD), k.eq(0)]
+                with m.Else():
+                    m.d.sync += k.eq(k + 1)
 
 
 class LayerNorm(wiring.Component):
@@ -210,12 +401,7 @@ class LayerNorm(wiring.Component):
         def rhu(v, sh):
             return round_half_up_var(v, sh) if rt else round_half_up_const(v, sh)
 
-        adv = Signal(name="adv")
-        m.d.comb += adv.eq(~(o.valid & ~o.ready))
-        phase = Signal(2, name="phase")
-        LOAD, STAT, NORM = 0, 1, 2
-        k = Signal(range(max(W + 80, 2)), name="k")
-        accept = row_unit_bookkeeping(m, adv, phase == LOAD, i, o, self.cycles, self.busy)
+        adv, phase, k, accept = norm_phases(m, self, max(W + 80, 2))
 
         m.submodules.qbuf = qbuf = memory.Memory(shape=data.ArrayLayout(signed(16), P),
                                                  depth=depth, init=[])
@@ -262,26 +448,11 @@ class LayerNorm(wiring.Component):
                 ]
         m.d.comb += [qw.addr.eq(la[2]), qw.en.eq(adv & lv[2])]
         m.d.comb += [qw.data[c].eq(q2[c]) for c in range(P)]
-        t1, t2, tv, tf, j = list(q3), list(sq3), lv[3], lf[3], 0
-        while len(t1) > 1:
-            j += 1
-            n1 = [Signal(signed(29), name=f"w1_{j}_{c}") for c in range((len(t1) + 1) // 2)]
-            n2 = [Signal(unsigned(44), name=f"w2_{j}_{c}") for c in range((len(t1) + 1) // 2)]
-            nv, nf = Signal(name=f"wv{j}"), Signal(name=f"wf{j}")
-            with m.If(adv):
-                m.d.sync += [nv.eq(tv), nf.eq(tf)]
-                for c in range(len(n1)):
-                    pair = slice(2 * c, 2 * c + 2)
-                    m.d.sync += [n1[c].eq(sum(t1[pair])), n2[c].eq(sum(t2[pair]))]
-            t1, t2, tv, tf = n1, n2, nv, nf
-        s1 = Signal(signed(29), name="s1")
-        s2 = Signal(unsigned(44), name="s2")
-        with m.If(adv & tv):
-            m.d.sync += [s1.eq(Mux(tf, 0, s1) + t1[0]), s2.eq(Mux(tf, 0, s2) + t2[0])]
+        s1, s2 = lane_sums(m, adv, (q3, sq3), lv[3], lf[3],
+                           (("w1", signed(29), "s1"), ("w2", unsigned(44), "s2")))
 
         # ---------------------------------------------------------------- STAT
-        k0 = _tree_levels(P) + 3  # S1, S2 final
-        j0 = k0 + _STAT_SETUP + SQRT_BITS  # first divider cycle
+        k0 = tree_levels(P) + 3  # S1, S2 final
         a_s1 = Signal(unsigned(28), name="abs_s1")
         pn = [Signal(unsigned(30), name=f"pn{t}") for t in range(3)]
         sq_ll, sq_lh, sq_hh = (Signal(unsigned(28), name=f"sq_{t}") for t in ("ll", "lh", "hh"))
@@ -291,45 +462,8 @@ class LayerNorm(wiring.Component):
         sqb = Signal(unsigned(28), name="sqb")
         sq = Signal(unsigned(57), name="sq")
         diff = Signal(unsigned(56), name="diff")
-        dd = Signal(unsigned(64), name="D")
-        z = Signal(range(65), name="z")
-        # bit length of D by a binary search for its leading one: a 64-way priority chain of
-        # `with m.If(dd[b])` here made Yosys 0.70's ABC9 abort in abc9_ops -reintegrate
-        # over two cycles: each byte's "any" flag and leading-one position, then the top byte
-        def lead(v, widths):  # (any, position of the leading one) by a binary search
-            pos = []
-            for w in widths:
-                h = v[w:2 * w].any()
-                pos.append(h)
-                v = Mux(h, v[w:2 * w], v[0:w])
-            return v[0], Cat(*reversed(pos))
-        b_any = Signal(8, name="byte_any")
-        b_pos = [Signal(3, name=f"byte_pos{t}") for t in range(8)]
-        b_any_c, b_pos_c = [], []
-        for t in range(8):
-            an, ps = lead(dd[8 * t:8 * t + 8], (4, 2, 1))
-            b_any_c.append(an)
-            b_pos_c.append(ps)
-        top_any, top = lead(b_any, (4, 2, 1))
-        pos_sel = Signal(3, name="pos_sel")
-        with m.Switch(top):
-            for t in range(8):
-                with m.Case(t):
-                    m.d.comb += pos_sel.eq(b_pos[t])
-        zc = Mux(top_any, Cat(pos_sel, top) + 1, 0)
-        kk = Signal(signed(8), name="kk")
-        shl, shr = Signal(6, name="shl"), Signal(5, name="shr")  # 2k (k >= 0), -2k (k < 0)
-        sh = Signal(7, name="ysh")  # 22 - k - 1, k in [-12, 20]: the rounding shift less one
-        rem = Signal(unsigned(42), name="srem")
-        root = Signal(unsigned(42), name="root")
-        one = Signal(unsigned(42), name="one")
-        trial = Signal(unsigned(42), name="trial")
-        m.d.comb += trial.eq(root | one)  # root and one never share a bit
-        drem = Signal(unsigned(23), name="drem")
-        dfirst = Signal(name="dfirst")
-        quo = Signal(unsigned(RECIP_K + 2), name="quo")
-        drem2 = Signal(unsigned(24), name="drem2")
-        m.d.comb += drem2.eq(Cat(dfirst, drem))
+        rr = RootReciprocal(m, ysh_bits=7, drem_bits=23, quo_bits=RECIP_K + 2)
+        dd, quo, sh = rr.dd, rr.quo, rr.sh
 
         # ---------------------------------------------------------------- NORM pipeline
         # 1 read, 2 register, 3 N*q, 4 c = N*q - S1, 5 six partial products c*r, 6-8 c*r sums,
@@ -338,14 +472,7 @@ class LayerNorm(wiring.Component):
         # (signal names below carry the stage number they had before the N*q stage)
         m.d.comb += [qr.addr.eq(k), qr.en.eq(adv)]
         m.d.comb += [p.addr.eq(k) for p in gb_ports] + [p.en.eq(adv) for p in gb_ports]
-        nv = [Signal(name=f"nv{t}") for t in range(_NORM_STAGES)]
-        nl = [Signal(name=f"nl{t}") for t in range(_NORM_STAGES)]
-        with m.If(adv):
-            m.d.sync += [nv[1].eq((phase == NORM) & (k < Wv)), nl[1].eq(k == Wv - 1)]
-            m.d.sync += [nv[t + 1].eq(nv[t]) for t in range(1, _NORM_STAGES - 1)]
-            m.d.sync += nl[2].eq(nv[1] & nl[1])
-            m.d.sync += [nl[t + 1].eq(nl[t]) for t in range(2, _NORM_STAGES - 1)]
-            m.d.sync += [o.valid.eq(nv[-1]), o.payload.last.eq(nl[-1])]
+        norm_valid_chain(m, adv, o, phase, k, Wv, _NORM_STAGES)
         rpieces = [(0, 17), (17, 34), (34, RECIP_K + 2)]
         for c in range(P):
             def sig(nm, shp, c=c):
@@ -399,75 +526,40 @@ class LayerNorm(wiring.Component):
                                  o.payload.wide[c].eq(saturate_bits(rw13, 16))]
 
         # ---------------------------------------------------------------- control
-        with m.If(adv):
-            with m.Switch(phase):
-                with m.Case(LOAD):
-                    with m.If(accept):
-                        with m.If(k == Wv - 1):
-                            m.d.sync += [phase.eq(STAT), k.eq(0)]
-                            with m.If(~i.payload.last):
-                                m.d.sync += self.error.eq(1)
-                        with m.Else():
-                            m.d.sync += k.eq(k + 1)
-                            with m.If(i.payload.last):
-                                m.d.sync += self.error.eq(1)
-                with m.Case(STAT):
-                    m.d.sync += k.eq(k + 1)
-                    with m.If(k == k0):  # |S1|, N*S2 partial products
-                        m.d.sync += [a_s1.eq(Mux(s1 < 0, -s1, s1)),
-                                     pn[0].eq(s2[0:17] * N), pn[1].eq(s2[17:34] * N),
-                                     pn[2].eq(s2[34:44] * N)]
-                    with m.If(k == k0 + 1):  # S1^2 partial products; N*S2 low sum
-                        m.d.sync += [sq_ll.eq(a_s1[0:14] * a_s1[0:14]),
-                                     sq_lh.eq(a_s1[0:14] * a_s1[14:28]),
-                                     sq_hh.eq(a_s1[14:28] * a_s1[14:28]),
-                                     ns2a.eq(pn[0] + (pn[1] << 17))]
-                    with m.If(k == k0 + 2):
-                        m.d.sync += [sqa.eq(Cat(sq_ll, sq_hh)), sqb.eq(sq_lh),
-                                     ns2b.eq(ns2a + (pn[2] << 34))]
-                    with m.If(k == k0 + 3):
-                        m.d.sync += sq.eq(sqa + (sqb << 15))
-                    with m.If(k == k0 + 4):
-                        m.d.sync += diff.eq(ns2b - sq)
-                    with m.If(k == k0 + 5):
-                        m.d.sync += dd.eq((diff << 8) + eps_int)
-                    with m.If(k == k0 + 6):
-                        m.d.sync += [b_any.eq(Cat(*b_any_c))] + [b_pos[t].eq(b_pos_c[t]) for t in range(8)]
-                    with m.If(k == k0 + 7):
-                        m.d.sync += z.eq(zc)
-                    with m.If(k == k0 + 8):
-                        m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - z) >> 1)
-                    with m.If(k == k0 + 9):
-                        m.d.sync += [shl.eq(Mux(kk >= 0, kk, 0) << 1), shr.eq(Mux(kk < 0, -kk, 0) << 1),
-                                     sh.eq(RECIP_K - 14 - 4 - 1 - kk)]
-                    with m.If(k == k0 + 10):
-                        m.d.sync += [rem.eq(Mux(kk >= 0, dd << shl, dd >> shr)[0:41]),
-                                     root.eq(0), one.eq(1 << (2 * SQRT_BITS - 2))]
-                    with m.If((k >= k0 + _STAT_SETUP) & (k < j0)):
-                        with m.If(rem >= trial):
-                            m.d.sync += [rem.eq(rem - trial), root.eq((root >> 1) | one)]
-                        with m.Else():
-                            m.d.sync += root.eq(root >> 1)
-                        m.d.sync += one.eq(one >> 2)
-                    m.d.sync += dfirst.eq(k == j0 - 1)
-                    with m.If(k == j0 - 1):
-                        m.d.sync += [drem.eq(0), quo.eq(0)]
-                    with m.If(k >= j0):
-                        with m.If(drem2 >= root):
-                            m.d.sync += [drem.eq(drem2 - root), quo.eq(Cat(1, quo))]
-                        with m.Else():
-                            m.d.sync += [drem.eq(drem2), quo.eq(Cat(0, quo))]
-                    with m.If(k == _stat_cycles(P) - 1):
-                        m.d.sync += [phase.eq(NORM), k.eq(0)]
-                with m.Case(NORM):
-                    with m.If(k == Wv + _NORM_STAGES - 1):
-                        m.d.sync += [phase.eq(LOAD), k.eq(0)]
-                    with m.Else():
-                        m.d.sync += k.eq(k + 1)
+        def stat():
+            with m.If(k == k0):  # |S1|, N*S2 partial products
+                m.d.sync += [a_s1.eq(Mux(s1 < 0, -s1, s1)),
+                             pn[0].eq(s2[0:17] * N), pn[1].eq(s2[17:34] * N),
+                             pn[2].eq(s2[34:44] * N)]
+            with m.If(k == k0 + 1):  # S1^2 partial products; N*S2 low sum
+                m.d.sync += [sq_ll.eq(a_s1[0:14] * a_s1[0:14]),
+                             sq_lh.eq(a_s1[0:14] * a_s1[14:28]),
+                             sq_hh.eq(a_s1[14:28] * a_s1[14:28]),
+                             ns2a.eq(pn[0] + (pn[1] << 17))]
+            with m.If(k == k0 + 2):
+                m.d.sync += [sqa.eq(Cat(sq_ll, sq_hh)), sqb.eq(sq_lh),
+                             ns2b.eq(ns2a + (pn[2] << 34))]
+            with m.If(k == k0 + 3):
+                m.d.sync += sq.eq(sqa + (sqb << 15))
+            with m.If(k == k0 + 4):
+                m.d.sync += diff.eq(ns2b - sq)
+            with m.If(k == k0 + 5):
+                m.d.sync += dd.eq((diff << 8) + eps_int)
+            rr.steps(m, k, k0 + 6)
+
+        norm_control(m, self, adv, phase, k, accept, Wv, _stat_cycles(P), _NORM_STAGES, stat)
         return m
 
 
 # ---------------------------------------------------------------------- unit spec
+
+
+def check_norm_shape(lanes: int, n: int) -> None:
+    """A norm spec's ``lanes`` (1..64) and row length ``n`` (1..4096, a multiple of lanes)."""
+    check_int("lanes", lanes, 1, 64)
+    check_int("n", n, 1, MAX_N)
+    if n % lanes:
+        raise UnitParamError(f"lanes={lanes} must divide n={n}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -497,10 +589,7 @@ class LayerNormSpec(UnitSpec):
     )
 
     def __post_init__(self) -> None:
-        check_int("lanes", self.lanes, 1, 64)
-        check_int("n", self.n, 1, MAX_N)
-        if self.n % self.lanes:
-            raise UnitParamError(f"lanes={self.lanes} must divide n={self.n}")
+        check_norm_shape(self.lanes, self.n)
         check_int("in_shift", self.in_shift, 0, 32)
         check_int("eps_int", self.eps_int, 0, EPS_MAX)
         check_int("g_shift", self.g_shift, 0, 63)

@@ -28,9 +28,14 @@ loses on its own (a bubble outside the ``cycles`` counter) breaks the equality.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value
+import math
+
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream
+from amaranth.lib.wiring import In, Out
 
 from golden.errors import UserValueError
+from hw.spec import UnitParamError
 
 __all__ = [
     "round_half_up_const",
@@ -39,6 +44,10 @@ __all__ = [
     "check_lanes_divide",
     "row_unit_bookkeeping",
     "elementwise_cycles",
+    "elementwise_job_cycles",
+    "check_scales",
+    "lane_stream",
+    "stream_unit_ports",
     "check_stalls",
     "elementwise_edges",
     "FrameControl",
@@ -96,6 +105,42 @@ def elementwise_cycles(words: int, depth: int) -> int:
     """Exact ``cycles`` of one job of ``words`` input words on a pipeline of ``depth`` registers."""
     check_positive("words", words)
     return words + depth
+
+
+def elementwise_job_cycles(rows: int, length: int, lanes: int, depth: int) -> int:
+    """Exact cycles of a job of ``rows`` rows of ``length`` values on a P-lane element-wise unit
+    of ``depth`` registers: ``rows * length / P`` words, one per cycle, plus ``depth``."""
+    check_positive("rows", rows)
+    check_positive("length", length)
+    check_positive("lanes", lanes)
+    check_lanes_divide(lanes, length)
+    return elementwise_cycles(rows * length // lanes, depth)
+
+
+def check_scales(spec: object, fields: tuple[str, ...] = ("in_scale", "out_scale")) -> None:
+    """``UnitParamError`` unless each of a unit spec's ``fields`` is a positive finite number."""
+    for f in fields:
+        v = getattr(spec, f)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or v <= 0:
+            raise UnitParamError(f"{f} must be a positive finite number, not {v!r}")
+
+
+def lane_stream(lanes: int, bits: int = 8) -> data.StructLayout:
+    """A word of ``lanes`` signed ``bits``-bit values with the ``last`` flag."""
+    return data.StructLayout({"data": data.ArrayLayout(signed(bits), lanes), "last": unsigned(1)})
+
+
+def stream_unit_ports(i_layout, o_layout) -> dict:
+    """The streaming units' ports: ``i_data``, ``o_data`` and the ``busy``, ``cycles`` (32)
+    and ``error`` outputs (a signature's members, in that order)."""
+    return {
+        "i_data": In(stream.Signature(i_layout)),
+        "o_data": Out(stream.Signature(o_layout)),
+        "busy": Out(1),
+        "cycles": Out(32),
+        "error": Out(1),
+    }
 
 
 def check_stalls(stalls: int) -> int:

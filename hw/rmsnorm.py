@@ -38,20 +38,30 @@ import dataclasses
 from typing import Any, ClassVar
 
 import torch
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
 
 from golden.errors import UserValueError
-from golden.layernorm import EPS_MAX, GAMMA_BITS, MAX_N, RECIP_K, SQRT_BITS, Y_FRAC, LayerNormParams
+from golden.layernorm import EPS_MAX, GAMMA_BITS, RECIP_K, SQRT_BITS, Y_FRAC, LayerNormParams
 from golden.rmsnorm import rmsnorm_int
+from hw.layernorm import (
+    RootReciprocal,
+    check_norm_shape,
+    lane_sums,
+    norm_control,
+    norm_cycles,
+    norm_phases,
+    norm_valid_chain,
+    tree_levels,
+)
 from hw.lib import (
     check_lanes_divide,
     check_positive,
     check_stalls,
+    lane_stream,
     round_half_up_const,
-    row_unit_bookkeeping,
     saturate_bits,
+    stream_unit_ports,
 )
 from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
 
@@ -66,13 +76,9 @@ _R_BITS = _DIV_STEPS  # r <= 2**21 for D > 0
 _MAX_G_SHIFT = 62 - Y_FRAC  # layernorm_params caps g_shift there (out_shift <= 62)
 
 
-def _tree_levels(lanes: int) -> int:
-    return (lanes - 1).bit_length()
-
-
 def _stat_cycles(lanes: int) -> int:
     # the LOAD pipeline drains first: input register, squares, lane-sum tree, accumulate
-    return (_tree_levels(lanes) + 2) + _STAT_SETUP + SQRT_BITS + _DIV_STEPS
+    return (tree_levels(lanes) + 2) + _STAT_SETUP + SQRT_BITS + _DIV_STEPS
 
 
 def rmsnorm_row_overhead(lanes: int) -> int:
@@ -90,11 +96,7 @@ def rmsnorm_cycles(rows: int, length: int, lanes: int) -> int:
 
     ``W = N/P`` and the overhead is :func:`rmsnorm_row_overhead` (66 for P = 4).
     """
-    check_positive("rows", rows)
-    check_positive("length", length, MAX_N)
-    check_positive("lanes", lanes)
-    check_lanes_divide(lanes, length)
-    return rows * (2 * (length // lanes) + rmsnorm_row_overhead(lanes))
+    return norm_cycles(rows, length, lanes, rmsnorm_row_overhead)
 
 
 def rmsnorm_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
@@ -118,16 +120,6 @@ def _check_params(p: LayerNormParams) -> None:
     g = p.gamma_int
     if g.shape != (p.n,) or int(g.abs().max()) >= 2 ** (GAMMA_BITS - 1):
         raise UserValueError(f"gamma_int must hold n={p.n} int16 values")
-
-
-def _leading_one(v, widths):
-    """(any bit set, position of the leading one) of ``v`` by a binary search over ``widths``."""
-    pos = []
-    for w in widths:
-        h = v[w:2 * w].any()
-        pos.append(h)
-        v = Mux(h, v[w:2 * w], v[0:w])
-    return v[0], Cat(*reversed(pos))
 
 
 class RmsNorm(wiring.Component):
@@ -162,14 +154,8 @@ class RmsNorm(wiring.Component):
         check_lanes_divide(lanes, params.n, "n")
         _check_params(params)
         self._params = params
-        io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
-        super().__init__({
-            "i_data": In(stream.Signature(io)),
-            "o_data": Out(stream.Signature(io)),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+        io = lane_stream(lanes)
+        super().__init__(stream_unit_ports(io, io))
 
     lanes = property(lambda self: self._lanes, doc="Values per word P.")
     params = property(lambda self: self._params, doc="The compiled constants (LayerNormParams).")
@@ -186,12 +172,8 @@ class RmsNorm(wiring.Component):
         i, o = self.i_data, self.o_data
         depth = max(W, 2)
 
-        adv = Signal(name="adv")
-        m.d.comb += adv.eq(~(o.valid & ~o.ready))
-        phase = Signal(2, name="phase")
-        LOAD, STAT, NORM = 0, 1, 2
-        k = Signal(range(max(W + _NORM_STAGES, _stat_cycles(P)) + 1), name="k")
-        accept = row_unit_bookkeeping(m, adv, phase == LOAD, i, o, self.cycles, self.busy)
+        adv, phase, k, accept = norm_phases(
+            m, self, max(W + _NORM_STAGES, _stat_cycles(P)) + 1)
 
         m.submodules.qbuf = qbuf = memory.Memory(shape=data.ArrayLayout(signed(8), P),
                                                  depth=depth, init=[])
@@ -215,53 +197,16 @@ class RmsNorm(wiring.Component):
                              sq2[c].eq((q1[c] * q1[c]).as_unsigned()[0:15])]
         m.d.comb += [qw.addr.eq(la1), qw.en.eq(adv & lv1)]
         m.d.comb += [qw.data[c].eq(q1[c]) for c in range(P)]
-        t, tv, tf, j = list(sq2), lv2, lf2, 0
-        while len(t) > 1:
-            j += 1
-            nt = [Signal(unsigned(27), name=f"w_{j}_{c}") for c in range((len(t) + 1) // 2)]
-            nv, nf = Signal(name=f"wv{j}"), Signal(name=f"wf{j}")
-            with m.If(adv):
-                m.d.sync += [nv.eq(tv), nf.eq(tf)]
-                m.d.sync += [nt[c].eq(sum(t[2 * c:2 * c + 2])) for c in range(len(nt))]
-            t, tv, tf = nt, nv, nf
-        s2 = Signal(unsigned(27), name="s2")
-        with m.If(adv & tv):
-            m.d.sync += s2.eq(Mux(tf, 0, s2) + t[0])
+        (s2,) = lane_sums(m, adv, (sq2,), lv2, lf2, (("w", unsigned(27), "s2"),))
 
         # ---------------------------------------------------------------- STAT registers
-        k0 = _tree_levels(P) + 2  # S2 final
-        j0 = k0 + _STAT_SETUP + SQRT_BITS  # first divider cycle
+        k0 = tree_levels(P) + 2  # S2 final
         pn0 = Signal(unsigned(30), name="pn0")
         pn1 = Signal(unsigned(23), name="pn1")
         ns2 = Signal(unsigned(40), name="ns2")
-        dd = Signal(unsigned(64), name="D")
-        z = Signal(range(65), name="z")
-        b_any = Signal(8, name="byte_any")
-        b_pos = [Signal(3, name=f"byte_pos{t}") for t in range(8)]
-        b_any_c, b_pos_c = [], []
-        for t8 in range(8):
-            an, ps = _leading_one(dd[8 * t8:8 * t8 + 8], (4, 2, 1))
-            b_any_c.append(an)
-            b_pos_c.append(ps)
-        top_any, top = _leading_one(b_any, (4, 2, 1))
-        pos_sel = Signal(3, name="pos_sel")
-        with m.Switch(top):
-            for t8 in range(8):
-                with m.Case(t8):
-                    m.d.comb += pos_sel.eq(b_pos[t8])
-        zc = Mux(top_any, Cat(pos_sel, top) + 1, 0)
-        kk = Signal(signed(8), name="kk")
-        shl, shr = Signal(6, name="shl"), Signal(5, name="shr")  # 2k (k >= 0), -2k (k < 0)
-        sh = Signal(6, name="ysh")  # 22 - k - 1, k in [-12, 20]: the rounding shift less one
-        rem = Signal(unsigned(42), name="srem")
-        root = Signal(unsigned(42), name="root")
-        one = Signal(unsigned(42), name="one")
-        trial = Signal(unsigned(42), name="trial")
-        m.d.comb += trial.eq(root | one)  # root and one never share a bit
-        drem = Signal(unsigned(20), name="drem")
-        quo = Signal(unsigned(_R_BITS), name="quo")
-        drem2 = Signal(unsigned(21), name="drem2")
-        m.d.comb += drem2.eq(Cat(Const(0, 1), drem))  # the dividend's low 22 bits are 0
+        rr = RootReciprocal(m, ysh_bits=6, drem_bits=20, quo_bits=_R_BITS,
+                            skip=SQRT_BITS - 1)  # the remainder after them: 2**18
+        dd, quo, sh = rr.dd, rr.quo, rr.sh
 
         # ---------------------------------------------------------------- NORM pipeline
         # 1 read q and G, 2 register, 3 c = N*q, 4 four partial products c*r, 5 two sums,
@@ -269,14 +214,7 @@ class RmsNorm(wiring.Component):
         # 12 saturate into the output register (the register after the read keeps the RAM's
         # clock-to-output delay out of the multiplier's path)
         m.d.comb += [qr.addr.eq(k), qr.en.eq(adv), gr.addr.eq(k), gr.en.eq(adv)]
-        nv = [Signal(name=f"nv{t}") for t in range(_NORM_STAGES)]
-        nl = [Signal(name=f"nl{t}") for t in range(_NORM_STAGES)]
-        with m.If(adv):
-            m.d.sync += [nv[1].eq((phase == NORM) & (k < W)), nl[1].eq(k == W - 1)]
-            m.d.sync += [nv[t + 1].eq(nv[t]) for t in range(1, _NORM_STAGES - 1)]
-            m.d.sync += nl[2].eq(nv[1] & nl[1])
-            m.d.sync += [nl[t + 1].eq(nl[t]) for t in range(2, _NORM_STAGES - 1)]
-            m.d.sync += [o.valid.eq(nv[-1]), o.payload.last.eq(nl[-1])]
+        norm_valid_chain(m, adv, o, phase, k, W, _NORM_STAGES)
         half = _R_BITS // 2
         r_lo, r_hi = quo[0:half], quo[half:_R_BITS]
         for c in range(P):
@@ -314,58 +252,16 @@ class RmsNorm(wiring.Component):
                 ]
 
         # ---------------------------------------------------------------- control
-        with m.If(adv):
-            with m.Switch(phase):
-                with m.Case(LOAD):
-                    with m.If(accept):
-                        with m.If(k == W - 1):
-                            m.d.sync += [phase.eq(STAT), k.eq(0)]
-                            with m.If(~i.payload.last):
-                                m.d.sync += self.error.eq(1)
-                        with m.Else():
-                            m.d.sync += k.eq(k + 1)
-                            with m.If(i.payload.last):
-                                m.d.sync += self.error.eq(1)
-                with m.Case(STAT):
-                    m.d.sync += k.eq(k + 1)
-                    with m.If(k == k0):  # N*S2 partial products
-                        m.d.sync += [pn0.eq(s2[0:17] * N), pn1.eq(s2[17:27] * N)]
-                    with m.If(k == k0 + 1):
-                        m.d.sync += ns2.eq(pn0 + (pn1 << 17))
-                    with m.If(k == k0 + 2):
-                        m.d.sync += dd.eq((ns2 << 8) + prm.eps_int)
-                    with m.If(k == k0 + 3):
-                        m.d.sync += [b_any.eq(Cat(*b_any_c))] + [b_pos[t].eq(b_pos_c[t]) for t in range(8)]
-                    with m.If(k == k0 + 4):
-                        m.d.sync += z.eq(zc)
-                    with m.If(k == k0 + 5):
-                        m.d.sync += kk.eq((Const(RECIP_K, signed(8)) - z) >> 1)
-                    with m.If(k == k0 + 6):
-                        m.d.sync += [shl.eq(Mux(kk >= 0, kk, 0) << 1), shr.eq(Mux(kk < 0, -kk, 0) << 1),
-                                     sh.eq(RECIP_K - Y_FRAC - 4 - 1 - kk)]
-                    with m.If(k == k0 + 7):
-                        m.d.sync += [rem.eq(Mux(kk >= 0, dd << shl, dd >> shr)[0:41]),
-                                     root.eq(0), one.eq(1 << (2 * SQRT_BITS - 2))]
-                    with m.If((k >= k0 + _STAT_SETUP) & (k < j0)):
-                        with m.If(rem >= trial):
-                            m.d.sync += [rem.eq(rem - trial), root.eq((root >> 1) | one)]
-                        with m.Else():
-                            m.d.sync += root.eq(root >> 1)
-                        m.d.sync += one.eq(one >> 2)
-                    with m.If(k == j0 - 1):  # the remainder after the 19 skipped steps
-                        m.d.sync += [drem.eq(1 << (SQRT_BITS - 2)), quo.eq(0)]
-                    with m.If(k >= j0):
-                        with m.If(drem2 >= root):
-                            m.d.sync += [drem.eq(drem2 - root), quo.eq(Cat(1, quo))]
-                        with m.Else():
-                            m.d.sync += [drem.eq(drem2), quo.eq(Cat(0, quo))]
-                    with m.If(k == _stat_cycles(P) - 1):
-                        m.d.sync += [phase.eq(NORM), k.eq(0)]
-                with m.Case(NORM):
-                    with m.If(k == W + _NORM_STAGES - 1):
-                        m.d.sync += [phase.eq(LOAD), k.eq(0)]
-                    with m.Else():
-                        m.d.sync += k.eq(k + 1)
+        def stat():
+            with m.If(k == k0):  # N*S2 partial products
+                m.d.sync += [pn0.eq(s2[0:17] * N), pn1.eq(s2[17:27] * N)]
+            with m.If(k == k0 + 1):
+                m.d.sync += ns2.eq(pn0 + (pn1 << 17))
+            with m.If(k == k0 + 2):
+                m.d.sync += dd.eq((ns2 << 8) + prm.eps_int)
+            rr.steps(m, k, k0 + 3)
+
+        norm_control(m, self, adv, phase, k, accept, W, _stat_cycles(P), _NORM_STAGES, stat)
         return m
 
 
@@ -400,10 +296,7 @@ class RmsNormSpec(UnitSpec):
     )
 
     def __post_init__(self) -> None:
-        check_int("lanes", self.lanes, 1, 64)
-        check_int("n", self.n, 1, MAX_N)
-        if self.n % self.lanes:
-            raise UnitParamError(f"lanes={self.lanes} must divide n={self.n}")
+        check_norm_shape(self.lanes, self.n)
         check_int("eps_int", self.eps_int, 0, EPS_MAX)
         check_int("g_shift", self.g_shift, 0, _MAX_G_SHIFT)
         v = self.gamma_int

@@ -18,23 +18,23 @@ takes exactly ``W + 2`` cycles (:func:`silu_cycles`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
-from amaranth import Module, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth import Module, signed
+from amaranth.lib import memory, wiring
 
 from golden.errors import UserValueError
 from golden.silu import SiluParams, silu_int, silu_params
 from hw.lib import (
     FrameControl,
-    check_lanes_divide,
     check_positive,
+    check_scales,
     check_stalls,
-    elementwise_cycles,
+    elementwise_job_cycles,
+    lane_stream,
+    stream_unit_ports,
 )
-from hw.spec import Measured, UnitParamError, UnitSpec, check_int, scaled_resources
+from hw.spec import Measured, UnitSpec, check_int, scaled_resources
 
 __all__ = ["SILU_LATENCY", "SILU_QOR_COMMAND", "Silu", "SiluSpec", "silu_cycles", "silu_edges"]
 
@@ -45,11 +45,7 @@ SILU_LATENCY = 2
 def silu_cycles(rows: int, length: int, lanes: int) -> int:
     """Exact cycles of a job of ``rows`` rows of ``length`` int8 values on a P-lane :class:`Silu`:
     ``rows * length / P`` words, one per cycle, plus :data:`SILU_LATENCY` (2)."""
-    check_positive("rows", rows)
-    check_positive("length", length)
-    check_positive("lanes", lanes)
-    check_lanes_divide(lanes, length)
-    return elementwise_cycles(rows * length // lanes, SILU_LATENCY)
+    return elementwise_job_cycles(rows, length, lanes, SILU_LATENCY)
 
 
 def silu_edges(rows: int, length: int, lanes: int, stalls: int = 0) -> int:
@@ -90,14 +86,8 @@ class Silu(wiring.Component):
         if tuple(t.shape) != (256,) or int(t.min()) < -128 or int(t.max()) > 127:
             raise UserValueError("the SiLU table must hold 256 int8 values")
         self._params = params
-        io = data.StructLayout({"data": data.ArrayLayout(signed(8), lanes), "last": unsigned(1)})
-        super().__init__({
-            "i_data": In(stream.Signature(io)),
-            "o_data": Out(stream.Signature(io)),
-            "busy": Out(1),
-            "cycles": Out(32),
-            "error": Out(1),
-        })
+        io = lane_stream(lanes)
+        super().__init__(stream_unit_ports(io, io))
 
     lanes = property(lambda self: self._lanes, doc="Elements per cycle P.")
     params = property(lambda self: self._params, doc="The table (SiluParams).")
@@ -151,11 +141,7 @@ class SiluSpec(UnitSpec):
 
     def __post_init__(self) -> None:
         check_int("lanes", self.lanes, 1, 64)
-        for f in ("in_scale", "out_scale"):
-            v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-                    or v <= 0:
-                raise UnitParamError(f"{f} must be a positive finite number, not {v!r}")
+        check_scales(self)
 
     def params(self) -> SiluParams:
         """The table as the golden model takes it."""
