@@ -47,7 +47,7 @@ from compiler.ir import Graph
 from golden.errors import UserFileNotFoundError, UserValueError
 
 __all__ = ["DEFAULT_PROMPT_LEN", "DEFAULT_PROMPTS", "StaticKVCache", "cache_slots_needed",
-           "decode_plan_shape", "float_greedy", "generate_plan", "load_prompts",
+           "decode_plan_shape", "fill_cosines", "float_greedy", "generate_plan", "load_prompts",
            "random_prompts"]
 
 #: prompts ``fmforge execute --generate`` draws by default, and their length
@@ -197,6 +197,38 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
 def _margin(lg: torch.Tensor) -> float:
     top = torch.topk(lg.double(), 2).values
     return float(top[0] - top[1])
+
+
+def fill_cosines(plan: dict[str, Any], fills: Sequence[int], steps: int = 3, seed: int = 11,
+                 graph: tuple[Graph, Any] | None = None) -> dict[int, dict[str, float]]:
+    """Accuracy of one decode step of ``plan`` by cache fill: per fill level ``f`` in ``fills``,
+    ``steps`` held-out steps (:meth:`compiler.zoo.DecodeStep.step_inputs` seeded with ``seed +
+    1000 * f``: the float model's own cache of ``f`` random tokens, random new tokens at positions
+    ``f..``) through the executor, their logits and hidden state against the float step's;
+    ``{f: {"logits_min", "logits_mean", "hidden_min", "hidden_mean"}}`` (cosines)."""
+    from compiler.execute import make_impl, rebuild_graph
+    from compiler.interp import run_graph
+
+    decode_plan_shape(plan)
+    g, lm = graph if graph is not None else rebuild_graph(plan)
+    step = lm.module
+    impl = make_impl(g, plan)
+    out: dict[int, dict[str, float]] = {}
+    for f in fills:
+        if not 0 <= f <= step.context:
+            raise UserValueError(f"cache fill {f} outside 0..{step.context}")
+        gen = torch.Generator().manual_seed(seed + 1000 * f)
+        lc, hc = [], []
+        for _ in range(steps):
+            inputs = step.step_inputs(gen, f)
+            with torch.no_grad():
+                ref = step(*inputs)
+                got = run_graph(g, inputs, impl=impl)
+            lc.append(_cos(got[0], ref[0]))
+            hc.append(_cos(got[1], ref[1]))
+        out[f] = {"logits_min": min(lc), "logits_mean": sum(lc) / len(lc),
+                  "hidden_min": min(hc), "hidden_mean": sum(hc) / len(hc)}
+    return out
 
 
 def generate_plan(plan: dict[str, Any], n_tokens: int, prompts: Sequence[Sequence[int]] | None = None,

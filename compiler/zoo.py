@@ -262,13 +262,21 @@ class DecodeStep(torch.nn.Module):
         pos = torch.arange(filled, filled + self.seq_len).unsqueeze(0)
         return (ids, pos, mask, *kv)
 
+    def calibration_fills(self, n: int) -> list[int]:
+        """The cache fills of ``n`` calibration steps: ``round(T * (i / (n - 1))^2)``, ``i = 0..n
+        - 1``: every fill from 0 to ``T`` (both ends included), denser at low fills. A step on
+        ``f`` filled slots attends to ``f + 1`` keys; with few of them its attention output is
+        one or two value rows rather than an average, and the output projection's values run
+        several times those of a full cache (gpt2-tiny: up to 4x per channel at fill 0), so the
+        scales must see the low fills a prompt's first tokens run at (docs/compiler.md)."""
+        t = self.context
+        return [t] if n == 1 else [round(t * (i / (n - 1)) ** 2) for i in range(n)]
+
     def calibration_inputs(self, n: int) -> list[tuple[torch.Tensor, ...]]:
-        """``n`` calibration inputs: real caches of random prompts (seeded), not noise; every
-        other one fills a random part of the slots (generation runs on partly filled caches)."""
+        """``n`` calibration inputs: real caches of random prompts (seeded), not noise, at the
+        fills of :meth:`calibration_fills` (the compile adds the example, a full cache)."""
         g = torch.Generator().manual_seed(2)
-        return [self.step_inputs(g, None if i % 2 == 0 else
-                                 int(torch.randint(0, self.context, (1,), generator=g)))
-                for i in range(n)]
+        return [self.step_inputs(g, f) for f in self.calibration_fills(n)]
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor,
                 cache_mask: torch.Tensor, *kv: torch.Tensor) -> tuple[torch.Tensor, ...]:

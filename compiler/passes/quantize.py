@@ -32,6 +32,15 @@ channel stays below 1); a per-tensor int8 output scale wipes out the other 383 c
 costs about 0.11 of sentence-embedding cosine. Its per-tensor int8 *input* (the GELU output)
 costs only about 0.01 (measured; docs/compiler.md).
 
+Few calibration rows (fewer than :data:`MIN_CHANNEL_ROWS`, 256, rows of that output over all
+samples: a decode step sees one row per sample): a channel's own maximum over ``R`` rows is
+exceeded by about one new value in ``R + 1``, so with 16 rows nearly every new row clips some
+channel (gpt2-tiny's decode step at an empty cache: 111 of 128 channels of the first attention
+output projection above their calibrated maximum, up to 4x). Then :func:`channel_scales`:
+each channel's root mean square times one peak-to-RMS ratio pooled over all ``R * C`` values,
+at least the channel's own maximum and at most the per-tensor maximum. With 256 rows or more
+(MiniLM, the full-sequence models at their default length) each channel keeps its own maximum.
+
 16-bit input path (``ffn_down="int16"``, default): a linear that reads a GELU output gets
 ``quant["in_bits"] = 16`` and ``quant["out_bits"] = 32``: its input is quantized per tensor to
 ``x16 = clamp(round(x / s), -32640, 32639)``, ``s = max|x| / 32639``, split exactly into two
@@ -82,7 +91,8 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["FFN_DOWN_MODES", "Quantize", "QLinear", "QUANT_KINDS", "expert_rows", "grouped_qparams",
+__all__ = ["FFN_DOWN_MODES", "MIN_CHANNEL_ROWS", "Quantize", "QLinear", "QUANT_KINDS",
+           "channel_scales", "expert_rows", "grouped_qparams",
            "grouped_weight", "linear_qparams", "linear_weight",
            "MASK_SENTINEL", "matmul_operands", "matmul_qparams", "mse_scale", "param_scale",
            "quantize_tensor", "quantize_weight", "residual_only_linears", "softmax_keep"]
@@ -316,6 +326,25 @@ def mse_scale(absvals: torch.Tensor, top: float) -> float:
 _CHANNEL_KEEPING = ("clone", "view", "reshape", "contiguous", "alias")
 
 
+#: fewer calibration rows than this and a per-channel output scale is not the channel's own
+#: maximum but :func:`channel_scales`' pooled estimate (module doc)
+MIN_CHANNEL_ROWS = 256
+
+
+def channel_scales(rows: torch.Tensor, top: float) -> torch.Tensor:
+    """Per-channel int8 output scales ``[C]`` (float64) of the calibration values ``rows [R, C]``
+    of a linear's output when ``R`` is small: channel ``c`` gets ``max(max|y_c|, min(r *
+    rms_c, top)) / 127`` with ``rms_c`` the channel's root mean square and ``r`` the largest
+    ``|y| / rms`` over every row and channel (one peak-to-RMS ratio, estimated from ``R * C``
+    values instead of ``R``), never above ``top`` (the per-tensor maximum)."""
+    a = rows.to(torch.float64).abs()
+    own = a.amax(0)
+    rms = torch.clamp(a.pow(2).mean(0).sqrt(), min=_EPS)
+    r = float((a / rms).max())
+    pooled = torch.clamp(r * rms, max=max(top, _EPS))
+    return torch.clamp(torch.maximum(own, pooled), min=_EPS) / 127.0
+
+
 def residual_only_linears(graph: Graph) -> set[str]:
     """Linears whose output reaches only ``add`` nodes (through channel-keeping layout ops).
 
@@ -373,6 +402,7 @@ class Quantize(Pass):
                 want.update(n.inputs)
         absmax: dict[str, float] = {}
         chan_max: dict[str, torch.Tensor] = {}
+        chan_rows: dict[str, list[torch.Tensor]] = {}  # kept while fewer than MIN_CHANNEL_ROWS
         chan_out = residual_only_linears(graph) if self.per_channel_out else set()
         seen: dict[str, list[torch.Tensor]] = {}
         for name, _ in graph.inputs:
@@ -389,9 +419,13 @@ class Quantize(Pass):
                 a = v.abs().flatten()
                 absmax[node.name] = max(absmax.get(node.name, 0.0), float(a.max()) if a.numel() else 0.0)
                 if node.name in chan_out:
-                    cm = val.detach().abs().reshape(-1, val.shape[-1]).amax(0).to(torch.float64)
+                    rows = val.detach().reshape(-1, val.shape[-1]).to(torch.float64)
+                    cm = rows.abs().amax(0)
                     prev = chan_max.get(node.name)
                     chan_max[node.name] = cm if prev is None else torch.maximum(prev, cm)
+                    kept = chan_rows.setdefault(node.name, [])
+                    if sum(t.shape[0] for t in kept) < MIN_CHANNEL_ROWS:
+                        kept.append(rows)
                 if self.method == "mse":
                     seen.setdefault(node.name, []).append(a[:: max(1, a.numel() // 65536)])
             if node.op == "grouped_linear":  # the rows the router sent to each expert
@@ -448,7 +482,11 @@ class Quantize(Pass):
                                         in_scales=[max(absmax.get(n.inputs[0], 0.0), _EPS)
                                                    / 32639.0])
             elif n.name in chan_max:
-                so = [max(float(v), _EPS) / 127.0 for v in chan_max[n.name]]
+                rows = torch.cat(chan_rows.get(n.name, []) or [chan_max[n.name][None]])
+                if rows.shape[0] < MIN_CHANNEL_ROWS:  # too few rows for each channel's maximum
+                    so = channel_scales(rows, float(chan_max[n.name].max())).tolist()
+                else:
+                    so = [max(float(v), _EPS) / 127.0 for v in chan_max[n.name]]
                 n.attrs["quant"]["out_scales"] = so
                 n.attrs["quant"]["out_scale"] = max(so)
             if n.op == "linear" and n.attrs.get("smooth") and n.name not in wide:
