@@ -15,8 +15,8 @@ placed it:
   sentinel, :data:`compiler.passes.quantize.MASK_SENTINEL`, are its mask); ``layer_norm``:
   :mod:`golden.layernorm`; ``layout``: data movement (exact on the int8 grid);
 * fpga / asic ``grouped_linear`` (a mixture of experts' expert GEMMs): the router's offsets
-  (computed on the host) split the rows, and each expert's rows run as one GEMM with that
-  expert's int8 weights and requantizer (:func:`_grouped_linear`);
+  or per-row expert indices (computed on the host) split the rows, and each expert's rows run
+  as one GEMM with that expert's int8 weights and requantizer (:func:`_grouped_linear`);
 * imc ``linear``: :func:`imc_linear`, the crossbar model (offset-binary weights bit-sliced into
   cells, bit-serial inputs through the DACs, each column's partial sum per crossbar quantized by
   the ADC, shift-add, digital offset correction, bias, requantizer).
@@ -40,7 +40,7 @@ from compiler.frontend import export_graph, load_model
 from compiler.interp import float_impl, run_graph
 from compiler.ir import Graph, Node
 from compiler.passes import Canonicalize, run_passes
-from compiler.passes.canonicalize import grouped_offsets
+from compiler.passes.canonicalize import grouped_offsets, grouped_row_index
 from compiler.passes.quantize import (
     expert_rows,
     grouped_qparams,
@@ -317,10 +317,12 @@ def _unquantized(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[s
 def _grouped_linear(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
                     quantize: bool = True, rec: Any = None) -> torch.Tensor:
     """A mixture of experts' routed GEMMs (``grouped_linear``): the router's offsets split the
-    (expert-sorted) input rows, and expert ``e``'s rows run through :func:`golden.gemm.gemm_int`
-    with that expert's int8 weights and requantizer (:func:`compiler.passes.quantize.
-    grouped_qparams`), one engine GEMM per expert that got rows; rows past the last offset are
-    0. ``quantize=False``: the same split in float64 (the differential test's reading)."""
+    (expert-sorted) input rows, or (a gathered one, transformers' ``batched_mm``) each row's
+    expert index picks its expert, and expert ``e``'s rows run through
+    :func:`golden.gemm.gemm_int` with that expert's int8 weights and requantizer
+    (:func:`compiler.passes.quantize.grouped_qparams`), one engine GEMM per expert that got rows
+    (the host gathers them and scatters the results back); rows of no expert are 0.
+    ``quantize=False``: the same split in float64 (the differential test's reading)."""
     a = node.attrs
     k, n, experts = int(a["k"]), int(a["n"]), int(a["experts"])
     x = args[0].reshape(-1, k)
@@ -328,25 +330,24 @@ def _grouped_linear(graph: Graph, node: Node, args: tuple[Any, ...], kwargs: dic
     if any(r < 0 for r in rows) or sum(rows) > x.shape[0]:
         raise UserValueError(f"op {node.name}: expert offsets {rows} do not split its "
                              f"{x.shape[0]} rows")
+    index = grouped_row_index(node, args, kwargs, rows)
     shape = tuple(node.out[0].shape)
     if not quantize:
         w = grouped_weight(graph, node).to(torch.float64)
         y = torch.zeros(x.shape[0], n, dtype=torch.float64)
-        start = 0
-        for e, r in enumerate(rows):
-            y[start:start + r] = x[start:start + r].to(torch.float64) @ w[e].t()
-            start += r
+        for e, idx in enumerate(index):
+            y[idx] = x[idx].to(torch.float64) @ w[e].t()
         return y.to(torch.float32).reshape(shape)
     qs = grouped_qparams(graph, node)
     xq = quantize_tensor(x, qs[0].in_scale)
     yq = torch.zeros(x.shape[0], n, dtype=torch.int64)
-    gemms, start = [], 0
-    for e, r in enumerate(rows):
-        if r:
-            ql, xe = qs[e], xq[start:start + r]
-            yq[start:start + r] = gemm_int(xe, ql.wq, ql.bias, ql.mult, ql.shift)
-            gemms.append((xe, ql.wq, ql.bias, ql.mult, ql.shift, yq[start:start + r]))
-        start += r
+    gemms = []
+    for e, idx in enumerate(index):
+        if len(idx):
+            ql, xe = qs[e], xq[idx]
+            ye = gemm_int(xe, ql.wq, ql.bias, ql.mult, ql.shift)
+            yq[idx] = ye
+            gemms.append((xe, ql.wq, ql.bias, ql.mult, ql.shift, ye))
     if rec is not None:
         rec(gemms=gemms, expert_rows=rows)
     return _dq(yq, qs[0].out_scale, shape)

@@ -79,7 +79,9 @@ PLAN_SCHEMA: dict[str, Any] = {"object": {
         "name": "string", "op": {"enum": list(OP_KINDS)}, "target": "string", "module": "string",
         "device": "string", "inputs": {"array": "string"}, "out": {"array": _TENSOR},
         "macs": _MACS, "cycles": {"nullable": _MACS}, "seconds": _NUM, "energy_j": _NUM,
-        "lowering": {"object": {"unit": "string", "impl": "string"}},
+        "lowering": {"object": {"unit": "string", "impl": "string"},
+                     # a grouped_linear: the rows per expert it was priced with, per sample
+                     "optional": {"expert_rows": {"array": {"array": "integer"}}}},
         "quant": {"nullable": {"object": {"in_scales": {"array": _SCALE, "min": 1},
                                            "out_scale": _SCALE},
                                "optional": {"out_scales": {"array": _SCALE, "min": 1},

@@ -50,12 +50,15 @@ def replay_gemm(spec: GemmSpec, gemms: Sequence[tuple], *, stall: str = "none", 
     return replay_gemm_ops(spec, [gemms], stall=stall, seed=seed, simulator=simulator)[0]
 
 
-def _commands(spec: GemmSpec, gemms: Sequence[tuple]) -> tuple[list[GemmJob], bool]:
-    """The engine commands of recorded GEMMs (at most ``max_m x max_n``, K whole), and whether
-    the golden model on their operands equals the recorded results."""
+def _commands(spec: GemmSpec, gemms: Sequence[tuple]) -> tuple[list[GemmJob], bool, list[int]]:
+    """The engine commands of recorded GEMMs (at most ``max_m x max_n``, K whole), whether
+    the golden model on their operands equals the recorded results, and how many commands each
+    recorded GEMM became."""
     jobs: list[GemmJob] = []
     golden_ok = True
+    per_gemm: list[int] = []
     for a, b, bias, mult, shift, y in gemms:
+        before = len(jobs)
         m, k = a.shape
         n = b.shape[1]
         if not torch.equal(spec.reference(a, b, bias, mult, shift), y):
@@ -68,7 +71,12 @@ def _commands(spec: GemmSpec, gemms: Sequence[tuple]) -> tuple[list[GemmJob], bo
                        _sl(mult, n0, n0 + ni), _sl(shift, n0, n0 + ni))
                 jobs.append(GemmJob(mi, k, ni, bias=bias is not None, requant=mult is not None,
                                     operands=ops))
-    return jobs, golden_ok
+        per_gemm.append(len(jobs) - before)
+    return jobs, golden_ok, per_gemm
+
+
+def _load(spec: GemmSpec, j: GemmJob) -> int:
+    return spec.load_cycles(m=j.m, k=j.k, n=j.n, channels=j.bias or j.requant)
 
 
 def replay_gemm_ops(spec: GemmSpec, ops: Sequence[Sequence[tuple]], *, stall: str = "none",
@@ -76,7 +84,7 @@ def replay_gemm_ops(spec: GemmSpec, ops: Sequence[Sequence[tuple]], *, stall: st
     """:func:`replay_gemm` for several ops on one engine: all their commands run back to back
     in one simulation; one result per op."""
     per_op = [_commands(spec, gemms) for gemms in ops]
-    jobs = [j for js, _ in per_op for j in js]
+    jobs = [j for js, _, _ in per_op for j in js]
     if simulator == "verilator":
         from sim.cosim import run_gemm_verilator
 
@@ -88,14 +96,13 @@ def replay_gemm_ops(spec: GemmSpec, ops: Sequence[Sequence[tuple]], *, stall: st
     else:
         raise UserValueError(f"simulator must be 'verilator' or 'amaranth', not {simulator!r}")
     outs, at = [], 0
-    for js, golden_ok in per_op:
+    for (js, golden_ok, per_gemm), gemms in zip(per_op, ops, strict=True):
         rs, at = res[at:at + len(js)], at + len(js)
         out = {"match": golden_ok and all(r["match"] for r in rs),
                "golden_matches_executor": golden_ok, "commands": len(js),
                "cycles": sum(r["cycles"] for r in rs),
                "predicted_cycles": sum(r["predicted_cycles"] for r in rs),
-               "load_cycles": sum(spec.load_cycles(m=j.m, k=j.k, n=j.n,
-                                                   channels=j.bias or j.requant) for j in js),
+               "load_cycles": sum(_load(spec, j) for j in js),
                "mismatches": [m for r in rs for m in r["mismatches"]][:5],
                "sim_seconds": sum(r["sim_seconds"] for r in rs),
                # the testbench's own edge counts against the end-to-end model
@@ -103,6 +110,17 @@ def replay_gemm_ops(spec: GemmSpec, ops: Sequence[Sequence[tuple]], *, stall: st
         for key in ("tb_cycles", "predicted_total_cycles"):
             if all(key in r for r in rs):
                 out[key] = sum(r[key] for r in rs)
+        # each recorded GEMM on its own (a grouped_linear: one per expert that got rows)
+        out["gemms"], c0 = [], 0
+        for g, nc in zip(gemms, per_gemm, strict=True):
+            sub, sj = rs[c0:c0 + nc], js[c0:c0 + nc]
+            c0 += nc
+            out["gemms"].append({
+                "m": int(g[0].shape[0]), "k": int(g[0].shape[1]), "n": int(g[1].shape[1]),
+                "commands": nc, "match": all(r["match"] for r in sub),
+                "cycles": sum(r["cycles"] for r in sub),
+                "predicted_cycles": sum(r["predicted_cycles"] for r in sub),
+                "load_cycles": sum(_load(spec, j) for j in sj)})
         outs.append(out)
     return outs
 

@@ -28,6 +28,13 @@ parameter (``permute`` of ``gate_up_proj`` / ``down_proj``, folded as above) bec
 ``grouped_linear`` with ``attrs`` ``experts, m, k, n, macs, weight, w_layout`` (``"ekn"``: the
 weight is ``[E, K, N]``, expert ``e`` computes ``x[offs[e-1]:offs[e]] @ W[e]``) and
 ``offsets_arg`` (where the cumulative rows per expert, computed by the router on the host, are).
+transformers' ``batched_mm`` experts gather a copy of the expert weights for every routed row
+and multiply them one row at a time, ``bmm(W[ids], x.unsqueeze(-1))`` (or ``bmm(x.unsqueeze(1),
+W[ids])``); with ``W`` a stacked 3-D parameter (or a constant of parameters) and ``ids`` one
+expert index per row, :func:`fuse_gathered_expert_mm` makes that ``bmm`` one
+:data:`GATHERED_MM_TARGET` node ``(x, W, ids, transposed)`` (the same values, without the
+gathered weight copies), which is a ``grouped_linear`` with ``ids_arg`` (where the expert of each
+row is) instead of ``offsets_arg``: expert ``e`` computes the rows ``s`` with ``ids[s] == e``.
 """
 
 from __future__ import annotations
@@ -39,19 +46,45 @@ import torch
 from compiler.frontend import resolve_target
 from compiler.ir import Graph, Node, Param, Ref, TensorType, map_structure
 from compiler.passes.base import Pass, PassError
+from golden.errors import UserValueError
 
-__all__ = ["Canonicalize", "CONST_PREFIX", "GROUPED_MM_TARGETS", "LAYOUT_TARGETS", "classify",
-           "constant_nodes", "grouped_offsets",
+__all__ = ["Canonicalize", "CONST_PREFIX", "GATHERED_MM_TARGET", "GROUPED_MM_TARGETS",
+           "LAYOUT_TARGETS", "classify", "constant_nodes", "fuse_gathered_expert_mm",
+           "grouped_offsets", "grouped_row_index",
            "evaluate_constants", "fold_weight_constants", "fuse_rms_norm", "mark_causal_masks",
            "mark_grouped_kv"]
 
 #: name prefix of the parameters that weight folding creates
 CONST_PREFIX = "const:"
+#: ``bmm`` of each row with its own expert's weights (``ids[s]``), what :func:`fuse_gathered_expert_mm`
+#: makes of transformers' ``batched_mm`` experts: args ``(x [S, K], W, ids [S], transposed)``
+GATHERED_MM_TARGET = "fmforge.gathered_mm.default"
 #: argument positions that hold a weight (or bias) of a GEMM-like ATen op
 _WEIGHT_SLOTS = {"aten.linear.default": (1, 2), "aten.addmm.default": (0, 2),
                  "aten.matmul.default": (0, 1), "aten.mm.default": (0, 1),
                  "aten.bmm.default": (0, 1), **{t: (1,) for t in ("transformers.grouped_mm_fallback.default",
-                                                                  "aten._grouped_mm.default")}}
+                                                                  "aten._grouped_mm.default",
+                                                                  GATHERED_MM_TARGET)}}
+
+
+@torch.library.custom_op("fmforge::gathered_mm", mutates_args=())
+def _gathered_mm(x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor,
+                 transposed: bool) -> torch.Tensor:
+    """Row ``s`` of ``x`` times the weights of expert ``ids[s]``, as the ``bmm`` it replaces:
+    ``bmm(w[ids], x[:, :, None])`` (``w`` ``[E, N, K]``, out ``[S, N, 1]``) or, ``transposed``,
+    ``bmm(x[:, None, :], w[ids])`` (``w`` ``[E, K, N]``, out ``[S, 1, N]``)."""
+    if transposed:
+        return torch.bmm(x.unsqueeze(1), w[ids])
+    return torch.bmm(w[ids], x.unsqueeze(-1))
+
+
+@_gathered_mm.register_fake
+def _gathered_mm_fake(x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor,
+                      transposed: bool) -> torch.Tensor:
+    s = x.shape[0]
+    return x.new_empty((s, 1, w.shape[2]) if transposed else (s, w.shape[1], 1))
+
+
 #: grouped matrix products ``out[rows of group e] = x[rows of group e] @ W[e]`` with ``W`` of
 #: shape ``[E, K, N]`` and the groups' cumulative end rows ``offs`` (transformers' MoE experts)
 GROUPED_MM_TARGETS = ("transformers.grouped_mm_fallback.default", "aten._grouped_mm.default")
@@ -129,6 +162,8 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
                           "bias": a[0].name, "w_layout": "kn", "x_arg": 1}
     if t in GROUPED_MM_TARGETS:
         return _grouped_attrs(node, shape)
+    if t == GATHERED_MM_TARGET:
+        return _gathered_attrs(node, shape)
     if t in _MATMULS:
         if isinstance(a[1], Param) and len(shape(a[1])) == 2:
             k, n = shape(a[1])
@@ -170,9 +205,31 @@ def classify(node: Node, types: dict[str, tuple[TensorType, ...]],
 
 def grouped_offsets(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The ``offs`` operand (cumulative end row of each expert) of a grouped matmul node, from
-    its resolved arguments."""
+    its resolved arguments; for a gathered one (``ids_arg``) the cumulative count of the rows
+    each expert gets (its rows' number, as if they were sorted by expert)."""
+    if "ids_arg" in node.attrs:
+        e = int(node.attrs["experts"])
+        ids = torch.as_tensor(args[int(node.attrs["ids_arg"])]).reshape(-1).to(torch.int64)
+        ids = ids[(ids >= 0) & (ids < e)]  # the executor refuses others (grouped_row_index)
+        return torch.cumsum(torch.bincount(ids, minlength=e)[:e], 0)
     i = int(node.attrs.get("offsets_arg", 2))
     return args[i] if i < len(args) else kwargs.get("offs")
+
+
+def grouped_row_index(node: Node, args: tuple[Any, ...], kwargs: dict[str, Any],
+                      rows: list[int]) -> list[torch.Tensor]:
+    """The input rows of each expert of a ``grouped_linear`` (int64 index tensors): the rows
+    ``s`` with ``ids[s] == e`` of a gathered one, else the contiguous ranges of ``rows`` (the
+    rows per expert, from the offsets). An expert index outside ``0..E-1`` is an error."""
+    if "ids_arg" not in node.attrs:
+        ends = torch.cumsum(torch.tensor([0, *rows], dtype=torch.int64), 0).tolist()
+        return [torch.arange(a, b) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    e = int(node.attrs["experts"])
+    ids = torch.as_tensor(args[int(node.attrs["ids_arg"])]).reshape(-1).to(torch.int64)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= e):
+        raise UserValueError(f"op {node.name}: expert index {int(ids.min())}..{int(ids.max())} "
+                             f"outside 0..{e - 1} (the weights stack {e} experts)")
+    return [torch.nonzero(ids == i).reshape(-1) for i in range(e)]
 
 
 def _grouped_attrs(node: Node, shape: Any) -> tuple[str, dict[str, Any]]:
@@ -195,6 +252,78 @@ def _grouped_attrs(node: Node, shape: Any) -> tuple[str, dict[str, Any]]:
     return "grouped_linear", {"experts": e, "m": sx[0], "k": k, "n": n, "macs": sx[0] * k * n,
                               "weight": a[1].name, "bias": None, "w_layout": "ekn",
                               "offsets_arg": 2}
+
+
+def _gathered_attrs(node: Node, shape: Any) -> tuple[str, dict[str, Any]]:
+    """A gathered expert matmul (:func:`fuse_gathered_expert_mm`) whose weight is a parameter:
+    a ``grouped_linear`` routed by ``ids`` (``w_layout`` ``"enk"``: ``W [E, N, K]``, expert
+    ``e`` computes ``x @ W[e]^T``; ``"ekn"``: ``x @ W[e]``)."""
+    x, w, ids, transposed = node.args
+    if not isinstance(w, Param):  # a weight that is no parameter: run as written, on the host
+        return "other", {}
+    (s, k), sw = shape(x), shape(w)
+    e, n = sw[0], (sw[2] if transposed else sw[1])
+    return "grouped_linear", {"experts": e, "m": s, "k": k, "n": n, "macs": s * k * n,
+                              "weight": w.name, "bias": None,
+                              "w_layout": "ekn" if transposed else "enk", "ids_arg": 2}
+
+
+def fuse_gathered_expert_mm(graph: Graph) -> int:
+    """transformers' ``batched_mm`` experts (see the module docstring): a ``bmm`` of
+    ``index(W, [ids])`` (``W`` a 3-D parameter or a constant of parameters, ``ids`` 1-D integer
+    of one expert per row) with ``unsqueeze(x)`` of a 2-D ``x`` (``[S, K]``), as
+    ``bmm(W[ids] [S, N, K], x[:, :, None])`` or ``bmm(x[:, None, :], W[ids] [S, K, N])``,
+    becomes one :data:`GATHERED_MM_TARGET` node ``(x, W, ids, transposed)`` with the same output;
+    the gather and the unsqueeze are left to dead-code elimination. Returns how many."""
+    nodes = graph.node_map()
+    inputs = dict(graph.inputs)
+    const = constant_nodes(graph)
+
+    def ty(r: Any) -> TensorType | None:
+        if isinstance(r, Param):
+            p = graph.params[r.name]
+            return TensorType(tuple(p.shape), str(p.dtype).removeprefix("torch."))
+        if isinstance(r, Ref):
+            if r.name in inputs:
+                return inputs[r.name]
+            n = nodes.get(r.name)
+            return n.out[0] if n is not None and len(n.out) == 1 else None
+        return None
+
+    done = 0
+    for n in graph.nodes:
+        if n.target != "aten.bmm.default" or len(n.args) != 2 or n.kwargs \
+                or not all(isinstance(a, Ref) for a in n.args):
+            continue
+        for gi, transposed in ((0, False), (1, True)):
+            g, u = nodes.get(n.args[gi].name), nodes.get(n.args[1 - gi].name)
+            if g is None or u is None or g.target != "aten.index.Tensor" \
+                    or u.target != "aten.unsqueeze.default" or len(g.args) != 2 \
+                    or len(u.args) != 2:
+                continue
+            w, idx = g.args
+            if not (isinstance(w, Param) or (isinstance(w, Ref) and w.name in const)) \
+                    or not isinstance(idx, (list, tuple)) or len(idx) != 1 \
+                    or not isinstance(idx[0], Ref):
+                continue
+            tw, ti, tx = ty(w), ty(idx[0]), ty(u.args[0])
+            if tw is None or ti is None or tx is None or len(tw.shape) != 3 \
+                    or len(ti.shape) != 1 or ti.dtype not in ("int64", "int32") \
+                    or len(tx.shape) != 2 or tx.shape[0] != ti.shape[0]:
+                continue
+            s, k = tx.shape
+            if transposed:  # bmm(x[:, None, :], W[ids]) with W [E, K, N]
+                ok = u.args[1] in (1, -2) and tw.shape[1] == k \
+                    and tuple(n.out[0].shape) == (s, 1, tw.shape[2])
+            else:  # bmm(W[ids], x[:, :, None]) with W [E, N, K]
+                ok = u.args[1] in (2, -1) and tw.shape[2] == k \
+                    and tuple(n.out[0].shape) == (s, tw.shape[1], 1)
+            if ok:
+                n.target, n.op = GATHERED_MM_TARGET, "other"
+                n.args = (u.args[0], w, idx[0], transposed)
+                done += 1
+                break
+    return done
 
 
 def _conv_macs(x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], transposed: bool,
@@ -411,6 +540,7 @@ class Canonicalize(Pass):
     ensures = frozenset({"canonical"})
 
     def run(self, graph: Graph) -> None:
+        fuse_gathered_expert_mm(graph)  # before folding: its weight operand folds as others do
         fold_weight_constants(graph)
         fuse_rms_norm(graph)
         # dead-code elimination (export keeps nothing unused, but passes may)

@@ -148,7 +148,9 @@ class CpuTarget(Target):
         fn = resolve_target(node.target)
         args = map_structure(node.args, make)
         kwargs = map_structure(node.kwargs, make)
-        if node.op == "grouped_linear":  # zero offsets would route no row: split them evenly
+        if node.op == "grouped_linear" and "offsets_arg" in node.attrs:
+            # zero offsets would route no row: split them evenly (a gathered one, routed by
+            # expert indices, costs the same whatever they are)
             i, e, m = int(node.attrs["offsets_arg"]), int(node.attrs["experts"]), int(node.attrs["m"])
             offs = torch.tensor([m * (j + 1) // e for j in range(e)], dtype=args[i].dtype)
             args = (*args[:i], offs, *args[i + 1:])

@@ -331,8 +331,10 @@ def accel_lowering(node: Node) -> dict[str, Any]:
     assert cls is not None, node.op
     impl = cls.golden
     if node.op == "grouped_linear":
-        impl = grouped_lowering(node)
-    elif node.op in GEMM_OPS:
+        rows, _ = routed_rows(node)
+        return {"unit": UnitTable.unit_id(node), "impl": grouped_lowering(node),
+                "expert_rows": rows}
+    if node.op in GEMM_OPS:
         impl += " (bias, requant)"
         if is_linear16(node):
             impl = ("golden.gemm.gemm_int x2 (int8 high/low passes, int32 out); "

@@ -144,6 +144,8 @@ def _ok(r: dict) -> bool:
     ok = bool(r["match"]) and r["cycles"] == r["predicted_cycles"] and bool(r.get("timing_ok", True))
     if "tb_predicted_cycles" in r:
         ok = ok and r["tb_cycles"] is not None and r["tb_cycles"] == r["tb_predicted_cycles"]
+    if "routed_plan_cycles" in r:  # a grouped_linear: the plan's model of this routing
+        ok = ok and r["routed_plan_cycles"] == r["predicted_cycles"] + r["load_cycles"]
     return ok
 
 
@@ -172,6 +174,18 @@ def _plan_runner(args: argparse.Namespace) -> dict:
         if "commands" in r:
             print(f"  commands     {r['commands']:>12,d}  load cycles {r['load_cycles']:,d}; plan "
                   f"prices {r['plan_cycles']:,d} (compute + loads)")
+        for e in r.get("experts", []):
+            print(f"  expert {e['expert']:>3}   {e['rows']:>5,d} rows  " + (
+                f"{e['commands']} command(s), cycles {e['cycles']:,d} (model "
+                f"{e['predicted_cycles']:,d}), loads {e['load_cycles']:,d}, "
+                f"{'match' if e['match'] else 'MISMATCH'}" if e["rows"] else "no rows: not run"))
+        if "routed_plan_cycles" in r:
+            print(f"  routing      this input's rows per expert priced by the plan's model: "
+                  f"{r['routed_plan_cycles']:,d} cycles (compute + loads); the plan's "
+                  f"{r['plan_cycles']:,d} is the mean over {r['plan_routings']} calibration "
+                  f"routing(s)" + (f" (recomputed: {r['plan_cycles_from_routings']:,d})"
+                                   if "plan_cycles_from_routings" in r else "")
+                  + (", this routing among them" if r["routing_in_calibration"] else ""))
         for m in r["mismatches"][:3]:
             print(f"  ! {m}")
     return r
@@ -233,5 +247,41 @@ def replay_plan_ops(plan_path: str, ops: list[str], *, sentence: int = 0, stall:
         r.update({"op": o["name"], "kind": o["op"], "unit": u["id"], "unit_kind": u["unit"],
                   "device": dev["name"], "sentence": sentence, "plan_cycles": o["cycles"],
                   "stall": stall, "seed": seed, "simulator": sim, "match": bool(r["match"])})
+        if o["op"] == "grouped_linear":
+            r.update(_grouped_report(o, spec, rec, r))
         out.append(r)
+    return out
+
+
+def _grouped_report(o: dict, spec: Any, rec: dict, r: dict) -> dict:
+    """A ``grouped_linear``'s replay per expert, and the plan's price against it: the plan
+    prices the op as one engine GEMM per expert that got rows, averaged over the calibration
+    samples' routing (``lowering.expert_rows``); this input's routing priced by the same model
+    (``routed_plan_cycles``) must equal the engine's measured compute plus loads, and the mean
+    over the plan's routings must give the plan's cycles (``plan_cycles_from_routings``)."""
+    from compiler.ir import Node
+    from compiler.targets.gemm_common import node_cycles
+
+    rows = [int(v) for v in rec["expert_rows"]]
+    k, n = (r["gemms"][0]["k"], r["gemms"][0]["n"]) if r["gemms"] else (0, 0)
+
+    def price(samples: list[list[int]]) -> int:
+        node = Node(o["name"], "grouped_linear", o["target"], (), {}, (), attrs={
+            "experts": len(rows), "m": sum(rows), "k": k, "n": n, "expert_rows": samples})
+        return sum(node_cycles(spec, node)[:2])
+
+    gemms, experts = iter(r["gemms"]), []
+    for e, v in enumerate(rows):  # the recorded GEMMs: one per expert that got rows, in order
+        x = {"expert": e, "rows": v, "commands": 0}
+        if v:
+            g = next(gemms)
+            x.update({key: g[key] for key in ("commands", "match", "cycles", "predicted_cycles",
+                                              "load_cycles")})
+        experts.append(x)
+    seen = [list(x) for x in o["lowering"].get("expert_rows") or []]
+    out = {"expert_rows": rows, "experts": experts,
+           "routed_plan_cycles": price([rows]) if r["gemms"] else 0,
+           "plan_routings": len(seen), "routing_in_calibration": rows in seen}
+    if seen:
+        out["plan_cycles_from_routings"] = price(seen)
     return out

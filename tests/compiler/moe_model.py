@@ -9,6 +9,12 @@ router, experts as stacked parameters ``[E, N, K]`` that ``forward`` indexes in 
   (``index_add``): routed rows with static shapes.
 * :func:`token_loop`: token choice that gathers each expert's tokens with ``torch.where``: the
   row count is data dependent, so it has no static shape (torch.export cannot trace it).
+* :func:`gathered_bmm`: token choice as transformers' ``batched_mm`` experts compute it: every
+  (token, choice) row multiplies its own gathered copy of its expert's weights
+  (``w[expert_ids]``, ``bmm``); the up projections with ``[E, N, K]`` weights, the down
+  projection with ``[E, K, N]`` weights (both layouts transformers has).
+* :func:`mixtral_batched_mm`: the zoo's ``mixtral-tiny`` with transformers' ``batched_mm``
+  experts implementation instead of its default grouped matmul.
 """
 
 import torch
@@ -71,6 +77,21 @@ class TokenLoop(_Experts):
         return x + out.reshape(x.shape)
 
 
+class GatheredBmm(_Experts):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(-1, D)
+        probs = torch.softmax(self.router(h), dim=-1)
+        top_w, top_i = torch.topk(probs, TOP_K, dim=-1)
+        ids = top_i.reshape(-1)  # (token, choice) rows
+        rows = h.repeat_interleave(TOP_K, dim=0)
+        g = torch.bmm(self.w1[ids], rows.unsqueeze(-1)).squeeze(-1)  # W [E, N, K]
+        u = torch.bmm(self.w3[ids], rows.unsqueeze(-1)).squeeze(-1)
+        w2t = self.w2.transpose(1, 2).contiguous()  # [E, K, N]: x @ W[e]
+        y = torch.bmm((F.silu(g) * u).unsqueeze(1), w2t[ids]).squeeze(1) + self.b2[ids]
+        out = (y * top_w.reshape(-1, 1)).reshape(-1, TOP_K, D).sum(1)
+        return x + out.reshape(x.shape)
+
+
 def _model(cls: type) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     x = torch.randn(1, T, D, generator=torch.Generator().manual_seed(1))
@@ -87,3 +108,15 @@ def expert_choice():
 
 def token_loop():
     return _model(TokenLoop)
+
+
+def gathered_bmm():
+    return _model(GatheredBmm)
+
+
+def mixtral_batched_mm():
+    from compiler.zoo import hf_tiny
+
+    m, x = hf_tiny("mixtral")
+    m.m.config._experts_implementation = "batched_mm"  # how transformers picks the experts' code
+    return m, x

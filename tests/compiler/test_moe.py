@@ -23,10 +23,11 @@ from compiler.frontend import export_graph, load_model
 from compiler.interp import run_graph
 from compiler.ir import Node, TensorType
 from compiler.passes import Canonicalize, run_passes
-from compiler.passes.canonicalize import CONST_PREFIX
-from compiler.passes.quantize import QUANT_KINDS, grouped_qparams, linear_qparams
+from compiler.passes.canonicalize import CONST_PREFIX, GATHERED_MM_TARGET
+from compiler.passes.quantize import QUANT_KINDS, grouped_qparams, linear_qparams, quantize_tensor
 from compiler.targets.gemm_common import GemmShape, node_cycles, op_cycles, routed_rows
 from golden.errors import UserValueError
+from golden.gemm import gemm_int
 
 MOE = Path(__file__).with_name("moe_model.py")
 
@@ -181,3 +182,75 @@ def test_transformers_eager_experts_name_the_loop_that_cannot_be_traced():
     with pytest.raises(UserValueError, match=r"raised by modeling_mixtral\.py:\d+ `for expert_idx "
                                              r"in expert_hit:`"):
         export_graph(m, x, source="mixtral-eager")
+
+
+# -- transformers' batched_mm experts: a gathered copy of the expert weights per row, bmm --------
+
+@pytest.fixture(scope="module")
+def batched():
+    return compile_model(f"{MOE}:mixtral_batched_mm", "asic,cpu:mode=roofline", min_cosine=None,
+                         objective="energy")
+
+
+def test_batched_mm_experts_are_grouped_linears_routed_by_expert_index(batched, mixtral):
+    """The ``bmm`` of ``W[expert_ids]`` with each row becomes a grouped_linear of the stacked
+    parameter itself (no gathered copy, no per-tensor scale over all experts), routed by the
+    expert index of each row: the same rows per expert as the grouped-matmul form of the same
+    model on every calibration sample, the same MACs, on the accelerator."""
+    g = batched.graph
+    grouped = _grouped(g)
+    assert [n.target for n in grouped] == [GATHERED_MM_TARGET] * 4
+    assert not [n for n in g.nodes if n.op == "matmul" and "experts" in n.module]
+    assert not [n for n in g.nodes if n.target == "aten.index.Tensor"
+                and any(p.startswith("m.layers") and "proj" in p for p in
+                        [getattr(a, "name", "") for a in n.args])]  # no gathered weight copies
+    m = batched.model.module.m
+    for n, w in zip(grouped, [m.layers[0].mlp.experts.gate_up_proj, m.layers[0].mlp.experts.down_proj,
+                              m.layers[1].mlp.experts.gate_up_proj, m.layers[1].mlp.experts.down_proj],
+                    strict=True):
+        a = n.attrs
+        assert a["w_layout"] == "enk" and a["ids_arg"] == 2 and (a["experts"], a["m"]) == (4, 32)
+        assert g.params[a["weight"]] is w or torch.equal(g.params[a["weight"]], w.detach())
+        assert len(grouped_qparams(g, n)) == 4  # int8 weights and requantizer per expert
+    assert [n.attrs["expert_rows"] for n in grouped] == \
+        [n.attrs["expert_rows"] for n in _grouped(mixtral.graph)]
+    per = batched.plan["totals"]["per_device"]
+    total = sum(d["macs"] for d in per.values())
+    assert total == 2039808 and per["asic"]["macs"] / total > 0.95
+    assert all(o["device"] == "asic" for o in batched.plan["ops"] if o["op"] == "grouped_linear")
+    r = execute_plan(batched.plan, limit=2)  # every quantized op on the asic (energy)
+    assert r["cosine_min"] > 0.998, r
+
+
+def test_gathered_op_is_one_int8_linear_per_expert_on_its_scattered_rows(batched):
+    """Each expert's rows (wherever they are) give exactly that expert's int8 ``linear``; an
+    expert index outside the stacked experts is refused."""
+    g = batched.graph
+    n = _grouped(g)[1]  # layer 0's down projection, W [E, D, F]
+    qs = grouped_qparams(g, n)
+    x = torch.randn(32, 128, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([3, 0, 3, 2] * 8)  # expert 1 gets no rows
+    plan = {"devices": [{"name": "asic", "kind": "asic", "params": {}}],
+            "ops": [{"name": n.name, "device": "asic"}]}
+    cap = {}
+    impl = make_impl(g, plan, capture=cap)
+    y = impl(n, (x, g.params[n.attrs["weight"]], ids, False), {}).reshape(32, -1)
+    assert cap[n.name]["expert_rows"] == [8, 0, 8, 16]
+    assert [len(c[0]) for c in cap[n.name]["gemms"]] == [8, 8, 16]
+    for e in (0, 2, 3):
+        rows = (ids == e).nonzero().reshape(-1)
+        ql = qs[e]
+        yq = gemm_int(quantize_tensor(x[rows], ql.in_scale), ql.wq, ql.bias, ql.mult, ql.shift)
+        assert torch.equal(y[rows], (yq.to(torch.float64) * ql.out_scale).to(torch.float32))
+    with pytest.raises(UserValueError, match=r"expert index 0\.\.4 outside 0\.\.3"):
+        impl(n, (x, g.params[n.attrs["weight"]], torch.tensor([4, 0] * 16), False), {})
+
+
+def test_wrong_gathered_routing_is_caught_by_the_differential(monkeypatch):
+    spec = f"{MOE}:gathered_bmm"  # both layouts: W [E, N, K] up, W [E, K, N] down
+    assert _differential(spec) < 1e-5
+    import compiler.execute as ex
+
+    real = ex.grouped_row_index
+    monkeypatch.setattr(ex, "grouped_row_index", lambda *a: real(*a)[::-1])  # experts swapped
+    assert _differential(spec) > 1e-2

@@ -27,7 +27,8 @@ HERE = Path(__file__).parent
 EXTRA = [f"{HERE / 'weight_forms.py'}:{f}" for f in ("weight_norm_wide", "experts", "fused_qk",
                                                        "left_weight", "hyper")] + \
         [f"{HERE / 'causal_model.py'}:causal_1e4", f"{HERE / 'exact_model.py'}:exact_net"] + \
-        [f"{HERE / 'moe_model.py'}:{f}" for f in ("dense_loop", "expert_choice")]
+        [f"{HERE / 'moe_model.py'}:{f}" for f in ("dense_loop", "expert_choice", "gathered_bmm",
+                                                   "mixtral_batched_mm")]
 
 
 def _all_on_accelerator(graph):

@@ -145,3 +145,44 @@ def test_minilm_layer_replays_bit_exact(minilm_plan):
         assert r["cycles"] == r["predicted_cycles"], name
         _timing_exact(r, name)
         assert r["predicted_cycles"] + r.get("load_cycles", 0) == ops[name]["cycles"], name
+
+
+#: mixtral-tiny on 4 tokens: its experts' GEMMs (8 routed rows) on a 4 x 4 engine
+MOE_DEVICE = "asic:rows=4:cols=4"
+
+
+@pytest.fixture(scope="module")
+def moe_plan(tmp_path_factory) -> Path:
+    c = compile_model("mixtral-tiny", f"{MOE_DEVICE},cpu:mode=roofline", objective="energy",
+                      seq_len=4, min_cosine=None)
+    p = tmp_path_factory.mktemp("replay") / "mixtral.json"
+    p.write_text(dumps_plan(c.plan))
+    return p
+
+
+def test_expert_gemms_replay_per_expert_on_verilator(moe_plan):
+    """A grouped_linear (layer 0's expert down projections): each expert's routed rows as one
+    engine GEMM with that expert's weights and requantizer, bit-exact against the executor and
+    cycle-exact against the engine model; the plan's model of this input's routing is the
+    measured compute plus loads, and the plan's price is that model averaged over the
+    calibration samples' routings it records."""
+    plan = load_plan(moe_plan)
+    o = next(o for o in plan["ops"] if o["name"] == "grouped_mm_fallback_1")
+    assert (o["op"], o["device"], o["lowering"]["unit"]) == ("grouped_linear", MOE_DEVICE, "gemm")
+    assert len(o["lowering"]["expert_rows"]) == 16 and all(sum(r) == 8 for r in
+                                                           o["lowering"]["expert_rows"])
+    r = replay_plan_op(str(moe_plan), o["name"])
+    assert r["match"] and r["golden_matches_executor"], r["mismatches"]
+    assert r["cycles"] == r["predicted_cycles"] and r["timing_ok"]
+    rows = r["expert_rows"]
+    assert len(rows) == 4 and sum(rows) == 8
+    ran = [e for e in r["experts"] if e["rows"]]
+    assert [g["m"] for g in r["gemms"]] == [e["rows"] for e in ran]
+    assert {(g["k"], g["n"]) for g in r["gemms"]} == {(128, 64)}
+    assert all(e["match"] and e["cycles"] == e["predicted_cycles"] for e in ran)
+    assert r["commands"] == len(ran)  # rows <= max_m, N <= max_n: one command per expert
+    # no stalls: the testbench's edges from the first operand word to the last row, loads
+    # included, are the plan's model of this routing
+    assert r["tb_cycles"] == r["predicted_total_cycles"] == r["routed_plan_cycles"] \
+        == r["cycles"] + r["load_cycles"]
+    assert r["plan_cycles_from_routings"] == o["cycles"] == r["plan_cycles"]
