@@ -69,6 +69,7 @@ from compiler.interp import run_graph
 from compiler.ir import Graph, Node, Param, Ref
 from compiler.passes.base import Pass, PassError
 from compiler.passes.quantize import _CHANNEL_KEEPING, FFN_DOWN_MODES, quantize_weight
+from compiler.passes.quantize import _EPS as _QEPS
 from golden.errors import UserValueError
 
 __all__ = ["AUTO_ALPHAS", "FLOAT_KINDS", "HOST_GAIN", "MAX_ROWS", "SMOOTH_FORMS", "Smooth",
@@ -277,15 +278,20 @@ def _weight_nk(graph: Graph, name: str) -> torch.Tensor:
 def smooth_factors(xmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> list[float]:
     """``s_j = max|x_j|^a / max|W_j|^(1-a)`` (float64, clamped to [1e-5, 1e5]; 1 for a channel
     whose activation or weights are all zero), as a list of floats (what the plan stores)."""
+    return _factors(xmax, wmax, alpha).tolist()
+
+
+def _factors(xmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """:func:`smooth_factors` as a float64 tensor."""
     x, w = xmax.to(torch.float64), wmax.to(torch.float64)
     s = x.clamp_min(_EPS) ** alpha / w.clamp_min(_EPS) ** (1.0 - alpha)
-    s = torch.where((x > 0) & (w > 0), s.clamp(_EPS, 1.0 / _EPS), torch.ones_like(s))
-    return [float(v) for v in s]
+    return torch.where((x > 0) & (w > 0), s.clamp(_EPS, 1.0 / _EPS), torch.ones_like(s))
 
 
 def _rel_error(x: torch.Tensor, xmax: torch.Tensor, ws: Sequence[torch.Tensor],
                refs: Sequence[torch.Tensor], s: torch.Tensor | None) -> float:
-    """The metric of the module doc for factors ``s`` (None: no smoothing)."""
+    """The metric of the module doc for factors ``s`` (None: no smoothing), written out plainly:
+    the reference :class:`_GroupError` computes bit for bit (tests compare the two)."""
     s = torch.ones_like(xmax) if s is None else s
     sx = max(float((xmax / s).max()), 1e-12) / 127.0
     xq = torch.clamp(torch.round(x / s / sx), -128, 127).to(torch.float32)
@@ -296,6 +302,95 @@ def _rel_error(x: torch.Tensor, xmax: torch.Tensor, ws: Sequence[torch.Tensor],
         num += float(((y - ref) ** 2).sum())
         den += float((ref ** 2).sum())
     return num / max(den, 1e-30)
+
+
+#: output channels per block when quantizing a candidate's weights (a block's float64 rows and
+#: their magnitudes stay in cache through the five element-wise steps)
+_BLOCK_ROWS = 64
+
+
+def _int_mm_works() -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32) runs here on oneDNN's int8 kernels;
+    otherwise :class:`_GroupError` multiplies the same integers in float32."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch, "_int_mm"):
+        return False
+    try:
+        a = (torch.arange(24 * 40) % 256 - 128).to(torch.int8).reshape(24, 40)
+        b = (torch.arange(40 * 9) * 7 % 255 - 127).to(torch.int8).reshape(9, 40)
+        got = torch._int_mm(a, b.t())
+    except (RuntimeError, NotImplementedError):
+        return False
+    return torch.equal(got.to(torch.int64), a.to(torch.int64) @ b.to(torch.int64).t())
+
+
+_INT_MM: bool | None = None
+
+
+class _GroupError:
+    """The metric of the module doc for one group's weights, candidate after candidate, with the
+    same float64 arithmetic as :func:`_rel_error` (the same results, bit for bit) but without
+    its temporaries: each candidate's weights ``W * s`` are quantized per output channel in
+    blocks of rows into reused buffers, and ``Xq Wq^T`` is an integer product (int8 operands,
+    int32 sums, or float32 where ``torch._int_mm`` is unavailable: exact either way while
+    ``K * 128 * 127 < 2**24``, and the int32 sums are exact for any K here). The unsmoothed
+    weights are quantized once for both folds."""
+
+    def __init__(self, ws: Sequence[torch.Tensor]) -> None:
+        global _INT_MM
+        if _INT_MM is None:
+            _INT_MM = _int_mm_works()
+        self.int_mm = _INT_MM
+        #: as given (the float64 references ``x @ w.t()`` use them as the metric always has)
+        self.given = list(ws)
+        self.ws = [w.contiguous() for w in ws]  # row blocks (``kn`` weights arrive transposed)
+        #: ``max|W[:, j]|`` over the group
+        self.wmax = torch.stack([w.abs().amax(0) for w in self.ws]).amax(0)
+        dt = torch.int8 if self.int_mm else torch.float32
+        self.wq = [torch.empty(w.shape, dtype=dt) for w in self.ws]
+        k = self.ws[0].shape[1]
+        rows = min(_BLOCK_ROWS, max(w.shape[0] for w in self.ws))
+        self.buf = torch.empty(rows, k, dtype=torch.float64)
+        self.mag = torch.empty(rows, k, dtype=torch.float64)
+        self.off: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def _quantize(self, i: int, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``quantize_weight(W_i * s)`` as (int8 or float32 values, float64 scales)."""
+        w, out = self.ws[i], self.wq[i]
+        n = w.shape[0]
+        scales = torch.empty(n, dtype=torch.float64)
+        for r0 in range(0, n, _BLOCK_ROWS):
+            r1 = min(n, r0 + _BLOCK_ROWS)
+            b, m = self.buf[:r1 - r0], self.mag[:r1 - r0]
+            if s is None:
+                b.copy_(w[r0:r1])
+            else:
+                torch.mul(w[r0:r1], s[None, :], out=b)
+            torch.abs(b, out=m)
+            sw = torch.clamp(m.amax(dim=1) / 127.0, min=_QEPS)
+            scales[r0:r1] = sw
+            # |b / sw| <= 127 up to one rounding, so quantize_weight's clamp changes nothing
+            b.div_(sw[:, None]).round_()
+            out[r0:r1].copy_(b)
+        return out, scales
+
+    def error(self, x: torch.Tensor, xmax: torch.Tensor, refs: Sequence[torch.Tensor],
+              den: float, s: torch.Tensor | None) -> float:
+        """:func:`_rel_error` of ``x`` with ``den`` its ``sum ||ref||^2`` (summed weight by
+        weight, as there)."""
+        one = torch.ones_like(xmax) if s is None else s
+        sx = max(float((xmax / one).max()), 1e-12) / 127.0
+        xq = torch.clamp(torch.round(x / one / sx), -128, 127)
+        xq = xq.to(torch.int8) if self.int_mm else xq.to(torch.float32)
+        if s is None and self.off is None:
+            self.off = [(q.clone(), sw) for q, sw in map(self._quantize, range(len(self.ws)),
+                                                        [None] * len(self.ws))]
+        num = 0.0
+        for i, ref in enumerate(refs):
+            wq, sw = self.off[i] if s is None else self._quantize(i, s)
+            y = torch._int_mm(xq, wq.t()) if self.int_mm else xq @ wq.t()
+            d = torch.mul(y, (sx * sw)[None, :]).sub_(ref)  # y exact: float64 products as ever
+            num += float(d.mul_(d).sum())
+        return num / max(den, 1e-30)
 
 
 def _fold(graph: Graph, group: Sequence[str], into: str, factors: Sequence[float]) -> None:
@@ -323,6 +418,21 @@ def _fold(graph: Graph, group: Sequence[str], into: str, factors: Sequence[float
             scaled(p.attrs["bias"], inv)
     else:  # pragma: no cover - _fold_target returns only these kinds
         raise PassError(f"smooth: cannot fold into {into} ({p.op})")
+
+
+def _descend(err: Any, n: int, start: int) -> int:
+    """Index of the least ``err(i)`` over ``0..n-1`` by walking downhill from ``start`` (left
+    while not worse, right while better): the first minimum, as ``min`` over all of them, when
+    ``err`` falls then rises along the indices."""
+    i = min(max(start, 0), n - 1)
+    err(i)  # evaluated even when there is no neighbour
+    while True:
+        if i > 0 and err(i - 1) <= err(i):
+            i -= 1
+        elif i + 1 < n and err(i + 1) < err(i):
+            i += 1
+        else:
+            return i
 
 
 class Smooth(Pass):
@@ -370,24 +480,45 @@ class Smooth(Pass):
         return {v: (torch.stack(cmax[v]), rows[v]) for v in cmax
                 if len(cmax[v]) == len(self.samples)}
 
-    def _errors(self, cmax: torch.Tensor, rows: list[torch.Tensor], ws: list[torch.Tensor],
-                cands: Sequence[float]) -> dict[str, float]:
-        """The metric per candidate (``"off"`` and each alpha), two-fold over the samples: the
-        factors and the input scale from the even samples, the error on the odd ones' rows, and
-        the other way round (one sample: fitted and measured on it)."""
+    def _errors(self, cmax: torch.Tensor, rows: list[torch.Tensor], ge: _GroupError,
+                cands: Sequence[float], start: int | None = None) -> dict[str, float]:
+        """The metric for ``"off"`` and the alphas :func:`_descend` visits from ``start`` (an
+        index into ``cands``; None: every alpha), two-fold over the samples: the factors and
+        the input scale from the even samples, the error on the odd ones' rows, and the other
+        way round (one sample: fitted and measured on it)."""
         n = cmax.shape[0]
         idx = list(range(n))
-        folds = [(idx[0::2], idx[1::2]), (idx[1::2], idx[0::2])] if n > 1 else [(idx, idx)]
-        wmax = torch.stack([w.abs().amax(0) for w in ws]).amax(0)
-        errs = dict.fromkeys(["off", *(f"{a:g}" for a in cands)], 0.0)
-        for fit, test in folds:
+        splits = [(idx[0::2], idx[1::2]), (idx[1::2], idx[0::2])] if n > 1 else [(idx, idx)]
+        folds = []
+        for fit, test in splits:
             xmax = cmax[fit].amax(0)
             x = torch.cat([rows[i] for i in test])
-            refs = [x @ w.t() for w in ws]
-            errs["off"] += _rel_error(x, xmax, ws, refs, None) / len(folds)
-            for a in cands:
-                s = torch.tensor(smooth_factors(xmax, wmax, a), dtype=torch.float64)
-                errs[f"{a:g}"] += _rel_error(x, xmax, ws, refs, s) / len(folds)
+            refs = [x @ w.t() for w in ge.given]
+            den = 0.0
+            for ref in refs:
+                den += float((ref ** 2).sum())
+            folds.append((xmax, x, refs, den))
+
+        def error(a: float | None) -> float:
+            e = 0.0
+            for xmax, x, refs, den in folds:
+                s = None if a is None else _factors(xmax, ge.wmax, a)
+                e += ge.error(x, xmax, refs, den, s) / len(folds)
+            return e
+
+        errs = {"off": error(None)}
+        seen: dict[int, float] = {}
+
+        def at(i: int) -> float:
+            if i not in seen:
+                seen[i] = errs[f"{cands[i]:g}"] = error(cands[i])
+            return seen[i]
+
+        if start is None:
+            for i in range(len(cands)):
+                at(i)
+        else:
+            _descend(at, len(cands), start)
         return errs
 
     def run(self, graph: Graph) -> None:
@@ -398,14 +529,19 @@ class Smooth(Pass):
         stats = self._stats(graph, {g.value for g in groups})
         folds: list[tuple[SmoothGroup, list[float]]] = []
         nodes = graph.node_map()
+        #: where the alpha search starts: the choice of the last group of the same form and
+        #: weight shapes (the same place in the next block), else the middle alpha
+        start: dict[tuple[Any, ...], int] = {}
         for g in groups:
             if g.value not in stats:
                 continue
             cmax, rows = stats[g.value]
-            ws = [_weight_nk(graph, lin) for lin in g.linears]
+            ge = _GroupError([_weight_nk(graph, lin) for lin in g.linears])
             cands = AUTO_ALPHAS if self.alpha == "auto" else (float(self.alpha),)
-            errs = self._errors(cmax, rows, ws, cands)
-            best = min(cands, key=lambda a: errs[f"{a:g}"])
+            key = (g.form, tuple(tuple(w.shape) for w in ge.ws))
+            errs = self._errors(cmax, rows, ge, cands, start.get(key, len(cands) // 2))
+            best = min((a for a in cands if f"{a:g}" in errs), key=lambda a: errs[f"{a:g}"])
+            start[key] = cands.index(best)
             if self.alpha == "auto":
                 need = errs["off"] * (HOST_GAIN if g.form == "host" else 1.0)
                 if not errs[f"{best:g}"] < need:
@@ -413,8 +549,7 @@ class Smooth(Pass):
                     continue
             self.report.append((g, best, errs))
             xmax = cmax.amax(0)
-            wmax = torch.stack([w.abs().amax(0) for w in ws]).amax(0)
-            s = smooth_factors(xmax, wmax, best)  # from all the samples
+            s = smooth_factors(xmax, ge.wmax, best)  # from all the samples
             rec: dict[str, Any] = {"alpha": best, "form": g.form, "factors": s,
                                    "error": errs[f"{best:g}"], "error_off": errs["off"]}
             if g.into is not None:

@@ -23,6 +23,7 @@ from compiler.execute import capture_operands, execute_plan, rebuild_graph
 from compiler.frontend import export_graph, load_model
 from compiler.interp import run_graph
 from compiler.passes import Canonicalize, Quantize, run_passes
+from compiler.passes import smooth as smooth_mod
 from compiler.passes.quantize import linear_qparams, linear_weight, quantize_weight
 from compiler.passes.smooth import Smooth, parse_smooth, smooth_groups
 from compiler.plan import check_plan
@@ -311,3 +312,59 @@ def test_cli_smooth_option_errors(value, msg, tmp_path):
     assert e.value.code == 2
     assert f"argument --smooth: expected auto, off or an alpha: {msg}" in err.getvalue()
     assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("int_mm", sorted({False, smooth_mod._int_mm_works()}))
+def test_fast_metric_equals_the_plain_one_bit_for_bit(monkeypatch, int_mm):
+    """The candidate metric as the pass computes it (weights quantized in row blocks into
+    reused buffers, integer products through ``torch._int_mm`` or float32, the unsmoothed
+    weights quantized once) gives the plain formula's floats exactly: several linears, K above
+    1032, a zero output channel, a weight given transposed as ``kn`` weights arrive."""
+    monkeypatch.setattr(smooth_mod, "_INT_MM", int_mm)
+    g = torch.Generator().manual_seed(5)
+    for k, ns in ((48, (150, 32, 7)), (1100, (70,))):
+        x = torch.randn(40, k, generator=g, dtype=torch.float64) * (
+            0.5 + torch.rand(k, generator=g, dtype=torch.float64))
+        x[:, 3] *= 30.0
+        ws = [torch.randn(n, k, generator=g, dtype=torch.float64) / k ** 0.5 for n in ns]
+        ws[0][5] = 0.0
+        ws[-1] = ws[-1].t().contiguous().t()
+        xmax = x.abs().amax(0)
+        refs = [x @ w.t() for w in ws]
+        den = 0.0
+        for ref in refs:
+            den += float((ref ** 2).sum())
+        ge = smooth_mod._GroupError(ws)
+        for a in (None, 0.3, 0.5, 0.8, None):
+            s = None if a is None else torch.tensor(smooth_mod.smooth_factors(xmax, ge.wmax, a),
+                                                    dtype=torch.float64)
+            assert ge.error(x, xmax, refs, den, s) == smooth_mod._rel_error(x, xmax, ws, refs, s)
+
+
+def test_alpha_descent_picks_what_trying_every_alpha_picks():
+    """``auto`` walks the alpha grid downhill from the last same-shaped group's choice: the
+    first minimum from every start on unimodal errors (ties: the earlier alpha), and on the
+    outlier models the same choice and errors as evaluating every alpha."""
+    for seq in ([5, 4, 3, 2, 3, 4], [1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [3, 2, 2, 3, 4, 5]):
+        for start in range(len(seq)):
+            assert smooth_mod._descend(seq.__getitem__, len(seq), start) == \
+                seq.index(min(seq))
+    for name in ("pre", "post"):
+        lm = load_model(f"{FILE}:{name}")
+        g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+        run_passes(g, [Canonicalize()])
+        x = lm.example_inputs
+        samples = [x] + [(torch.randn(x[0].shape, generator=torch.Generator().manual_seed(i)),)
+                         for i in range(7)]
+        p = Smooth(samples, "auto")
+        groups = [gr for gr in smooth_groups(g) if gr.form]
+        stats = p._stats(g, {gr.value for gr in groups})
+        ws = {gr.value: [smooth_mod._weight_nk(g, lin) for lin in gr.linears] for gr in groups}
+        p.run(g)  # folds into the weights
+        assert p.report
+        for gr, best, errs in p.report:
+            every = p._errors(*stats[gr.value], smooth_mod._GroupError(ws[gr.value]),
+                              smooth_mod.AUTO_ALPHAS)
+            assert {k: every[k] for k in errs} == errs
+            pick = min(smooth_mod.AUTO_ALPHAS, key=lambda a: every[f"{a:g}"])
+            assert best in (pick, None)
