@@ -371,7 +371,11 @@ class _Lowering:
         if r.name in self.vals:
             return self.vals[r.name]
         # a region input: written by the host, int8 with the reading op's scale
-        t = self.g.value_type(r.name)[0]
+        types = self.g.value_type(r.name)
+        if len(types) != 1 or (r.name in self.nodes and self.nodes[r.name].multi):
+            raise CoreLoweringError(f"{who}: reads {r.name!r}, a tuple of {len(types)} tensors "
+                                    "(a multi-output op on the host), not one tensor")
+        t = types[0]
         s = scale if scale is not None else self.producer_scale(r.name)
         if s is None:
             s = self.consumer_scale(r.name, who)
@@ -405,9 +409,14 @@ class _Lowering:
         v = self.value(src, who)
 
         def apply(t: torch.Tensor) -> Any:
-            if "view" in n.target:  # the addresses need no contiguity: a reshape is exact
-                return t.reshape(n.args[1])
-            return float_impl(n, (t, *n.args[1:]), n.kwargs)
+            try:
+                if "view" in n.target:  # the addresses need no contiguity: a reshape is exact
+                    return t.reshape(n.args[1])
+                return float_impl(n, (t, *n.args[1:]), n.kwargs)
+            except (IndexError, RuntimeError, TypeError, ValueError) as e:
+                # e.g. an index op whose indices are another value: not an address permutation
+                raise CoreLoweringError(f"{who}: {n.target} is not a layout of its input's "
+                                        f"addresses ({type(e).__name__}: {e})") from None
 
         a = apply(v.addr)
         lo = None if v.addr_lo is None else apply(v.addr_lo)
@@ -534,6 +543,11 @@ class _Lowering:
             mv.scale = 1.0
             # one key mask per batch row: the core's SOFTMAX masks keys (rows all alike)
             km_addr = mv.addr.expand(*batch, s_q, s_k).reshape(-1, s_q, s_k)
+            if n.attrs.get("causal"):
+                # a causal mask (compiler.passes.canonicalize.mark_causal_masks) is refused
+                # here, at compile time; other per-query masks only when their values arrive
+                raise CoreLoweringError(f"{who}: its mask {mask.name!r} is causal (a row per "
+                                        "query); the core's SOFTMAX masks keys only")
             km_at = km_addr
         for what, v_, lim in (("queries", s_q, self.cfg.max_m), ("keys", s_k, self.cfg.max_n),
                               ("keys", s_k, self.cfg.max_k), ("head dim", d, self.cfg.max_k),

@@ -79,3 +79,16 @@ def test_core_device_errors():
         make_device("core:rows=65")
     d = make_device("core")
     assert d.kind == "core" and d.integer
+
+
+def test_causal_decoder_on_the_core_keeps_attention_on_the_host():
+    """GPT-2 on the core: a layout the core cannot trace on addresses is refused per op (it used
+    to crash the compile with an IndexError) and causal attention is refused at compile time (it
+    used to compile and fail in execute: the core's SOFTMAX masks keys only)."""
+    c = compile_model("gpt2-tiny", "core,cpu:mode=roofline", objective="energy", calib=4)
+    plan = c.plan
+    att = [f for f in plan["fallback_ops"] if f["kind"] == "attention"]
+    assert att and all("causal" in f["reason"] for f in att)
+    on_core = {o["op"] for o in plan["ops"] if o["device"] == "core"}
+    assert "linear" in on_core and "attention" not in on_core
+    assert execute_plan(plan, n_random=1)["cosine_min"] > 0.99
