@@ -334,6 +334,8 @@ def _make_plan(lm: LoadedModel, graph: Graph, devs: list[Target], specs: list[st
         if n.op != "layout" and not d.integer and accel:
             reasons = [f"{a.name}: {a.supports(n).reason}" for a in accel if not a.supports(n).ok]
             if len(reasons) == len(accel):
+                if n.attrs.get("conv_host"):  # why canonicalize left the convolution as it is
+                    reasons.insert(0, f"convolution: {n.attrs['conv_host']}")
                 fallback.append({"op": n.name, "kind": n.op, "device": dname,
                                  "reason": "; ".join(reasons)})
     placed = {d.name: [n for n in graph.nodes if result.placement[n.name] == d.name] for d in devs}

@@ -19,8 +19,20 @@ Ensures ``canonical``: every node has a kind from :data:`compiler.ir.OP_KINDS`; 
 GPT-2's Conv1D; ``x_arg`` (default 0) is the position of the activation argument); every ``matmul`` has ``batch, m, k, n, macs``; every ``attention`` has
 ``bh, l, s, d, dv, macs, causal, masked`` (and ``q_heads``, ``kv_heads``: fewer key/value
 heads is grouped-query attention; ``causal`` also when the mask is a constant causal pattern,
-:func:`mark_causal_masks`); a convolution stays ``other`` (no unit runs it) with
-``attrs["macs"]`` and ``attrs["conv"]``, so accelerator MAC shares count it.
+:func:`mark_causal_masks`).
+
+Convolutions (:func:`convolution_to_gemm`): one with a constant weight, ``groups == 1``, not
+transposed, 1-D or 2-D (any stride, padding, dilation) becomes a GEMM: the input windows laid
+out as rows (``aten.im2col``, a 1-D one through a 2-D ``unsqueeze``; windows that tile the input
+without overlap or padding, as ViT's patch embedding, a ``view`` and ``permute`` instead), a
+``linear`` (``aten.linear``, node ``<conv>_gemm``) with the weight ``[C_out, C_in * kernel]``
+(parameter ``const:<conv>.gemm_weight``) and the bias, and layout ops back to the
+convolution's shape under the convolution's own name. Those are layout ops (host data
+movement, no arithmetic); the linear is quantized, placed and executed as any other and
+carries ``attrs["conv"]`` (kernel, stride, padding, dilation), its MACs those of the
+convolution. A grouped or transposed convolution stays ``other`` (no unit runs it) with
+``attrs["macs"]``, ``attrs["conv"]`` and ``attrs["conv_host"]`` (why it was not rewritten), so
+accelerator MAC shares count it.
 
 Mixture-of-experts GEMMs: a grouped matmul (:data:`GROUPED_MM_TARGETS`: transformers'
 ``grouped_mm_fallback`` custom operator, ``aten._grouped_mm``) whose stacked expert weight is a
@@ -49,7 +61,8 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 
 __all__ = ["Canonicalize", "CONST_PREFIX", "GATHERED_MM_TARGET", "GROUPED_MM_TARGETS",
-           "LAYOUT_TARGETS", "classify", "constant_nodes", "fuse_gathered_expert_mm",
+           "LAYOUT_TARGETS", "classify", "constant_nodes", "convolution_to_gemm",
+           "fuse_gathered_expert_mm",
            "grouped_offsets", "grouped_row_index",
            "evaluate_constants", "fold_weight_constants", "fuse_rms_norm", "mark_causal_masks",
            "mark_grouped_kv"]
@@ -62,7 +75,7 @@ GATHERED_MM_TARGET = "fmforge.gathered_mm.default"
 #: argument positions that hold a weight (or bias) of a GEMM-like ATen op
 _WEIGHT_SLOTS = {"aten.linear.default": (1, 2), "aten.addmm.default": (0, 2),
                  "aten.matmul.default": (0, 1), "aten.mm.default": (0, 1),
-                 "aten.bmm.default": (0, 1), **{t: (1,) for t in ("transformers.grouped_mm_fallback.default",
+                 "aten.bmm.default": (0, 1), "aten.convolution.default": (1, 2), **{t: (1,) for t in ("transformers.grouped_mm_fallback.default",
                                                                   "aten._grouped_mm.default",
                                                                   GATHERED_MM_TARGET)}}
 
@@ -99,7 +112,7 @@ LAYOUT_TARGETS = frozenset(
         "squeeze.default", "clone.default", "contiguous.default", "expand.default",
         "slice.Tensor", "select.int", "split.Tensor", "split_with_sizes.default",
         "dropout.default", "alias.default", "detach.default", "flatten.using_ints",
-        "unflatten.int", "chunk.default", "cat.default")) | {"getitem"}
+        "unflatten.int", "chunk.default", "cat.default", "im2col.default")) | {"getitem"}
 
 _KINDS = {
     "aten.linear.default": "linear",
@@ -338,6 +351,117 @@ def _conv_macs(x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], tra
     return _prod(out) * w[1] * window
 
 
+def _conv_host_reason(node: Node, x: Any, w: Any, bias: Any, sx: tuple[int, ...] | None,
+                      sw: tuple[int, ...] | None) -> str | None:
+    """Why :func:`convolution_to_gemm` leaves ``node`` as it is (None: it rewrites it)."""
+    a = node.args
+    if len(a) != 9 or node.kwargs or len(node.out) != 1 or node.multi:
+        return "a convolution with keyword or missing arguments runs as written"
+    if a[6]:
+        return "a transposed convolution is not rewritten as an im2col GEMM"
+    if int(a[8]) != 1:
+        return f"a grouped convolution (groups={int(a[8])}) is not rewritten as an im2col GEMM"
+    if not isinstance(x, Ref):
+        return "a convolution of a constant input is computed as written"
+    if not isinstance(w, Param) or not (bias is None or isinstance(bias, Param)):
+        return "a convolution weight or bias computed from the inputs is no constant GEMM weight"
+    if sx is None or sw is None or len(sw) not in (3, 4) or len(sx) != len(sw) \
+            or not node.out[0].dtype.startswith("float"):
+        return "only batched 1-D and 2-D float convolutions become GEMMs"
+    if list(a[7]) and any(int(p) for p in a[7]):
+        return "a convolution with output padding runs as written"
+    return None
+
+
+def convolution_to_gemm(graph: Graph) -> int:
+    """Rewrite every ``aten.convolution`` with a constant weight, ``groups == 1``, not
+    transposed, 1-D or 2-D (any stride, padding, dilation) into host data movement, one
+    ``linear`` and a layout op back to the convolution's shape (module docstring); returns how
+    many were rewritten. Others get ``attrs["conv_host"]``, the reason they stay on the host."""
+    types = {n: t for n, t in graph.inputs}
+    out_nodes: list[Node] = []
+    done = 0
+
+    def shape(v: Any) -> tuple[int, ...] | None:
+        if isinstance(v, Ref):
+            t = types.get(v.name)
+            return tuple(t.shape) if t is not None else None
+        if isinstance(v, Param):
+            return tuple(graph.params[v.name].shape)
+        return None
+
+    for n in graph.nodes:
+        if n.target != "aten.convolution.default":
+            out_nodes.append(n)
+            if len(n.out) == 1:
+                types[n.name] = n.out[0]
+            continue
+        x, w, bias = (n.args + (None,) * 3)[:3]
+        sx, sw = shape(x), shape(w)
+        why = _conv_host_reason(n, x, w, bias, sx, sw)
+        if why is not None:
+            n.attrs["conv_host"] = why
+            out_nodes.append(n)
+            types[n.name] = n.out[0]
+            continue
+        assert sx is not None and sw is not None and isinstance(x, Ref) and isinstance(w, Param)
+        out_t = n.out[0]
+        dt, nd = out_t.dtype, len(sw) - 2
+        stride, pad, dil = ([int(v) for v in n.args[i]] for i in (3, 4, 5))
+        stride, pad, dil = (v * nd if len(v) == 1 else v for v in (stride, pad, dil))
+        kern, (bn, cin), c_out = list(sw[2:]), sx[:2], sw[0]
+        osz = list(out_t.shape[2:])
+        ck = cin * _prod(tuple(kern))
+        made: list[Node] = []
+
+        def add(suffix: str, target: str, args: tuple[Any, ...], shp: list[int],
+                conv: Node = n, made: list[Node] = made, dt: str = dt, **attrs: Any) -> Ref:
+            made.append(Node(name=f"{conv.name}_{suffix}" if suffix else conv.name, op="other",
+                             target=target, args=args, kwargs={},
+                             out=(TensorType(tuple(shp), dt),), module=conv.module,
+                             attrs=dict(attrs)))
+            return Ref(made[-1].name)
+
+        patches = stride == kern and not any(pad) and all(d == 1 for d in dil) \
+            and all(s % k == 0 for s, k in zip(sx[2:], kern, strict=True))
+        if patches:  # non-overlapping windows (ViT patches): a pure reshape and permute
+            split = [bn, cin] + [v for o, k in zip(osz, kern, strict=True) for v in (o, k)]
+            v = add("patches", "aten.reshape.default", (x, split), split)
+            perm = [0] + [2 + 2 * i for i in range(nd)] + [1] + [3 + 2 * i for i in range(nd)]
+            v = add("patches_t", "aten.permute.default", (v, perm), [split[p] for p in perm])
+            cols = add("cols", "aten.reshape.default", (v, [bn, *osz, ck]), [bn, *osz, ck])
+            y = add("gemm", "aten.linear.default", (cols, Param(""), bias), [bn, *osz, c_out])
+            y = add("gemm_t", "aten.permute.default", (y, [0, nd + 1, *range(1, nd + 1)]),
+                    [bn, c_out, *osz])
+            add("", "aten.contiguous.default", (y,), [bn, c_out, *osz])  # as the conv's output
+        else:  # overlapping or padded windows: aten.im2col (1-D through a 2-D view)
+            x4, k2, s2, p2, d2 = x, kern, stride, pad, dil
+            if nd == 1:
+                x4 = add("2d", "aten.unsqueeze.default", (x, 2), [bn, cin, 1, sx[2]])
+                k2, s2, p2, d2 = [1, *kern], [1, *stride], [0, *pad], [1, *dil]
+            n_out = _prod(tuple(osz))
+            c = add("im2col", "aten.im2col.default", (x4, k2, d2, p2, s2), [bn, ck, n_out],
+                    im2col={"kernel": kern, "stride": stride, "padding": pad,
+                            "dilation": dil})
+            cols = add("cols", "aten.transpose.int", (c, 1, 2), [bn, n_out, ck])
+            y = add("gemm", "aten.linear.default", (cols, Param(""), bias), [bn, n_out, c_out])
+            y = add("gemm_t", "aten.transpose.int", (y, 1, 2), [bn, c_out, n_out])
+            y = add("gemm_c", "aten.contiguous.default", (y,), [bn, c_out, n_out])
+            add("", "aten.view.default", (y, [bn, c_out, *osz]), [bn, c_out, *osz])
+        pname = f"{CONST_PREFIX}{n.name}.gemm_weight"
+        graph.params[pname] = graph.params[w.name].detach().reshape(c_out, ck).clone()
+        gemm = next(m for m in made if m.name == f"{n.name}_gemm")
+        gemm.args = (gemm.args[0], Param(pname), gemm.args[2])
+        gemm.attrs["conv"] = {"from": n.name, "kernel": kern, "stride": stride, "padding": pad,
+                              "dilation": dil, "im2col": not patches}
+        for m in made:
+            types[m.name] = m.out[0]
+        out_nodes.extend(made)
+        done += 1
+    graph.nodes = out_nodes
+    return done
+
+
 def _mm_attrs(sa: tuple[int, ...], sb: tuple[int, ...]) -> dict[str, Any]:
     if len(sa) < 2 or len(sb) < 2:
         raise PassError(f"matmul of shapes {sa} and {sb} is not a matrix product")
@@ -543,6 +667,7 @@ class Canonicalize(Pass):
         fuse_gathered_expert_mm(graph)  # before folding: its weight operand folds as others do
         fold_weight_constants(graph)
         fuse_rms_norm(graph)
+        convolution_to_gemm(graph)
         # dead-code elimination (export keeps nothing unused, but passes may)
         live = {r.name for r in graph.outputs}
         kept = []
