@@ -151,6 +151,23 @@ def linear_weight(graph: Graph, node: Node) -> torch.Tensor:
     return w.t() if node.attrs["w_layout"] == "kn" else w
 
 
+def _requantizers(where: str, s_in: float, ws: torch.Tensor, s_out: Any
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel ``c`` the requantizer of ``s_in * ws[c] / s_out[c]`` (``s_out`` one
+    scale or one per channel): ``(mult, shift)`` int64; PassError names ``where`` and the
+    channel whose multiplier is not representable."""
+    mults, shifts = [], []
+    for c in range(ws.shape[0]):
+        try:
+            oc = float(s_out[c]) if torch.is_tensor(s_out) else float(s_out)
+            m, s = quantize_multiplier(float(s_in * ws[c] / oc))
+        except ValueError as e:
+            raise PassError(f"{where}channel {c}: {e}") from None
+        mults.append(m)
+        shifts.append(s)
+    return torch.tensor(mults, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+
+
 def linear_qparams(graph: Graph, node: Node, host_smooth: bool = False) -> QLinear:
     """Integer parameters of a quantized ``linear`` node (cached in ``node.attrs['_q']``).
 
@@ -189,19 +206,11 @@ def linear_qparams(graph: Graph, node: Node, host_smooth: bool = False) -> QLine
         bias = torch.clamp(torch.round(b / (s_in * ws)), INT32_MIN, INT32_MAX).to(torch.int64)
     else:
         bias = torch.zeros(ws.shape[0], dtype=torch.int64)
-    mults, shifts = [], []
-    for c in range(ws.shape[0] if q.get("out_bits") != 32 else 0):  # int32 out: no requantizer
-        try:
-            oc = float(s_outs[c]) if s_outs is not None else s_out
-            m, s = quantize_multiplier(float(s_in * ws[c] / oc))
-        except ValueError as e:
-            raise PassError(f"node {node.name}: channel {c}: {e}") from None
-        mults.append(m)
-        shifts.append(s)
-    ql = QLinear(wq=wq.t().contiguous(), w_scale=ws, bias=bias,
-                 mult=torch.tensor(mults, dtype=torch.int64),
-                 shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in, out_scale=s_out,
-                 out_scales=s_outs, in_smooth=smooth)
+    n_req = ws.shape[0] if q.get("out_bits") != 32 else 0  # int32 out: no requantizer
+    mult, shift = _requantizers(f"node {node.name}: ", s_in, ws[:n_req],
+                                s_outs[:n_req] if s_outs is not None else s_out)
+    ql = QLinear(wq=wq.t().contiguous(), w_scale=ws, bias=bias, mult=mult, shift=shift,
+                 in_scale=s_in, out_scale=s_out, out_scales=s_outs, in_smooth=smooth)
     node.attrs[key] = ql
     return ql
 
@@ -228,19 +237,10 @@ def grouped_qparams(graph: Graph, node: Node) -> list[QLinear]:
     out = []
     for e, w in enumerate(grouped_weight(graph, node)):
         wq, ws = quantize_weight(w)
-        mults, shifts = [], []
-        for c in range(ws.shape[0]):
-            try:
-                m, s = quantize_multiplier(float(s_in * ws[c] / s_out))
-            except ValueError as err:
-                raise PassError(f"node {node.name}: expert {e}, channel {c}: {err}") from None
-            mults.append(m)
-            shifts.append(s)
+        mult, shift = _requantizers(f"node {node.name}: expert {e}, ", s_in, ws, s_out)
         out.append(QLinear(wq=wq.t().contiguous(), w_scale=ws,
-                           bias=torch.zeros(ws.shape[0], dtype=torch.int64),
-                           mult=torch.tensor(mults, dtype=torch.int64),
-                           shift=torch.tensor(shifts, dtype=torch.int64), in_scale=s_in,
-                           out_scale=s_out))
+                           bias=torch.zeros(ws.shape[0], dtype=torch.int64), mult=mult,
+                           shift=shift, in_scale=s_in, out_scale=s_out))
     node.attrs["_q"] = out
     return out
 

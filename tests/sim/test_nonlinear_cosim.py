@@ -32,16 +32,23 @@ def _jobs(stall: str, long_rows: int) -> list[Job]:
             Job(long_rows, "random", 10 * s + 6)]
 
 
+def _exact(results: list[dict], jobs: list[Job], stall: str, where: str = "") -> list[dict]:
+    """Every job bit-exact and cycle-exact (the design's count equals the model, and the
+    testbench's own edge count equals the model plus the stalls it observed)."""
+    assert len(results) == len(jobs)
+    for r in results:
+        assert r["match"], f"{where}{r['job']} ({stall}): {r['mismatches']}"
+        assert r["cycles"] == r["predicted_cycles"], f"{where}{r['job']} ({stall})"
+        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    return results
+
+
 @pytest.mark.parametrize("stall", STALL_MODES)
 def test_requant_cosim(stall, tmp_path):
     cfg = RequantConfig(lanes=4, channels=16)
     jobs = _jobs(stall, 64)
     results = run_verilator(cfg, jobs, stall=stall, seed=3, monitor=stall == "both", test_dir=tmp_path)
-    assert len(results) == len(jobs)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    for r in _exact(results, jobs, stall):
         assert not r["error"]
 
 
@@ -63,10 +70,7 @@ def test_gelu_cosim(stall, tmp_path):
     jobs = _jobs(stall, 32) + [Job(1, "all", 0)]
     results = run_verilator(cfg, jobs, length=256, stall=stall, seed=5, monitor=stall == "both",
                             test_dir=tmp_path)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    for r in _exact(results, jobs, stall):
         # documented bound vs the exact GELU: 0.5 + 0.0184/out_scale + 0.02 LSB
         assert r["max_abs_err_lsb"] <= 0.5 + 0.0184 / cfg.out_scale + 0.02
 
@@ -74,12 +78,9 @@ def test_gelu_cosim(stall, tmp_path):
 @pytest.mark.parametrize("stall", ["none", "both"])
 def test_relu_cosim(stall, tmp_path):
     cfg = GeluConfig(lanes=4, mode="relu", in_scale=0.05, out_scale=0.02)
-    results = run_verilator(cfg, _jobs(stall, 8) + [Job(1, "all", 0)], length=256, stall=stall, seed=6,
-                            test_dir=tmp_path)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    jobs = _jobs(stall, 8) + [Job(1, "all", 0)]
+    _exact(run_verilator(cfg, jobs, length=256, stall=stall, seed=6, test_dir=tmp_path), jobs,
+           stall)
 
 
 SOFTMAX = SoftmaxConfig(lanes=4, max_length=64)
@@ -96,11 +97,7 @@ def test_softmax_cosim(stall, tmp_path):
     for length, jobs in runs:
         results = run_verilator(SOFTMAX, jobs, length=length, stall=stall, seed=9 + s,
                                 monitor=stall == "both", test_dir=tmp_path / f"L{length}")
-        assert len(results) == len(jobs)
-        for r in results:
-            assert r["match"], f"L={length} {r['job']} ({stall}): {r['mismatches']}"
-            assert r["cycles"] == r["predicted_cycles"], f"L={length} {r['job']} ({stall})"
-            assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+        for r in _exact(results, jobs, stall, f"L={length} "):
             assert not r["error"]
             assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1/256 of the float softmax
 
@@ -120,11 +117,7 @@ LAYERNORM = LayerNormConfig(lanes=4, length=64)
 def test_layernorm_cosim(stall, tmp_path):
     jobs = _jobs(stall, 8)
     results = run_verilator(LAYERNORM, jobs, stall=stall, seed=11, monitor=stall == "both", test_dir=tmp_path)
-    assert len(results) == len(jobs)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    for r in _exact(results, jobs, stall):
         assert not r["error"]
         assert r["max_abs_err_lsb"] <= 1.0  # documented: within 1 LSB of the float layer norm
 
@@ -147,11 +140,7 @@ def test_rmsnorm_cosim(stall, tmp_path):
                               Job(2, "onehot", 90 + s)]
     results = run_verilator(RMSNORM, jobs, stall=stall, seed=13, monitor=stall == "both",
                             test_dir=tmp_path)
-    assert len(results) == len(jobs)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    for r in _exact(results, jobs, stall):
         assert r["max_abs_err_lsb"] <= 0.51  # documented: within 0.51 LSB of the float RMSNorm
 
 
@@ -171,9 +160,5 @@ def test_silu_cosim(stall, tmp_path):
     jobs = _jobs(stall, 16) + [Job(4, "all", 0)]
     results = run_verilator(cfg, jobs, length=256, stall=stall, seed=7, monitor=stall == "both",
                             test_dir=tmp_path)
-    assert len(results) == len(jobs)
-    for r in results:
-        assert r["match"], f"{r['job']} ({stall}): {r['mismatches']}"
-        assert r["cycles"] == r["predicted_cycles"], f"{r['job']} ({stall})"
-        assert not result_problems(r, stall), result_problems(r, stall)  # + testbench edges
+    for r in _exact(results, jobs, stall):
         assert r["max_abs_err_lsb"] <= 0.5 + 1e-9  # documented: the float SiLU rounded
