@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from typing import Any
 
 from fmforge import __version__
@@ -64,6 +65,16 @@ def _on_sigterm() -> Any:
         return None
 
 
+def _interrupted(message: str, status: int) -> int:
+    """One line for an interrupt, and nothing else: a design whose elaboration the signal cut
+    short would otherwise warn, as its half-built modules are collected, that they went unused."""
+    amaranth = sys.modules.get("amaranth.hdl")
+    if amaranth is not None:
+        warnings.filterwarnings("ignore", category=amaranth.UnusedElaboratable)
+    print(message, file=sys.stderr)
+    return status
+
+
 def _silence_stdout() -> None:
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -107,11 +118,9 @@ def _main(argv: list[str] | None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
     except Terminated:
-        print("fmforge: terminated", file=sys.stderr)
-        return 143
+        return _interrupted("fmforge: terminated", 143)
     except KeyboardInterrupt:
-        print("fmforge: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted("fmforge: interrupted", 130)
     log = logging.getLogger("fmforge")
     level = log.level
     if getattr(args, "verbose", False):  # compiler.quiet reads this level
@@ -122,11 +131,9 @@ def _main(argv: list[str] | None) -> int:
         print(f"fmforge: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except Terminated:
-        print("fmforge: terminated", file=sys.stderr)
-        return 143
+        return _interrupted("fmforge: terminated", 143)
     except KeyboardInterrupt:
-        print("fmforge: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted("fmforge: interrupted", 130)
     except BrokenPipeError:  # the reader went away (`fmforge ... | head`): stop quietly
         _silence_stdout()
         return 1

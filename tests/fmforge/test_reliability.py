@@ -578,6 +578,13 @@ def test_interrupted_cosim_leaves_no_directory_and_a_rerun_succeeds(tmp_path, si
     rc, err, _ = _interrupt([*gemm, "--simulator", "amaranth"], slow, getattr(signal, sig), env)
     assert (rc, err.strip().splitlines()) == (status[sig][0], [status[sig][1]]), err
     assert list(tmp.iterdir()) == []
+    # the signal landing mid-elaboration: the half-built modules must not warn on the way out
+    mid = ("import time, hw.gemm as g\nfrom amaranth.hdl import Module\n"
+           "def elaborate(self, platform):\n    m = Module()\n"
+           "    print('ready', flush=True)\n    time.sleep(60)\n"
+           "g.GemmEngine.elaborate = elaborate")
+    rc, err, _ = _interrupt([*gemm, "--simulator", "amaranth"], mid, getattr(signal, sig), env)
+    assert (rc, err.strip().splitlines()) == (status[sig][0], [status[sig][1]]), err
     done = _fmforge(*gemm, "--simulator", "amaranth", "--json", cwd=tmp_path)
     assert done.returncode == 0 and json.loads(done.stdout)["ok"], done.stderr
 
