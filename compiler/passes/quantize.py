@@ -310,6 +310,35 @@ def _check_linear_range(graph: Graph, node: Node) -> None:
             raise PassError(f"node {node.name}: {e}") from None
 
 
+def _check_host_smooth(graph: Graph, node: Node) -> None:
+    """What :func:`linear_qparams` with ``host_smooth=True`` would refuse for a linear with a
+    per-channel host quantizer, without building its integers: the factor count, and the
+    requantizer scales ``s_in' * s_w[c] / s_out[c]`` at their extremes (the representable
+    scales are an interval, :func:`golden.requant.quantize_multiplier`); the per-channel
+    weight scales ``max|W[c, :] * s| / 127`` are computed as there. On a problem
+    ``linear_qparams`` itself raises the error, naming the channel."""
+    q = node.attrs["quant"]
+    sm = q["smooth"]
+    w = linear_weight(graph, node)
+    s = torch.tensor([float(v) for v in sm["factors"]], dtype=torch.float64)
+    so = q.get("out_scales")
+    if s.shape[0] == w.shape[1] and (not so or len(so) == w.shape[0]):
+        ws = torch.clamp((w.detach().to(torch.float64) * s[None, :]).abs().amax(dim=1) / 127.0,
+                         min=_EPS)
+        if q.get("out_bits") == 32:
+            return
+        out = torch.tensor([float(v) for v in so], dtype=torch.float64) if so \
+            else torch.full_like(ws, float(q["out_scale"]))
+        r = float(sm["in_scale"]) * ws / out
+        try:
+            for v in (float(r.min()), float(r.max())):
+                quantize_multiplier(v)
+            return
+        except ValueError:
+            pass
+    linear_qparams(graph, node, host_smooth=True)  # raises the PassError
+
+
 def mse_scale(absvals: torch.Tensor, top: float) -> float:
     """Scale minimizing the int8 quantization MSE of ``absvals`` over clip levels ``top * r``,
     ``r`` in 1.0, 0.95, ..., 0.20 (outliers are clipped when that lowers the error)."""
@@ -492,7 +521,7 @@ class Quantize(Pass):
             if n.op == "linear" and n.attrs.get("smooth") and n.name not in wide:
                 n.attrs["quant"]["smooth"] = dict(n.attrs["smooth"])  # compiler.passes.smooth
                 if n.attrs["smooth"]["form"] == "host":
-                    linear_qparams(graph, n, host_smooth=True)  # its requantizer fits too
+                    _check_host_smooth(graph, n)  # its requantizer fits too
             if n.op == "linear":
                 _check_linear_range(graph, n)
             elif n.op == "grouped_linear":

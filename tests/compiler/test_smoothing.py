@@ -368,3 +368,38 @@ def test_alpha_descent_picks_what_trying_every_alpha_picks():
             assert {k: every[k] for k in errs} == errs
             pick = min(smooth_mod.AUTO_ALPHAS, key=lambda a: every[f"{a:g}"])
             assert best in (pick, None)
+
+
+def test_host_requantizer_check_refuses_what_the_integers_refuse():
+    """Quantize checks a host-smoothed linear's requantizer from the extremes of its scales
+    (quantize._check_host_smooth) instead of building its integers: it passes where
+    ``linear_qparams(host_smooth=True)`` builds them, and where that refuses it raises that
+    very error (naming the channel)."""
+    from compiler.passes.base import PassError
+    from compiler.passes.quantize import _check_host_smooth
+
+    lm = load_model(f"{FILE}:post")
+    g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+    samples = [lm.example_inputs]
+    run_passes(g, [Canonicalize(), Smooth(samples, "auto"), Quantize(samples)])
+    host = [n for n in g.nodes if (n.attrs.get("quant") or {}).get("smooth", {}).get("form")
+            == "host"]
+    assert host
+    for n in host:
+        _check_host_smooth(g, n)
+        assert linear_qparams(g, n, host_smooth=True).in_smooth is not None
+        for bad in (1e-30, 1e30):
+            q = n.attrs["quant"]
+            keep = dict(q)
+            q["out_scales"] = [bad] * len(q.get("out_scales") or [0] * n.out[0].shape[-1])
+            q["out_scales"][3] = keep.get("out_scale")
+            n.attrs.pop("_qs", None)
+            with pytest.raises(PassError) as want:
+                linear_qparams(g, n, host_smooth=True)
+            n.attrs.pop("_qs", None)
+            with pytest.raises(PassError) as got:
+                _check_host_smooth(g, n)
+            assert str(got.value) == str(want.value) and "channel 0" in str(got.value)
+            q.clear()
+            q.update(keep)
+            n.attrs.pop("_qs", None)
