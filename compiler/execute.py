@@ -476,9 +476,60 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
                                                        b.double().flatten()[None])[0])
 
 
+_WORK: Any = None  # the forked workers' input runner (fork start: inherited, never pickled)
+
+
+def _pool_init() -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops the pool
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _pool_work(chunk: list[int]) -> tuple[list[tuple[float, float]], dict[str, int]]:
+    fn, stats = _WORK
+    before = dict(stats)
+    res = [fn(i) for i in chunk]
+    return res, {k: v - before.get(k, 0) for k, v in stats.items() if isinstance(v, int)}
+
+
+def _map_inputs(one: Any, n: int, jobs: int, stats: dict[str, int]) -> list[tuple[float, float]]:
+    """``[one(i) for i in range(n)]``, inputs after the first in ``jobs`` forked processes.
+
+    Input 0 runs here first, so every lazily built state (programmed crossbars, unit tables) is
+    built once and inherited; each worker then runs contiguous chunks of the rest with one
+    torch thread and reports its results and its additions to the integer ``stats`` counters
+    (sparse keep counts), merged here in input order. Every input's numbers depend on the input
+    alone (its read-noise seed included: :meth:`compiler.imc_run.ImcRun.begin_input`), so any
+    ``jobs`` gives the same results."""
+    global _WORK
+    if jobs <= 1 or n <= 2:
+        return [one(i) for i in range(n)]
+    import multiprocessing
+
+    res = [one(0)]
+    rest = list(range(1, n))
+    jobs = min(jobs, len(rest))
+    size = max(1, min(4, len(rest) // jobs))
+    chunks = [rest[i:i + size] for i in range(0, len(rest), size)]
+    threads = torch.get_num_threads()
+    _WORK = (one, stats)
+    try:
+        torch.set_num_threads(1)
+        with multiprocessing.get_context("fork").Pool(jobs, initializer=_pool_init) as pool:
+            for part, added in pool.imap(_pool_work, chunks):
+                res.extend(part)
+                for k, v in added.items():
+                    stats[k] = stats.get(k, 0) + v
+    finally:
+        _WORK = None
+        torch.set_num_threads(threads)
+    return res
+
+
 def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                  limit: int | None = None, n_random: int = 4, impl: Any = None,
-                 graph: tuple[Graph, Any] | None = None, imc: Any = None) -> dict[str, Any]:
+                 graph: tuple[Graph, Any] | None = None, imc: Any = None,
+                 jobs: int = 1) -> dict[str, Any]:
     """Run ``plan`` and compare with the float model.
 
     MiniLM plans run sentences (default: the shipped set) and compare sentence embeddings (mean
@@ -490,7 +541,9 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
     and ``impl`` (a node implementation with an optional ``start(inputs)``) replace the
     defaults: the plan's placement, core regions on the golden core. ``imc`` (a
     :class:`compiler.imc_run.ImcRun`): crossbar non-idealities of the ``imc`` linears; its
-    ``stats()`` are returned as ``imc`` when the plan has an imc device.
+    ``stats()`` are returned as ``imc`` when the plan has an imc device. ``jobs`` > 1 runs the
+    inputs after the first in that many forked processes (:func:`_map_inputs`); the results are
+    the same as with one.
     """
     graph, lm = graph if graph is not None else rebuild_graph(plan)
     stats: dict[str, int] = {}
@@ -501,14 +554,14 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
             impl = core_impl(plan, graph, impl)
     start_impl = getattr(impl, "start", lambda inputs: None)
 
-    def start(inputs: Any) -> None:
+    def start(inputs: Any, index: int) -> None:
         # every input is a new batch: filters with state across layers (SpAtten) forget it
         from compiler.passes.sparsify import reset_sparse_filters
         reset_sparse_filters()
+        if imc is not None:  # read noise seeded per input: the same numbers whatever runs it
+            imc.begin_input(index)
         start_impl(inputs)
 
-    cos: list[float] = []
-    err = 0.0
     if lm.name == "minilm":
         from compiler.models import embed, load_sentences
         from compiler.zoo import _minilm, tokenize
@@ -519,15 +572,16 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
         _check_lengths(tok, sents, lm.seq_len or 32)
         ref = embed(model, tok, sents)
         ids, am, tt = tokenize(sents, lm.seq_len or 32)
-        for i in range(len(sents)):
+        n_inputs = len(sents)
+
+        def one(i: int) -> tuple[float, float]:
             inp = (ids[i:i + 1], am[i:i + 1], tt[i:i + 1])
-            start(inp)
+            start(inp, i)
             out = run_graph(graph, inp, impl=impl)[0]
             msk = am[i:i + 1].unsqueeze(-1).to(out.dtype)
             pooled = (out * msk).sum(1) / msk.sum(1).clamp_min(1e-9)
             e = torch.nn.functional.normalize(pooled, p=2, dim=-1)[0]
-            cos.append(_cos(e, ref[i]))
-            err = max(err, float((e - ref[i]).abs().max()))
+            return _cos(e, ref[i]), float((e - ref[i]).abs().max())
     else:
         if sentences is not None:
             raise UserValueError(f"sentences apply to MiniLM plans only; this plan's model "
@@ -543,16 +597,21 @@ def execute_plan(plan: dict[str, Any], sentences: Sequence[str] | None = None,
                 torch.randn(t.shape, generator=g).to(t.dtype) * t.float().std() if t.is_floating_point()
                 else torch.randint(0, int(t.max()) + 1, t.shape, generator=g).to(t.dtype)
                 for t in lm.example_inputs))
-        for inp in inputs:
-            start(inp)
+        n_inputs = len(inputs)
+
+        def one(i: int) -> tuple[float, float]:
+            inp = inputs[i]
+            start(inp, i)
             out = run_graph(graph, inp, impl=impl)
             with torch.no_grad():
                 ref = lm.module(*inp)
             refs = list(ref) if isinstance(ref, (tuple, list)) else [ref]
             a = torch.cat([o.flatten().double() for o in out])
             b = torch.cat([r.flatten().double() for r in refs])
-            cos.append(_cos(a, b))
-            err = max(err, float((a - b).abs().max()))
+            return _cos(a, b), float((a - b).abs().max())
+    res = _map_inputs(one, n_inputs, jobs, stats)
+    cos = [c for c, _ in res]
+    err = max(e for _, e in res)
     ops_by = {}
     for o in plan["ops"]:
         ops_by[o["device"]] = ops_by.get(o["device"], 0) + 1

@@ -6,8 +6,10 @@ overrides of the device's fault mitigations (``spare_cols`` spare columns per cr
 ``fault_aware`` re-encoding of the differential pairs around stuck cells; default: the device's).
 Each op's weights are programmed once (:func:`golden.imc.program`, seeded by the run seed and
 the op's name, so a draw does not depend on which other ops are on crossbars) and reused for
-every input; every call (the tokens of one input) draws fresh read noise from a per-op counter.
-The numbers are the same whatever the order of the inputs' calls within an op.
+every input; every call (the tokens of one input) draws fresh read noise, seeded by the op's name,
+the run seed, the input's index (:meth:`ImcRun.begin_input`) and the call's count within that
+input. The numbers are therefore the same whatever order the inputs run in, and whichever
+process runs them (``compiler.execute.execute_plan(jobs=...)``).
 
 The mapping comes from the plan's device parameters (:func:`crossbar_config`): plans written
 before the noise-robust mapping (no ``signed_inputs`` / ``fault_aware`` keys) run as they were
@@ -67,6 +69,13 @@ class ImcRun:
     fault_aware: bool | None = None
     _progs: dict[str, Programmed] = dataclasses.field(default_factory=dict, repr=False)
     _calls: dict[str, int] = dataclasses.field(default_factory=dict, repr=False)
+    _input: int = dataclasses.field(default=0, repr=False)
+
+    def begin_input(self, index: int) -> None:
+        """The calls that follow belong to input ``index``: their read noise is drawn from
+        ``(op, seed, index, call within the input)`` (without it: input 0, calls counted on)."""
+        self._input = int(index)
+        self._calls.clear()
 
     def programmed(self, name: str, wq: torch.Tensor, params: dict[str, Any]) -> Programmed:
         """Op ``name``'s weights on crossbars (programmed on first use)."""
@@ -85,7 +94,8 @@ class ImcRun:
         prog = self.programmed(name, wq, params)
         n = self._calls.get(name, 0)
         self._calls[name] = n + 1
-        read_seed = (zlib.crc32(name.encode()) * 1000003 + self.seed * 7919 + n * 104729) % 2**62
+        read_seed = (zlib.crc32(name.encode()) * 1000003 + self.seed * 7919 + n * 104729
+                     + self._input * 15485863) % 2**62
         return crossbar_linear(xq, prog, bias, mult, shift, read_seed=read_seed)
 
     def stats(self) -> dict[str, int]:

@@ -670,6 +670,20 @@ def _tile_rows(xq: torch.Tensor, cfg: CrossbarConfig, nt: int) -> tuple[torch.Te
 
 # ----------------------------------------------------------------------------- the array
 
+_SCRATCH: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """A reused work buffer of ``shape`` (contents undefined; valid until the next request of
+    ``name``): a fresh multi-megabyte tensor per tile costs more in page faults than the
+    arithmetic done in it."""
+    n = math.prod(shape)
+    t = _SCRATCH.get((name, dtype))
+    if t is None or t.numel() < n:
+        t = _SCRATCH[(name, dtype)] = torch.empty(n, dtype=dtype)
+    return t[:n].view(shape)
+
+
 def _read_state(prog: Programmed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """On cells of the packed matrix: flat indices, their deviations and read-noise standard
     deviations ``read_sigma * g`` (float32), cached."""
@@ -688,7 +702,7 @@ def _read_state(prog: Programmed) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def _call_mat(prog: Programmed, read_seed: int | None) -> torch.Tensor | None:
     """This call's packed matrix ``[T, rows + 1, A*N]`` (bfloat16): the conductance deviations
     ``g - d`` plus a fresh read-noise draw (module docstring) and the threshold row
-    ``offset + 0.5``; None for an ideal array."""
+    ``offset + 0.5``; None for an ideal array. A shared buffer: valid until the next call."""
     if prog.dg is None:
         return None
     pk = prog._cache["packed"]
@@ -699,10 +713,15 @@ def _call_mat(prog: Programmed, read_seed: int | None) -> torch.Tensor | None:
         raise UserValueError("read noise needs a seed")
     idx, base, gsig = _read_state(prog)
     gen = torch.Generator().manual_seed(int(read_seed) & (2**63 - 1))
-    z = torch.randn(idx.shape, generator=gen).clamp_(max(-_Z_CLIP, -1.0 / rs), _Z_CLIP)
-    mat = pk.clone()
+    z = torch.randn(idx.shape, generator=gen, out=_scratch("z", tuple(idx.shape), torch.float32))
+    z.clamp_(max(-_Z_CLIP, -1.0 / rs), _Z_CLIP)
+    # one buffer per matrix, reused: every call overwrites all of its noisy cells
+    mat = prog._cache.get("call_mat")
+    if mat is None:
+        mat = prog._cache["call_mat"] = pk.clone()
     # g_call = g * max(0, 1 + read_sigma * z): the deviation grows by g * read_sigma * z, z >= -1/rs
-    mat.view(-1).index_put_((idx,), base.addcmul(gsig, z).to(_BF))
+    g_call = torch.addcmul(base, gsig, z, out=z)
+    mat.view(-1).put_(idx, g_call.to(_BF))
     return mat
 
 
@@ -735,13 +754,15 @@ def _tile_m(lv: torch.Tensor, act: torch.Tensor, mat: torch.Tensor, t: int
 
     ``lv``, ``act``: :func:`_tile_rows` of tile ``t``. Returns the driven rows (flat indices),
     their ``m`` ``[rows, A*N]`` (bfloat16) and the rounding error of a row that drives nothing
-    (``floor(offset + 0.5)``, float32 ``[A*N]``)."""
+    (``floor(offset + 0.5)``, float32 ``[A*N]``); ``m`` is a work buffer, valid until the
+    next call."""
     r = lv.shape[1]
     rows = act.nonzero().squeeze(1)
     q0 = torch.floor(mat[t, r].to(torch.float32))
     x = torch.ones(rows.numel(), r + 1, dtype=_BF)
     x[:, :r] = lv[rows]
-    return rows, torch.mm(x, mat[t]), q0
+    prod = _scratch("prod", (rows.numel(), mat.shape[2]), _BF)
+    return rows, torch.mm(x, mat[t], out=prod), q0
 
 
 def _row_weights(rows: torch.Tensor, cfg: CrossbarConfig, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -774,7 +795,7 @@ def _error_dot(xq: torch.Tensor, prog: Programmed, mat: torch.Tensor) -> torch.T
             tok, w = _row_weights(act, cfg, m)
             pm = torch.zeros(m, act.numel())
             pm[tok, torch.arange(act.numel())] = w.to(torch.float32)
-            y.addmm_(pm, mm.to(torch.float32).floor_())
+            y.addmm_(pm, _scratch("floor", tuple(mm.shape), torch.float32).copy_(mm).floor_())
         if bool(q0.any()):  # rows that drive nothing still convert floor(0.5 + offset)
             idle = torch.ones(allrows.numel(), dtype=torch.bool)
             idle[act] = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from fmforge.commands._args import SEED, add_json, float_range, int_range
@@ -37,6 +38,9 @@ def register(subparsers: Any) -> None:
                      help="tokens per random prompt (default 8)")
     gen.add_argument("--prompt-seed", type=SEED, default=None,
                      help="seed of the random prompts (default 0)")
+    p.add_argument("--jobs", type=int_range(1, 256), default=None, metavar="N",
+                   help="processes running the inputs (default: the CPUs this process may use); "
+                        "the results do not depend on it")
     g = p.add_argument_group("crossbar non-idealities (imc devices; golden.imc)")
     g.add_argument("--imc-noise", choices=("ideal", "realistic"), default="ideal",
                    help="programming/read noise and ADC offset: ideal (default) or realistic "
@@ -82,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  spare_cols=args.imc_spare_cols)
     if args.generate is not None:
         return _generate(args, plan, imc)
-    r = execute_plan(plan, sentences=sents, limit=args.limit, imc=imc)
+    jobs = args.jobs if args.jobs is not None else len(os.sched_getaffinity(0))
+    r = execute_plan(plan, sentences=sents, limit=args.limit, imc=imc, jobs=jobs)
     if not args.json:
         print(f"{r['model']}: {r['n_inputs']} inputs, cosine vs float min {r['cosine_min']:.5f} "
               f"mean {r['cosine_mean']:.5f}, max abs err {r['max_abs_err']:.4g}; ops per device "

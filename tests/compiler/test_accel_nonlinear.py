@@ -86,6 +86,8 @@ def test_elsa_calibrates_on_the_calibration_split_and_the_plan_carries_it():
     plan = json.loads(json.dumps(c.plan))  # the executor reads the thresholds from the plan
     r = execute_plan(plan, limit=4)
     assert 0.05 < r["sparse_keep_ratio"] < 0.9 and r["cosine_min"] > 0.95
+    # inputs in forked workers: their keep counts merged, the same report
+    assert execute_plan(plan, limit=4, jobs=2) == r
     # a different calibration in the plan changes the mask: the executor uses it, not its own
     for o in plan["ops"]:
         if o["op"] == "attention":

@@ -89,6 +89,32 @@ def test_gpt2_and_encoder_execute():
     assert execute_plan(c.plan, limit=2)["cosine_min"] > 0.99
 
 
+def test_imc_read_noise_seeded_per_input_and_jobs_do_not_change_results():
+    """Read noise is drawn per (op, seed, input, call in the input): one or two worker
+    processes give the same report; another seed another one; an input's numbers do not depend
+    on the inputs before it."""
+    import torch
+
+    from compiler.imc_run import ImcRun
+    from golden.imc import REALISTIC_NOISE
+
+    c = compile_model("encoder-tiny", "imc,cpu:mode=roofline", "energy")
+    r1 = execute_plan(c.plan, limit=5, imc=ImcRun(REALISTIC_NOISE, seed=3))
+    assert execute_plan(c.plan, limit=5, imc=ImcRun(REALISTIC_NOISE, seed=3), jobs=2) == r1
+    assert execute_plan(c.plan, limit=5, imc=ImcRun(REALISTIC_NOISE, seed=4)) != r1
+    run = ImcRun(REALISTIC_NOISE, seed=3)
+    xq = torch.randint(-128, 128, (4, 64), generator=torch.Generator().manual_seed(0))
+    wq = torch.randint(-128, 128, (64, 32), generator=torch.Generator().manual_seed(1))
+    params = next(d["params"] for d in c.plan["devices"] if d["kind"] == "imc")
+    run.begin_input(7)
+    a = run.linear("op", xq, wq, None, None, None, params)
+    run.begin_input(2)
+    run.linear("op", xq, wq, None, None, None, params)
+    run.begin_input(7)
+    assert torch.equal(run.linear("op", xq, wq, None, None, None, params), a)
+    assert not torch.equal(run.linear("op", xq, wq, None, None, None, params), a)  # 2nd call
+
+
 def test_accuracy_budget_keeps_layer_norms_off_the_integer_device():
     """The energy objective would move MiniLM's 13 layer norms to the asic (cosine ~0.7); with
     the budget they stay in float, the plan states its estimate and executes within it."""
