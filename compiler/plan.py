@@ -254,13 +254,29 @@ def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
     kinds = {o["name"]: o["op"] for o in plan["ops"]}
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.6 * len(devs)))
     scale, unit = (1e3, "ms") if plan["totals"]["latency_s"] < 10 else (1.0, "s")
+    # the bars barh drew, added as plain rectangles in the same order with the data limits
+    # updated once (barh updated them bar by bar: 1.3 s for GPT-2-small's 523 ops)
+    from matplotlib.patches import Rectangle
+
+    rects, corners = [], []
     for s in plan["schedule"]:
-        y = lane[s["device"]]
+        y = lane[s["device"]] - 0.3
+        bars = [((s["end_s"] - s["start_s"]) * scale, s["start_s"] * scale,
+                 {"facecolor": colors.get(kinds[s["op"]], "tab:brown"), "linewidth": 0})]
         if s["transfer_in_s"] > 0:
-            ax.barh(y, s["transfer_in_s"] * scale, left=(s["start_s"] - s["transfer_in_s"]) * scale,
-                    height=0.6, color="white", edgecolor="black", hatch="//", linewidth=0.3)
-        ax.barh(y, (s["end_s"] - s["start_s"]) * scale, left=s["start_s"] * scale, height=0.6,
-                color=colors.get(kinds[s["op"]], "tab:brown"), linewidth=0)
+            bars.insert(0, (s["transfer_in_s"] * scale, (s["start_s"] - s["transfer_in_s"]) * scale,
+                            {"facecolor": "white", "edgecolor": "black", "hatch": "//",
+                             "linewidth": 0.3}))
+        for width, left, style in bars:
+            r = Rectangle((left, y), width, 0.6, label="_nolegend_", **style)
+            r.sticky_edges.x.append(left)
+            rects.append(r)
+            corners += [(left, y), (left + width, y + 0.6)]
+    for r in rects:
+        ax.add_artist(r)
+    if corners:
+        ax.update_datalim(corners)
+        ax.autoscale_view()
     ax.set_yticks(range(len(devs)), devs)
     ax.set_xlabel(f"time ({unit}); hatched: transfers")
     ax.set_title(f"{plan['model']['source']}: predicted {plan['totals']['latency_s'] * 1e3:.3f} ms, "
