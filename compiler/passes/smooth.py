@@ -348,8 +348,9 @@ class _GroupError:
         #: as given (the float64 references ``x @ w.t()`` use them as the metric always has)
         self.given = list(ws)
         self.ws = [w.contiguous() for w in ws]  # row blocks (``kn`` weights arrive transposed)
-        #: ``max|W[:, j]|`` over the group
-        self.wmax = torch.stack([w.abs().amax(0) for w in self.ws]).amax(0)
+        #: ``max|W[:, j]|`` over the group (as ``abs().amax(0)``, without the temporary)
+        self.wmax = torch.stack([torch.maximum(w.amax(0), w.amin(0).neg_())
+                                 for w in self.ws]).amax(0)
         dt = torch.int8 if self.int_mm else torch.float32
         self.wq = [torch.empty(w.shape, dtype=dt) for w in self.ws]
         k = self.ws[0].shape[1]
@@ -357,6 +358,8 @@ class _GroupError:
         self.buf = torch.empty(rows, k, dtype=torch.float64)
         self.mag = torch.empty(rows, k, dtype=torch.float64)
         self.off: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        #: float64 ``[rows, N]`` buffers of the products' errors, by shape
+        self.diff: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _quantize(self, i: int, s: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``quantize_weight(W_i * s)`` as (int8 or float32 values, float64 scales)."""
@@ -393,7 +396,10 @@ class _GroupError:
         for i, ref in enumerate(refs):
             wq, sw = self.off[i] if s is None else self._quantize(i, s)
             y = torch._int_mm(xq, wq.t()) if self.int_mm else xq @ wq.t()
-            d = torch.mul(y, (sx * sw)[None, :]).sub_(ref)  # y exact: float64 products as ever
+            d = self.diff.get(tuple(ref.shape))
+            if d is None:
+                d = self.diff[tuple(ref.shape)] = torch.empty(ref.shape, dtype=torch.float64)
+            torch.mul(y, (sx * sw)[None, :], out=d).sub_(ref)  # y exact: float64 products
             num += float(d.mul_(d).sum())
         return num / max(den, 1e-30)
 
