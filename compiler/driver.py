@@ -175,9 +175,11 @@ def prepare_graph(model: LoadedModel, calib: int = 16, float_ffn_down: bool = Fa
     t1 = time.perf_counter()
     samples = calibration_samples(model, calib, g)
     passes: list[Pass] = [Canonicalize()]
-    if smooth != "off":
-        passes.append(Smooth(samples, smooth, host=host_smooth, ffn_down=down))
-    passes.append(Quantize(samples, ffn_down=down))
+    quantize = Quantize(samples, ffn_down=down)
+    if smooth != "off":  # one run of the samples calibrates both (compiler.passes.smooth)
+        passes.append(Smooth(samples, smooth, host=host_smooth, ffn_down=down,
+                             quantize=quantize))
+    passes.append(quantize)
     if sparse:
         passes.append(sparsify_from_spec(sparse, samples))
     try:

@@ -91,7 +91,7 @@ from compiler.passes.base import Pass, PassError
 from golden.errors import UserValueError
 from golden.requant import INT32_MAX, INT32_MIN, quantize_multiplier
 
-__all__ = ["FFN_DOWN_MODES", "MIN_CHANNEL_ROWS", "Quantize", "QLinear", "QUANT_KINDS",
+__all__ = ["Calibration", "FFN_DOWN_MODES", "MIN_CHANNEL_ROWS", "Quantize", "QLinear", "QUANT_KINDS",
            "channel_scales", "expert_rows", "grouped_qparams",
            "grouped_weight", "linear_qparams", "linear_weight",
            "MASK_SENTINEL", "matmul_operands", "matmul_qparams", "mse_scale", "param_scale",
@@ -401,6 +401,63 @@ def residual_only_linears(graph: Graph) -> set[str]:
             and only_adds(n.name, int(n.out[0].shape[-1]))}
 
 
+class Calibration:
+    """What the quantize pass records of ``graph``'s values on the calibration samples: every
+    value's absolute maximum (a softmax input's without its mask positions), per-channel
+    maxima and the first rows of the linears with per-channel output scales, the values
+    ``mse`` samples, the rows per expert of each ``grouped_linear``. Fed by
+    :meth:`observe` (every node's value, sample by sample) and :meth:`inputs` (each sample's
+    graph inputs); per value the samples must come in their order."""
+
+    def __init__(self, graph: Graph, method: str = "absmax", per_channel_out: bool = True
+                 ) -> None:
+        self.graph = graph
+        self.method = method
+        self.want: set[str] = set()
+        for n in graph.nodes:
+            if n.op in QUANT_KINDS:
+                self.want.add(n.name)
+                self.want.update(n.inputs)
+        self.absmax: dict[str, float] = {name: 0.0 for name, _ in graph.inputs}
+        self.chan_max: dict[str, torch.Tensor] = {}
+        #: kept while fewer than MIN_CHANNEL_ROWS
+        self.chan_rows: dict[str, list[torch.Tensor]] = {}
+        self.chan_out = residual_only_linears(graph) if per_channel_out else set()
+        self.seen: dict[str, list[torch.Tensor]] = {}
+        self.masked = {n.inputs[0] for n in graph.nodes if n.op == "softmax" and n.inputs}
+        self.routed: dict[str, list[list[int]]] = {}
+
+    def observe(self, node: Node, val: Any, args: tuple[Any, ...]) -> None:
+        """One sample's value of ``node`` (``args``: its resolved arguments)."""
+        absmax, chan_max, chan_rows = self.absmax, self.chan_max, self.chan_rows
+        if node.name in self.want and isinstance(val, torch.Tensor) and val.is_floating_point():
+            v = val.detach()
+            if node.name in self.masked:  # a softmax input: the mask's sentinels are no logits
+                v = v[softmax_keep(v)]
+            a = v.abs().flatten()
+            absmax[node.name] = max(absmax.get(node.name, 0.0), float(a.max()) if a.numel() else 0.0)
+            if node.name in self.chan_out:
+                rows = val.detach().reshape(-1, val.shape[-1]).to(torch.float64)
+                cm = rows.abs().amax(0)
+                prev = chan_max.get(node.name)
+                chan_max[node.name] = cm if prev is None else torch.maximum(prev, cm)
+                kept = chan_rows.setdefault(node.name, [])
+                if sum(t.shape[0] for t in kept) < MIN_CHANNEL_ROWS:
+                    kept.append(rows)
+            if self.method == "mse":
+                self.seen.setdefault(node.name, []).append(a[:: max(1, a.numel() // 65536)])
+        if node.op == "grouped_linear":  # the rows the router sent to each expert
+            from compiler.passes.canonicalize import grouped_offsets
+            self.routed.setdefault(node.name, []).append(expert_rows(
+                grouped_offsets(node, args, {}), int(node.attrs["experts"])))
+
+    def inputs(self, sample: Sequence[torch.Tensor]) -> None:
+        """One sample's graph inputs."""
+        for (name, _), t in zip(self.graph.inputs, sample, strict=True):
+            if t.is_floating_point():
+                self.absmax[name] = max(self.absmax.get(name, 0.0), float(t.abs().max()))
+
+
 class Quantize(Pass):
     """Calibrate activation scales on ``samples`` (each a tuple of graph inputs); see module doc."""
 
@@ -416,6 +473,7 @@ class Quantize(Pass):
         if method not in ("mse", "absmax"):
             raise UserValueError(f"calibration method must be mse or absmax, not {method!r}")
         self.samples = [tuple(s) for s in samples]
+        self._given: Calibration | None = None  # use_calibration
         self.method = method
         self.keep_float_after_gelu = keep_float_after_gelu
         self.per_channel_out = per_channel_out
@@ -423,51 +481,31 @@ class Quantize(Pass):
             raise UserValueError(f"ffn_down must be one of {', '.join(FFN_DOWN_MODES)}, not {ffn_down!r}")
         self.ffn_down = "float" if keep_float_after_gelu else ffn_down
 
+    def calibration(self, graph: Graph) -> Calibration:
+        """An empty :class:`Calibration` of ``graph`` for this pass's settings."""
+        return Calibration(graph, self.method, self.per_channel_out)
+
+    def use_calibration(self, cal: Calibration, samples: Sequence[Sequence[torch.Tensor]]
+                        ) -> None:
+        """Let the next :meth:`run` on ``cal.graph`` take ``cal`` (filled by another pass on
+        ``samples``, which must be this pass's very tensors, with every value as the graph
+        computes it then: :class:`compiler.passes.smooth.Smooth`) instead of running the
+        samples itself; ignored for other samples or another graph."""
+        same = len(samples) == len(self.samples) and all(
+            len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+            for a, b in zip(samples, self.samples, strict=True))
+        self._given = cal if same else None
+
     def run(self, graph: Graph) -> None:
-        want: set[str] = set()
-        for n in graph.nodes:
-            if n.op in QUANT_KINDS:
-                want.add(n.name)
-                want.update(n.inputs)
-        absmax: dict[str, float] = {}
-        chan_max: dict[str, torch.Tensor] = {}
-        chan_rows: dict[str, list[torch.Tensor]] = {}  # kept while fewer than MIN_CHANNEL_ROWS
-        chan_out = residual_only_linears(graph) if self.per_channel_out else set()
-        seen: dict[str, list[torch.Tensor]] = {}
-        for name, _ in graph.inputs:
-            absmax.setdefault(name, 0.0)
-
-        masked = {n.inputs[0] for n in graph.nodes if n.op == "softmax" and n.inputs}
-        routed: dict[str, list[list[int]]] = {}
-
-        def observe(node: Node, val: Any, args: tuple[Any, ...]) -> None:
-            if node.name in want and isinstance(val, torch.Tensor) and val.is_floating_point():
-                v = val.detach()
-                if node.name in masked:  # a softmax input: the mask's sentinels are no logits
-                    v = v[softmax_keep(v)]
-                a = v.abs().flatten()
-                absmax[node.name] = max(absmax.get(node.name, 0.0), float(a.max()) if a.numel() else 0.0)
-                if node.name in chan_out:
-                    rows = val.detach().reshape(-1, val.shape[-1]).to(torch.float64)
-                    cm = rows.abs().amax(0)
-                    prev = chan_max.get(node.name)
-                    chan_max[node.name] = cm if prev is None else torch.maximum(prev, cm)
-                    kept = chan_rows.setdefault(node.name, [])
-                    if sum(t.shape[0] for t in kept) < MIN_CHANNEL_ROWS:
-                        kept.append(rows)
-                if self.method == "mse":
-                    seen.setdefault(node.name, []).append(a[:: max(1, a.numel() // 65536)])
-            if node.op == "grouped_linear":  # the rows the router sent to each expert
-                from compiler.passes.canonicalize import grouped_offsets
-                routed.setdefault(node.name, []).append(expert_rows(
-                    grouped_offsets(node, args, {}), int(node.attrs["experts"])))
-
-        for s in self.samples:
-            outs = run_graph(graph, s, observe=observe)
-            del outs
-            for (name, _), t in zip(graph.inputs, s, strict=True):
-                if t.is_floating_point():
-                    absmax[name] = max(absmax.get(name, 0.0), float(t.abs().max()))
+        cal, self._given = self._given, None
+        if cal is None or cal.graph is not graph:
+            cal = self.calibration(graph)
+            for s in self.samples:
+                outs = run_graph(graph, s, observe=cal.observe)
+                del outs
+                cal.inputs(s)
+        absmax, chan_max, chan_rows = cal.absmax, cal.chan_max, cal.chan_rows
+        seen, routed = cal.seen, cal.routed
 
         def scale(v: str) -> float:
             top = max(absmax.get(v, 0.0), _EPS)

@@ -64,10 +64,14 @@ def test_bad_count(n):
 def test_prepare_graph_calibrates_on_the_count(monkeypatch):
     import compiler.passes.quantize as q
 
-    counts = []
-    real = q.run_graph
-    monkeypatch.setattr(q, "run_graph", lambda *a, **k: counts.append(1) or real(*a, **k))
+    counts = []  # samples the quantize pass's calibration sees (the smoothing run records it)
+    real = q.Calibration.inputs
+    monkeypatch.setattr(q.Calibration, "inputs",
+                        lambda self, s: counts.append(1) or real(self, s))
     prepare_graph(load_model("encoder-tiny"), calib=3)
+    assert len(counts) == 3
+    counts.clear()
+    prepare_graph(load_model("encoder-tiny"), calib=3, smooth="off")
     assert len(counts) == 3
 
 

@@ -358,12 +358,11 @@ def test_alpha_descent_picks_what_trying_every_alpha_picks():
                          for i in range(7)]
         p = Smooth(samples, "auto")
         groups = [gr for gr in smooth_groups(g) if gr.form]
-        stats = p._stats(g, {gr.value for gr in groups})
         ws = {gr.value: [smooth_mod._weight_nk(g, lin) for lin in gr.linears] for gr in groups}
         p.run(g)  # folds into the weights
         assert p.report
         for gr, best, errs in p.report:
-            every = p._errors(*stats[gr.value], smooth_mod._GroupError(ws[gr.value]),
+            every = p._errors(*p.stats[gr.value], smooth_mod._GroupError(ws[gr.value]),
                               smooth_mod.AUTO_ALPHAS)
             assert {k: every[k] for k in errs} == errs
             pick = min(smooth_mod.AUTO_ALPHAS, key=lambda a: every[f"{a:g}"])
@@ -403,3 +402,67 @@ def test_host_requantizer_check_refuses_what_the_integers_refuse():
             q.clear()
             q.update(keep)
             n.attrs.pop("_qs", None)
+
+
+@pytest.mark.parametrize("name", ["pre", "post", "llama_outlier"])
+def test_one_run_calibrates_smoothing_and_quantize(monkeypatch, name):
+    """Smooth given the quantize pass records its calibration in the same run of the samples:
+    the quantize pass then runs no sample itself, and its scales (and the smoothed parameters)
+    are bit for bit those of a quantize pass that runs the samples on the smoothed graph."""
+    from compiler.passes import quantize as quant_mod
+
+    lm = load_model(f"{FILE}:{name}")
+    samples = [lm.example_inputs] + [
+        tuple(torch.randint(0, 1000, t.shape, generator=torch.Generator().manual_seed(i))
+              if not t.is_floating_point() else
+              torch.randn(t.shape, generator=torch.Generator().manual_seed(i))
+              for t in lm.example_inputs) for i in range(5)]
+    graphs = []
+    runs = []
+    real = quant_mod.run_graph
+    monkeypatch.setattr(quant_mod, "run_graph", lambda *a, **k: runs.append(1) or real(*a, **k))
+    for shared in (True, False):
+        g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+        q = Quantize(samples)
+        runs.clear()
+        run_passes(g, [Canonicalize(), Smooth(samples, "auto", quantize=q if shared else None),
+                       q])
+        assert len(runs) == (0 if shared else len(samples))
+        graphs.append(g)
+    a, b = graphs
+    assert any(n.attrs.get("smooth") for n in a.nodes)
+    for na, nb in zip(a.nodes, b.nodes, strict=True):
+        assert na.attrs.get("quant") == nb.attrs.get("quant"), na.name
+    assert a.params.keys() == b.params.keys()
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+
+
+def test_each_fold_group_is_chosen_on_the_graph_with_the_earlier_folds():
+    """One run of the samples smooths group after group: the statistics a ``fold`` group is
+    chosen on are its value's on the graph with the folds of the groups before it applied
+    (and not its own), exactly; a ``host`` group's with every fold before its value."""
+    lm = load_model(f"{FILE}:llama_outlier")
+    samples = [lm.example_inputs] + [
+        (torch.randint(0, 1000, lm.example_inputs[0].shape,
+                       generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    g = export_graph(lm.module, lm.example_inputs, source=lm.name)
+    run_passes(g, [Canonicalize()])
+    p = Smooth(samples, "auto")
+    groups = [gr for gr in smooth_groups(g) if gr.form == "fold"]
+    assert len(groups) >= 3
+    p.run(g)
+    index = {n.name: i for i, n in enumerate(g.nodes)}
+    for k, gr in enumerate(groups):
+        fresh = export_graph(lm.module, lm.example_inputs, source=lm.name)
+        run_passes(fresh, [Canonicalize()])
+        for earlier in groups[:k]:
+            rec = g.node(earlier.linears[0]).attrs.get("smooth")
+            if rec:
+                smooth_mod._fold(fresh, earlier.linears, earlier.into, rec["factors"])
+        seen = []
+        for smp in samples:
+            run_graph(fresh, smp, observe=lambda n, v, a: seen.append(
+                v.detach().reshape(-1, v.shape[-1]).to(torch.float64).abs().amax(0))
+                if n.name == gr.value else None)
+        assert index[groups[k - 1].value] < index[gr.into] if k else True
+        assert torch.equal(torch.stack(seen), p.stats[gr.value][0]), gr.value
