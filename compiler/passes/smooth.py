@@ -44,8 +44,11 @@ parameter weight; a linear that reads a GELU output is left alone under ``ffn_do
 ``a`` in :data:`AUTO_ALPHAS`; the metric is the relative squared error of the group's int8
 outputs on the calibration inputs, ``sum ||Xq Wq^T - X W^T||^2 / sum ||X W^T||^2`` (activations
 per tensor with the absmax scale of ``X / s``, weights ``W * s`` per output channel, at most
-:data:`MAX_ROWS` rows); the lowest wins, except that the ``host`` form must beat no smoothing by
-:data:`HOST_GAIN` (it costs the producer its accelerator). The alphas are walked downhill from
+:data:`MAX_ROWS` rows and :data:`MAX_ROW_MACS` / (K N) for K input and N output channels in
+all: MiniLM keeps 512 rows per group, GPT-2-small's larger groups 128, which took a third
+of its smoothing time; 512 everywhere until 2026-12); the lowest wins, except that the
+``host`` form must beat no smoothing by :data:`HOST_GAIN` (it costs the producer its
+accelerator). The alphas are walked downhill from
 the choice of the previous group with the same form and weight shapes (the middle alpha for the
 first): the same choice as trying all six wherever the error falls then rises along them (every
 MiniLM and GPT-2-small group), about half the evaluations. The products ``Xq Wq^T`` are exact
@@ -56,7 +59,7 @@ is not run).
 **Calibration** (one run of the samples, :meth:`Smooth.run`): the samples run through the
 graph in segments, all of them up to the producer (``into``) of the next ``fold`` group in
 graph order; from there that group's value is computed on a copy for its statistics (per
-sample the per-channel absmax and up to :data:`MAX_ROWS` / S evenly spaced rows), the group
+sample the per-channel absmax and up to R / S evenly spaced rows, R as in **Choice**), the group
 is chosen and folded at once, and the samples go on from the producer with the folded
 parameters. So a group is chosen on its value as the graph computes it with the folds of the
 groups before it (a ``host`` group: with every fold before its value), and every other value
@@ -93,7 +96,7 @@ from compiler.passes.quantize import _CHANNEL_KEEPING, FFN_DOWN_MODES, Quantize,
 from compiler.passes.quantize import _EPS as _QEPS
 from golden.errors import UserValueError
 
-__all__ = ["AUTO_ALPHAS", "FLOAT_KINDS", "HOST_GAIN", "MAX_ROWS", "SMOOTH_FORMS", "Smooth",
+__all__ = ["AUTO_ALPHAS", "FLOAT_KINDS", "HOST_GAIN", "MAX_ROW_MACS", "MAX_ROWS", "SMOOTH_FORMS", "Smooth",
            "SmoothGroup", "drop_host_smoothing", "parse_smooth", "restore_smoothing",
            "smooth_factors", "smooth_groups"]
 
@@ -104,6 +107,12 @@ AUTO_ALPHAS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 HOST_GAIN = 0.9
 #: calibration rows per group the metric uses (evenly spaced within each sample)
 MAX_ROWS = 512
+#: and at most this many over ``K * N`` (K input channels, N the group's output channels in
+#: all): one candidate's int8 products ``Xq Wq^T`` cost at most this many MACs. MiniLM's groups
+#: (K 384, N up to 1536) keep all :data:`MAX_ROWS`; GPT-2-small's q/k/v (N 2304) and FFN
+#: linears (K * N = 768 * 3072) 128 (every 4th of its 32 rows per sample), its attention output
+#: projections 512
+MAX_ROW_MACS = 512 * 384 * 1536
 #: the two ways a smoothing reaches the integers (module doc)
 SMOOTH_FORMS = ("fold", "host")
 #: device kinds that run ops in float (the host quantizes their outputs for an accelerator)
@@ -288,6 +297,13 @@ def smooth_groups(graph: Graph, host: bool = True, ffn_down: str = "int16") -> l
             out.append(SmoothGroup(v, tuple(lins), "host", src if src in nodes else None,
                                    f"cannot fold ({why}): per-channel quantizer on the host"))
     return out
+
+
+def _weight_shape(graph: Graph, name: str) -> tuple[int, int]:
+    """``(N, K)`` of a group linear's weight."""
+    n = graph.node(name)
+    shape = tuple(graph.params[n.attrs["weight"]].shape)
+    return (shape[1], shape[0]) if n.attrs["w_layout"] == "kn" else (shape[0], shape[1])
 
 
 def _weight_nk(graph: Graph, name: str) -> torch.Tensor:
@@ -490,12 +506,14 @@ class Smooth(Pass):
         self.stats: dict[str, tuple[torch.Tensor, list[torch.Tensor]]] = {}
 
     def _see(self, cmax: dict[str, list[torch.Tensor]], rows: dict[str, list[torch.Tensor]],
-             name: str, val: Any) -> None:
-        """Record one sample's value of a group: its per-channel absmax and up to
-        ``MAX_ROWS / S`` of its rows (evenly spaced)."""
+             name: str, val: Any, outputs: int) -> None:
+        """Record one sample's value of a group with ``outputs`` output channels in all: its
+        per-channel absmax and up to ``R / S`` of its rows (evenly spaced), ``R`` =
+        :data:`MAX_ROWS`, at most :data:`MAX_ROW_MACS` ``/ (K * outputs)``."""
         if not isinstance(val, torch.Tensor) or not val.is_floating_point():
             return
-        per = max(1, MAX_ROWS // len(self.samples))
+        k = max(1, int(val.shape[-1]) if val.dim() else 1)
+        per = max(1, min(MAX_ROWS, MAX_ROW_MACS // (k * max(1, outputs))) // len(self.samples))
         x = val.detach().reshape(-1, val.shape[-1]).to(torch.float64)
         cmax.setdefault(name, []).append(x.abs().amax(0))
         rows.setdefault(name, []).append(x[::max(1, math.ceil(x.shape[0] / per))])
@@ -574,6 +592,9 @@ class Smooth(Pass):
         folds = sorted((g for g in groups if g.form == "fold"), key=lambda g: index[g.into])
         hosts = [g for g in groups if g.form == "host"]
         host_values = {g.value for g in hosts}
+        #: per group value, the group's output channels in all
+        outputs = {g.value: sum(int(_weight_shape(graph, lin)[0]) for lin in g.linears)
+                   for g in groups}
         cal = self.quantize.calibration(graph) if self.quantize is not None else None
         cmax: dict[str, list[torch.Tensor]] = {}
         rows: dict[str, list[torch.Tensor]] = {}
@@ -583,13 +604,13 @@ class Smooth(Pass):
             envs.append({name: t for (name, _), t in zip(graph.inputs, smp, strict=True)})
             for name, t in envs[-1].items():
                 if name in host_values:
-                    self._see(cmax, rows, name, t)
+                    self._see(cmax, rows, name, t, outputs[name])
             if cal is not None:
                 cal.inputs(smp)
 
         def observe(n: Node, val: Any, args: tuple[Any, ...]) -> None:
             if n.name in host_values:
-                self._see(cmax, rows, n.name, val)
+                self._see(cmax, rows, n.name, val, outputs[n.name])
             if cal is not None:
                 cal.observe(n, val, args)
 
@@ -616,7 +637,7 @@ class Smooth(Pass):
             choose_hosts(pos)
             for env in envs:  # the group's value from its producer on, on a copy
                 val = run_nodes(graph, dict(env), b, e, last_use=last_use)[g.value]
-                self._see(cmax, rows, g.value, val)
+                self._see(cmax, rows, g.value, val, outputs[g.value])
             choose(g)
             if done.get(g.value, (None,))[0] is not None:
                 assert g.into is not None

@@ -466,3 +466,17 @@ def test_each_fold_group_is_chosen_on_the_graph_with_the_earlier_folds():
                 if n.name == gr.value else None)
         assert index[groups[k - 1].value] < index[gr.into] if k else True
         assert torch.equal(torch.stack(seen), p.stats[gr.value][0]), gr.value
+
+
+def test_metric_rows_per_group_are_bounded_by_their_macs():
+    """The metric's rows per group: MAX_ROWS while K * N is small (every MiniLM group), else
+    at most MAX_ROW_MACS / (K * N), evenly spaced within each sample (GPT-2-small's q/k/v:
+    170 allowed, 10 per sample, every 4th of 32 rows: 8)."""
+    p = Smooth([(torch.zeros(1),)] * 16)
+    for k, n, want in ((384, 1536, 512), (768, 2304, 128), (768, 3072, 128), (3072, 768, 128),
+                       (768, 768, 512)):
+        cmax, rows = {}, {}
+        for _ in range(16):
+            p._see(cmax, rows, "v", torch.randn(1, 32, k), n)
+        assert sum(r.shape[0] for r in rows["v"]) == want, (k, n)
+        assert len(cmax["v"]) == 16
