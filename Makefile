@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/fmforge demo
 
+# two workers (the suite's machines have 2 cores); a test file runs whole in one worker, so its
+# module fixtures are built once; the Verilator build cache is shared under a file lock
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
