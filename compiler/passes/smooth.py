@@ -312,6 +312,15 @@ def _weight_nk(graph: Graph, name: str) -> torch.Tensor:
     return (w.t() if n.attrs["w_layout"] == "kn" else w).detach().to(torch.float64)
 
 
+def _weight_rows(graph: Graph, name: str) -> torch.Tensor:
+    """The weight ``[N, K]`` as a contiguous tensor of its own dtype (the values of
+    :func:`_weight_nk`, which is float64, when that dtype is float32 or float64)."""
+    n = graph.node(name)
+    w = graph.params[n.attrs["weight"]].detach()
+    w = (w.t() if n.attrs["w_layout"] == "kn" else w).contiguous()
+    return w if w.dtype in (torch.float32, torch.float64) else w.to(torch.float64)
+
+
 def smooth_factors(xmax: torch.Tensor, wmax: torch.Tensor, alpha: float) -> list[float]:
     """``s_j = max|x_j|^a / max|W_j|^(1-a)`` (float64, clamped to [1e-5, 1e5]; 1 for a channel
     whose activation or weights are all zero), as a list of floats (what the plan stores)."""
@@ -372,17 +381,22 @@ class _GroupError:
     ``K * 128 * 127 < 2**24``, and the int32 sums are exact for any K here). The unsmoothed
     weights are quantized once for both folds."""
 
-    def __init__(self, ws: Sequence[torch.Tensor]) -> None:
+    def __init__(self, ws: Sequence[torch.Tensor],
+                 rows: Sequence[torch.Tensor] | None = None) -> None:
         global _INT_MM
         if _INT_MM is None:
             _INT_MM = _int_mm_works()
         self.int_mm = _INT_MM
         #: as given (the float64 references ``x @ w.t()`` use them as the metric always has)
         self.given = list(ws)
-        self.ws = [w.contiguous() for w in ws]  # row blocks (``kn`` weights arrive transposed)
+        #: row blocks (``kn`` weights arrive transposed): ``rows`` when given, contiguous
+        #: tensors with the very values of ``ws`` (the float32 parameters: ``W * s`` is
+        #: computed in float64 all the same, at half the reads)
+        self.ws = [w.contiguous() for w in (ws if rows is None else rows)]
+        assert all(a.shape == b.shape for a, b in zip(self.ws, self.given, strict=True))
         #: ``max|W[:, j]|`` over the group (as ``abs().amax(0)``, without the temporary)
         self.wmax = torch.stack([torch.maximum(w.amax(0), w.amin(0).neg_())
-                                 for w in self.ws]).amax(0)
+                                 for w in self.ws]).amax(0).to(torch.float64)
         dt = torch.int8 if self.int_mm else torch.float32
         self.wq = [torch.empty(w.shape, dtype=dt) for w in self.ws]
         k = self.ws[0].shape[1]
@@ -564,7 +578,8 @@ class Smooth(Pass):
                                                           list[float] | None]:
         """The choice for one group: (alpha or None, the errors, the factors)."""
         cmax, rows = stats
-        ge = _GroupError([_weight_nk(graph, lin) for lin in g.linears])
+        ge = _GroupError([_weight_nk(graph, lin) for lin in g.linears],
+                         [_weight_rows(graph, lin) for lin in g.linears])
         cands = AUTO_ALPHAS if self.alpha == "auto" else (float(self.alpha),)
         key = (g.form, tuple(tuple(w.shape) for w in ge.ws))
         errs = self._errors(cmax, rows, ge, cands, start.get(key, len(cands) // 2))

@@ -480,3 +480,23 @@ def test_metric_rows_per_group_are_bounded_by_their_macs():
             p._see(cmax, rows, "v", torch.randn(1, 32, k), n)
         assert sum(r.shape[0] for r in rows["v"]) == want, (k, n)
         assert len(cmax["v"]) == 16
+
+
+def test_metric_from_float32_rows_is_the_float64_one():
+    """_GroupError given the float32 parameters as its row blocks (what the pass does) gives
+    the float64 weights' errors bit for bit (``W * s`` is computed in float64 either way)."""
+    g = torch.Generator().manual_seed(7)
+    k = 96
+    x = torch.randn(40, k, generator=g, dtype=torch.float64)
+    x[:, 2] *= 25.0
+    w32 = [torch.randn(k, 70, generator=g) / k ** 0.5, torch.randn(33, k, generator=g)]
+    rows = [w32[0].t().contiguous(), w32[1]]
+    ws = [w32[0].t().to(torch.float64), w32[1].to(torch.float64)]
+    xmax = x.abs().amax(0)
+    refs = [x @ w.t() for w in ws]
+    den = sum(float((r ** 2).sum()) for r in refs)
+    a, b = smooth_mod._GroupError(ws), smooth_mod._GroupError(ws, rows)
+    assert torch.equal(a.wmax, b.wmax) and b.wmax.dtype == torch.float64
+    for alpha in (None, 0.4, 0.7):
+        s = None if alpha is None else smooth_mod._factors(xmax, a.wmax, alpha)
+        assert a.error(x, xmax, refs, den, s) == b.error(x, xmax, refs, den, s)
