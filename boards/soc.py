@@ -24,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from amaranth import Elaboratable, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth import ClockDomain, Elaboratable, Module, Mux, Signal
+from amaranth.lib import io, wiring
 from amaranth.lib.wiring import In, Out
 
+from boards.pll import DEFAULT_TOLERANCE, EcpPll, LockReset, solve_pll
 from golden.errors import UserValueError
 from hw.core import Core
 from hw.core_spec import CoreSpec
@@ -35,7 +36,7 @@ from hw.extmem import BRAM_LATENCY, BramMemory
 from hw.hostlink import HostLink
 from hw.uart import UartRx, UartTx, uart_divisor
 
-__all__ = ["Soc", "SocConfig", "SocTop"]
+__all__ = ["Soc", "SocConfig", "SocTop", "soc_clock_hz", "soc_pll"]
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,21 @@ class Soc(wiring.Component):
 
 
 class SocTop(Elaboratable):
-    """A :class:`Soc` on a board: sync on the default clock, the ``uart`` resource's rx/tx,
-    LEDs 0-2 (done, error, running) and LED 7 a heartbeat (about 1.5 Hz at 25 MHz)."""
+    """A :class:`Soc` on a board: the ``uart`` resource's rx/tx, LEDs 0-2 (done, error, running)
+    and LED 7 a heartbeat (bit 23 of a counter: about 1.5 Hz at 25 MHz).
 
-    def __init__(self, cfg: SocConfig) -> None:
+    When ``cfg.clock_hz`` is the board oscillator's frequency the sync domain is the platform's
+    default one (the oscillator). Otherwise the oscillator, requested from the platform, feeds
+    an ECP5 ``EHXPLLL`` (:func:`soc_pll`: the setting that makes ``cfg.clock_hz`` exactly,
+    refused otherwise) whose output clocks the sync domain, held in reset by
+    :class:`boards.pll.LockReset` until the PLL has locked (plus :data:`boards.pll.LOCK_CYCLES`
+    cycles); the PLL clock is constrained at ``constraint_hz`` (default ``cfg.clock_hz``) for
+    place and route."""
+
+    def __init__(self, cfg: SocConfig, *, constraint_hz: float | None = None) -> None:
         self.soc = Soc(cfg)
+        self.constraint_hz = constraint_hz
+        self.pll: EcpPll | None = None  # the PLL of the last elaboration (None: the oscillator)
 
     def elaborate(self, platform: Any) -> Module:
         m = Module()
@@ -162,9 +173,55 @@ class SocTop(Elaboratable):
         m.d.sync += beat.eq(beat + 1)
         if platform is None:
             return m
+        cfg = soc.cfg
+        self.pll = pll = solve_pll(platform.family, platform.default_clk_frequency,
+                                   cfg.clock_hz, _EXACT)
+        if pll is not None:
+            osc = platform.request(platform.default_clk, dir="-")
+            m.submodules.osc_buf = osc_buf = io.Buffer("i", osc)
+            clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
+            m.submodules.pll = pll.instance(osc_buf.i, clk, lock)
+            m.domains.sync = cd_sync = ClockDomain("sync")
+            m.domains.pll = cd_pll = ClockDomain("pll", reset_less=True)
+            m.submodules.lock_reset = lock_reset = LockReset(domain="pll")
+            m.d.comb += [cd_sync.clk.eq(clk), cd_pll.clk.eq(clk), lock_reset.lock.eq(lock),
+                         cd_sync.rst.eq(lock_reset.rst)]
+            if platform.default_rst is not None:
+                rst = platform.request(platform.default_rst, dir="-")
+                m.submodules.rst_buf = rst_buf = io.Buffer("i", rst)
+                m.d.comb += lock_reset.arst.eq(rst_buf.i)
+            platform.add_clock_constraint(clk, self.constraint_hz or pll.out_hz)
         uart = platform.request("uart", 0)
         m.d.comb += [soc.rx.eq(uart.rx.i), uart.tx.o.eq(soc.tx)]
         for i, sig in enumerate((soc.done, soc.error, soc.running)):
             m.d.comb += platform.request("led", i).o.eq(sig)
         m.d.comb += platform.request("led", 7).o.eq(beat[-1])
         return m
+
+
+_EXACT = 1e-9  # SocTop builds only the frequency the config states (the achieved one)
+
+
+def soc_pll(clock_hz: float, board: Any) -> EcpPll | None:
+    """The PLL that clocks the SoC at ``clock_hz`` on ``board`` (a :class:`boards.catalog.Board`
+    or name): None when ``clock_hz`` is the board oscillator, else the EHXPLLL setting that
+    makes exactly ``clock_hz``; refused when none does (the message names the nearest) or the
+    board's FPGA has no PLL solver (iCE40)."""
+    from boards.catalog import get_board
+    b = get_board(board)
+    return solve_pll(b.family, b.clock_mhz * 1e6, clock_hz, _EXACT)
+
+
+def soc_clock_hz(board: Any, requested_hz: float | None = None,
+                 tolerance: float = DEFAULT_TOLERANCE) -> float:
+    """The SoC clock that ``board`` makes for ``requested_hz`` (default: its oscillator): the
+    oscillator itself, or the PLL's exact output nearest the request (refused beyond
+    ``tolerance``, relative). Use it for :attr:`SocConfig.clock_hz`, so that the UART divisor,
+    LiteDRAM and every price see the frequency the board runs at."""
+    from boards.catalog import get_board
+    b = get_board(board)
+    osc = b.clock_mhz * 1e6
+    if requested_hz is None:
+        return osc
+    pll = solve_pll(b.family, osc, float(requested_hz), tolerance)
+    return osc if pll is None else pll.out_hz

@@ -16,7 +16,7 @@ from typing import Any
 
 from boards.build import BuildResult, DoesNotFitError, build_unit
 from boards.catalog import Board, get_board
-from boards.soc import SocConfig, SocTop
+from boards.soc import SocConfig, SocTop, soc_clock_hz, soc_pll
 
 __all__ = ["LINK_FFS", "LINK_LUTS", "LITEDRAM_FFS", "LITEDRAM_LUTS", "build_soc", "check_soc_fits", "predict_resources",
            "soc_config_for_device"]
@@ -75,24 +75,43 @@ def build_soc(cfg: SocConfig, board: Board | str, *, name: str = "fmforge_soc",
               use_cache: bool = True) -> tuple[BuildResult, dict[str, int]]:
     """Check the fit, then build the SoC's bitstream. Returns (the build result, the
     prediction). The build is cached by :func:`boards.build.build_unit` (same config, same
-    bitstream)."""
+    bitstream).
+
+    On the board oscillator the clock is constrained at ``target_mhz`` (default: the board's,
+    above what the design reaches, so that nextpnr reports the design's Fmax). With a PLL
+    (``cfg.clock_hz`` is not the oscillator: :func:`boards.soc.soc_pll`, refused before any
+    tool when the board cannot make it) the oscillator keeps its own frequency and the PLL
+    clock is constrained at ``target_mhz`` (default: ``cfg.clock_hz``), so that the result's
+    ``timing_met`` says whether the SoC runs at its clock; ``target_mhz`` in the result is that
+    constraint."""
     b = get_board(board)
     pred = check_soc_fits(cfg, b)
-    res = build_unit(SocTop(cfg), b, name=name, build_dir=build_dir, target_mhz=target_mhz,
-                     seed=seed, progress=progress, use_cache=use_cache, harness=False)
+    pll = soc_pll(cfg.clock_hz, b)
+    if pll is None:
+        res = build_unit(SocTop(cfg), b, name=name, build_dir=build_dir, target_mhz=target_mhz,
+                         seed=seed, progress=progress, use_cache=use_cache, harness=False)
+        return res, pred
+    constraint = float(target_mhz) * 1e6 if target_mhz is not None else pll.out_hz
+    res = build_unit(SocTop(cfg, constraint_hz=constraint), b, name=name, build_dir=build_dir,
+                     target_mhz=b.clock_mhz, seed=seed, progress=progress, use_cache=use_cache,
+                     harness=False)
+    res.target_mhz = constraint / 1e6
     return res, pred
 
 
 def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = None,
-                          clock_hz: float = 25e6, baud: float = 1e6, max_payload: int = 1024,
+                          clock_hz: float | None = None, baud: float = 1e6, max_payload: int = 1024,
                           max_row: int = 512, memory: str = "bram",
                           board: str = "ulx3s-85f") -> SocConfig:
     """The SoC of a plan's ``core`` device entry (its ``params`` are
     :class:`hw.core_spec.CoreSpec` fields). The external memory is on-chip here, so the core's
     memory latency becomes :data:`hw.extmem.BRAM_LATENCY`, the instruction memory holds the
     longest of the device's programs (rounded up to a power of two); ``ext_bytes`` defaults to the largest
-    ``ext_bytes`` of the device's programs (64 KiB when it has none). The SoC runs on the board
-    clock (``clock_hz``). With ``memory="sdram"`` the external memory is the board's SDRAM
+    ``ext_bytes`` of the device's programs (64 KiB when it has none). The SoC's clock is
+    ``clock_hz``, else the device's planned ``clock_mhz`` when it was priced for a board
+    (``core:board=B:mhz=F``), else the board oscillator; it goes through
+    :func:`boards.soc.soc_clock_hz` (the frequency the board's PLL makes, refused when it cannot
+    come near). With ``memory="sdram"`` the external memory is the board's SDRAM
     (its size; the core keeps the plan's latency)."""
     import dataclasses
 
@@ -126,6 +145,9 @@ def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = Non
     if size < need:
         raise UserValueError(f"--ext-kb gives {size} bytes of external memory; the plan's "
                              f"programs use {need}")
-    return SocConfig(core=spec, ext_bytes=size, clock_hz=clock_hz, baud=baud,
+    if clock_hz is None and p.get("board") and p.get("clock_mhz"):
+        clock_hz = float(p["clock_mhz"]) * 1e6
+    clock = soc_clock_hz(board, clock_hz)
+    return SocConfig(core=spec, ext_bytes=size, clock_hz=clock, baud=baud,
                      max_payload=max_payload, max_row=max_row, memory=memory,
                      board=get_board(board).name)

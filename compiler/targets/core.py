@@ -2,8 +2,9 @@
 linears, attention (QK^T, masked softmax, AV per head), GELU, residual adds, layer norms and
 layout ops from one program per region.
 
-Parameters (``core:rows=8:cols=8:mhz=100:latency=8:bpc=4:sp_kb=256``): array size, clock,
-external-memory latency (cycles) and bytes per cycle, scratchpad KiB, dataflow.
+Parameters (``core:rows=8:cols=8:mhz=100:latency=8:bpc=4:sp_kb=256``): array size, clock
+(``mhz``, also spelt ``clock_mhz``), external-memory latency (cycles) and bytes per cycle,
+scratchpad KiB, dataflow.
 
 Support: an op is placed on the core only when :mod:`compiler.core_backend` lowers it (the
 reason otherwise is the lowering error). Cost: the exact cycles of the op's own program
@@ -27,8 +28,11 @@ the UART host link of docs/hostlink.md. What changes is the price, which is what
   embeddings in, results out): the link is the SoC's UART at its baud rate (8N1, ten bits per
   byte) with the protocol's framing (:data:`golden.hostproto.OVERHEAD_BYTES` per frame of
   ``max_payload`` bytes) and an assumed 1 ms turnaround per message (USB frames of the FT231X);
-* the clock is the board oscillator (the SoC has no PLL yet: 25 MHz on the ULX3S), SDRAM
-  latency and width are assumptions stated in :data:`SDRAM_LATENCY` / :data:`SDRAM_BPC`;
+* the clock is the board oscillator (25 MHz on the ULX3S) or, with ``mhz=F``
+  (``core:board=ulx3s-85f:mhz=50``), the frequency the SoC's PLL makes nearest ``F``
+  (:func:`boards.soc.soc_clock_hz`: exact, refused beyond 1 %); the price uses that achieved
+  frequency. SDRAM latency and width are assumptions stated in :data:`SDRAM_LATENCY` /
+  :data:`SDRAM_BPC`;
 * energy is the board's assumed busy power (:data:`compiler.targets.fpga.BOARD_POWER_W`) times
   the time; the core must fit the board by :func:`boards.soc_build.check_soc_fits` (refused
   with the resource named otherwise).
@@ -48,7 +52,7 @@ from hw.core_spec import CORE_UNIT_OPS, CoreSpec
 __all__ = ["CoreTarget", "CORE_UNIT_ID"]
 
 CORE_UNIT_ID = "core"
-_PARAMS = {"rows": int, "cols": int, "mhz": float, "latency": int, "bpc": int, "sp_kb": int,
+_PARAMS = {"rows": int, "cols": int, "mhz": float, "clock_mhz": float, "latency": int, "bpc": int, "sp_kb": int,
            "dataflow": str, "board": str, "imem": int, "max_m": int, "max_k": int, "max_n": int}
 
 #: assumed SDRAM read latency in core cycles through LiteDRAM's native port (row activate, CAS
@@ -90,6 +94,11 @@ class CoreTarget(Target):
     def __init__(self, name: str = "core", param_text: str = "") -> None:
         super().__init__(name)
         p = parse_params(param_text, _PARAMS, name)
+        if "clock_mhz" in p:  # another name of mhz
+            if "mhz" in p:
+                raise UserValueError(f"device {name!r}: give the clock once, as mhz= or "
+                                     "clock_mhz=")
+            p["mhz"] = p.pop("clock_mhz")
         self.board = None
         if "board" in p:
             from boards.catalog import get_board
@@ -115,7 +124,11 @@ class CoreTarget(Target):
             raise type(e)(f"device {name!r}: {e}") from None
         self.capacity = {}
         if self.board is not None:
-            self.mhz = p.get("mhz", self.board.clock_mhz)
+            from boards.soc import soc_clock_hz
+            try:  # the frequency the board's PLL makes (the oscillator without mhz=)
+                self.mhz = soc_clock_hz(self.board, 1e6 * p["mhz"] if "mhz" in p else None) / 1e6
+            except UserError as e:
+                raise type(e)(f"device {name!r}: {e}") from None
             self.link = uart_link(self.board.name)
             from compiler.targets.fpga import BOARD_POWER_W
             self.power_w = BOARD_POWER_W.get(self.board.device, 1.0)

@@ -153,7 +153,7 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
     board = get_board(args.board or planned_board or "ulx3s-85f")
     memory = args.memory or ("sdram" if planned_board else "bram")
     cfg = soc_config_for_device(dev, ext_bytes=None if args.ext_kb is None else args.ext_kb * 1024,
-                                clock_hz=board.clock_mhz * 1e6, baud=args.baud,
+                                baud=args.baud,
                                 max_row=args.max_row, memory=memory, board=board.name)
     check_soc_fits(cfg, board)  # before any tool (build_soc checks again, cheaply)
     res, pred = build_soc(cfg, board, name="fmforge_soc", build_dir=args.output,
@@ -168,7 +168,8 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
         "bitstream": res.bitstream, "log": res.log, "board": board.name, "device": dev["name"],
         "fmax_mhz": res.fmax_mhz, "clock_mhz_planned": planned,
         "timing_met": res.fmax_mhz >= planned, "target_mhz": res.target_mhz,
-        "clock_mhz_board": board.clock_mhz, "cached": res.cached, "seconds": res.seconds,
+        "clock_mhz_board": board.clock_mhz, "clock_mhz_soc": cfg.clock_hz / 1e6,
+        "cached": res.cached, "seconds": res.seconds,
         "resources": {k: {"measured": measured[k], "predicted": pred[k], "available": totals[k]}
                       for k in measured},
         "soc": {"rows": cfg.core.rows, "cols": cfg.core.cols, "sp_bytes": cfg.core.sp_bytes,
@@ -180,8 +181,11 @@ def run_plan(args: argparse.Namespace) -> dict[str, Any]:
         met = "met" if out["timing_met"] else "NOT met"
         print(f"SoC of {dev['name']} ({cfg.core.rows}x{cfg.core.cols} core) on {board.name} "
               f"({board.part})")
-        print(f"  Fmax   {res.fmax_mhz:8.2f} MHz  (plan {planned:g} MHz: {met}; runs on the "
-              f"{board.clock_mhz:g} MHz board clock)")
+        runs = (f"runs on the {board.clock_mhz:g} MHz board clock"
+                if cfg.clock_hz == board.clock_mhz * 1e6 else
+                f"runs at {cfg.clock_hz / 1e6:.6g} MHz from a PLL on the {board.clock_mhz:g} MHz "
+                "board clock")
+        print(f"  Fmax   {res.fmax_mhz:8.2f} MHz  (plan {planned:g} MHz: {met}; {runs})")
         for k in ("luts", "ffs", "dsps", "brams"):
             r = out["resources"][k]
             print(f"  {k.upper():6s} {r['measured']:8d} / {r['available']}  "
