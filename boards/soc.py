@@ -15,8 +15,15 @@ protocol is docs/hostlink.md. :class:`SocTop` puts a :class:`Soc` on a board: th
 the board oscillator, the UART on the board's ``uart`` pins (on the ULX3S the FT231X), LEDs 0-2
 show done, error and running. The external memory is block RAM (small models; simulated and
 built) or the board's SDRAM through LiteDRAM (``memory="sdram"``: elaborated and synthesised, not
-yet simulated with an SDRAM model nor placed and routed). The SoC runs on the board oscillator: a
-PLL for the core clock is still to come (issue 10).
+yet simulated with an SDRAM model nor placed and routed).
+
+The SoC's clock is ``SocConfig.clock_hz``: the board oscillator (25 MHz on the ULX3S; no PLL,
+the sync domain is the platform's default one) or, at any other frequency, the output of an ECP5
+``EHXPLLL`` fed by the oscillator (:mod:`boards.pll`: the solver's setting, the sync domain held
+in reset until the PLL locks, the PLL clock constrained for nextpnr). ``clock_hz`` must be a
+frequency the PLL makes exactly (:func:`soc_clock_hz` turns a request into it; :func:`soc_pll`
+refuses any other), so the UART divisor, the host link's timeout and LiteDRAM are computed
+for the clock the board really runs at. iCE40 boards run on their oscillator only.
 """
 
 from __future__ import annotations
@@ -179,7 +186,9 @@ class SocTop(Elaboratable):
         if pll is not None:
             osc = platform.request(platform.default_clk, dir="-")
             m.submodules.osc_buf = osc_buf = io.Buffer("i", osc)
-            clk, lock = Signal(name="pll_clk"), Signal(name="pll_lock")
+            # keep: the name survives synthesis, so nextpnr finds the constraint's net
+            clk = Signal(name="pll_clk", attrs={"keep": 1})
+            lock = Signal(name="pll_lock")
             m.submodules.pll = pll.instance(osc_buf.i, clk, lock)
             m.domains.sync = cd_sync = ClockDomain("sync")
             m.domains.pll = cd_pll = ClockDomain("pll", reset_less=True)

@@ -110,7 +110,8 @@ def _register_plan(units: Any) -> None:
     q.add_argument("--max-row", type=int_range(1, 4096), default=512,
                    help="the core's longest S-queue row (default: 512)")
     q.add_argument("--target-mhz", type=float_range(1, 1000), default=None,
-                   help="place-and-route clock target (default: the board's)")
+                   help="place-and-route clock target (default: the board's; for a SoC on a "
+                        "PLL, its clock)")
     q.add_argument("--seed", type=int_range(0, 2**31 - 1), default=1,
                    help="nextpnr placement seed (default: 1)")
     q.add_argument("-o", "--output", metavar="DIR", default=None,
