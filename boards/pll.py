@@ -172,9 +172,9 @@ def solve_ecp5_pll(clki_hz: float, out_hz: float,
     (err, _, _), i, fb, op = best
     if err > want * Fraction(tolerance):
         near = " or ".join(_mhz(float(f)) for f in (below, above) if f is not None)
+        within = "exactly" if tolerance < 1e-6 else f"within {tolerance * 100:.3g} %"
         raise UserValueError(f"the ECP5 PLL cannot make {_mhz(out_hz)} from the "
-                             f"{_mhz(clki_hz)} clock within {tolerance * 100:.3g} %: the nearest it "
-                             f"makes are {near}")
+                             f"{_mhz(clki_hz)} clock {within}: the nearest it makes are {near}")
     return EcpPll(clki_hz=float(clki_hz), clki_div=i, clkfb_div=fb, clkop_div=op)
 
 

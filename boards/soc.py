@@ -181,8 +181,8 @@ class SocTop(Elaboratable):
         if platform is None:
             return m
         cfg = soc.cfg
-        self.pll = pll = solve_pll(platform.family, platform.default_clk_frequency,
-                                   cfg.clock_hz, _EXACT)
+        self.pll = pll = solve_pll(getattr(platform, "family", "?"),
+                                   platform.default_clk_frequency, cfg.clock_hz, _EXACT)
         if pll is not None:
             osc = platform.request(platform.default_clk, dir="-")
             m.submodules.osc_buf = osc_buf = io.Buffer("i", osc)

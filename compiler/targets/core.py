@@ -52,7 +52,8 @@ from hw.core_spec import CORE_UNIT_OPS, CoreSpec
 __all__ = ["CoreTarget", "CORE_UNIT_ID"]
 
 CORE_UNIT_ID = "core"
-_PARAMS = {"rows": int, "cols": int, "mhz": float, "clock_mhz": float, "latency": int, "bpc": int, "sp_kb": int,
+_PARAMS = {"rows": int, "cols": int, "mhz": float, "clock_mhz": float, "latency": int,
+           "bpc": int, "sp_kb": int,
            "dataflow": str, "board": str, "imem": int, "max_m": int, "max_k": int, "max_n": int}
 
 #: assumed SDRAM read latency in core cycles through LiteDRAM's native port (row activate, CAS
