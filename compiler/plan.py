@@ -22,7 +22,7 @@ from golden.outputs import write_atomic
 
 __all__ = ["PLAN_FORMAT", "PLAN_VERSION", "PLAN_SCHEMA", "PLAN_JSON_SCHEMA_PATH", "UNIT_KINDS",
            "check_plan", "dumps_plan", "load_plan", "plan_json_schema", "shipped_plan_schema",
-           "write_timeline"]
+           "timeline_png", "TIMELINE_COLORS", "write_timeline"]
 
 PLAN_FORMAT = "fmforge-plan"
 PLAN_VERSION = 2
@@ -238,8 +238,14 @@ def load_plan(path: str | Path) -> dict[str, Any]:
         raise SchemaError(e.path, f"{str(e).split(': ', 1)[1]} (in plan {p})") from None
 
 
-def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
-    """Plot the schedule (one lane per device, transfers hatched) to a PNG, atomically."""
+TIMELINE_COLORS = {"linear": "tab:blue", "matmul": "tab:cyan", "attention": "tab:orange",
+                   "layer_norm": "tab:green", "softmax": "tab:red", "gelu": "tab:purple",
+                   "layout": "lightgray"}
+
+
+def timeline_png(plan: dict[str, Any], draw_bars: Any = None) -> bytes:
+    """The schedule as PNG bytes: one lane per device, transfers hatched. ``draw_bars(ax, plan,
+    lane, kinds, scale)`` draws the bars (default: :func:`_timeline_bars`)."""
     import io
 
     import matplotlib
@@ -248,21 +254,36 @@ def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
 
     devs = [d["name"] for d in plan["devices"]]
     lane = {d: i for i, d in enumerate(devs)}
-    colors = {"linear": "tab:blue", "matmul": "tab:cyan", "attention": "tab:orange",
-              "layer_norm": "tab:green", "softmax": "tab:red", "gelu": "tab:purple",
-              "layout": "lightgray"}
     kinds = {o["name"]: o["op"] for o in plan["ops"]}
     fig, ax = plt.subplots(figsize=(12, 1.2 + 0.6 * len(devs)))
     scale, unit = (1e3, "ms") if plan["totals"]["latency_s"] < 10 else (1.0, "s")
-    # the bars barh drew, added as plain rectangles in the same order with the data limits
-    # updated once (barh updated them bar by bar: 1.3 s for GPT-2-small's 523 ops)
+    (draw_bars or _timeline_bars)(ax, plan, lane, kinds, scale)
+    ax.set_yticks(range(len(devs)), devs)
+    ax.set_xlabel(f"time ({unit}); hatched: transfers")
+    ax.set_title(f"{plan['model']['source']}: predicted {plan['totals']['latency_s'] * 1e3:.3f} ms, "
+                 f"{plan['totals']['energy_j'] * 1e3:.3f} mJ ({plan['objective']})")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in TIMELINE_COLORS.values()]
+    ax.legend(handles, list(TIMELINE_COLORS), loc="upper right", fontsize=7, ncol=4)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def _timeline_bars(ax: Any, plan: dict[str, Any], lane: dict[str, int], kinds: dict[str, str],
+                   scale: float) -> None:
+    """The bars barh would draw, added as plain rectangles in the same order with the data
+    limits updated once (barh updated them bar by bar: 1.3 s for GPT-2-small's 523 ops)."""
     from matplotlib.patches import Rectangle
 
     rects, corners = [], []
     for s in plan["schedule"]:
         y = lane[s["device"]] - 0.3
         bars = [((s["end_s"] - s["start_s"]) * scale, s["start_s"] * scale,
-                 {"facecolor": colors.get(kinds[s["op"]], "tab:brown"), "linewidth": 0})]
+                 {"facecolor": TIMELINE_COLORS.get(kinds[s["op"]], "tab:brown"), "linewidth": 0})]
         if s["transfer_in_s"] > 0:
             bars.insert(0, (s["transfer_in_s"] * scale, (s["start_s"] - s["transfer_in_s"]) * scale,
                             {"facecolor": "white", "edgecolor": "black", "hatch": "//",
@@ -277,16 +298,8 @@ def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
     if corners:
         ax.update_datalim(corners)
         ax.autoscale_view()
-    ax.set_yticks(range(len(devs)), devs)
-    ax.set_xlabel(f"time ({unit}); hatched: transfers")
-    ax.set_title(f"{plan['model']['source']}: predicted {plan['totals']['latency_s'] * 1e3:.3f} ms, "
-                 f"{plan['totals']['energy_j'] * 1e3:.3f} mJ ({plan['objective']})")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax.legend(handles, list(colors), loc="upper right", fontsize=7, ncol=4)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    finally:
-        plt.close(fig)
-    return write_atomic(path, buf.getvalue())
+
+
+def write_timeline(plan: dict[str, Any], path: str | Path) -> Path:
+    """Plot the schedule (one lane per device, transfers hatched) to a PNG, atomically."""
+    return write_atomic(path, timeline_png(plan))

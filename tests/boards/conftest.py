@@ -9,7 +9,7 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacPair", "TinyMac", "NoOutputs"]
+__all__ = ["MacPair", "TinyMac", "NoOutputs", "fake_build_unit"]
 
 
 class MacPair(data.Struct):
@@ -66,3 +66,21 @@ def fmforge_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("FMFORGE_CACHE", str(cache))
     return cache
+
+
+def fake_build_unit(seen: dict, bitstream: str, fmax_mhz: float, target_mhz: float | None = None,
+                    luts: int = 30000, ffs: int = 20000, dsps: int = 120, brams: int = 112):
+    """A stand-in for ``boards.build.build_unit`` (monkeypatched into ``boards.soc_build``): it
+    records its arguments in ``seen`` and reports an ECP5-85F build with these figures
+    (``target_mhz`` None: the one it was asked for)."""
+    from boards.build import BuildResult
+
+    def build(top, board, **kw):
+        seen.update(kw, top=top, board=board)
+        return BuildResult(board=board.name, name=kw["name"], bitstream=bitstream, log="",
+                           fmax_mhz=fmax_mhz,
+                           target_mhz=kw["target_mhz"] if target_mhz is None else target_mhz,
+                           luts=luts, ffs=ffs, dsps=dsps, brams=brams, luts_total=83640,
+                           ffs_total=83640, dsps_total=156, brams_total=208, seconds=1.0,
+                           key="k", seed=1)
+    return build

@@ -31,6 +31,7 @@ from boards.soc_build import soc_config_for_device
 from golden.errors import UserValueError
 from hw.core_spec import CoreSpec
 from hw.extmem import BRAM_LATENCY
+from tests.boards.conftest import fake_build_unit
 
 SPEC = CoreSpec(rows=2, cols=2, latency=BRAM_LATENCY, sp_bytes=128, imem_instrs=8, max_m=4,
                 max_k=4, max_n=4, queue_depth=2)
@@ -235,7 +236,6 @@ def test_build_plan_at_the_planned_pll_clock(monkeypatch, capsys, tmp_path):
     import json
 
     import boards.soc_build as soc_build
-    from boards.build import BuildResult
     from compiler.driver import compile_model
     from compiler.plan import dumps_plan
     from fmforge.cli import main
@@ -245,14 +245,8 @@ def test_build_plan_at_the_planned_pll_clock(monkeypatch, capsys, tmp_path):
     plan.write_text(dumps_plan(c.plan))
     seen = {}
 
-    def fake_build(top, board, **kw):
-        seen.update(kw, top=top, board=board)
-        return BuildResult(board=board.name, name=kw["name"], bitstream=str(tmp_path / "x.bit"),
-                           log="", fmax_mhz=55.0, target_mhz=kw["target_mhz"], luts=30000,
-                           ffs=20000, dsps=120, brams=112, luts_total=83640, ffs_total=83640,
-                           dsps_total=156, brams_total=208, seconds=1.0, key="k", seed=1)
-
-    monkeypatch.setattr(soc_build, "build_unit", fake_build)
+    monkeypatch.setattr(soc_build, "build_unit",
+                        fake_build_unit(seen, str(tmp_path / "x.bit"), 55.0))
     capsys.readouterr()
     assert main(["build", str(plan), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

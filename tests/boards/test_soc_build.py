@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 import boards.soc_build as soc_build
-from boards.build import BuildResult, DoesNotFitError
+from boards.build import DoesNotFitError
 from boards.soc import SocConfig
 from boards.soc_build import build_soc, check_soc_fits, predict_resources, soc_config_for_device
 from fmforge.cli import main
 from golden.errors import UserValueError
 from hw.core_spec import CoreSpec
 from hw.extmem import BRAM_LATENCY
+from tests.boards.conftest import fake_build_unit
 
 MODEL = f"{Path(__file__).parents[1] / 'hw' / 'tiny_bert.py'}:two_layers"
 SMALL = CoreSpec(rows=4, cols=4, latency=BRAM_LATENCY, sp_bytes=1024, imem_instrs=64, max_m=16,
@@ -96,14 +97,8 @@ def test_build_plan_refuses_before_any_tool(plans, monkeypatch, capsys):
 def test_build_plan_json(plans, monkeypatch, capsys, tmp_path):
     seen = {}
 
-    def fake_build(top, board, **kw):
-        seen.update(kw, top=top, board=board)
-        return BuildResult(board=board.name, name=kw["name"], bitstream=str(tmp_path / "x.bit"),
-                           log="", fmax_mhz=61.5, target_mhz=150.0, luts=9000, ffs=8000,
-                           dsps=56, brams=40, luts_total=83640, ffs_total=83640, dsps_total=156,
-                           brams_total=208, seconds=1.0, key="k", seed=1)
-
-    monkeypatch.setattr(soc_build, "build_unit", fake_build)
+    monkeypatch.setattr(soc_build, "build_unit", fake_build_unit(
+        seen, str(tmp_path / "x.bit"), 61.5, 150.0, luts=9000, ffs=8000, dsps=56, brams=40))
     _, small = plans
     capsys.readouterr()
     assert main(["build", str(small), "--json", "-o", str(tmp_path)]) == 0
@@ -144,14 +139,8 @@ def test_build_board_plan_defaults_to_its_board_and_sdram(monkeypatch, capsys, t
     plan.write_text(dumps_plan(c.plan))
     seen = {}
 
-    def fake_build(top, board, **kw):
-        seen.update(kw, top=top, board=board)
-        return BuildResult(board=board.name, name=kw["name"], bitstream=str(tmp_path / "x.bit"),
-                           log="", fmax_mhz=30.0, target_mhz=25.0, luts=30000, ffs=20000,
-                           dsps=120, brams=112, luts_total=83640, ffs_total=83640, dsps_total=156,
-                           brams_total=208, seconds=1.0, key="k", seed=1)
-
-    monkeypatch.setattr(soc_build, "build_unit", fake_build)
+    monkeypatch.setattr(soc_build, "build_unit",
+                        fake_build_unit(seen, str(tmp_path / "x.bit"), 30.0, 25.0))
     capsys.readouterr()
     assert main(["build", str(plan), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
