@@ -16,10 +16,24 @@ import dataclasses
 import time
 from typing import Any
 
-__all__ = ["SerialTransport", "board_report", "board_runner", "soc_for_program"]
+__all__ = ["SerialTransport", "board_report", "board_runner", "plan_clock_hz", "soc_for_program"]
+
+#: the SoC clock of a plan without a board core device: the ULX3S oscillator
+OSCILLATOR_HZ = 25e6
 
 
-def soc_for_program(prog: Any, *, baud: float = 1e6, clock_hz: float = 25e6) -> Any:
+def plan_clock_hz(plan: dict[str, Any]) -> float:
+    """The SoC clock the plan's board core device was priced at (``core:board=B:mhz=F``: the
+    PLL's achieved frequency), else :data:`OSCILLATOR_HZ`: the simulated SoC's UART divisor and
+    link timeout follow it as on the board."""
+    for d in plan.get("devices", []):
+        p = d.get("params", {})
+        if d.get("kind") == "core" and p.get("board") and p.get("clock_mhz"):
+            return float(p["clock_mhz"]) * 1e6
+    return OSCILLATOR_HZ
+
+
+def soc_for_program(prog: Any, *, baud: float = 1e6, clock_hz: float = OSCILLATOR_HZ) -> Any:
     """The :class:`boards.soc.SocConfig` that runs ``prog`` (a compiler ``CoreProgram``)."""
     from boards.soc import SocConfig
     from hw.core_spec import CoreSpec
@@ -74,11 +88,13 @@ def _check_board(info: dict[str, int], prog: Any) -> None:
 
 
 def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1e6,
-                 port: str | None = None, timeout: float = 5.0) -> Any:
+                 port: str | None = None, timeout: float = 5.0,
+                 clock_hz: float = OSCILLATOR_HZ) -> Any:
     """A program runner for :func:`compiler.core_run.run_on_core` (as
     :func:`fmforge.commands.run.rtl_runner`) over the simulated board, or with ``port`` over
     a real board's serial port (the image is then written over the link too, once per image;
-    ``timeout`` seconds per answer). ``stats`` accumulates ``match``, ``cycles``,
+    ``timeout`` seconds per answer); ``clock_hz``: the SoC's clock (:func:`plan_clock_hz`).
+    ``stats`` accumulates ``match``, ``cycles``,
     ``predicted_cycles``, ``busy``, ``memory_stall_cycles``, ``link_bytes``, ``link_seconds``,
     ``sim_seconds``, ``build_seconds``, ``runs``, ``errors``."""
     import torch
@@ -102,7 +118,7 @@ def board_runner(stats: dict[str, Any], progress: Any = None, *, baud: float = 1
         gold = CoreMemory(1, 1)
         gold.ext, gold.sp = mem.ext.clone(), mem.sp.clone()
         run_program(prog.instrs, gold)
-        cfg = soc_for_program(prog, baud=baud)
+        cfg = soc_for_program(prog, baud=baud, clock_hz=clock_hz)
         if port is not None:
             session: Any = _SerialSession(port, baud, timeout, prog, loaded)
         else:

@@ -187,10 +187,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runner = rtl_runner(stats, None if args.json else (
         lambda m: print(f"   {m}", file=sys.stderr, flush=True))) if args.sim else None
     if args.board_sim or args.port:  # the board SoC through its UART (fmforge.board_run)
-        from fmforge.board_run import board_report, board_runner
+        from fmforge.board_run import board_report, board_runner, plan_clock_hz
         runner = board_runner(stats, None if args.json else (
             lambda m: print(f"   {m}", file=sys.stderr, flush=True)), port=args.port,
-            baud=args.port_baud, timeout=args.port_timeout)
+            baud=args.port_baud, timeout=args.port_timeout, clock_hz=plan_clock_hz(plan))
     r = run_on_core(plan, sentences=sents, limit=args.limit, cfg=cfg, runner=runner,
                     memory=memory)
     progs = r.pop("_programs")

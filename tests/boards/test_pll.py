@@ -278,3 +278,17 @@ def test_real_soc_bitstream_at_50mhz(tmp_path):
     # the main clock is the PLL's, timed at 50 MHz (the constraint on pll_clk)
     assert re.search(rf"Max frequency for clock\s+'{re.escape(res.clock)}': [\d.]+ MHz "
                      r"\((PASS|FAIL) at 50.00 MHz\)", log)
+
+
+def test_board_sim_runs_the_soc_at_the_plans_clock():
+    """``fmforge run --board-sim`` builds the simulated SoC at the clock the plan was priced at
+    (its UART divisor as on the board): the PLL's frequency, else the oscillator."""
+    from compiler.driver import compile_model
+    from fmforge.board_run import OSCILLATOR_HZ, plan_clock_hz
+
+    c = compile_model("encoder-tiny", "core:board=ulx3s-85f:mhz=50,cpu:mode=roofline", "energy")
+    assert plan_clock_hz(c.plan) == 50e6
+    c = compile_model("encoder-tiny", "core:board=ulx3s-85f,cpu:mode=roofline", "energy")
+    assert plan_clock_hz(c.plan) == OSCILLATOR_HZ == 25e6
+    c = compile_model("encoder-tiny", "core:mhz=400,cpu:mode=roofline", "energy")
+    assert plan_clock_hz(c.plan) == OSCILLATOR_HZ  # no board: not an SoC clock
