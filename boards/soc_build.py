@@ -18,7 +18,8 @@ from boards.build import BuildResult, DoesNotFitError, build_unit
 from boards.catalog import Board, get_board
 from boards.soc import SocConfig, SocTop, soc_clock_hz, soc_pll
 
-__all__ = ["LINK_FFS", "LINK_LUTS", "LITEDRAM_FFS", "LITEDRAM_LUTS", "build_soc", "check_soc_fits", "predict_resources",
+__all__ = ["LINK_FFS", "LINK_LUTS", "LITEDRAM_FFS", "LITEDRAM_LUTS", "build_soc", "check_soc_fits", "device_clock_hz",
+           "predict_resources",
            "soc_config_for_device"]
 
 LINK_LUTS = 1200
@@ -99,6 +100,15 @@ def build_soc(cfg: SocConfig, board: Board | str, *, name: str = "fmforge_soc",
     return res, pred
 
 
+def device_clock_hz(device: dict[str, Any], board: str = "ulx3s-85f") -> float:
+    """The SoC clock of a plan's ``core`` device on ``board``: its planned ``clock_mhz`` when it
+    was priced for a board (``core:board=B:mhz=F``), else the board oscillator, through
+    :func:`boards.soc.soc_clock_hz` (the frequency the board's PLL makes)."""
+    p = device.get("params", {})
+    planned = p.get("board") and p.get("clock_mhz")
+    return soc_clock_hz(board, float(p["clock_mhz"]) * 1e6 if planned else None)
+
+
 def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = None,
                           clock_hz: float | None = None, baud: float = 1e6, max_payload: int = 1024,
                           max_row: int = 512, memory: str = "bram",
@@ -145,9 +155,7 @@ def soc_config_for_device(device: dict[str, Any], *, ext_bytes: int | None = Non
     if size < need:
         raise UserValueError(f"--ext-kb gives {size} bytes of external memory; the plan's "
                              f"programs use {need}")
-    if clock_hz is None and p.get("board") and p.get("clock_mhz"):
-        clock_hz = float(p["clock_mhz"]) * 1e6
-    clock = soc_clock_hz(board, clock_hz)
+    clock = soc_clock_hz(board, clock_hz) if clock_hz is not None else device_clock_hz(device, board)
     return SocConfig(core=spec, ext_bytes=size, clock_hz=clock, baud=baud,
                      max_payload=max_payload, max_row=max_row, memory=memory,
                      board=get_board(board).name)

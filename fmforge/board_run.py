@@ -18,18 +18,20 @@ from typing import Any
 
 __all__ = ["SerialTransport", "board_report", "board_runner", "plan_clock_hz", "soc_for_program"]
 
-#: the SoC clock of a plan without a board core device: the ULX3S oscillator
+#: the SoC clock of a plan without a board core device: the default board's (ULX3S) oscillator
 OSCILLATOR_HZ = 25e6
 
 
 def plan_clock_hz(plan: dict[str, Any]) -> float:
-    """The SoC clock the plan's board core device was priced at (``core:board=B:mhz=F``: the
-    PLL's achieved frequency), else :data:`OSCILLATOR_HZ`: the simulated SoC's UART divisor and
-    link timeout follow it as on the board."""
+    """The SoC clock of the plan's board core device (:func:`boards.soc_build.device_clock_hz`:
+    with ``core:board=B:mhz=F`` the PLL's frequency), else :data:`OSCILLATOR_HZ`: the simulated
+    SoC's UART divisor and link timeout follow it as on the board."""
+    from boards.soc_build import device_clock_hz
+
     for d in plan.get("devices", []):
-        p = d.get("params", {})
-        if d.get("kind") == "core" and p.get("board") and p.get("clock_mhz"):
-            return float(p["clock_mhz"]) * 1e6
+        board = d.get("params", {}).get("board")
+        if d.get("kind") == "core" and board:
+            return device_clock_hz(d, board)
     return OSCILLATOR_HZ
 
 

@@ -9,7 +9,14 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MacPair", "TinyMac", "NoOutputs", "fake_build_unit"]
+from hw.core_spec import CoreSpec
+from hw.extmem import BRAM_LATENCY
+
+__all__ = ["MacPair", "TinyMac", "NoOutputs", "SMALL_CORE", "fake_build_unit"]
+
+#: the smallest core the SoC tests simulate and elaborate: 2x2 array, 128 B scratchpad
+SMALL_CORE = CoreSpec(rows=2, cols=2, latency=BRAM_LATENCY, sp_bytes=128, imem_instrs=8, max_m=4,
+                      max_k=4, max_n=4, queue_depth=2)
 
 
 class MacPair(data.Struct):

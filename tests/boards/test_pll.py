@@ -31,10 +31,9 @@ from boards.soc_build import soc_config_for_device
 from golden.errors import UserValueError
 from hw.core_spec import CoreSpec
 from hw.extmem import BRAM_LATENCY
-from tests.boards.conftest import fake_build_unit
+from tests.boards.conftest import SMALL_CORE, fake_build_unit
 
-SPEC = CoreSpec(rows=2, cols=2, latency=BRAM_LATENCY, sp_bytes=128, imem_instrs=8, max_m=4,
-                max_k=4, max_n=4, queue_depth=2)
+SPEC = SMALL_CORE
 
 
 def _all_outputs(clki_hz: float) -> set[Fraction]:

@@ -26,11 +26,10 @@ from golden.hostproto import (
 )
 from hw.core_model import dma_pieces, instr_cycles, program_timing
 from hw.core_spec import CoreSpec
-from hw.extmem import BRAM_LATENCY
 from hw.uart import uart_bits
+from tests.boards.conftest import SMALL_CORE
 
-SPEC = CoreSpec(rows=2, cols=2, latency=BRAM_LATENCY, sp_bytes=128, imem_instrs=8, max_m=4,
-                max_k=4, max_n=4, queue_depth=2)
+SPEC = SMALL_CORE
 CFG = SocConfig(core=SPEC, ext_bytes=512, clock_hz=4e6, baud=1e6, max_payload=128, max_row=8)
 
 
