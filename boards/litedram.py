@@ -35,7 +35,7 @@ from boards.catalog import Board, get_board
 from golden.errors import UserValueError
 
 __all__ = ["DFII_CONTROL_SEL", "LiteDramCore", "SdramInit", "SdramMemory", "WbWrite", "generate",
-           "init_sequence", "litedram_config"]
+           "init_sequence", "litedram_config", "litedram_path"]
 
 #: the SDRAM chip of each board that has one (the ULX3S's AS4C16M16: 16M x 16 bits)
 _BOARD_SDRAM = {"ulx3s-85f": ("AS4C16M16", 2), "ulx3s-25f": ("AS4C16M16", 2)}
@@ -164,7 +164,9 @@ _DEFINE = re.compile(r"#define\s+(DFII_\w+)\s+(0x[0-9a-fA-F]+|\d+)")
 def init_sequence(core: LiteDramCore) -> list[WbWrite]:
     """The PHY header's ``init_sequence()`` as CSR writes: register writes, ``command_p0(c)`` as
     a command write and an issue strobe, ``cdelay(n)`` as ``n`` cycles of wait; last, the
-    controller takes over (``sdram_dfii_control = SEL``)."""
+    controller takes over (``sdram_dfii_control = SEL``) and the user port is opened
+    (``ddrctrl_init_done = 1``, as the LiteX BIOS does: a ``block_until_ready`` native port
+    refuses commands until then)."""
     text = core.phy_header.read_text()
     consts = {n: int(v, 0) for n, v in _DEFINE.findall(text)}
     body = text[text.index("init_sequence(void)"):]
@@ -189,6 +191,8 @@ def init_sequence(core: LiteDramCore) -> list[WbWrite]:
             last = out[-1]
             out[-1] = WbWrite(last.addr, last.value, last.delay + int(delay))
     out.append(WbWrite(csr["sdram_dfii_control"], DFII_CONTROL_SEL))
+    if "ddrctrl_init_done" in csr:
+        out.append(WbWrite(csr["ddrctrl_init_done"], 1))
     return out
 
 
@@ -276,54 +280,74 @@ class SdramMemory(wiring.Component):
 
     def elaborate(self, platform):
         from amaranth import ClockSignal, Instance
-        from amaranth.lib import wiring as w
-
-        from hw.native_bridge import NativeBridge
 
         if platform is None:
             raise UserValueError("SdramMemory instantiates the LiteDRAM Verilog: it needs a "
-                                 "platform (simulate the SoC with memory='bram')")
+                                 "platform (simulate the SoC with memory='bram'; the LiteDRAM "
+                                 "path alone: boards.sdram_sim)")
         m = Module()
-        m.submodules.bridge = br = NativeBridge(bytes_per_cycle=self._bpc,
-                                                word_bytes=self.WORD_BYTES,
-                                                addr_bits=self.ADDR_BITS)
-        m.submodules.init = ini = SdramInit(self._seq)
         platform.add_file("litedram_core.v", self._core.verilog.read_text())
         pins = platform.request("sdram", 0, dir="-")
-        init_done, init_error = Signal(), Signal()
-        wb_ack = Signal()
-        m.submodules.litedram = Instance(
-            "litedram_core",
-            i_clk=ClockSignal(), i_rst=0,
-            o_init_done=init_done, o_init_error=init_error,
-            o_sdram_a=pins.a.io, o_sdram_ba=pins.ba.io, o_sdram_cas_n=pins.cas.io,
-            o_sdram_cke=pins.clk_en.io, o_sdram_cs_n=pins.cs.io, o_sdram_dm=pins.dqm.io,
-            io_sdram_dq=pins.dq.io, o_sdram_ras_n=pins.ras.io, o_sdram_we_n=pins.we.io,
-            i_user_port_native_0_cmd_addr=br.o_cmd.payload.addr,
-            i_user_port_native_0_cmd_we=br.o_cmd.payload.we,
-            i_user_port_native_0_cmd_valid=br.o_cmd.valid,
-            o_user_port_native_0_cmd_ready=br.o_cmd.ready,
-            i_user_port_native_0_wdata_data=br.o_wdat.payload.data,
-            i_user_port_native_0_wdata_we=br.o_wdat.payload.we,
-            i_user_port_native_0_wdata_valid=br.o_wdat.valid,
-            o_user_port_native_0_wdata_ready=br.o_wdat.ready,
-            o_user_port_native_0_rdata_data=br.i_rdat.payload,
-            o_user_port_native_0_rdata_valid=br.i_rdat.valid,
-            i_user_port_native_0_rdata_ready=br.i_rdat.ready,
-            i_wb_ctrl_adr=ini.adr, i_wb_ctrl_dat_w=ini.dat_w, i_wb_ctrl_sel=ini.sel,
-            i_wb_ctrl_cyc=ini.cyc, i_wb_ctrl_stb=ini.stb, i_wb_ctrl_we=ini.we,
-            i_wb_ctrl_cti=0, i_wb_ctrl_bte=0, o_wb_ctrl_ack=wb_ack,
-        )
-        m.d.comb += ini.ack.eq(wb_ack)
+        litedram_path(m, self, self._seq, self._bpc, {
+            "o_sdram_a": pins.a.io, "o_sdram_ba": pins.ba.io, "o_sdram_cas_n": pins.cas.io,
+            "o_sdram_cke": pins.clk_en.io, "o_sdram_cs_n": pins.cs.io,
+            "o_sdram_dm": pins.dqm.io, "io_sdram_dq": pins.dq.io,
+            "o_sdram_ras_n": pins.ras.io, "o_sdram_we_n": pins.we.io})
         m.submodules.sdram_clk = Instance("ODDRX1F", i_SCLK=ClockSignal(), i_RST=0, i_D0=0,
                                           i_D1=1, o_Q=pins.clk.io)
-        ok = Signal()
-        m.d.sync += ok.eq(ini.done & init_done & ~init_error)
-        m.d.comb += self.ready.eq(ok)
-        # the streams, the request held until the SDRAM is ready
-        m.d.comb += [br.i_req.payload.eq(self.i_req.payload),
-                     br.i_req.valid.eq(self.i_req.valid & ok),
-                     self.i_req.ready.eq(br.i_req.ready & ok)]
-        w.connect(m, br.o_rsp, w.flipped(self.o_rsp))
-        w.connect(m, w.flipped(self.i_wdata), br.i_wdata)
         return m
+
+
+def litedram_path(m: Module, port, sequence: list[WbWrite], bytes_per_cycle: int,
+                  pins: dict, *, delay_scale: int = 1) -> None:
+    """Into ``m``: :class:`hw.native_bridge.NativeBridge`, :class:`SdramInit` (``sequence``)
+    and the ``litedram_core`` instance with its SDRAM ports ``pins`` (Instance keyword ->
+    signal), serving ``port``'s streams (``i_req``, ``o_rsp``, ``i_wdata``) and driving its
+    ``ready``: what :class:`SdramMemory` and the simulation top (:mod:`boards.sdram_sim`)
+    share."""
+    from amaranth import ClockSignal, Instance
+    from amaranth.lib import wiring as w
+
+    from hw.native_bridge import NativeBridge
+
+    m.submodules.bridge = br = NativeBridge(bytes_per_cycle=bytes_per_cycle,
+                                            word_bytes=SdramMemory.WORD_BYTES,
+                                            addr_bits=SdramMemory.ADDR_BITS)
+    m.submodules.init = ini = SdramInit(sequence, delay_scale=delay_scale)
+    init_done, init_error = Signal(), Signal()
+    wb_ack = Signal()
+    # GENSDRPHY's read_latency (CL + 1) does not count its input register: the controller's
+    # rdata_valid comes one cycle before the word the ECP5 input flip-flops took from the chip
+    # (found in the chip-model simulation, boards.sdram_sim), so the valid is delayed to the word
+    rdata_valid = Signal()
+    m.d.sync += br.i_rdat.valid.eq(rdata_valid)
+    m.submodules.litedram = Instance(
+        "litedram_core",
+        i_clk=ClockSignal(), i_rst=0,
+        o_init_done=init_done, o_init_error=init_error,
+        **pins,
+        i_user_port_native_0_cmd_addr=br.o_cmd.payload.addr,
+        i_user_port_native_0_cmd_we=br.o_cmd.payload.we,
+        i_user_port_native_0_cmd_valid=br.o_cmd.valid,
+        o_user_port_native_0_cmd_ready=br.o_cmd.ready,
+        i_user_port_native_0_wdata_data=br.o_wdat.payload.data,
+        i_user_port_native_0_wdata_we=br.o_wdat.payload.we,
+        i_user_port_native_0_wdata_valid=br.o_wdat.valid,
+        o_user_port_native_0_wdata_ready=br.o_wdat.ready,
+        o_user_port_native_0_rdata_data=br.i_rdat.payload,
+        o_user_port_native_0_rdata_valid=rdata_valid,
+        i_user_port_native_0_rdata_ready=br.i_rdat.ready,
+        i_wb_ctrl_adr=ini.adr, i_wb_ctrl_dat_w=ini.dat_w, i_wb_ctrl_sel=ini.sel,
+        i_wb_ctrl_cyc=ini.cyc, i_wb_ctrl_stb=ini.stb, i_wb_ctrl_we=ini.we,
+        i_wb_ctrl_cti=0, i_wb_ctrl_bte=0, o_wb_ctrl_ack=wb_ack,
+    )
+    m.d.comb += ini.ack.eq(wb_ack)
+    ok = Signal()
+    m.d.sync += ok.eq(ini.done & init_done & ~init_error)
+    m.d.comb += port.ready.eq(ok)
+    # the streams, the request held until the SDRAM is ready
+    m.d.comb += [br.i_req.payload.eq(port.i_req.payload),
+                 br.i_req.valid.eq(port.i_req.valid & ok),
+                 port.i_req.ready.eq(br.i_req.ready & ok)]
+    w.connect(m, br.o_rsp, w.flipped(port.o_rsp))
+    w.connect(m, w.flipped(port.i_wdata), br.i_wdata)

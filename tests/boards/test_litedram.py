@@ -62,7 +62,8 @@ def test_init_sequence(core):
     assert cmds[0] == 0x0B                               # precharge all: RAS | WE | CS
     assert cmds.count(0x0D) == 2                         # two auto refreshes: RAS | CAS | CS
     assert sum(w.addr == issue for w in seq) == len(cmds)
-    assert seq[-1] == WbWrite(ctl, DFII_CONTROL_SEL)
+    assert seq[-2] == WbWrite(ctl, DFII_CONTROL_SEL)
+    assert seq[-1] == WbWrite(csr["ddrctrl_init_done"], 1)  # opens the native user port
 
 
 def test_sequencer_replays_on_wishbone():
