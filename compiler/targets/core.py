@@ -31,8 +31,8 @@ the UART host link of docs/hostlink.md. What changes is the price, which is what
 * the clock is the board oscillator (25 MHz on the ULX3S) or, with ``mhz=F``
   (``core:board=ulx3s-85f:mhz=50``), the frequency the SoC's PLL makes nearest ``F``
   (:func:`boards.soc.soc_clock_hz`: exact, refused beyond 1 %); the price uses that achieved
-  frequency. SDRAM latency and width are assumptions stated in :data:`SDRAM_LATENCY` /
-  :data:`SDRAM_BPC`;
+  frequency. SDRAM latency and width are :data:`SDRAM_LATENCY` (measured in simulation)
+  and :data:`SDRAM_BPC`, with what the timing model leaves out of the SDRAM path stated there;
 * energy is the board's assumed busy power (:data:`compiler.targets.fpga.BOARD_POWER_W`) times
   the time; the core must fit the board by :func:`boards.soc_build.check_soc_fits` (refused
   with the resource named otherwise).
@@ -56,12 +56,17 @@ _PARAMS = {"rows": int, "cols": int, "mhz": float, "clock_mhz": float, "latency"
            "bpc": int, "sp_kb": int,
            "dataflow": str, "board": str, "imem": int, "max_m": int, "max_k": int, "max_n": int}
 
-#: assumed SDRAM read latency in core cycles through LiteDRAM's native port (row activate, CAS
-#: latency 2, the controller's command and data pipelines; an assumption until the SDRAM path is
-#: measured in simulation)
-SDRAM_LATENCY = 20
-#: bytes per core cycle from the board SDRAM: the ULX3S's 16-bit SDR chip through GENSDRPHY moves
-#: one 16-bit word per clock at best
+#: SDRAM read latency in core cycles through LiteDRAM's native port: the longest first-beat
+#: latency measured in simulation (``python benchmarks/sdram_bandwidth.py``: the LiteDRAM path
+#: with the AS4C16M16 chip model at 25 and 50 MHz; 9 on a row hit, 12 on a row miss, 22 behind a
+#: refresh). The core's timing model cannot express the rest, so a board price is optimistic:
+#: the bridge serves one request at a time (a LOAD of 16-byte rows takes 2.2-2.6x the model),
+#: reads stream at 1.87-1.91 bytes a cycle (refreshes) and writes at 0.34-0.39 (a word's
+#: command and data every 5 cycles: a STORE takes 5.2-5.9x the model); docs/sdram.md
+SDRAM_LATENCY = 22
+#: bytes per core cycle of the board core's memory port: the ULX3S's 16-bit SDR chip through
+#: GENSDRPHY moves one 16-bit word per clock at best (the port's beat width, so hardware as well
+#: as price; long reads measured 1.87-1.91)
 SDRAM_BPC = 2
 #: instruction memory of a board SoC (256-bit instructions in block RAM: 2048 take 32 DP16KD;
 #: MiniLM's longest program has about 1,500)
