@@ -16,6 +16,7 @@ from typing import Any
 
 from boards.litedram import generate
 from boards.sdram_sim import PIN_FIELDS, sdram_sim_verilog
+from hw.core import mem_request_layout
 from sim.verilator import VerilatorBuild, build, run_cocotb
 
 __all__ = ["run_sdram_ops", "sdram_sim_build"]
@@ -40,6 +41,15 @@ def run_sdram_ops(ops: list[dict], *, board: str = "ulx3s-85f", clock_hz: float 
     back, and return the test's results (``ready_at``, ``cycles``, ``ops``, ``chip``, ``mem``
     with ``dump_mem``). Raises AssertionError with the log directory when the run fails (a
     protocol violation of the chip model included)."""
+    layout = mem_request_layout()
+    req_fields = [[name, field.offset, field.width] for name, field in layout]
+    widths = {name: w for name, _, w in req_fields}
+    for op in ops:
+        n = len(op["data"]) // 2 if "write" in op else int(op.get("length", 0))
+        addr = int(op.get("write", op.get("read", 0)))
+        if n >> widths["length"] or addr >> widths["addr"] or addr < 0:
+            raise ValueError(f"op {op!r} does not fit a memory request (length below "
+                             f"{1 << widths['length']}, {widths['addr']}-bit address)")
     b = sdram_sim_build(board, clock_hz, bytes_per_cycle=bytes_per_cycle, progress=progress)
     if timeout_cycles is None:
         moved = sum(len(op.get("data", "")) // 2 + int(op.get("length", 0))
@@ -48,7 +58,7 @@ def run_sdram_ops(ops: list[dict], *, board: str = "ulx3s-85f", clock_hz: float 
     tdir = Path(tempfile.mkdtemp(prefix="fmforge-sdram-"))
     out = tdir / "out.json"
     spec = {"clock_hz": clock_hz, "bytes_per_cycle": bytes_per_cycle,
-            "pin_fields": [list(p) for p in PIN_FIELDS], "ops": ops,
+            "pin_fields": [list(p) for p in PIN_FIELDS], "req_fields": req_fields, "ops": ops,
             "timeout_cycles": timeout_cycles, "dump_mem": dump_mem, "strict": strict, "trace": trace,
             "out": str(out)}
     (tdir / "spec.json").write_text(json.dumps(spec))

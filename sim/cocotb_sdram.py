@@ -3,7 +3,8 @@ model :class:`sim.sdram_chip.SdrSdramChip` on its pins, driven through the core'
 streams.
 
 ``$FMFORGE_SDRAM_SPEC`` names a JSON file: ``clock_hz``, ``bytes_per_cycle``, ``pin_fields``
-(the packing of ``sd_pins``: name and width from bit 0 up), ``ops`` (each ``{"write": addr,
+(the packing of ``sd_pins``: name and width from bit 0 up), ``req_fields`` (the request
+payload's fields: name, lowest bit, width), ``ops`` (each ``{"write": addr,
 "data": hex}``, ``{"read": addr, "length": n}`` or ``{"idle": cycles}``), ``timeout_cycles``,
 ``dump_mem`` and ``out`` (the results file). Two Python steps a clock cycle: at the falling edge
 the chip model sees the pins the controller's output registers hold, as the chip does on the
@@ -33,6 +34,8 @@ from cocotb.triggers import FallingEdge, RisingEdge
 from sim.sdram_chip import SdramProtocolError, SdrSdramChip
 
 __all__ = ["sdram_path"]
+
+RESET_CYCLES = 4
 
 
 def _fields(spec_fields) -> dict[str, tuple[int, int]]:
@@ -72,6 +75,7 @@ async def sdram_path(dut):
     busy: list[int] = []  # ops taken whose free_at is not known yet
     dq_last = 0
     timeout = int(spec["timeout_cycles"])
+    req = {name: lo for name, lo, _ in spec["req_fields"]}  # the request's bit offsets
     failure = None
 
     def offer() -> None:
@@ -85,7 +89,8 @@ async def sdram_path(dut):
                 addr, n, w = int(op["write"]), len(bytes.fromhex(op["data"])), 1
             else:
                 addr, n, w = int(op["read"]), int(op["length"]), 0
-            dut.i_req__payload.value = addr | n << 32 | w << 50
+            dut.i_req__payload.value = (addr << req["addr"] | n << req["length"]
+                                        | w << req["write"])
             dut.i_req__valid.value = 1
         else:
             dut.i_req__valid.value = 0
@@ -95,7 +100,6 @@ async def sdram_path(dut):
         else:
             dut.i_wdata__valid.value = 0
 
-    dut_rst_cycles = 4
     try:
         while True:
             # ---- the chip, at its clock edge: the pins the controller's registers hold
@@ -114,9 +118,9 @@ async def sdram_path(dut):
                 dq_last = v
             await RisingEdge(dut.clk)
             cyc += 1
-            if cyc == dut_rst_cycles:
+            if cyc == RESET_CYCLES:
                 dut.rst.value = 0
-            if cyc < dut_rst_cycles:
+            if cyc < RESET_CYCLES:
                 continue
             if ready_at is None:
                 if int(dut.ready.value):

@@ -288,9 +288,8 @@ class SdrSdramChip:
             self.mrs_at = n
             if not self.precharged_all:
                 self._fail("MODE REGISTER SET before PRECHARGE ALL")
-        elif self._wburst:  # a write burst goes on
-            beat = self._wburst.pop(0)
-            self._write_beat(beat, dq, dq_oe, dqm)
+        if self._wburst and cmd not in ("READ", "WRITE"):  # a write burst goes on
+            self._write_beat(self._wburst.pop(0), dq, dq_oe, dqm)
         return self._drive(dq_oe)
 
     def _check_idle(self, what: str) -> None:

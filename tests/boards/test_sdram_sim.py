@@ -103,3 +103,41 @@ def test_chip_model_rejects_protocol_errors():
     c = chip_after_init()
     with pytest.raises(SdramProtocolError, match="CAS latency 1"):
         issue(c, "MRS", a=0x10)
+
+
+def test_chip_model_bursts_and_auto_precharge():
+    from sim.sdram_chip import SdramProtocolError, SdrSdramChip
+
+    nop = dict(cke=1, cs_n=0, ras_n=1, cas_n=1, we_n=1, ba=0, a=0, dqm=0, dq=0, dq_oe=0)
+    bits = {"ACT": (0, 1, 1), "RD": (1, 0, 1), "WR": (1, 0, 0), "PRE": (0, 1, 0),
+            "REF": (0, 0, 1), "MRS": (0, 0, 0)}
+
+    def issue(c, name, **kw):
+        return c.edge(**{**nop, **dict(zip(("ras_n", "cas_n", "we_n"), bits[name], strict=True)),
+                         **kw})
+
+    c = SdrSdramChip(50e6)
+    c.n = c.power_up_edges
+    for name, a in (("PRE", 1 << 10), ("REF", 0), ("REF", 0), ("MRS", 0x32)):  # CL 3, BL 4
+        for _ in range(4):
+            c.edge(**nop)
+        issue(c, name, a=a)
+    for _ in range(3):
+        c.edge(**nop)
+    assert (c.cl, c.bl, c.burst_type) == (3, 4, 0)
+    issue(c, "ACT", ba=1, a=7)
+    c.edge(**nop)
+    # a write burst from column 6: 6, 7, 4, 5 (sequential, wrapping in the burst), the third
+    # beat masked
+    issue(c, "WR", ba=1, a=6, dq=0x1111, dq_oe=0xFFFF)
+    c.edge(**{**nop, "dq": 0x2222, "dq_oe": 0xFFFF})
+    c.edge(**{**nop, "dq": 0x3333, "dq_oe": 0, "dqm": 0b11})
+    c.edge(**{**nop, "dq": 0x4444, "dq_oe": 0xFFFF})
+    assert [c.word(1, 7, k) for k in (4, 5, 6, 7)] == [None, 0x4444, 0x1111, 0x2222]
+    c.edge(**nop)
+    issue(c, "RD", ba=1, a=5 | 1 << 10)            # READ with auto precharge
+    got = [c.edge(**nop) for _ in range(6)]
+    assert got == [None, None, 0x4444, 0x1111, 0x2222, 0]  # CL 3; column 4 never written
+    assert c.banks[1].row is None and c.uninitialised_reads == 1
+    with pytest.raises(SdramProtocolError, match="no open row"):
+        issue(c, "RD", ba=1, a=0)
