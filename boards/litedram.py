@@ -257,7 +257,8 @@ class SdramMemory(wiring.Component):
 
     ``i_req`` is held not ready until the initialisation is done and LiteDRAM reports
     ``init_done``; ``ready`` (Out) says so. Elaborated without a platform (a simulation of the
-    rest of the SoC) it is not available: the LiteDRAM path is simulated on its own.
+    rest of the SoC) it is not available: the LiteDRAM path is simulated on its own, with a
+    chip model on its pins (:mod:`boards.sdram_sim`, docs/sdram.md).
     """
 
     WORD_BYTES = 2   # the 16-bit SDR chip at one word a cycle
