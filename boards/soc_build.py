@@ -2,10 +2,11 @@
 before any tool, and the build through :func:`boards.build.build_unit` (``harness=False``: the
 SoC requests its own pins).
 
-Predicted resources are the core's estimate (:meth:`hw.core_spec.CoreSpec.resources`) plus the
-SoC's own parts: the host link, the UARTs and the external-memory controller
-(:data:`LINK_LUTS`, :data:`LINK_FFS`), and block RAMs counted per memory (the external memory's
-``B`` byte banks, the link's frame buffer, the instruction memory, the core's buffer bits).
+Predicted resources on ECP5 are the core's (:func:`hw.core_area.core_area_ecp5`: multipliers
+and block RAMs counted from its structure, LUTs and flip-flops fitted to packed builds) plus the
+SoC's own parts: the host link, the UARTs and LiteDRAM (:data:`SOC_LUTS`, :data:`SOC_FFS`,
+measured) or the on-chip memory (:data:`LINK_LUTS`, :data:`LINK_FFS`, estimated), the external
+memory's byte banks and the link's frame buffer.
 """
 
 from __future__ import annotations
@@ -17,18 +18,15 @@ from typing import Any
 from boards.build import BuildResult, DoesNotFitError, build_unit
 from boards.catalog import Board, get_board
 from boards.soc import SocConfig, SocTop, soc_clock_hz, soc_pll
+from hw.core_area import SOC_FFS, SOC_LUTS, core_area_ecp5
 
-__all__ = ["LINK_FFS", "LINK_LUTS", "LITEDRAM_FFS", "LITEDRAM_LUTS", "build_soc", "check_soc_fits", "device_clock_hz",
-           "predict_resources",
-           "soc_config_for_device"]
+__all__ = ["LINK_FFS", "LINK_LUTS", "SOC_FFS", "SOC_LUTS", "build_soc", "check_soc_fits",
+           "device_clock_hz", "predict_resources", "soc_config_for_device"]
 
 LINK_LUTS = 1200
-"""Estimated LUT4s of the host link, the UARTs and the BRAM memory controller."""
+"""Estimated LUTs of the host link, the UARTs and the on-chip memory's controller."""
 LINK_FFS = 900
 """Estimated flip-flops of the same."""
-LITEDRAM_LUTS = 1500
-"""Estimated LUT4s of the LiteDRAM SDR controller, its initialisation and the bridge."""
-LITEDRAM_FFS = 1200
 _DP16KD_BYTES = 2048  # one DP16KD as 2048 x 9 (a byte lane)
 
 
@@ -37,18 +35,27 @@ def _byte_rams(depth: int, lanes: int) -> int:
 
 
 def predict_resources(cfg: SocConfig, family: str = "ecp5") -> dict[str, int]:
-    """Predicted ``luts``, ``ffs``, ``dsps``, ``brams`` of the SoC on ``family``."""
-    core = cfg.core.resources(family)
-    B = cfg.core.bytes_per_cycle
-    imem_bits = 256 * cfg.core.imem_instrs
-    core_bits = int(core["buffer_bits"]) - imem_bits - 8 * cfg.core.sp_bytes
+    """Predicted ``luts``, ``ffs``, ``dsps``, ``brams`` of the SoC on ``family``: the core
+    (:meth:`hw.core_spec.CoreSpec.resources`; on ECP5 :func:`hw.core_area.core_area_ecp5`) plus
+    the host link, the UARTs and the external memory (LiteDRAM's controller, or the on-chip
+    memory's ``B`` byte banks), and the link's frame buffer."""
+    s = cfg.core
+    B = s.bytes_per_cycle
     ext = _byte_rams(math.ceil(cfg.ext_bytes / B), B) if cfg.memory == "bram" else 0
-    brams = (ext                                                     # external memory banks
-             + _byte_rams(cfg.max_payload, 1)                         # frame buffer
-             + 8 * math.ceil(cfg.core.imem_instrs / 512)              # 256-bit instructions
-             + _byte_rams(math.ceil(cfg.core.sp_bytes / B), B)        # scratchpad banks
+    frame = _byte_rams(cfg.max_payload, 1)
+    if family == "ecp5":
+        core = core_area_ecp5(**s.area_params(cfg.max_row))
+        parts = (SOC_LUTS, SOC_FFS) if cfg.memory == "sdram" else (LINK_LUTS, LINK_FFS)
+        return {"luts": core["luts"] + parts[0], "ffs": core["ffs"] + parts[1],
+                "dsps": core["dsps"], "brams": core["brams"] + ext + frame}
+    core = s.resources(family)
+    imem_bits = 256 * s.imem_instrs
+    core_bits = int(core["buffer_bits"]) - imem_bits - 8 * s.sp_bytes
+    brams = (ext + frame
+             + 8 * math.ceil(s.imem_instrs / 512)                     # 256-bit instructions
+             + _byte_rams(math.ceil(s.sp_bytes / B), B)               # scratchpad banks
              + math.ceil(max(core_bits, 0) / (18 * 1024)))            # GEMM/SFU buffers
-    dram = (LITEDRAM_LUTS, LITEDRAM_FFS) if cfg.memory == "sdram" else (0, 0)
+    dram = (SOC_LUTS - LINK_LUTS, SOC_FFS - LINK_FFS) if cfg.memory == "sdram" else (0, 0)
     return {"luts": int(core["luts"]) + LINK_LUTS + dram[0],
             "ffs": int(core["ffs"]) + LINK_FFS + dram[1], "dsps": int(core["dsps"]),
             "brams": brams}

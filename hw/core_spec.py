@@ -5,9 +5,8 @@ The core runs programs of the ISA in docs/isa.md; its parameters are those of
 :func:`hw.core_model.program_timing` (a program, not a shape: :meth:`CoreSpec.cycles` takes the
 instructions); its golden reference is :func:`golden.core.run_program`.
 
-Resources are estimated, not measured (no build of the whole core yet): the GEMM engine with its
-requantizer as :class:`hw.gemm.GemmSpec` reports it, plus one lane each of the softmax, layer
-norm and GELU units from their measured builds, plus the scratchpad and instruction memory.
+Resources on ECP5 are :func:`hw.core_area.core_area_ecp5`: multipliers and block RAMs counted
+from the core's structure, LUTs and flip-flops fitted to packed builds of the board SoC.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from golden.core import INSTR_BYTES
+from hw.core_area import core_area_ecp5, core_memories
 from hw.core_model import CoreConfig, program_timing
 from hw.gelu import GeluSpec
 from hw.gemm import GemmSpec
@@ -86,7 +85,24 @@ class CoreSpec(UnitSpec):
         prog, mem = operands
         return run_program(prog, mem)
 
+    def area_params(self, max_row: int = 512) -> dict[str, Any]:
+        """The keyword arguments of :class:`hw.core.Core` this spec builds (and
+        :func:`hw.core_area.core_area_ecp5` prices), with the S-queue row limit ``max_row``."""
+        return {"rows": self.rows, "cols": self.cols, "dataflow": self.dataflow,
+                "bytes_per_cycle": self.bytes_per_cycle, "queue_depth": self.queue_depth,
+                "sp_bytes": self.sp_bytes, "imem_instrs": self.imem_instrs, "max_m": self.max_m,
+                "max_k": self.max_k, "max_n": self.max_n, "max_row": max_row}
+
     def resources(self, family: str) -> dict[str, Any]:
+        buffer_bits = sum(m.width * m.depth for m in core_memories(**self.area_params()))
+        if family == "ecp5":  # counted and fitted from the RTL as built (hw/core_area.py)
+            out: dict[str, Any] = dict(core_area_ecp5(**self.area_params()))
+            out["buffer_bits"] = buffer_bits
+            out["estimated"] = True
+            out["basis"] = ("DSPs and block RAMs counted from the core's structure (every "
+                            "memory as Yosys maps it); LUTs and FFs fitted to packed builds of "
+                            "the board SoC: python benchmarks/core_area.py")
+            return out
         gemm = GemmSpec(rows=self.rows, cols=self.cols, dataflow=self.dataflow,
                         max_m=self.max_m, max_k=self.max_k, max_n=self.max_n,
                         requant=True).resources(family)
@@ -95,13 +111,9 @@ class CoreSpec(UnitSpec):
                              gamma_int=(1,) * 384, beta_int=(0,) * 384).resources(family),
                GeluSpec(lanes=1, in_scale=0.1, out_scale=0.1).resources(family)]
         out = {k: gemm[k] + sum(int(s[k]) for s in sfu) for k in ("dsps", "luts", "ffs")}
-        out["buffer_bits"] = (gemm["buffer_bits"] + sum(int(s["buffer_bits"]) for s in sfu)
-                              + 8 * self.sp_bytes + 8 * INSTR_BYTES * self.imem_instrs)
+        out["buffer_bits"] = buffer_bits
         out["estimated"] = True
-        out["basis"] = ("sum of the GEMM engine (GemmSpec), one lane each of softmax, layer norm "
-                        "and GELU (their measured builds), scratchpad and instruction memory; "
-                        "an underestimate: the first real build of a small SoC (4x4 core, 256 B "
-                        "scratchpad, buffers of 8) placed at 58,070 LUTs and 99 DSPs on ECP5-85F "
-                        "(31.2 MHz after placement, not routed) against 7,672 LUTs and 56 DSPs "
-                        "predicted: the multi-ported scratchpad and control are not yet counted")
+        out["basis"] = ("sum of the GEMM engine (GemmSpec) and one lane each of softmax, layer "
+                        "norm and GELU; the scratchpad and control are not counted (on ECP5 "
+                        "they are most of the core: hw/core_area.py)")
         return out

@@ -4,7 +4,7 @@ layout ops from one program per region.
 
 Parameters (``core:rows=8:cols=8:mhz=100:latency=8:bpc=4:sp_kb=256``): array size, clock
 (``mhz``, also spelt ``clock_mhz``), external-memory latency (cycles) and bytes per cycle,
-scratchpad KiB, dataflow.
+scratchpad KiB (``sp_kb``) or bytes (``sp_bytes``), dataflow.
 
 Support: an op is placed on the core only when :mod:`compiler.core_backend` lowers it (the
 reason otherwise is the lowering error). Cost: the exact cycles of the op's own program
@@ -53,7 +53,7 @@ __all__ = ["CoreTarget", "CORE_UNIT_ID"]
 
 CORE_UNIT_ID = "core"
 _PARAMS = {"rows": int, "cols": int, "mhz": float, "clock_mhz": float, "latency": int,
-           "bpc": int, "sp_kb": int,
+           "bpc": int, "sp_kb": int, "sp_bytes": int,
            "dataflow": str, "board": str, "imem": int, "max_m": int, "max_k": int, "max_n": int}
 
 #: SDRAM read latency in core cycles through LiteDRAM's native port: the longest first-beat
@@ -68,6 +68,12 @@ SDRAM_LATENCY = 22
 #: GENSDRPHY moves one 16-bit word per clock at best (the port's beat width, so hardware as well
 #: as price; long reads measured 1.87-1.91)
 SDRAM_BPC = 2
+#: rows and columns of a board core's array: 8x8 needs 179 multipliers with its requantizers
+#: and fixed units (hw.core_area), the ULX3S-85F has 156
+BOARD_ARRAY = 4
+#: scratchpad of a board core: its banks are flip-flops behind 9 read and 4 write ports, about
+#: 100 LUTs a byte on ECP5 (benchmarks/core_area.py), so a board core's scratchpad is small
+BOARD_SP_BYTES = 256
 #: instruction memory of a board SoC (256-bit instructions in block RAM: 2048 take 32 DP16KD;
 #: MiniLM's longest program has about 1,500)
 BOARD_IMEM = 2048
@@ -105,6 +111,11 @@ class CoreTarget(Target):
                 raise UserValueError(f"device {name!r}: give the clock once, as mhz= or "
                                      "clock_mhz=")
             p["mhz"] = p.pop("clock_mhz")
+        if "sp_kb" in p:  # the scratchpad in KiB or in bytes
+            if "sp_bytes" in p:
+                raise UserValueError(f"device {name!r}: give the scratchpad once, as sp_kb= or "
+                                     "sp_bytes=")
+            p["sp_bytes"] = 1024 * p.pop("sp_kb")
         self.board = None
         if "board" in p:
             from boards.catalog import get_board
@@ -117,11 +128,13 @@ class CoreTarget(Target):
                                      "memory to hold the core's weights")
         on_board = self.board is not None
         try:
-            self.spec = CoreSpec(rows=p.get("rows", 8), cols=p.get("cols", 8),
+            array = BOARD_ARRAY if on_board else 8
+            self.spec = CoreSpec(rows=p.get("rows", array), cols=p.get("cols", array),
                                  dataflow=p.get("dataflow", "os"),
                                  latency=p.get("latency", SDRAM_LATENCY if on_board else 8),
                                  bytes_per_cycle=p.get("bpc", SDRAM_BPC if on_board else 4),
-                                 sp_bytes=1024 * p.get("sp_kb", 64 if on_board else 256),
+                                 sp_bytes=p.get("sp_bytes",
+                                                BOARD_SP_BYTES if on_board else 256 * 1024),
                                  imem_instrs=p.get("imem", BOARD_IMEM if on_board else 65536),
                                  **{f: p[f] if f in p else BOARD_GEMM_LIMITS[f]
                                     for f in ("max_m", "max_k", "max_n")

@@ -4,6 +4,7 @@ bitstream of a small SoC (slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,17 +13,24 @@ import pytest
 import boards.soc_build as soc_build
 from boards.build import DoesNotFitError
 from boards.soc import SocConfig
-from boards.soc_build import build_soc, check_soc_fits, predict_resources, soc_config_for_device
+from boards.soc_build import (
+    LINK_FFS,
+    LINK_LUTS,
+    build_soc,
+    check_soc_fits,
+    predict_resources,
+    soc_config_for_device,
+)
 from fmforge.cli import main
 from golden.errors import UserValueError
+from hw.core_area import core_area_ecp5
 from hw.core_spec import CoreSpec
 from hw.extmem import BRAM_LATENCY
 from tests.boards.conftest import fake_build_unit
 
 MODEL = f"{Path(__file__).parents[1] / 'hw' / 'tiny_bert.py'}:two_layers"
-SMALL = CoreSpec(rows=4, cols=4, latency=BRAM_LATENCY, sp_bytes=1024, imem_instrs=64, max_m=16,
-                 max_k=16, max_n=16)  # predicted to fit; the real 4x4 core needs ~58k LUTs at
-#                                       sp_bytes=256 (test_real_soc_bitstream), 129k at 1024
+SMALL = CoreSpec(rows=4, cols=4, latency=BRAM_LATENCY, sp_bytes=128, imem_instrs=64, max_m=16,
+                 max_k=16, max_n=16)  # fits the ULX3S-85F: a small scratchpad (~100 LUTs a byte)
 
 
 def _dev(**params):
@@ -36,14 +44,22 @@ def _dev(**params):
 def test_prediction_and_fit():
     cfg = SocConfig(core=SMALL, ext_bytes=16384, max_row=64)
     p = predict_resources(cfg)
-    assert p["dsps"] == SMALL.resources("ecp5")["dsps"]
-    # 4 banks of 4096 bytes (2 DP16KD each), the frame buffer, the instruction memory...
-    assert p["brams"] >= 8 + 1 + 8
+    core = core_area_ecp5(**SMALL.area_params(64))
+    assert p["dsps"] == core["dsps"] == SMALL.resources("ecp5")["dsps"]
+    # the core's block RAMs, the memory's 4 byte banks of 4096 (2 DP16KD each), the frame buffer
+    assert p["brams"] == core["brams"] + 8 + 1
+    assert p["luts"] == core["luts"] + LINK_LUTS and p["ffs"] == core["ffs"] + LINK_FFS
     assert check_soc_fits(cfg, "ulx3s-85f") == p
     big = SocConfig(core=SMALL, ext_bytes=1 << 20)
     with pytest.raises(DoesNotFitError, match=r"needs \d+ block RAMs, ulx3s-85f has 208") as e:
         check_soc_fits(big, "ulx3s-85f")
     assert e.value.resource == "brams"
+    # the scratchpad's flip-flop banks: 1 KiB is more logic than the board has
+    wide = SocConfig(core=dataclasses.replace(SMALL, sp_bytes=1024), ext_bytes=16384, max_row=64)
+    with pytest.raises(DoesNotFitError, match=r"1024 B scratchpad.* needs \d+ LUTs, ulx3s-85f "
+                                              r"has 83640") as e:
+        check_soc_fits(wide, "ulx3s-85f")
+    assert e.value.resource == "luts"
 
 
 def test_config_for_device():
@@ -70,7 +86,7 @@ def plans(tmp_path_factory):
     doc = json.loads(plan.read_text())
     for dev in doc["devices"]:
         if dev["kind"] == "core":
-            dev["params"].update(sp_bytes=4096, max_m=32, max_k=64, max_n=32)
+            dev["params"].update(sp_bytes=128, max_m=32, max_k=64, max_n=32)
     small = d / "small.json"
     small.write_text(json.dumps(doc))
     return plan, small
