@@ -91,6 +91,13 @@ def run_board(verbose: bool = True) -> dict[str, Any]:
             if wl:
                 print(f"   weights resident in SDRAM: {wl['bytes']:,} bytes loaded once in "
                       f"{wl['seconds']:.1f} s over the UART")
+            lin = next((f for f in comp.get("fallback_ops", []) if f["kind"] == "linear"),
+                       None)
+            if lin and objective == "energy":  # once: the same for both objectives
+                p = board["params"]
+                print(f"   the board core ({p['rows']}x{p['cols']}, {p['sp_bytes']} B scratchpad: "
+                      "flip-flops at ~108 LUTs a byte, docs/hostlink.md) runs no linear: "
+                      f"{lin['reason'].split(': ', 1)[-1]}")
             for a in comp.get("alternatives", []):
                 if a["feasible"]:
                     print(f"   why not more on the board: all {a['ops']} ops it can run there "
