@@ -355,6 +355,11 @@ def _platform_at(board: Board, target_mhz: float) -> Any:
     return platform
 
 
+def _synth_overrides(board: Board) -> dict[str, str]:
+    """Synthesis options of the flow: on iCE40 multipliers map to SB_MAC16 (off by default)."""
+    return {"synth_opts": "-dsp"} if board.family == "ice40" else {}
+
+
 def pack_unit(component: Any, board: Board | str, *, harness: bool = False,
               name: str = "packed", log_dir: Any = None) -> tuple[dict[str, int], dict[str, int]]:
     """Synthesise ``component`` for ``board`` and let nextpnr pack it, without placing: the
@@ -370,7 +375,7 @@ def pack_unit(component: Any, board: Board | str, *, harness: bool = False,
     env = toolchain_env(b.family, optional=b.optional_tools)
     top = BoardTop(component) if harness else component
     plan = _platform_at(b, b.target_mhz).build(
-        top, name=name, do_build=False, nextpnr_opts="--pack-only")
+        top, name=name, do_build=False, nextpnr_opts="--pack-only", **_synth_overrides(b))
     with tempfile.TemporaryDirectory(prefix="fmforge-pack-") as tmp:
         root = Path(tmp)
         try:  # the script goes on to the bitstream packer, which fails on an unplaced design
@@ -528,9 +533,7 @@ def build_unit(component: wiring.Component, board: Board | str, *, name: str = "
         return BoardTop(component) if harness else component
 
     top = make_top()
-    overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail"}
-    if b.family == "ice40":
-        overrides["synth_opts"] = "-dsp"  # map multipliers to SB_MAC16 (off by default)
+    overrides = {"nextpnr_opts": f"--seed {seed} --timing-allow-fail", **_synth_overrides(b)}
     plan = platform.build(top, name=name, do_build=False, **overrides)
     key_src = json.dumps({"plan": plan.digest().hex(), "tools": _tool_identity(env, b.family),
                           "flow": FLOW_VERSION}, sort_keys=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from boards.build import DoesNotFitError, ToolNotFoundError, build_unit, toolchain_env
+from boards.build import DoesNotFitError, ToolNotFoundError, build_unit, pack_unit, toolchain_env
 from boards.catalog import get_board
 from tests.boards.conftest import TinyMac
 
@@ -47,6 +47,17 @@ def test_real_build_then_cache_hit(fmforge_cache, tmp_path):
     assert open(again.bitstream, "rb").read() == bit.read_bytes()
     assert str(fmforge_cache) in again.bitstream
     assert any("cache hit" in s for s in stages)
+
+
+def test_pack_only_counts_what_the_build_places(fmforge_cache, tmp_path):
+    """pack_unit: synthesis and nextpnr's packing, no placement: the cells of the build."""
+    res, cells = pack_unit(TinyMac(2), "icebreaker", harness=True, name="mac2",
+                           log_dir=tmp_path / "logs")
+    board = get_board("icebreaker")
+    assert res["dsps"] == 2 == cells["ICESTORM_DSP"] and res["brams"] == 0
+    assert 100 < res["luts"] < board.luts
+    assert "ICESTORM_DSP" in (tmp_path / "logs" / "mac2.nextpnr.log").read_text()
+    assert "SB_MAC16" in (tmp_path / "logs" / "mac2.yosys.log").read_text()
 
 
 def test_real_build_that_does_not_fit(fmforge_cache, tmp_path):
