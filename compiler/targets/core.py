@@ -72,7 +72,7 @@ SDRAM_BPC = 2
 #: and fixed units (hw.core_area), the ULX3S-85F has 156
 BOARD_ARRAY = 4
 #: scratchpad of a board core: its banks are flip-flops behind 9 read and 4 write ports, about
-#: 100 LUTs a byte on ECP5 (benchmarks/core_area.py), so a board core's scratchpad is small
+#: 108 LUTs a byte on ECP5 (benchmarks/core_area.py; docs/hostlink.md): about 500 bytes fit
 BOARD_SP_BYTES = 256
 #: instruction memory of a board SoC (256-bit instructions in block RAM: 2048 take 32 DP16KD;
 #: MiniLM's longest program has about 1,500)
