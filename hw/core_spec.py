@@ -94,26 +94,25 @@ class CoreSpec(UnitSpec):
                 "max_k": self.max_k, "max_n": self.max_n, "max_row": max_row}
 
     def resources(self, family: str) -> dict[str, Any]:
-        buffer_bits = sum(m.width * m.depth for m in core_memories(**self.area_params()))
+        out: dict[str, Any]
         if family == "ecp5":  # counted and fitted from the RTL as built (hw/core_area.py)
-            out: dict[str, Any] = dict(core_area_ecp5(**self.area_params()))
-            out["buffer_bits"] = buffer_bits
-            out["estimated"] = True
-            out["basis"] = ("DSPs and block RAMs counted from the core's structure (every "
-                            "memory as Yosys maps it); LUTs and FFs fitted to packed builds of "
-                            "the board SoC: python benchmarks/core_area.py")
-            return out
-        gemm = GemmSpec(rows=self.rows, cols=self.cols, dataflow=self.dataflow,
-                        max_m=self.max_m, max_k=self.max_k, max_n=self.max_n,
-                        requant=True).resources(family)
-        sfu = [SoftmaxSpec(lanes=1, max_length=512, scale=0.01).resources(family),
-               LayerNormSpec(lanes=1, n=384, in_shift=0, eps_int=1, g_shift=8,
-                             gamma_int=(1,) * 384, beta_int=(0,) * 384).resources(family),
-               GeluSpec(lanes=1, in_scale=0.1, out_scale=0.1).resources(family)]
-        out = {k: gemm[k] + sum(int(s[k]) for s in sfu) for k in ("dsps", "luts", "ffs")}
-        out["buffer_bits"] = buffer_bits
+            out = dict(core_area_ecp5(**self.area_params()))
+            basis = ("DSPs and block RAMs counted from the core's structure (every memory as "
+                     "Yosys maps it); LUTs and FFs fitted to packed builds of the board SoC: "
+                     "python benchmarks/core_area.py")
+        else:
+            gemm = GemmSpec(rows=self.rows, cols=self.cols, dataflow=self.dataflow,
+                            max_m=self.max_m, max_k=self.max_k, max_n=self.max_n,
+                            requant=True).resources(family)
+            sfu = [SoftmaxSpec(lanes=1, max_length=512, scale=0.01).resources(family),
+                   LayerNormSpec(lanes=1, n=384, in_shift=0, eps_int=1, g_shift=8,
+                                 gamma_int=(1,) * 384, beta_int=(0,) * 384).resources(family),
+                   GeluSpec(lanes=1, in_scale=0.1, out_scale=0.1).resources(family)]
+            out = {k: gemm[k] + sum(int(s[k]) for s in sfu) for k in ("dsps", "luts", "ffs")}
+            basis = ("sum of the GEMM engine (GemmSpec) and one lane each of softmax, layer norm "
+                     "and GELU; the scratchpad and control are not counted (on ECP5 they are "
+                     "most of the core: hw/core_area.py)")
+        out["buffer_bits"] = sum(m.width * m.depth for m in core_memories(**self.area_params()))
         out["estimated"] = True
-        out["basis"] = ("sum of the GEMM engine (GemmSpec) and one lane each of softmax, layer "
-                        "norm and GELU; the scratchpad and control are not counted (on ECP5 "
-                        "they are most of the core: hw/core_area.py)")
+        out["basis"] = basis
         return out
