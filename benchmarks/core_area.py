@@ -9,8 +9,8 @@ place and route), and the counts are printed beside :func:`boards.soc_build.pred
     python benchmarks/core_area.py --configs 2x2:256 4x4:1024 --json out.json
 
 A configuration is ``RxC:SP`` (array rows x cols, scratchpad bytes); the other parameters are
-those of a board core (:mod:`compiler.targets.core`: SDRAM latency and width, 2048-instruction
-memory, GEMM limits 32 x 1536 x 32).
+a board core's (:func:`compiler.targets.core.core_spec`: SDRAM latency and width,
+2048-instruction memory, GEMM limits 32 x 1536 x 32).
 """
 
 from __future__ import annotations
@@ -26,13 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boards.build import pack_unit  # noqa: E402
 from boards.soc import SocConfig, SocTop  # noqa: E402
 from boards.soc_build import predict_resources  # noqa: E402
-from compiler.targets.core import (  # noqa: E402
-    BOARD_GEMM_LIMITS,
-    BOARD_IMEM,
-    SDRAM_BPC,
-    SDRAM_LATENCY,
-)
-from hw.core_spec import CoreSpec  # noqa: E402
+from compiler.targets.core import core_spec  # noqa: E402
 
 DEFAULT = ("2x2:128", "2x2:512", "4x4:256", "8x8:256", "4x4:1024")
 RES = ("luts", "ffs", "dsps", "brams")
@@ -41,9 +35,8 @@ RES = ("luts", "ffs", "dsps", "brams")
 def soc_config(text: str, board: str = "ulx3s-85f") -> SocConfig:
     arr, _, sp = text.partition(":")
     rows, _, cols = arr.partition("x")
-    spec = CoreSpec(rows=int(rows), cols=int(cols), latency=SDRAM_LATENCY,
-                    bytes_per_cycle=SDRAM_BPC, sp_bytes=int(sp or 256), imem_instrs=BOARD_IMEM,
-                    **BOARD_GEMM_LIMITS)
+    spec = core_spec({"rows": int(rows), "cols": int(cols), "sp_bytes": int(sp or 256)},
+                     on_board=True)
     return SocConfig(core=spec, ext_bytes=32 << 20, clock_hz=25e6, memory="sdram", board=board)
 
 

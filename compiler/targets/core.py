@@ -97,6 +97,22 @@ def uart_link(board: str, baud: float = SOC_BAUD, max_payload: int = SOC_MAX_PAY
                     UART_TURNAROUND_S, 0.1)
 
 
+def core_spec(p: dict[str, Any], on_board: bool) -> CoreSpec:
+    """The core a ``core`` device builds from its parsed parameters ``p`` (``sp_kb`` already
+    in ``sp_bytes``): a board core's defaults (:data:`BOARD_ARRAY`, :data:`SDRAM_LATENCY`,
+    :data:`SDRAM_BPC`, :data:`BOARD_SP_BYTES`, :data:`BOARD_IMEM`, :data:`BOARD_GEMM_LIMITS`)
+    or an off-board core's (8x8, latency 8, 4 bytes a cycle, 256 KiB, 65536 instructions)."""
+    array = BOARD_ARRAY if on_board else 8
+    return CoreSpec(rows=p.get("rows", array), cols=p.get("cols", array),
+                    dataflow=p.get("dataflow", "os"),
+                    latency=p.get("latency", SDRAM_LATENCY if on_board else 8),
+                    bytes_per_cycle=p.get("bpc", SDRAM_BPC if on_board else 4),
+                    sp_bytes=p.get("sp_bytes", BOARD_SP_BYTES if on_board else 256 * 1024),
+                    imem_instrs=p.get("imem", BOARD_IMEM if on_board else 65536),
+                    **{f: p[f] if f in p else BOARD_GEMM_LIMITS[f]
+                       for f in ("max_m", "max_k", "max_n") if f in p or on_board})
+
+
 class CoreTarget(Target):
     """The fmforge core as a compiler target (see the module docstring)."""
 
@@ -128,17 +144,7 @@ class CoreTarget(Target):
                                      "memory to hold the core's weights")
         on_board = self.board is not None
         try:
-            array = BOARD_ARRAY if on_board else 8
-            self.spec = CoreSpec(rows=p.get("rows", array), cols=p.get("cols", array),
-                                 dataflow=p.get("dataflow", "os"),
-                                 latency=p.get("latency", SDRAM_LATENCY if on_board else 8),
-                                 bytes_per_cycle=p.get("bpc", SDRAM_BPC if on_board else 4),
-                                 sp_bytes=p.get("sp_bytes",
-                                                BOARD_SP_BYTES if on_board else 256 * 1024),
-                                 imem_instrs=p.get("imem", BOARD_IMEM if on_board else 65536),
-                                 **{f: p[f] if f in p else BOARD_GEMM_LIMITS[f]
-                                    for f in ("max_m", "max_k", "max_n")
-                                    if f in p or on_board})
+            self.spec = core_spec(p, on_board)
         except UserError as e:
             raise type(e)(f"device {name!r}: {e}") from None
         self.capacity = {}
